@@ -1,0 +1,172 @@
+//! End-to-end load driver (not a test): starts `vitalflow serve` (or targets `--url`), uploads
+//! synthetic phone batches over real HTTP on loopback with several requests in flight, and waits
+//! until every view's `asOfEpoch` covers the last acknowledged batch. Prints one JSON line.
+//!
+//! `cargo bench --bench e2e -- --users 200 --days 30 --batch 500 --concurrency 16`
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Args {
+    users: usize,
+    days: usize,
+    batch: usize,
+    concurrency: usize,
+    workers: usize,
+    url: Option<String>,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args { users: 200, days: 30, batch: 500, concurrency: 16, workers: 2, url: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut num = |name: &str| -> usize {
+            it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name} needs a number"))
+        };
+        match flag.as_str() {
+            "--users" => a.users = num("--users"),
+            "--days" => a.days = num("--days"),
+            "--batch" => a.batch = num("--batch"),
+            "--concurrency" => a.concurrency = num("--concurrency"),
+            "--workers" => a.workers = num("--workers"),
+            "--url" => a.url = it.next(),
+            "--smoke" => {
+                a.users = 4;
+                a.days = 2;
+            }
+            _ => {} // cargo passes --bench
+        }
+    }
+    a
+}
+
+/// Deterministic synthetic day: steps every 10 minutes from a watch and, overlapping, a phone;
+/// heart rate every 5 minutes.
+fn user_batches(user: usize, days: usize, batch: usize) -> Vec<Value> {
+    let zones = ["America/New_York", "Europe/Berlin", "Asia/Kolkata", "UTC"];
+    let base = 1_717_200_000_000_i64; // 2024-06-01T00:00:00Z
+    let mut samples = Vec::new();
+    let mut seed = (user as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % 1000
+    };
+    let iso = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339()).unwrap_or_default();
+    for day in 0..days as i64 {
+        for slot in 0..144_i64 {
+            let t = base + day * 86_400_000 + slot * 600_000;
+            samples.push(json!({"sourceId": "watch", "sourceRecordId": format!("w{day}-{slot}"), "metric": "steps",
+                "startAt": iso(t), "endAt": iso(t + 600_000), "value": rnd(), "unit": "count", "sourceClass": "watch"}));
+            if slot % 3 == 0 {
+                samples.push(json!({"sourceId": "phone", "sourceRecordId": format!("p{day}-{slot}"), "metric": "steps",
+                    "startAt": iso(t), "endAt": iso(t + 1_200_000), "value": rnd(), "unit": "count", "sourceClass": "phone"}));
+            }
+            for h in 0..2 {
+                let ts = t + h * 300_000;
+                samples.push(json!({"sourceId": "watch", "sourceRecordId": format!("h{day}-{slot}-{h}"), "metric": "heart_rate",
+                    "startAt": iso(ts), "endAt": iso(ts), "value": 50 + rnd() % 100, "unit": "count/min", "sourceClass": "watch"}));
+            }
+        }
+    }
+    samples
+        .chunks(batch)
+        .enumerate()
+        .map(|(i, chunk)| {
+            json!({"requestId": format!("bench-{user}-{i}"), "userId": format!("user-{user}"),
+                   "deviceTimeZone": zones[user % zones.len()], "platform": "healthkit", "samples": chunk})
+        })
+        .collect()
+}
+
+fn main() {
+    let args = parse_args();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = None;
+    let base = match &args.url {
+        Some(u) => u.clone(),
+        None => {
+            use std::io::BufRead;
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_vitalflow"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--workers", &args.workers.to_string(), "--data-dir"])
+                .arg(dir.path())
+                .env("VITALFLOW_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn vitalflow");
+            let mut line = String::new();
+            std::io::BufReader::new(c.stdout.take().expect("stdout")).read_line(&mut line).expect("listen line");
+            child = Some(c);
+            line.trim().rsplit(' ').next().unwrap_or_default().to_owned()
+        }
+    };
+    let bodies: Vec<Value> = (0..args.users).flat_map(|u| user_batches(u, args.days, args.batch)).collect();
+    let samples: usize = bodies.iter().map(|b| b["samples"].as_array().map_or(0, Vec::len)).sum();
+    let payloads: Vec<Vec<u8>> = bodies.iter().map(|b| serde_json::to_vec(b).unwrap_or_default()).collect();
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
+    let result = rt.block_on(async move {
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(payloads.into_iter()));
+        let mut tasks = Vec::new();
+        for _ in 0..args.concurrency {
+            let (client, queue, url) = (client.clone(), queue.clone(), format!("{base}/v1/health/samples/batch-upsert"));
+            tasks.push(tokio::spawn(async move {
+                let (mut max_epoch, mut lat) = (0_u64, Vec::new());
+                loop {
+                    let next = queue.lock().ok().and_then(|mut q| q.next());
+                    let Some(body) = next else { break };
+                    let t = Instant::now();
+                    let r = client.post(&url).header("content-type", "application/json").body(body).send().await.expect("post");
+                    assert!(r.status().is_success(), "status {}", r.status());
+                    let v: Value = r.json().await.expect("json");
+                    lat.push(t.elapsed());
+                    max_epoch = max_epoch.max(v["epoch"].as_u64().unwrap_or(0));
+                }
+                (max_epoch, lat)
+            }));
+        }
+        let (mut last_epoch, mut lat) = (0, Vec::new());
+        for t in tasks {
+            let (e, l) = t.await.expect("task");
+            last_epoch = last_epoch.max(e);
+            lat.extend(l);
+        }
+        let acked = started.elapsed();
+        loop {
+            let f: Value = client.get(format!("{base}/v1/frontiers")).send().await.expect("frontiers").json().await.expect("json");
+            let done = f["views"].as_array().is_some_and(|v| v.iter().all(|v| v["asOfEpoch"].as_u64().unwrap_or(0) >= last_epoch));
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let visible = started.elapsed();
+        lat.sort();
+        let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        json!({
+            "scenario": "bulk", "samples": samples, "batches": lat.len(), "batch_size": args.batch,
+            "concurrency": args.concurrency, "workers": args.workers, "epochs": last_epoch,
+            "ack_seconds": acked.as_secs_f64(), "visible_seconds": visible.as_secs_f64(),
+            "samples_per_s_visible": samples as f64 / visible.as_secs_f64(),
+            "ack_latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
+        })
+    });
+    if let Some(c) = child.as_mut() {
+        let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", c.id()))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned()))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let mut result = result;
+        result["server_peak_rss_mb"] = json!(rss_kb / 1024);
+        println!("{result}");
+        let _ = c.kill();
+        let _ = c.wait();
+    } else {
+        println!("{result}");
+    }
+}

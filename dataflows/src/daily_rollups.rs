@@ -1,0 +1,142 @@
+//! `daily_rollups`: one row per (user, metric, local date), DOMAIN.md §1.2, §1.5 (M1), §2 and §6.
+
+use differential_dataflow::VecCollection;
+use vitalflow_schemas::split::day_pieces;
+use vitalflow_schemas::view::{ColumnType::*, col};
+use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, Sample, ValueKind, ViewDef};
+
+use crate::stats::{DiscreteEntry, discrete_stats, slice_shares, sum_and_distinct};
+
+/// Key `(user_id, metric, local_date)`; the fields a kind has no use for are null.
+pub const DEF: ViewDef = ViewDef {
+    name: "daily_rollups",
+    columns: &[
+        col("user_id", Str),
+        col("metric", Str),
+        col("local_date", Date),
+        col("unit", Str),
+        col("value_kind", Str),
+        col("count", Int),
+        col("sum", Float),
+        col("mean", Float),
+        col("min", Float),
+        col("max", Float),
+        col("last", Float),
+        col("total_min", Float),
+    ],
+    key_len: 3,
+    route: "daily-rollups",
+    filters: &["metric"],
+    range_column: Some("local_date"),
+};
+
+type DayKey = (String, Metric, i32);
+
+/// In: current samples. Out: one row per `(user_id, metric, local_date)`.
+///
+/// - CUMULATIVE (M1): each sample's C1 share of every 15-minute UTC slice; per slice the best-ranked
+///   source (rank, then smaller `sourceId`) wins; the day sums the winning shares of the slices whose
+///   start falls on that local date in the sample's zone, and counts the distinct winning samples.
+/// - DISCRETE: not split; the day of `startAt`; count, sum, mean, min, max, last (K3).
+/// - INTERVAL (mindful minutes; sleep has its own view): `total_min` is the union of all sources'
+///   intervals clipped to the day, `count` the intervals starting that day.
+pub fn daily_rollups<'s>(samples: VecCollection<'s, Epoch, Sample>) -> VecCollection<'s, Epoch, Row> {
+    let cumulative = samples
+        .clone()
+        .filter(|s| s.metric.kind() == ValueKind::Cumulative && s.value.is_some())
+        .flat_map(|s| {
+            let (rank, user, metric) = (s.source_class.rank(), s.user_id.clone(), s.metric);
+            slice_shares(&s)
+                .map(|(k, day, share)| {
+                    let entry = (rank, s.source_id.clone(), s.source_record_id.clone(), day, OrdF64(share));
+                    ((user.clone(), metric, k), entry)
+                })
+                .collect::<Vec<_>>()
+        })
+        .reduce_named("M1: slice winner", |_slice, input, output| {
+            let Some(winner) = input.iter().find(|(_, r)| *r > 0).map(|(e, _)| e.1.clone()) else { return };
+            for (e, r) in input {
+                if e.1 == winner && *r > 0 {
+                    output.push(((e.3, e.1.clone(), e.2.clone(), e.4), *r));
+                }
+            }
+        })
+        .map(|((user, metric, _k), (day, source, record, share))| ((user, metric, day), ((source, record), share)))
+        .reduce_named("M1: day sum", |_day, input, output| {
+            let (sum, count) = sum_and_distinct(input.iter().map(|((id, share), r)| (id, share.0, *r)));
+            output.push(((count, OrdF64(sum)), 1));
+        })
+        .map(|((user, metric, day), (count, sum))| {
+            row(user, metric, day, count, [Datum::Float(sum), Datum::Null, Datum::Null, Datum::Null, Datum::Null, Datum::Null])
+        });
+
+    let discrete = samples
+        .clone()
+        .filter(|s| s.metric.kind() == ValueKind::Discrete && s.value.is_some())
+        .map(|s| {
+            let day = vitalflow_schemas::time::date_to_days(s.zone.local_date(s.start_ms));
+            let entry: DiscreteEntry = (s.start_ms, s.end_ms, s.source_record_id, s.source_id, s.value.unwrap_or_default());
+            ((s.user_id, s.metric, day), entry)
+        })
+        .reduce_named("Discrete: day stats", |_day: &DayKey, input, output| {
+            if let Some(st) = discrete_stats(input) {
+                let mean = st.sum / st.count as f64;
+                output.push(((st.count, [st.sum, mean, st.min, st.max, st.last].map(OrdF64)), 1));
+            }
+        })
+        .map(|((user, metric, day), (count, [sum, mean, min, max, last]))| {
+            let f = Datum::Float;
+            row(user, metric, day, count, [f(sum), f(mean), f(min), f(max), f(last), Datum::Null])
+        });
+
+    let interval = samples
+        .filter(|s| s.metric.kind() == ValueKind::Interval && s.metric != Metric::SleepAnalysis)
+        .flat_map(|s| {
+            day_pieces(s.start_ms, s.end_ms, s.zone)
+                .into_iter()
+                .enumerate()
+                .map(|(i, (day, a, b))| {
+                    ((s.user_id.clone(), s.metric, day), (a, b, i == 0, s.source_id.clone(), s.source_record_id.clone()))
+                })
+                .collect::<Vec<_>>()
+        })
+        .reduce_named("Interval: day union", |_day: &DayKey, input, output| {
+            let (mut total_ms, mut count, mut cursor) = (0_i64, 0_i64, i64::MIN);
+            for ((a, b, starts, _, _), r) in input {
+                if *r <= 0 {
+                    continue;
+                }
+                if *starts {
+                    count += *r as i64;
+                }
+                let from = (*a).max(cursor);
+                if *b > from {
+                    total_ms += b - from;
+                }
+                cursor = cursor.max(*b);
+            }
+            if count > 0 || total_ms > 0 {
+                output.push(((count, OrdF64(total_ms as f64 / 60_000.0)), 1));
+            }
+        })
+        .map(|((user, metric, day), (count, total))| {
+            row(user, metric, day, count, [Datum::Null, Datum::Null, Datum::Null, Datum::Null, Datum::Null, Datum::Float(total)])
+        });
+
+    cumulative.concat(discrete).concat(interval)
+}
+
+/// `[sum, mean, min, max, last, total_min]` after the key, unit, kind and count.
+fn row(user: String, metric: Metric, day: i32, count: i64, fields: [Datum; 6]) -> Row {
+    let mut row = Vec::with_capacity(12);
+    row.extend([
+        Datum::Str(user),
+        Datum::Str(metric.key().to_owned()),
+        Datum::Date(day),
+        Datum::Str(metric.canonical_unit().to_owned()),
+        Datum::Str(metric.kind().as_str().to_owned()),
+        Datum::Int(count),
+    ]);
+    row.extend(fields);
+    row
+}

@@ -1,0 +1,104 @@
+//! `daily_rollups_by_source`: each source's own day figures, with no cross-source merge
+//! (DOMAIN.md §1.2, §1.5 rule 6, §2). The naive all-source sum stays one SQL query away.
+
+use differential_dataflow::VecCollection;
+use vitalflow_schemas::split::day_shares;
+use vitalflow_schemas::time::date_to_days;
+use vitalflow_schemas::view::{ColumnType::*, col};
+use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, Sample, ValueKind, ViewDef};
+
+use crate::stats::{DiscreteEntry, discrete_stats, sum_and_distinct};
+
+/// Key `(user_id, metric, local_date, source_id)`.
+pub const DEF: ViewDef = ViewDef {
+    name: "daily_rollups_by_source",
+    columns: &[
+        col("user_id", Str),
+        col("metric", Str),
+        col("local_date", Date),
+        col("source_id", Str),
+        col("unit", Str),
+        col("value_kind", Str),
+        col("count", Int),
+        col("sum", Float),
+        col("min", Float),
+        col("max", Float),
+    ],
+    key_len: 4,
+    route: "daily-rollups-by-source",
+    filters: &["metric", "sourceId"],
+    range_column: Some("local_date"),
+};
+
+type SourceDayKey = (String, Metric, i32, String);
+
+/// In: current samples. Out: one row per `(user_id, metric, local_date, source_id)`.
+///
+/// - CUMULATIVE: `sum` is the source's C1/C3 share of the date, `count` the source's samples that
+///   touch the date; `min`/`max` null.
+/// - DISCRETE: count, sum, min, max of the source's readings whose `startAt` falls on the date.
+/// - INTERVAL (mindful minutes): `sum` is the source's minutes split by C4 (not a union), `count` the
+///   samples that touch the date.
+pub fn daily_rollups_by_source<'s>(samples: VecCollection<'s, Epoch, Sample>) -> VecCollection<'s, Epoch, Row> {
+    let summed = samples
+        .clone()
+        .filter(|s| match s.metric.kind() {
+            ValueKind::Cumulative => s.value.is_some(),
+            ValueKind::Interval => s.metric != Metric::SleepAnalysis,
+            ValueKind::Discrete => false,
+        })
+        .flat_map(|s| {
+            let v = match s.metric.kind() {
+                ValueKind::Cumulative => s.value.map_or(0.0, |v| v.0),
+                _ => (s.end_ms - s.start_ms) as f64 / 60_000.0,
+            };
+            day_shares(s.start_ms, s.end_ms, v, s.zone)
+                .into_iter()
+                .map(|(day, share, _)| {
+                    ((s.user_id.clone(), s.metric, day, s.source_id.clone()), (s.source_record_id.clone(), OrdF64(share)))
+                })
+                .collect::<Vec<_>>()
+        })
+        .reduce_named("BySource: day sum", |_key: &SourceDayKey, input, output| {
+            let (sum, count) = sum_and_distinct(input.iter().map(|((id, share), r)| (id, share.0, *r)));
+            if count > 0 {
+                output.push(((count, OrdF64(sum)), 1));
+            }
+        })
+        .map(|((user, metric, day, source), (count, sum))| {
+            row(user, metric, day, source, count, [Datum::Float(sum), Datum::Null, Datum::Null])
+        });
+
+    let discrete = samples
+        .filter(|s| s.metric.kind() == ValueKind::Discrete && s.value.is_some())
+        .map(|s| {
+            let day = date_to_days(s.zone.local_date(s.start_ms));
+            let entry: DiscreteEntry = (s.start_ms, s.end_ms, s.source_record_id, s.source_id.clone(), s.value.unwrap_or_default());
+            ((s.user_id, s.metric, day, s.source_id), entry)
+        })
+        .reduce_named("BySource: discrete day stats", |_key: &SourceDayKey, input, output| {
+            if let Some(st) = discrete_stats(input) {
+                output.push(((st.count, [st.sum, st.min, st.max].map(OrdF64)), 1));
+            }
+        })
+        .map(|((user, metric, day, source), (count, [sum, min, max]))| {
+            row(user, metric, day, source, count, [Datum::Float(sum), Datum::Float(min), Datum::Float(max)])
+        });
+
+    summed.concat(discrete)
+}
+
+fn row(user: String, metric: Metric, day: i32, source: String, count: i64, fields: [Datum; 3]) -> Row {
+    let mut row = Vec::with_capacity(10);
+    row.extend([
+        Datum::Str(user),
+        Datum::Str(metric.key().to_owned()),
+        Datum::Date(day),
+        Datum::Str(source),
+        Datum::Str(metric.canonical_unit().to_owned()),
+        Datum::Str(metric.kind().as_str().to_owned()),
+        Datum::Int(count),
+    ]);
+    row.extend(fields);
+    row
+}

@@ -1,0 +1,26 @@
+//! The differential dataflow graph of vitalflow: one view per file, the registry that lists them,
+//! and the worker runtime that feeds epochs in and hands view updates out.
+//!
+//! ```text
+//!  EpochBatch ─▶ Runtime::push ─▶ worker inputs (advance to every epoch together)
+//!                                     │ samples: VecCollection<Epoch, Sample>
+//!                                     ▼
+//!                       registry::VIEWS[i].build(&inputs) ─▶ VecCollection<Epoch, Row>
+//!                                     │ sink (worker 0): updates of complete epochs
+//!                                     ▼
+//!                              ViewProgress { view, frontier, updates } ─▶ serving side
+//! ```
+//!
+//! Only timely and differential live here: no tokio, no HTTP.
+
+pub mod daily_rollups;
+pub mod daily_rollups_by_source;
+pub mod registry;
+pub mod runtime;
+mod stats;
+
+pub use registry::{Inputs, VIEWS, ViewSpec};
+pub use runtime::{Runtime, ViewProgress};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+//! The worker runtime: timely workers on their own threads, fed epoch batches over channels, each
+//! view's complete epochs handed to the serving side as [`ViewProgress`].
+//!
+//! Every worker's input advances to every epoch together (timely waits for all of them); a batch's
+//! changes are spread over workers by user and exchanged by key inside the graph. An idle worker
+//! parks; [`Runtime::push`] unparks it, so an idle engine uses no CPU.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use differential_dataflow::VecCollection;
+use differential_dataflow::consolidation::consolidate_updates;
+use differential_dataflow::input::Input;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::execute::Config;
+use vitalflow_schemas::{Change, Epoch, EpochBatch, Row, Sample};
+
+use crate::registry::{Inputs, VIEWS};
+
+/// The updates of one view for every epoch below `frontier`, consolidated. After applying them the
+/// view reflects all input through epoch `frontier − 1`.
+#[derive(Clone, Debug)]
+pub struct ViewProgress {
+    /// Index into [`VIEWS`].
+    pub view: usize,
+    /// All epochs `< frontier` are complete.
+    pub frontier: Epoch,
+    pub updates: Vec<(Row, Epoch, i64)>,
+}
+
+enum WorkerMsg {
+    /// Changes at an epoch; more may follow for the same epoch.
+    Changes(Epoch, Vec<Change>),
+    /// Every change below this epoch has been sent.
+    Advance(Epoch),
+}
+
+/// Handle to the running workers.
+pub struct Runtime {
+    senders: Vec<Sender<WorkerMsg>>,
+    threads: Vec<Thread>,
+    guards: Option<timely::communication::initialize::WorkerGuards<()>>,
+    frontier: Epoch,
+}
+
+impl Runtime {
+    /// Starts `workers` timely workers that maintain every registered view and send progress to `out`.
+    pub fn start(workers: usize, out: Sender<ViewProgress>) -> Result<Runtime, String> {
+        let workers = workers.max(1);
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
+        let receivers: Arc<Mutex<Vec<Option<Receiver<WorkerMsg>>>>> =
+            Arc::new(Mutex::new(receivers.into_iter().map(Some).collect()));
+        let (thread_tx, thread_rx) = crossbeam_channel::unbounded();
+        let guards = timely::execute(Config::process(workers), move |worker| {
+            let index = worker.index();
+            let rx = receivers.lock().ok().and_then(|mut r| r.get_mut(index).and_then(Option::take));
+            let Some(rx) = rx else { return };
+            let _ = thread_tx.send((index, std::thread::current()));
+            let out = out.clone();
+            let input = worker.dataflow::<Epoch, _, _>(|scope| {
+                let (input, samples) = scope.new_collection::<Sample, isize>();
+                let inputs = Inputs { samples };
+                for (view, spec) in VIEWS.iter().enumerate() {
+                    sink(view, spec.def.name, (spec.build)(&inputs), index == 0, out.clone());
+                }
+                input
+            });
+            let mut input = Some(input);
+            while let Some(session) = input.as_mut() {
+                loop {
+                    match rx.try_recv() {
+                        Ok(WorkerMsg::Changes(epoch, changes)) => {
+                            session.advance_to(epoch);
+                            for change in changes {
+                                if let Change::Sample(sample, diff) = change {
+                                    session.update(sample, diff as isize);
+                                }
+                            }
+                        }
+                        Ok(WorkerMsg::Advance(epoch)) => {
+                            session.advance_to(epoch);
+                            session.flush();
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            input = None;
+                            break;
+                        }
+                    }
+                }
+                worker.step_or_park(Some(Duration::from_millis(200)));
+            }
+            while worker.step_or_park(None) {}
+        })?;
+        let mut threads: Vec<(usize, Thread)> = thread_rx.iter().take(workers).collect();
+        threads.sort_by_key(|(i, _)| *i);
+        Ok(Runtime { senders, threads: threads.into_iter().map(|(_, t)| t).collect(), guards: Some(guards), frontier: 0 })
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Sends a committed batch: its changes at `batch.epoch`, then every input advances past it.
+    pub fn push(&mut self, batch: EpochBatch) {
+        let epoch = batch.epoch;
+        self.push_changes(epoch, batch.changes);
+        self.advance(epoch + 1);
+    }
+
+    /// Sends changes at `epoch` without closing it (recovery feeds one epoch in bounded chunks).
+    pub fn push_changes(&mut self, epoch: Epoch, changes: Vec<Change>) {
+        let n = self.senders.len();
+        let mut per_worker: Vec<Vec<Change>> = (0..n).map(|_| Vec::new()).collect();
+        for change in changes {
+            let user = match &change {
+                Change::Sample(s, _) => &s.user_id,
+                Change::Profile(p, _) => &p.user_id,
+            };
+            per_worker[worker_for(user, n)].push(change);
+        }
+        for (i, chunk) in per_worker.into_iter().enumerate() {
+            if !chunk.is_empty() {
+                let _ = self.senders[i].send(WorkerMsg::Changes(epoch, chunk));
+            }
+        }
+    }
+
+    /// Advances every worker's input to `epoch`: all epochs below it are closed.
+    pub fn advance(&mut self, epoch: Epoch) {
+        if epoch <= self.frontier {
+            return;
+        }
+        self.frontier = epoch;
+        for (tx, thread) in self.senders.iter().zip(&self.threads) {
+            let _ = tx.send(WorkerMsg::Advance(epoch));
+            thread.unpark();
+        }
+    }
+
+    /// The epoch the inputs have been advanced to.
+    pub fn input_frontier(&self) -> Epoch {
+        self.frontier
+    }
+
+    /// Closes the inputs and waits for the workers to drain and exit.
+    pub fn shutdown(mut self) {
+        self.close();
+    }
+
+    fn close(&mut self) {
+        self.senders.clear();
+        for t in &self.threads {
+            t.unpark();
+        }
+        if let Some(guards) = self.guards.take() {
+            for result in guards.join() {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "dataflow worker failed");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn worker_for(user: &str, workers: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    user.hash(&mut h);
+    (h.finish() % workers as u64) as usize
+}
+
+/// Gathers a view's updates on worker 0 and, each time the view's frontier advances, sends the
+/// consolidated updates of the epochs it completed.
+fn sink(view: usize, name: &str, rows: VecCollection<'_, Epoch, Row>, report: bool, out: Sender<ViewProgress>) {
+    let mut stash: BTreeMap<Epoch, Vec<(Row, isize)>> = BTreeMap::new();
+    let mut reported: Epoch = 0;
+    rows.inner.sink(Exchange::new(|_: &(Row, Epoch, isize)| 0u64), &format!("Sink: {name}"), move |(input, frontier)| {
+        input.for_each(|_cap, data| {
+            for (row, t, r) in data.drain(..) {
+                stash.entry(t).or_default().push((row, r));
+            }
+        });
+        if !report {
+            return;
+        }
+        let f = frontier.frontier().iter().min().copied().unwrap_or(Epoch::MAX);
+        if f > reported {
+            let later = stash.split_off(&f);
+            let done = std::mem::replace(&mut stash, later);
+            let mut updates: Vec<(Row, Epoch, i64)> =
+                done.into_iter().flat_map(|(t, v)| v.into_iter().map(move |(row, r)| (row, t, r as i64))).collect();
+            consolidate_updates(&mut updates);
+            reported = f;
+            let _ = out.send(ViewProgress { view, frontier: f, updates });
+        }
+    });
+}

@@ -1,0 +1,20 @@
+//! Ingestion: the HTTP handlers that take batches in, and the durable store they commit to.
+//!
+//! ```text
+//!  POST batch-upsert ─▶ parse + hash ─▶ Writer (one thread, group commit) ─▶ redb txn + fsync
+//!                                              │ after commit: EpochBatch ─▶ on_commit (dataflow)
+//!                                              └ reply to every request of the group
+//! ```
+//!
+//! A request is answered only after its commit is on disk; each commit gets the next epoch.
+
+pub mod error;
+pub mod http;
+pub mod progress;
+pub mod store;
+pub mod writer;
+
+pub use error::IngestError;
+pub use progress::IngestProgress;
+pub use store::Store;
+pub use writer::{Ingest, OnCommit};

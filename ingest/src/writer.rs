@@ -1,0 +1,278 @@
+//! The single writer: takes requests from a queue, applies a whole group of them in one redb
+//! transaction (group commit: one fsync for many requests), stamps the commit with the next epoch,
+//! hands the group's changes to the dataflow and only then answers each request.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use redb::{ReadableTable, Table};
+use tokio::sync::{mpsc, oneshot};
+use vitalflow_schemas::validate::{RequestContext, validate_sample};
+use vitalflow_schemas::wire::{BatchUpsertRequest, BatchUpsertResponse, RejectedItem, valid_id};
+use vitalflow_schemas::{Change, Epoch, EpochBatch, UserProfile, Zone};
+
+use crate::error::IngestError;
+use crate::progress::IngestProgress;
+use crate::store::{
+    EPOCH_KEY, META, PROFILES, REQUESTS, RequestRecord, SAMPLES, Store, TOMBSTONES, USER_EPOCHS, decode_sample,
+    encode_sample,
+};
+
+/// Called after each commit, in epoch order, with everything the commit changed.
+pub type OnCommit = Box<dyn FnMut(EpochBatch) + Send>;
+
+/// Most requests applied in one transaction.
+const MAX_GROUP: usize = 256;
+/// Requests waiting for the writer before submitters wait (backpressure).
+const QUEUE: usize = 4096;
+
+enum Command {
+    Batch { req: BatchUpsertRequest, hash: String, reply: oneshot::Sender<Result<BatchUpsertResponse, IngestError>> },
+    Profile { profile: UserProfile, reply: oneshot::Sender<Result<Epoch, IngestError>> },
+}
+
+/// A cloneable handle for submitting requests to the writer.
+#[derive(Clone)]
+pub struct Ingest {
+    tx: mpsc::Sender<Command>,
+    progress: Arc<IngestProgress>,
+}
+
+impl Ingest {
+    /// Starts the writer thread over `store`. The thread ends once every `Ingest` handle is dropped
+    /// and the queue is drained; join the returned handle to wait for the last commit.
+    ///
+    /// `startup` runs on the writer thread before the first request is taken (recovery replays the
+    /// durable state there, so that no commit can overtake it).
+    pub fn start(
+        store: Arc<Store>,
+        progress: Arc<IngestProgress>,
+        startup: Box<dyn FnOnce() + Send>,
+        mut on_commit: OnCommit,
+    ) -> (Ingest, JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<Command>(QUEUE);
+        let writer_progress = progress.clone();
+        let handle = std::thread::Builder::new()
+            .name("vitalflow-writer".into())
+            .spawn(move || {
+                startup();
+                while let Some(first) = rx.blocking_recv() {
+                    let mut group = vec![first];
+                    while group.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(c) => group.push(c),
+                            Err(_) => break,
+                        }
+                    }
+                    commit_group(&store, &writer_progress, &mut on_commit, group);
+                }
+            })
+            .unwrap_or_else(|e| panic!("cannot start the writer thread: {e}"));
+        (Ingest { tx, progress }, handle)
+    }
+
+    /// Shared ingest progress (latest epoch, per-user epochs).
+    pub fn progress(&self) -> &Arc<IngestProgress> {
+        &self.progress
+    }
+
+    /// Applies a batch upsert durably and returns its response (or the stored one, on replay).
+    pub async fn batch_upsert(&self, req: BatchUpsertRequest, hash: String) -> Result<BatchUpsertResponse, IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Batch { req, hash, reply }).await.map_err(|_| IngestError::Unavailable)?;
+        rx.await.map_err(|_| IngestError::Unavailable)?
+    }
+
+    /// Upserts a profile durably; returns the epoch of its commit.
+    pub async fn upsert_profile(&self, profile: UserProfile) -> Result<Epoch, IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Profile { profile, reply }).await.map_err(|_| IngestError::Unavailable)?;
+        rx.await.map_err(|_| IngestError::Unavailable)?
+    }
+}
+
+enum Outcome {
+    Batch(Result<BatchUpsertResponse, IngestError>),
+    Profile(Result<Epoch, IngestError>),
+}
+
+struct Tables<'t> {
+    samples: Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>,
+    tombstones: Table<'t, (&'static str, &'static str, &'static str), u64>,
+    requests: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    profiles: Table<'t, &'static str, &'static [u8]>,
+}
+
+fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnCommit, group: Vec<Command>) {
+    let epoch = progress.latest_epoch() + 1;
+    let mut changes = Vec::new();
+    let mut users = BTreeSet::new();
+    let result = (|| -> Result<(Vec<Outcome>, bool), redb::Error> {
+        let txn = store.db.begin_write()?;
+        let mut wrote = false;
+        let mut outcomes = Vec::with_capacity(group.len());
+        {
+            let mut t = Tables {
+                samples: txn.open_table(SAMPLES)?,
+                tombstones: txn.open_table(TOMBSTONES)?,
+                requests: txn.open_table(REQUESTS)?,
+                profiles: txn.open_table(PROFILES)?,
+            };
+            for cmd in &group {
+                match cmd {
+                    Command::Batch { req, hash, .. } => {
+                        let (outcome, w) = apply_batch(&mut t, req, hash, epoch, &mut changes, &mut users)?;
+                        wrote |= w;
+                        outcomes.push(Outcome::Batch(outcome));
+                    }
+                    Command::Profile { profile, .. } => {
+                        apply_profile(&mut t, profile, &mut changes)?;
+                        users.insert(profile.user_id.clone());
+                        wrote = true;
+                        outcomes.push(Outcome::Profile(Ok(epoch)));
+                    }
+                }
+            }
+            if wrote {
+                let mut meta = txn.open_table(META)?;
+                meta.insert(EPOCH_KEY, epoch)?;
+                let mut user_epochs = txn.open_table(USER_EPOCHS)?;
+                for u in &users {
+                    user_epochs.insert(u.as_str(), epoch)?;
+                }
+            }
+        }
+        if wrote {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
+        Ok((outcomes, wrote))
+    })();
+    match result {
+        Ok((outcomes, wrote)) => {
+            if wrote {
+                progress.record_commit(epoch, users);
+                on_commit(EpochBatch { epoch, changes });
+            }
+            for (cmd, outcome) in group.into_iter().zip(outcomes) {
+                match (cmd, outcome) {
+                    (Command::Batch { reply, .. }, Outcome::Batch(r)) => {
+                        let _ = reply.send(r);
+                    }
+                    (Command::Profile { reply, .. }, Outcome::Profile(r)) => {
+                        let _ = reply.send(r);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "commit failed; the group's requests were not applied");
+            for cmd in group {
+                let err = IngestError::Storage(e.to_string());
+                match cmd {
+                    Command::Batch { reply, .. } => {
+                        let _ = reply.send(Err(err));
+                    }
+                    Command::Profile { reply, .. } => {
+                        let _ = reply.send(Err(err));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies one batch inside the group's transaction. Returns the outcome and whether it wrote.
+fn apply_batch(
+    t: &mut Tables<'_>,
+    req: &BatchUpsertRequest,
+    hash: &str,
+    epoch: Epoch,
+    changes: &mut Vec<Change>,
+    users: &mut BTreeSet<String>,
+) -> Result<(Result<BatchUpsertResponse, IngestError>, bool), redb::Error> {
+    let user = req.user_id.as_str();
+    if let Some(prior) = t.requests.get((user, req.request_id.as_str()))? {
+        let record: Option<RequestRecord> = serde_json::from_slice(prior.value()).ok();
+        return Ok(match record {
+            Some(r) if r.hash == hash => (Ok(BatchUpsertResponse { replayed: true, ..r.response }), false),
+            _ => (Err(IngestError::IdempotencyKeyReused(req.request_id.clone())), false),
+        });
+    }
+    let profile: Option<UserProfile> =
+        t.profiles.get(user)?.and_then(|p| serde_json::from_slice(p.value()).ok());
+    let ctx = RequestContext {
+        user_id: user,
+        platform: req.platform.as_deref(),
+        device_zone: req.device_time_zone.as_deref().and_then(Zone::parse),
+        profile: profile.as_ref(),
+    };
+    let mut resp = BatchUpsertResponse { request_id: req.request_id.clone(), epoch, ..Default::default() };
+    for (index, ws) in req.samples.iter().enumerate() {
+        let new = match validate_sample(ws, &ctx) {
+            Ok(s) => s,
+            Err(rej) => {
+                resp.rejected.push(RejectedItem { index, code: rej.code, message: rej.message, field: None });
+                continue;
+            }
+        };
+        let key = (user, ws.source_id.as_str(), ws.source_record_id.as_str());
+        if t.tombstones.get(key)?.is_some() {
+            resp.stale += 1;
+            continue;
+        }
+        let old = t.samples.get(key)?.and_then(|v| decode_sample(v.value()));
+        match old {
+            Some(old) if old.same_content(&new) => resp.unchanged += 1,
+            Some(old) if matches!((old.sync_version, new.sync_version), (Some(a), Some(b)) if b < a) => resp.stale += 1,
+            old => {
+                if let Some(old) = old {
+                    changes.push(Change::Sample(old.sample, -1));
+                }
+                t.samples.insert(key, encode_sample(&new).as_slice())?;
+                changes.push(Change::Sample(new.sample, 1));
+                resp.accepted += 1;
+            }
+        }
+    }
+    for (index, d) in req.deletions.iter().enumerate() {
+        if !valid_id(&d.source_id) || !valid_id(&d.source_record_id) {
+            resp.rejected.push(RejectedItem {
+                index,
+                code: "INVALID_ID".into(),
+                message: "sourceId and sourceRecordId must be 1 to 128 bytes".into(),
+                field: Some("deletions".into()),
+            });
+            continue;
+        }
+        let key = (user, d.source_id.as_str(), d.source_record_id.as_str());
+        t.tombstones.insert(key, epoch)?;
+        let removed = t.samples.remove(key)?.and_then(|v| decode_sample(v.value()));
+        if let Some(old) = removed {
+            changes.push(Change::Sample(old.sample, -1));
+            resp.deleted += 1;
+        }
+    }
+    if resp.accepted + resp.deleted > 0 {
+        users.insert(user.to_owned());
+    }
+    let record = RequestRecord { hash: hash.to_owned(), response: resp.clone() };
+    let bytes = serde_json::to_vec(&record).unwrap_or_default();
+    t.requests.insert((user, req.request_id.as_str()), bytes.as_slice())?;
+    Ok((Ok(resp), true))
+}
+
+fn apply_profile(t: &mut Tables<'_>, profile: &UserProfile, changes: &mut Vec<Change>) -> Result<(), redb::Error> {
+    let user = profile.user_id.as_str();
+    let old: Option<UserProfile> = t.profiles.get(user)?.and_then(|p| serde_json::from_slice(p.value()).ok());
+    if let Some(old) = old {
+        changes.push(Change::Profile(old, -1));
+    }
+    let bytes = serde_json::to_vec(profile).unwrap_or_default();
+    t.profiles.insert(user, bytes.as_slice())?;
+    changes.push(Change::Profile(profile.clone(), 1));
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The records of DOMAIN.md §0.1 as vitalflow stores them and feeds them to the dataflow.
+
+use serde::{Deserialize, Serialize};
+
+use crate::metric::Metric;
+use crate::ordf64::OrdF64;
+use crate::sleep::SleepStage;
+use crate::source::SourceClass;
+use crate::zone::Zone;
+use crate::Epoch;
+
+/// A sample's identity (DOMAIN.md I2): `(userId, sourceId, sourceRecordId)`, without `startAt`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SampleKey {
+    pub user_id: String,
+    pub source_id: String,
+    pub source_record_id: String,
+}
+
+/// A validated, normalized sample: what every view reads. Values are in the canonical unit (G4);
+/// the zone is resolved at ingest (Z1) and never changes (Z2).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Sample {
+    pub user_id: String,
+    pub source_id: String,
+    pub source_record_id: String,
+    pub metric: Metric,
+    /// UTC milliseconds, inclusive.
+    pub start_ms: i64,
+    /// UTC milliseconds, exclusive; equal to `start_ms` for an instantaneous sample (G2).
+    pub end_ms: i64,
+    /// Canonical-unit value; `None` for sleep stages and interval samples sent without one.
+    pub value: Option<OrdF64>,
+    /// Sleep stage, for `sleep_analysis` only.
+    pub category: Option<SleepStage>,
+    pub source_class: SourceClass,
+    pub zone: Zone,
+}
+
+impl Sample {
+    /// The sample's identity.
+    pub fn key(&self) -> SampleKey {
+        SampleKey {
+            user_id: self.user_id.clone(),
+            source_id: self.source_id.clone(),
+            source_record_id: self.source_record_id.clone(),
+        }
+    }
+}
+
+/// A sample as stored: the dataflow's fields plus what is kept but not interpreted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredSample {
+    pub sample: Sample,
+    /// The request's `platform`, if any.
+    pub platform: Option<String>,
+    /// The sample's `metadata` as JSON text (kept, not interpreted beyond the named keys).
+    pub metadata: String,
+    /// `HKMetadataKeySyncVersion`, when the metadata carries one (I2).
+    pub sync_version: Option<i64>,
+}
+
+impl StoredSample {
+    /// Same content, ignoring nothing: an identical re-upload is `unchanged` (I2).
+    pub fn same_content(&self, other: &StoredSample) -> bool {
+        self == other
+    }
+}
+
+/// A user's profile (DOMAIN.md §0.1).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserProfile {
+    pub user_id: String,
+    /// IANA zone; used at ingest (Z1 step 4).
+    pub time_zone: Option<String>,
+    pub allow_health_data_upload: bool,
+    pub blocked_metrics: Vec<String>,
+}
+
+/// One change the dataflow sees: a record with a difference (+1 insert, −1 retract).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Change {
+    Sample(Sample, i64),
+    Profile(UserProfile, i64),
+}
+
+/// Everything one durable commit changed, stamped with its epoch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochBatch {
+    pub epoch: Epoch,
+    pub changes: Vec<Change>,
+}

@@ -1,0 +1,243 @@
+//! The shape of a view (DOMAIN.md §8): its columns, its key, and the one mapping from a row to Arrow
+//! (snake_case) and to JSON (camelCase). Views produce [`Row`]s; everything downstream (snapshots,
+//! HTTP, SQL) works from the [`ViewDef`] alone, so a new view needs no new serving code.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ordf64::OrdF64;
+use crate::time::{days_to_date, format_instant};
+
+/// One value of a row.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Datum {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(OrdF64),
+    Str(String),
+    /// Days since 1970-01-01.
+    Date(i32),
+    /// UTC milliseconds.
+    Ts(i64),
+}
+
+impl Datum {
+    /// A float, or null when absent.
+    pub fn float(v: Option<f64>) -> Datum {
+        v.map_or(Datum::Null, |v| Datum::Float(OrdF64(v)))
+    }
+    /// The string inside, if this is a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Datum::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// A view row: one datum per column, in [`ViewDef::columns`] order.
+pub type Row = Vec<Datum>;
+
+/// A column's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColumnType {
+    Str,
+    Int,
+    Float,
+    Bool,
+    Date,
+    Timestamp,
+}
+
+/// A column: snake_case name (SQL, Arrow) and type. JSON uses the camelCase of the name.
+#[derive(Clone, Copy, Debug)]
+pub struct Column {
+    pub name: &'static str,
+    pub ty: ColumnType,
+}
+
+/// Shorthand for a column.
+pub const fn col(name: &'static str, ty: ColumnType) -> Column {
+    Column { name, ty }
+}
+
+/// Everything the serving side needs to know about a view.
+#[derive(Clone, Copy, Debug)]
+pub struct ViewDef {
+    /// SQL table name (DOMAIN.md §8).
+    pub name: &'static str,
+    /// Columns; the first is always `user_id`, and the first `key_len` form the key.
+    pub columns: &'static [Column],
+    pub key_len: usize,
+    /// HTTP read path under `/v1/users/{userId}/`, e.g. `daily-rollups`.
+    pub route: &'static str,
+    /// Query parameters (camelCase of a column) that filter that column by equality.
+    pub filters: &'static [&'static str],
+    /// A date or timestamp column that `from`/`to` (inclusive dates) filter.
+    pub range_column: Option<&'static str>,
+}
+
+impl ViewDef {
+    /// The Arrow schema (snake_case names; key columns non-null).
+    pub fn arrow_schema(&self) -> SchemaRef {
+        let fields: Vec<Field> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Field::new(c.name, arrow_type(c.ty), i >= self.key_len))
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Index of the column named `name`.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// Builds one record batch from rows.
+    pub fn to_record_batch<'a>(&self, rows: impl IntoIterator<Item = &'a Row> + Clone) -> Result<RecordBatch, ArrowError> {
+        let schema = self.arrow_schema();
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
+        for (i, c) in self.columns.iter().enumerate() {
+            let cells = rows.clone().into_iter().map(|r| r.get(i).unwrap_or(&Datum::Null));
+            arrays.push(build_array(c.ty, cells));
+        }
+        RecordBatch::try_new(schema, arrays)
+    }
+
+    /// The row as a JSON object with camelCase keys.
+    pub fn row_to_json(&self, row: &Row) -> Value {
+        let mut map = Map::with_capacity(self.columns.len());
+        for (c, d) in self.columns.iter().zip(row) {
+            map.insert(camel_case(c.name), datum_to_json(d));
+        }
+        Value::Object(map)
+    }
+}
+
+fn arrow_type(ty: ColumnType) -> DataType {
+    match ty {
+        ColumnType::Str => DataType::Utf8,
+        ColumnType::Int => DataType::Int64,
+        ColumnType::Float => DataType::Float64,
+        ColumnType::Bool => DataType::Boolean,
+        ColumnType::Date => DataType::Date32,
+        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+    }
+}
+
+fn build_array<'a>(ty: ColumnType, cells: impl Iterator<Item = &'a Datum>) -> ArrayRef {
+    match ty {
+        ColumnType::Str => {
+            let mut b = StringBuilder::new();
+            cells.for_each(|d| b.append_option(if let Datum::Str(s) = d { Some(s.as_str()) } else { None }));
+            Arc::new(b.finish())
+        }
+        ColumnType::Int => {
+            let mut b = Int64Builder::new();
+            cells.for_each(|d| b.append_option(if let Datum::Int(v) = d { Some(*v) } else { None }));
+            Arc::new(b.finish())
+        }
+        ColumnType::Float => {
+            let mut b = Float64Builder::new();
+            cells.for_each(|d| {
+                b.append_option(match d {
+                    Datum::Float(v) => Some(v.0),
+                    Datum::Int(v) => Some(*v as f64),
+                    _ => None,
+                })
+            });
+            Arc::new(b.finish())
+        }
+        ColumnType::Bool => {
+            let mut b = BooleanBuilder::new();
+            cells.for_each(|d| b.append_option(if let Datum::Bool(v) = d { Some(*v) } else { None }));
+            Arc::new(b.finish())
+        }
+        ColumnType::Date => {
+            let mut b = Date32Builder::new();
+            cells.for_each(|d| b.append_option(if let Datum::Date(v) = d { Some(*v) } else { None }));
+            Arc::new(b.finish())
+        }
+        ColumnType::Timestamp => {
+            let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
+            cells.for_each(|d| b.append_option(if let Datum::Ts(v) = d { Some(*v) } else { None }));
+            Arc::new(b.finish())
+        }
+    }
+}
+
+/// JSON for one datum: dates as `YYYY-MM-DD`, instants as ISO 8601 with `Z`, non-finite floats null.
+pub fn datum_to_json(d: &Datum) -> Value {
+    match d {
+        Datum::Null => Value::Null,
+        Datum::Bool(b) => Value::Bool(*b),
+        Datum::Int(i) => Value::from(*i),
+        Datum::Float(f) => serde_json::Number::from_f64(f.0).map_or(Value::Null, Value::Number),
+        Datum::Str(s) => Value::String(s.clone()),
+        Datum::Date(days) => Value::String(days_to_date(*days).format("%Y-%m-%d").to_string()),
+        Datum::Ts(ms) => Value::String(format_instant(*ms)),
+    }
+}
+
+/// `local_date` → `localDate`: the one mapping between SQL and JSON names (DOMAIN.md §8).
+pub fn camel_case(snake: &str) -> String {
+    let mut out = String::with_capacity(snake.len());
+    let mut upper = false;
+    for ch in snake.chars() {
+        if ch == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(ch.to_uppercase());
+            upper = false;
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Array;
+
+    const DEF: ViewDef = ViewDef {
+        name: "t",
+        columns: &[col("user_id", ColumnType::Str), col("local_date", ColumnType::Date), col("total_min", ColumnType::Float)],
+        key_len: 2,
+        route: "t",
+        filters: &[],
+        range_column: Some("local_date"),
+    };
+
+    #[test]
+    fn camel_case_maps_names() {
+        assert_eq!(camel_case("local_date"), "localDate");
+        assert_eq!(camel_case("delta_after_sd"), "deltaAfterSd");
+        assert_eq!(camel_case("user_id"), "userId");
+    }
+
+    #[test]
+    fn rows_become_arrow_and_json() {
+        let rows = vec![
+            vec![Datum::Str("u".into()), Datum::Date(19_875), Datum::float(Some(1.5))],
+            vec![Datum::Str("v".into()), Datum::Date(19_876), Datum::Null],
+        ];
+        let batch = DEF.to_record_batch(&rows).unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(batch.column(2).null_count(), 1);
+        let json = DEF.row_to_json(&rows[0]);
+        assert_eq!(json, serde_json::json!({"userId": "u", "localDate": "2024-06-01", "totalMin": 1.5}));
+    }
+}

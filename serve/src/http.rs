@@ -1,0 +1,270 @@
+//! The read API: per-user view reads, SQL, frontiers, health. Every read states its freshness:
+//! `asOfEpoch` (all input through it is reflected), `latestEpoch` (newest accepted) and `pending`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use vitalflow_schemas::time::{date_to_days, parse_date};
+use vitalflow_schemas::view::camel_case;
+use vitalflow_schemas::wire::ErrorBody;
+use vitalflow_schemas::{Datum, Epoch, Row};
+
+use crate::snapshot::SnapshotStore;
+use crate::sql;
+
+/// What the serving side needs to know about ingestion (wired in by the binary).
+pub trait Freshness: Send + Sync {
+    /// Newest durably committed epoch.
+    fn latest_epoch(&self) -> Epoch;
+    /// Newest epoch that changed `user`'s data.
+    fn user_epoch(&self, user: &str) -> Option<Epoch>;
+    /// When `epoch` was committed, if remembered.
+    fn committed_at(&self, epoch: Epoch) -> Option<SystemTime>;
+}
+
+/// Limits of the read API.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub sql_row_limit: usize,
+    pub sql_timeout: Duration,
+    /// Longest `waitMs` honoured.
+    pub max_wait: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig { sql_row_limit: 10_000, sql_timeout: Duration::from_secs(10), max_wait: Duration::from_secs(30) }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    store: Arc<SnapshotStore>,
+    freshness: Arc<dyn Freshness>,
+    config: ServeConfig,
+}
+
+/// The read routes.
+pub fn router(store: Arc<SnapshotStore>, freshness: Arc<dyn Freshness>, config: ServeConfig) -> Router {
+    Router::new()
+        .route("/v1/users/{user_id}/{view}", get(read_view))
+        .route("/v1/sql", post(run_sql))
+        .route("/v1/frontiers", get(frontiers))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { store, freshness, config })
+}
+
+/// A read failure with a stable code.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, message = %self.message, "read failed");
+        }
+        (self.status, Json(ErrorBody { code: self.code.to_owned(), message: self.message })).into_response()
+    }
+}
+
+const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+fn wants_arrow(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains(ARROW_STREAM))
+}
+
+fn arrow_response(schema: SchemaRef, batches: &[RecordBatch], fresh: &[(&'static str, String)]) -> Result<Response, ApiError> {
+    let mut buf = Vec::new();
+    {
+        let mut w = StreamWriter::try_new(&mut buf, &schema)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ARROW_ENCODE", e.to_string()))?;
+        for b in batches {
+            w.write(b).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ARROW_ENCODE", e.to_string()))?;
+        }
+        w.finish().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ARROW_ENCODE", e.to_string()))?;
+    }
+    let mut resp = (StatusCode::OK, buf).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM));
+    for (k, v) in fresh {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(*k, v);
+        }
+    }
+    Ok(resp)
+}
+
+async fn read_view(
+    State(st): State<AppState>,
+    Path((user, route)): Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let view = st
+        .store
+        .view_by_route(&route)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_VIEW", format!("no view is served at '{route}'")))?;
+    let def = *st.store.def(view);
+    let date_param = |name: &str| -> Result<Option<i32>, ApiError> {
+        params
+            .get(name)
+            .map(|s| parse_date(s).map(date_to_days).ok_or_else(|| ApiError::bad("INVALID_QUERY", format!("{name} must be YYYY-MM-DD"))))
+            .transpose()
+    };
+    let num_param = |name: &str| -> Result<Option<u64>, ApiError> {
+        params
+            .get(name)
+            .map(|s| s.parse::<u64>().map_err(|_| ApiError::bad("INVALID_QUERY", format!("{name} must be a non-negative integer"))))
+            .transpose()
+    };
+    let (from, to) = (date_param("from")?, date_param("to")?);
+    let (min_epoch, wait_ms) = (num_param("minEpoch")?, num_param("waitMs")?);
+    let filters: Vec<(usize, &String)> = def
+        .filters
+        .iter()
+        .filter_map(|p| params.get(*p).map(|v| (p, v)))
+        .filter_map(|(p, v)| def.columns.iter().position(|c| camel_case(c.name) == *p).map(|i| (i, v)))
+        .collect();
+    let range_idx = def.range_column.and_then(|c| def.column_index(c));
+
+    if let (Some(min), Some(wait)) = (min_epoch, wait_ms) {
+        let mut rx = st.store.watch(view);
+        let wait = Duration::from_millis(wait).min(st.config.max_wait);
+        let _ = tokio::time::timeout(wait, rx.wait_for(|e| *e >= min)).await;
+    }
+    let snap = st.store.snapshot(view);
+    let rows: Vec<&Row> = snap
+        .user(&user)
+        .map(|shard| {
+            shard
+                .rows
+                .iter()
+                .filter(|r| filters.iter().all(|(i, v)| r.get(*i).and_then(Datum::as_str) == Some(v.as_str())))
+                .filter(|r| match (range_idx.and_then(|i| r.get(i)), from, to) {
+                    (Some(Datum::Date(d)), f, t) => f.is_none_or(|f| *d >= f) && t.is_none_or(|t| *d <= t),
+                    (Some(Datum::Ts(ms)), f, t) => {
+                        let d = date_to_days(vitalflow_schemas::time::days_to_date((ms.div_euclid(86_400_000)) as i32));
+                        f.is_none_or(|f| d >= f) && t.is_none_or(|t| d <= t)
+                    }
+                    _ => true,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let latest = st.freshness.latest_epoch();
+    let pending = st.freshness.user_epoch(&user).is_some_and(|e| e > snap.as_of) || min_epoch.is_some_and(|m| m > snap.as_of);
+    if wants_arrow(&headers) {
+        let batch = def
+            .to_record_batch(rows.iter().copied())
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ARROW_ENCODE", e.to_string()))?;
+        return arrow_response(
+            def.arrow_schema(),
+            &[batch],
+            &[
+                ("x-vitalflow-as-of-epoch", snap.as_of.to_string()),
+                ("x-vitalflow-latest-epoch", latest.to_string()),
+                ("x-vitalflow-pending", pending.to_string()),
+            ],
+        );
+    }
+    let rows: Vec<Value> = rows.iter().map(|r| def.row_to_json(r)).collect();
+    Ok(Json(json!({"asOfEpoch": snap.as_of, "latestEpoch": latest, "pending": pending, "rows": rows})).into_response())
+}
+
+#[derive(Deserialize)]
+struct SqlRequest {
+    sql: String,
+}
+
+async fn run_sql(State(st): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let req: SqlRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad("INVALID_REQUEST", format!("expected {{\"sql\": \"...\"}}: {e}")))?;
+    let run = sql::run(&st.store, &req.sql, st.config.sql_row_limit);
+    let result = tokio::time::timeout(st.config.sql_timeout, run)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, "QUERY_TIMEOUT", "the query exceeded its time limit"))?
+        .map_err(|e| match e {
+            sql::SqlError::Invalid(m) => ApiError::bad("INVALID_SQL", m),
+            sql::SqlError::Execution(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "QUERY_FAILED", m),
+        })?;
+    let latest = st.freshness.latest_epoch();
+    if wants_arrow(&headers) {
+        return arrow_response(
+            result.schema.clone(),
+            &result.batches,
+            &[
+                ("x-vitalflow-as-of-epoch", result.as_of.to_string()),
+                ("x-vitalflow-latest-epoch", latest.to_string()),
+                ("x-vitalflow-truncated", result.truncated.to_string()),
+            ],
+        );
+    }
+    let columns: Vec<&str> = result.schema.fields().iter().map(|f| f.name().as_str()).collect();
+    Ok(Json(json!({
+        "asOfEpoch": result.as_of,
+        "latestEpoch": latest,
+        "columns": columns,
+        "rows": sql::batches_to_json(&result.batches),
+        "truncated": result.truncated,
+    }))
+    .into_response())
+}
+
+async fn frontiers(State(st): State<AppState>) -> Json<Value> {
+    let latest = st.freshness.latest_epoch();
+    let now = SystemTime::now();
+    let views: Vec<Value> = (0..st.store.len())
+        .map(|v| {
+            let snap = st.store.snapshot(v);
+            let lag_ms = if snap.as_of >= latest {
+                0
+            } else {
+                st.freshness
+                    .committed_at(snap.as_of + 1)
+                    .and_then(|t| now.duration_since(t).ok())
+                    .map_or(0, |d| d.as_millis() as u64)
+            };
+            json!({
+                "name": st.store.def(v).name,
+                "asOfEpoch": snap.as_of,
+                "lagEpochs": latest.saturating_sub(snap.as_of),
+                "lagMs": lag_ms,
+                "rowCount": snap.row_count,
+            })
+        })
+        .collect();
+    Json(json!({"latestEpoch": latest, "durableEpoch": latest, "ready": st.store.is_ready(), "views": views}))
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    if st.store.is_ready() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "recovering"}))).into_response()
+    }
+}

@@ -1,0 +1,117 @@
+//! Configuration, layered: embedded defaults, then `--config vitalflow.toml`, then `VITALFLOW_*`
+//! environment variables, then command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// Everything vitalflow can be configured with.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the durable store lives.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub listen: String,
+    /// Timely worker threads.
+    pub workers: usize,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Most rows a SQL query returns.
+    pub sql_row_limit: usize,
+    /// SQL query time limit.
+    pub sql_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./vitalflow-data"),
+            listen: "127.0.0.1:8080".into(),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_body_bytes: 8 * 1024 * 1024,
+            sql_row_limit: 10_000,
+            sql_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Flags that override everything else.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub workers: Option<usize>,
+}
+
+impl Config {
+    /// Defaults ← file ← environment (`env`) ← flags.
+    pub fn load(flags: &Overrides, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+        let mut c = match &flags.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = env("VITALFLOW_DATA_DIR") {
+            c.data_dir = v.into();
+        }
+        if let Some(v) = env("VITALFLOW_LISTEN") {
+            c.listen = v;
+        }
+        if let Some(v) = env("VITALFLOW_WORKERS") {
+            c.workers = v.parse().context("VITALFLOW_WORKERS must be a positive integer")?;
+        }
+        if let Some(v) = env("VITALFLOW_MAX_BODY_BYTES") {
+            c.max_body_bytes = v.parse().context("VITALFLOW_MAX_BODY_BYTES must be a positive integer")?;
+        }
+        if let Some(v) = env("VITALFLOW_SQL_ROW_LIMIT") {
+            c.sql_row_limit = v.parse().context("VITALFLOW_SQL_ROW_LIMIT must be a positive integer")?;
+        }
+        if let Some(v) = env("VITALFLOW_SQL_TIMEOUT_MS") {
+            c.sql_timeout_ms = v.parse().context("VITALFLOW_SQL_TIMEOUT_MS must be a positive integer")?;
+        }
+        if let Some(v) = &flags.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = &flags.listen {
+            c.listen = v.clone();
+        }
+        if let Some(v) = flags.workers {
+            c.workers = v;
+        }
+        if c.workers == 0 {
+            bail!("workers must be at least 1");
+        }
+        Ok(c)
+    }
+
+    fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = std::env::temp_dir().join(format!("vf-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vitalflow.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nworkers = 3\ndata_dir = \"/tmp/a\"\n").unwrap();
+        let env = |k: &str| (k == "VITALFLOW_WORKERS").then(|| "5".to_owned());
+        let flags = Overrides { config: Some(file.clone()), data_dir: Some("/tmp/b".into()), ..Default::default() };
+        let c = Config::load(&flags, env).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000");
+        assert_eq!(c.workers, 5);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/b"));
+        let d = Config::load(&Overrides::default(), |_| None).unwrap();
+        assert_eq!(d.data_dir, PathBuf::from("./vitalflow-data"));
+        assert_eq!(d.listen, "127.0.0.1:8080");
+        std::fs::write(&file, "bogus = 1\n").unwrap();
+        assert!(Config::load(&flags, |_| None).is_err());
+    }
+}

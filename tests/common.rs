@@ -1,0 +1,122 @@
+//! A real vitalflow process for tests: started on an ephemeral port in a temporary data directory,
+//! stopped with SIGTERM or killed with SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Server {
+    /// Starts `vitalflow serve` on `data_dir` with extra environment variables.
+    pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitalflow"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--workers", "2", "--data-dir"])
+            .arg(data_dir)
+            .env("VITALFLOW_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn vitalflow");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the listen line");
+        let base = line.trim().rsplit(' ').next().expect("address").to_owned();
+        assert!(base.starts_with("http://"), "unexpected first line: {line}");
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().expect("client");
+        Server { child: Some(child), base, client }
+    }
+
+    pub fn start(data_dir: &Path) -> Server {
+        Self::start_with(data_dir, &[])
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn ready(&self) {
+        for _ in 0..1200 {
+            if let Ok(r) = self.client.get(self.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("vitalflow did not become ready");
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.client.post(self.url(path)).json(body).send().await.expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(self.url(path)).send().await.expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn sql(&self, sql: &str) -> (u16, Value) {
+        self.post("/v1/sql", &json!({ "sql": sql })).await
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns whether it exited with status 0.
+    pub fn stop(mut self) -> bool {
+        let mut child = self.child.take().expect("child");
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// SIGKILL: a crash, no chance to flush anything.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// `../shared/datasets/fitabase/` relative to the repository.
+pub fn fitabase() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/fitabase")
+}
+
+/// A steps sample body with defaults.
+pub fn steps(rec: &str, source: &str, start: &str, end: &str, value: f64) -> Value {
+    json!({"sourceId": source, "sourceRecordId": rec, "metric": "steps", "startAt": start, "endAt": end,
+           "value": value, "unit": "count"})
+}
+
+/// A batch-upsert body.
+pub fn batch(request_id: &str, user: &str, samples: Vec<Value>) -> Value {
+    json!({"requestId": request_id, "userId": user, "samples": samples})
+}
+
+pub const UPSERT: &str = "/v1/health/samples/batch-upsert";

@@ -113,14 +113,21 @@ fn main() {
         let queue = std::sync::Arc::new(std::sync::Mutex::new(payloads.into_iter()));
         let mut tasks = Vec::new();
         for _ in 0..args.concurrency {
-            let (client, queue, url) = (client.clone(), queue.clone(), format!("{base}/v1/health/samples/batch-upsert"));
+            let (client, queue, url) =
+                (client.clone(), queue.clone(), format!("{base}/v1/health/samples/batch-upsert"));
             tasks.push(tokio::spawn(async move {
                 let (mut max_epoch, mut lat) = (0_u64, Vec::new());
                 loop {
                     let next = queue.lock().ok().and_then(|mut q| q.next());
                     let Some(body) = next else { break };
                     let t = Instant::now();
-                    let r = client.post(&url).header("content-type", "application/json").body(body).send().await.expect("post");
+                    let r = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                        .expect("post");
                     assert!(r.status().is_success(), "status {}", r.status());
                     let v: Value = r.json().await.expect("json");
                     lat.push(t.elapsed());
@@ -137,8 +144,11 @@ fn main() {
         }
         let acked = started.elapsed();
         loop {
-            let f: Value = client.get(format!("{base}/v1/frontiers")).send().await.expect("frontiers").json().await.expect("json");
-            let done = f["views"].as_array().is_some_and(|v| v.iter().all(|v| v["asOfEpoch"].as_u64().unwrap_or(0) >= last_epoch));
+            let f: Value =
+                client.get(format!("{base}/v1/frontiers")).send().await.expect("frontiers").json().await.expect("json");
+            let done = f["views"]
+                .as_array()
+                .is_some_and(|v| v.iter().all(|v| v["asOfEpoch"].as_u64().unwrap_or(0) >= last_epoch));
             if done {
                 break;
             }
@@ -158,7 +168,11 @@ fn main() {
     if let Some(c) = child.as_mut() {
         let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", c.id()))
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned()))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+            })
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
         let mut result = result;

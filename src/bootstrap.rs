@@ -41,7 +41,8 @@ impl Freshness for IngestFreshness {
 /// Runs vitalflow until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = Arc::new(
-        Store::open(&config.data_dir).with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
+        Store::open(&config.data_dir)
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
     );
     let recovered_epoch = store.last_epoch()?;
     let progress = Arc::new(IngestProgress::new(recovered_epoch, store.user_epochs()?));
@@ -133,7 +134,12 @@ fn recover(store: &Store, runtime: &Mutex<Runtime>, epoch: Epoch) {
     }
     rt.advance(epoch + 1);
     match result {
-        Ok(n) => tracing::info!(samples = n, epoch, elapsed_ms = started.elapsed().as_millis() as u64, "durable state replayed"),
+        Ok(n) => tracing::info!(
+            samples = n,
+            epoch,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "durable state replayed"
+        ),
         Err(e) => tracing::error!(error = %e, "recovery scan failed"),
     }
 }

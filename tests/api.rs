@@ -8,7 +8,11 @@ use crate::common::{Server, UPSERT, batch, steps, temp_dir};
 fn codes(resp: &Value) -> Vec<(u64, String)> {
     resp["rejected"]
         .as_array()
-        .map(|a| a.iter().map(|r| (r["index"].as_u64().unwrap_or(999), r["code"].as_str().unwrap_or("").to_owned())).collect())
+        .map(|a| {
+            a.iter()
+                .map(|r| (r["index"].as_u64().unwrap_or(999), r["code"].as_str().unwrap_or("").to_owned()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -21,7 +25,13 @@ async fn day_sums(server: &Server, user: &str, metric: &str, epoch: u64) -> Vec<
         .as_array()
         .expect("rows")
         .iter()
-        .map(|r| (r["localDate"].as_str().unwrap_or("").to_owned(), r["sum"].as_f64().unwrap_or(f64::NAN), r["count"].as_i64().unwrap_or(-1)))
+        .map(|r| {
+            (
+                r["localDate"].as_str().unwrap_or("").to_owned(),
+                r["sum"].as_f64().unwrap_or(f64::NAN),
+                r["count"].as_i64().unwrap_or(-1),
+            )
+        })
         .collect()
 }
 
@@ -32,14 +42,18 @@ async fn ingestion_contract_and_reads() {
     server.ready().await;
 
     // Worked example 2a over HTTP, with the zone from the request's device zone.
-    let mut body = batch("r-1", "u1", vec![steps("a1", "watch-1", "2024-06-01T03:50:00Z", "2024-06-01T04:30:00Z", 1200.0)]);
+    let mut body =
+        batch("r-1", "u1", vec![steps("a1", "watch-1", "2024-06-01T03:50:00Z", "2024-06-01T04:30:00Z", 1200.0)]);
     body["deviceTimeZone"] = json!("America/New_York");
     body["platform"] = json!("healthkit");
     let (status, first) = server.post(UPSERT, &body).await;
     assert_eq!(status, 200, "{first}");
     assert_eq!((first["accepted"].as_u64(), first["replayed"].as_bool()), (Some(1), Some(false)));
     let e1 = first["epoch"].as_u64().expect("epoch");
-    assert_eq!(day_sums(&server, "u1", "steps", e1).await, vec![("2024-05-31".into(), 300.0, 1), ("2024-06-01".into(), 900.0, 1)]);
+    assert_eq!(
+        day_sums(&server, "u1", "steps", e1).await,
+        vec![("2024-05-31".into(), 300.0, 1), ("2024-06-01".into(), 900.0, 1)]
+    );
 
     // I1: the same request again is replayed, with no side effect; a different payload is a 409.
     let (status, replay) = server.post(UPSERT, &body).await;
@@ -55,7 +69,13 @@ async fn ingestion_contract_and_reads() {
     assert_eq!(day_sums(&server, "u1", "steps", e1).await[0].1, 300.0, "nothing applied by the 409");
 
     // I2: an identical sample is unchanged; a changed one is an edit.
-    let (_, same) = server.post(UPSERT, &{ let mut b = body.clone(); b["requestId"] = json!("r-2"); b }).await;
+    let (_, same) = server
+        .post(UPSERT, &{
+            let mut b = body.clone();
+            b["requestId"] = json!("r-2");
+            b
+        })
+        .await;
     assert_eq!((same["accepted"].as_u64(), same["unchanged"].as_u64()), (Some(0), Some(1)));
     let mut edit = changed.clone();
     edit["requestId"] = json!("r-3");
@@ -63,7 +83,10 @@ async fn ingestion_contract_and_reads() {
     assert_eq!(edited["accepted"], json!(1));
     let e3 = edited["epoch"].as_u64().expect("epoch");
     assert!(e3 > e1, "epochs increase");
-    assert_eq!(day_sums(&server, "u1", "steps", e3).await, vec![("2024-05-31".into(), 325.0, 1), ("2024-06-01".into(), 975.0, 1)]);
+    assert_eq!(
+        day_sums(&server, "u1", "steps", e3).await,
+        vec![("2024-05-31".into(), 325.0, 1), ("2024-06-01".into(), 975.0, 1)]
+    );
 
     // Sync versions: a lower version is stale.
     let versioned = |req: &str, v: i64, value: f64| {
@@ -81,7 +104,16 @@ async fn ingestion_contract_and_reads() {
         "deletions": [{"sourceId": "watch-1", "sourceRecordId": "sv"}, {"sourceId": "watch-1", "sourceRecordId": "never-seen"}]});
     let (_, deleted) = server.post(UPSERT, &del).await;
     assert_eq!(deleted["deleted"], json!(1));
-    let (_, late) = server.post(UPSERT, &batch("late-1", "u1", vec![steps("never-seen", "watch-1", "2024-06-03T10:00:00Z", "2024-06-03T10:10:00Z", 5.0)])).await;
+    let (_, late) = server
+        .post(
+            UPSERT,
+            &batch(
+                "late-1",
+                "u1",
+                vec![steps("never-seen", "watch-1", "2024-06-03T10:00:00Z", "2024-06-03T10:10:00Z", 5.0)],
+            ),
+        )
+        .await;
     assert_eq!((late["accepted"].as_u64(), late["stale"].as_u64()), (Some(0), Some(1)));
     let e = late["epoch"].as_u64().expect("epoch");
     assert!(day_sums(&server, "u1", "steps", e).await.iter().all(|(d, _, _)| d != "2024-06-02" && d != "2024-06-03"));
@@ -91,37 +123,58 @@ async fn ingestion_contract_and_reads() {
     bad_zone["zoneId"] = json!("Mars/Base");
     let mut bad_class = steps("c", "w", "2024-06-01T10:00:00Z", "2024-06-01T10:00:00Z", 1.0);
     bad_class["sourceClass"] = json!("Watch");
-    let mixed = batch("mixed", "u2", vec![
-        steps("ok", "w", "2024-06-01T10:00:00Z", "2024-06-01T10:30:00Z", 10.0),
-        json!({"sourceId": "w", "sourceRecordId": "m", "metric": "mood", "startAt": "2024-06-01T10:00:00Z", "endAt": "2024-06-01T10:00:00Z", "value": 1, "unit": "count"}),
-        json!({"sourceId": "w", "sourceRecordId": "u", "metric": "steps", "startAt": "2024-06-01T10:00:00Z", "endAt": "2024-06-01T10:00:00Z", "value": 1, "unit": "STEPS"}),
-        steps("i", "w", "2024-06-01T10:00:00Z", "2024-06-01T09:00:00Z", 1.0),
-        steps("long", "w", "2024-06-01T10:00:00Z", "2024-06-02T10:00:01Z", 1.0),
-        steps("neg", "w", "2024-06-01T10:00:00Z", "2024-06-01T10:01:00Z", -1.0),
-        steps("", "w", "2024-06-01T10:00:00Z", "2024-06-01T10:01:00Z", 1.0),
-        bad_zone,
-        bad_class,
-        json!({"sourceId": "w", "sourceRecordId": "hr", "metric": "heart_rate", "startAt": "2024-06-01T10:00:00Z", "endAt": "2024-06-01T10:00:00Z", "value": 400, "unit": "bpm"}),
-    ]);
+    let mixed = batch(
+        "mixed",
+        "u2",
+        vec![
+            steps("ok", "w", "2024-06-01T10:00:00Z", "2024-06-01T10:30:00Z", 10.0),
+            json!({"sourceId": "w", "sourceRecordId": "m", "metric": "mood", "startAt": "2024-06-01T10:00:00Z", "endAt": "2024-06-01T10:00:00Z", "value": 1, "unit": "count"}),
+            json!({"sourceId": "w", "sourceRecordId": "u", "metric": "steps", "startAt": "2024-06-01T10:00:00Z", "endAt": "2024-06-01T10:00:00Z", "value": 1, "unit": "STEPS"}),
+            steps("i", "w", "2024-06-01T10:00:00Z", "2024-06-01T09:00:00Z", 1.0),
+            steps("long", "w", "2024-06-01T10:00:00Z", "2024-06-02T10:00:01Z", 1.0),
+            steps("neg", "w", "2024-06-01T10:00:00Z", "2024-06-01T10:01:00Z", -1.0),
+            steps("", "w", "2024-06-01T10:00:00Z", "2024-06-01T10:01:00Z", 1.0),
+            bad_zone,
+            bad_class,
+            json!({"sourceId": "w", "sourceRecordId": "hr", "metric": "heart_rate", "startAt": "2024-06-01T10:00:00Z", "endAt": "2024-06-01T10:00:00Z", "value": 400, "unit": "bpm"}),
+        ],
+    );
     let (status, mixed_resp) = server.post(UPSERT, &mixed).await;
     assert_eq!(status, 200);
     assert_eq!(mixed_resp["accepted"], json!(1));
-    assert_eq!(codes(&mixed_resp), vec![
-        (1, "UNKNOWN_METRIC".into()), (2, "UNIT_UNSUPPORTED".into()), (3, "INVALID_INTERVAL".into()),
-        (4, "INVALID_INTERVAL".into()), (5, "OUT_OF_RANGE".into()), (6, "INVALID_ID".into()),
-        (7, "INVALID_ZONE".into()), (8, "INVALID_SOURCE_CLASS".into()), (9, "OUT_OF_RANGE".into()),
-    ]);
+    assert_eq!(
+        codes(&mixed_resp),
+        vec![
+            (1, "UNKNOWN_METRIC".into()),
+            (2, "UNIT_UNSUPPORTED".into()),
+            (3, "INVALID_INTERVAL".into()),
+            (4, "INVALID_INTERVAL".into()),
+            (5, "OUT_OF_RANGE".into()),
+            (6, "INVALID_ID".into()),
+            (7, "INVALID_ZONE".into()),
+            (8, "INVALID_SOURCE_CLASS".into()),
+            (9, "OUT_OF_RANGE".into()),
+        ]
+    );
 
     // I4 and Z1 step 4: the profile's zone and privacy settings apply at ingest.
-    let (status, profile) = server.post("/v1/users/u3/profile", &json!({"timeZone": "Asia/Tokyo", "blockedMetrics": ["heart_rate"]})).await;
+    let (status, profile) =
+        server.post("/v1/users/u3/profile", &json!({"timeZone": "Asia/Tokyo", "blockedMetrics": ["heart_rate"]})).await;
     assert_eq!(status, 200, "{profile}");
     let hr = json!({"sourceId": "w", "sourceRecordId": "hr", "metric": "heart_rate", "startAt": "2024-06-01T16:00:00Z", "endAt": "2024-06-01T16:00:00Z", "value": 60, "unit": "bpm"});
-    let (_, gated) = server.post(UPSERT, &batch("p-1", "u3", vec![hr.clone(), steps("s", "w", "2024-06-01T16:00:00Z", "2024-06-01T16:10:00Z", 7.0)])).await;
+    let (_, gated) = server
+        .post(
+            UPSERT,
+            &batch("p-1", "u3", vec![hr.clone(), steps("s", "w", "2024-06-01T16:00:00Z", "2024-06-01T16:10:00Z", 7.0)]),
+        )
+        .await;
     assert_eq!(codes(&gated), vec![(0, "METRIC_BLOCKED".into())]);
     let e = gated["epoch"].as_u64().expect("epoch");
     assert_eq!(day_sums(&server, "u3", "steps", e).await, vec![("2024-06-02".into(), 7.0, 1)], "Tokyo date");
     server.post("/v1/users/u3/profile", &json!({"allowHealthDataUpload": false})).await;
-    let (_, off) = server.post(UPSERT, &batch("p-2", "u3", vec![steps("s2", "w", "2024-06-01T16:00:00Z", "2024-06-01T16:10:00Z", 7.0)])).await;
+    let (_, off) = server
+        .post(UPSERT, &batch("p-2", "u3", vec![steps("s2", "w", "2024-06-01T16:00:00Z", "2024-06-01T16:10:00Z", 7.0)]))
+        .await;
     assert_eq!(codes(&off), vec![(0, "PRIVACY_UPLOAD_DISABLED".into())]);
 
     // Request-level errors.
@@ -138,19 +191,36 @@ async fn ingestion_contract_and_reads() {
     assert_eq!(r.status(), 415);
     assert_eq!(r.json::<Value>().await.expect("json")["code"], json!("UNSUPPORTED_MEDIA_TYPE"));
     let huge = format!(r#"{{"requestId": "big", "userId": "u1", "platform": "{}"}}"#, "x".repeat(9 * 1024 * 1024));
-    let r = server.client.post(server.url(UPSERT)).header("content-type", "application/json").body(huge).send().await.expect("send");
+    let r = server
+        .client
+        .post(server.url(UPSERT))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 413);
     assert_eq!(r.json::<Value>().await.expect("json")["code"], json!("PAYLOAD_TOO_LARGE"));
-    let (status, bad_dz) = server.post(UPSERT, &{ let mut b = batch("dz", "u1", vec![]); b["deviceTimeZone"] = json!("Nowhere"); b }).await;
+    let (status, bad_dz) = server
+        .post(UPSERT, &{
+            let mut b = batch("dz", "u1", vec![]);
+            b["deviceTimeZone"] = json!("Nowhere");
+            b
+        })
+        .await;
     assert_eq!((status, bad_dz["code"].as_str()), (400, Some("INVALID_ZONE")));
     let (status, _) = server.post("/v1/users/u1/profile", &json!({"timeZone": "Not/AZone"})).await;
     assert_eq!(status, 400);
 
     // SQL: read-only, one table per view, limits; Arrow IPC on request.
-    let (status, q) = server.sql("SELECT user_id, metric, local_date, sum FROM daily_rollups_by_source ORDER BY user_id, local_date").await;
+    let (status, q) = server
+        .sql("SELECT user_id, metric, local_date, sum FROM daily_rollups_by_source ORDER BY user_id, local_date")
+        .await;
     assert_eq!(status, 200, "{q}");
     assert!(q["asOfEpoch"].as_u64().is_some() && q["rows"].as_array().is_some_and(|r| !r.is_empty()));
-    for stmt in ["CREATE TABLE t (a INT)", "INSERT INTO daily_rollups VALUES (1)", "DROP TABLE daily_rollups", "SELEC 1"] {
+    for stmt in
+        ["CREATE TABLE t (a INT)", "INSERT INTO daily_rollups VALUES (1)", "DROP TABLE daily_rollups", "SELEC 1"]
+    {
         let (status, err) = server.sql(stmt).await;
         assert_eq!(status, 400, "{stmt}: {err}");
         assert_eq!(err["code"], json!("INVALID_SQL"));
@@ -164,7 +234,8 @@ async fn ingestion_contract_and_reads() {
         .expect("arrow");
     assert_eq!(r.headers()["content-type"], "application/vnd.apache.arrow.stream");
     let bytes = r.bytes().await.expect("bytes");
-    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None).expect("ipc");
+    let reader =
+        datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None).expect("ipc");
     let rows: usize = reader.map(|b| b.expect("batch").num_rows()).sum();
     assert_eq!(rows, 2);
 

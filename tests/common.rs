@@ -47,10 +47,10 @@ impl Server {
     /// Waits until `/readyz` answers 200.
     pub async fn ready(&self) {
         for _ in 0..1200 {
-            if let Ok(r) = self.client.get(self.url("/readyz")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = self.client.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -53,7 +53,12 @@ pub fn daily_sums(rows: &[(String, String, f64)]) -> BTreeMap<(String, String), 
 }
 
 /// Reads a user's daily rollups of `metric` as `date → (sum, count)`, waiting for `min_epoch`.
-pub async fn read_days(server: &Server, user: &str, metric: &str, min_epoch: u64) -> (Value, BTreeMap<String, (f64, i64)>) {
+pub async fn read_days(
+    server: &Server,
+    user: &str,
+    metric: &str,
+    min_epoch: u64,
+) -> (Value, BTreeMap<String, (f64, i64)>) {
     let (status, body) =
         server.get(&format!("/v1/users/{user}/daily-rollups?metric={metric}&minEpoch={min_epoch}&waitMs=30000")).await;
     assert_eq!(status, 200, "{body}");

@@ -11,7 +11,7 @@ use crate::fitbit::{batches, daily_sums, hourly, read_days};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_mid_upload_keeps_every_acknowledged_batch() {
     let dir = temp_dir();
-    let steps: Vec<_> = hourly("hourlySteps_merged.csv").into_iter().filter(|(u, _, _)| u.as_str() < "2").collect();
+    let steps: Vec<_> = hourly("hourlySteps_merged.csv").into_iter().filter(|(u, _, _)| u.as_str() < "5").collect();
     let bodies = batches(&steps, "steps", "count", "rs");
     assert!(bodies.len() > 10);
     let half = bodies.len() / 2;

@@ -67,7 +67,13 @@ pub fn daily_rollups<'s>(samples: VecCollection<'s, Epoch, Sample>) -> VecCollec
             output.push(((count, OrdF64(sum)), 1));
         })
         .map(|((user, metric, day), (count, sum))| {
-            row(user, metric, day, count, [Datum::Float(sum), Datum::Null, Datum::Null, Datum::Null, Datum::Null, Datum::Null])
+            row(
+                user,
+                metric,
+                day,
+                count,
+                [Datum::Float(sum), Datum::Null, Datum::Null, Datum::Null, Datum::Null, Datum::Null],
+            )
         });
 
     let discrete = samples
@@ -75,7 +81,8 @@ pub fn daily_rollups<'s>(samples: VecCollection<'s, Epoch, Sample>) -> VecCollec
         .filter(|s| s.metric.kind() == ValueKind::Discrete && s.value.is_some())
         .map(|s| {
             let day = vitalflow_schemas::time::date_to_days(s.zone.local_date(s.start_ms));
-            let entry: DiscreteEntry = (s.start_ms, s.end_ms, s.source_record_id, s.source_id, s.value.unwrap_or_default());
+            let entry: DiscreteEntry =
+                (s.start_ms, s.end_ms, s.source_record_id, s.source_id, s.value.unwrap_or_default());
             ((s.user_id, s.metric, day), entry)
         })
         .reduce_named("Discrete: day stats", |_day: &DayKey, input, output| {
@@ -96,7 +103,10 @@ pub fn daily_rollups<'s>(samples: VecCollection<'s, Epoch, Sample>) -> VecCollec
                 .into_iter()
                 .enumerate()
                 .map(|(i, (day, a, b))| {
-                    ((s.user_id.clone(), s.metric, day), (a, b, i == 0, s.source_id.clone(), s.source_record_id.clone()))
+                    (
+                        (s.user_id.clone(), s.metric, day),
+                        (a, b, i == 0, s.source_id.clone(), s.source_record_id.clone()),
+                    )
                 })
                 .collect::<Vec<_>>()
         })
@@ -120,7 +130,13 @@ pub fn daily_rollups<'s>(samples: VecCollection<'s, Epoch, Sample>) -> VecCollec
             }
         })
         .map(|((user, metric, day), (count, total))| {
-            row(user, metric, day, count, [Datum::Null, Datum::Null, Datum::Null, Datum::Null, Datum::Null, Datum::Float(total)])
+            row(
+                user,
+                metric,
+                day,
+                count,
+                [Datum::Null, Datum::Null, Datum::Null, Datum::Null, Datum::Null, Datum::Float(total)],
+            )
         });
 
     cumulative.concat(discrete).concat(interval)

@@ -55,7 +55,10 @@ pub fn daily_rollups_by_source<'s>(samples: VecCollection<'s, Epoch, Sample>) ->
             day_shares(s.start_ms, s.end_ms, v, s.zone)
                 .into_iter()
                 .map(|(day, share, _)| {
-                    ((s.user_id.clone(), s.metric, day, s.source_id.clone()), (s.source_record_id.clone(), OrdF64(share)))
+                    (
+                        (s.user_id.clone(), s.metric, day, s.source_id.clone()),
+                        (s.source_record_id.clone(), OrdF64(share)),
+                    )
                 })
                 .collect::<Vec<_>>()
         })
@@ -73,7 +76,8 @@ pub fn daily_rollups_by_source<'s>(samples: VecCollection<'s, Epoch, Sample>) ->
         .filter(|s| s.metric.kind() == ValueKind::Discrete && s.value.is_some())
         .map(|s| {
             let day = date_to_days(s.zone.local_date(s.start_ms));
-            let entry: DiscreteEntry = (s.start_ms, s.end_ms, s.source_record_id, s.source_id.clone(), s.value.unwrap_or_default());
+            let entry: DiscreteEntry =
+                (s.start_ms, s.end_ms, s.source_record_id, s.source_id.clone(), s.value.unwrap_or_default());
             ((s.user_id, s.metric, day, s.source_id), entry)
         })
         .reduce_named("BySource: discrete day stats", |_key: &SourceDayKey, input, output| {

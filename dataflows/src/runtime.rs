@@ -99,7 +99,12 @@ impl Runtime {
         })?;
         let mut threads: Vec<(usize, Thread)> = thread_rx.iter().take(workers).collect();
         threads.sort_by_key(|(i, _)| *i);
-        Ok(Runtime { senders, threads: threads.into_iter().map(|(_, t)| t).collect(), guards: Some(guards), frontier: 0 })
+        Ok(Runtime {
+            senders,
+            threads: threads.into_iter().map(|(_, t)| t).collect(),
+            guards: Some(guards),
+            frontier: 0,
+        })
     }
 
     /// Number of workers.
@@ -186,24 +191,28 @@ fn worker_for(user: &str, workers: usize) -> usize {
 fn sink(view: usize, name: &str, rows: VecCollection<'_, Epoch, Row>, report: bool, out: Sender<ViewProgress>) {
     let mut stash: BTreeMap<Epoch, Vec<(Row, isize)>> = BTreeMap::new();
     let mut reported: Epoch = 0;
-    rows.inner.sink(Exchange::new(|_: &(Row, Epoch, isize)| 0u64), &format!("Sink: {name}"), move |(input, frontier)| {
-        input.for_each(|_cap, data| {
-            for (row, t, r) in data.drain(..) {
-                stash.entry(t).or_default().push((row, r));
+    rows.inner.sink(
+        Exchange::new(|_: &(Row, Epoch, isize)| 0u64),
+        &format!("Sink: {name}"),
+        move |(input, frontier)| {
+            input.for_each(|_cap, data| {
+                for (row, t, r) in data.drain(..) {
+                    stash.entry(t).or_default().push((row, r));
+                }
+            });
+            if !report {
+                return;
             }
-        });
-        if !report {
-            return;
-        }
-        let f = frontier.frontier().iter().min().copied().unwrap_or(Epoch::MAX);
-        if f > reported {
-            let later = stash.split_off(&f);
-            let done = std::mem::replace(&mut stash, later);
-            let mut updates: Vec<(Row, Epoch, i64)> =
-                done.into_iter().flat_map(|(t, v)| v.into_iter().map(move |(row, r)| (row, t, r as i64))).collect();
-            consolidate_updates(&mut updates);
-            reported = f;
-            let _ = out.send(ViewProgress { view, frontier: f, updates });
-        }
-    });
+            let f = frontier.frontier().iter().min().copied().unwrap_or(Epoch::MAX);
+            if f > reported {
+                let later = stash.split_off(&f);
+                let done = std::mem::replace(&mut stash, later);
+                let mut updates: Vec<(Row, Epoch, i64)> =
+                    done.into_iter().flat_map(|(t, v)| v.into_iter().map(move |(row, r)| (row, t, r as i64))).collect();
+                consolidate_updates(&mut updates);
+                reported = f;
+                let _ = out.send(ViewProgress { view, frontier: f, updates });
+            }
+        },
+    );
 }

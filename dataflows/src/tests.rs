@@ -76,7 +76,17 @@ fn day(s: &str) -> i32 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn sample(user: &str, source: &str, rec: &str, metric: Metric, start: i64, end: i64, value: f64, class: SourceClass, zone: &str) -> Sample {
+fn sample(
+    user: &str,
+    source: &str,
+    rec: &str,
+    metric: Metric,
+    start: i64,
+    end: i64,
+    value: f64,
+    class: SourceClass,
+    zone: &str,
+) -> Sample {
     Sample {
         user_id: user.into(),
         source_id: source.into(),
@@ -113,7 +123,17 @@ fn cumulative_days(h: &Harness, metric: &str) -> Vec<(i32, i64, f64)> {
 #[test]
 fn worked_example_2a_step_by_step_with_edit_and_delete() {
     let mut h = Harness::new(2);
-    let s = sample("u1", "watch-1", "a1", Metric::Steps, ms("2024-06-01T03:50:00Z"), ms("2024-06-01T04:30:00Z"), 1200.0, SourceClass::Watch, "America/New_York");
+    let s = sample(
+        "u1",
+        "watch-1",
+        "a1",
+        Metric::Steps,
+        ms("2024-06-01T03:50:00Z"),
+        ms("2024-06-01T04:30:00Z"),
+        1200.0,
+        SourceClass::Watch,
+        "America/New_York",
+    );
     h.step(vec![Change::Sample(s.clone(), 1)]);
     assert_eq!(cumulative_days(&h, "steps"), vec![(day("2024-05-31"), 1, 300.0), (day("2024-06-01"), 1, 900.0)]);
     let by_source = h.rows("daily_rollups_by_source");
@@ -138,7 +158,17 @@ fn worked_example_2a_step_by_step_with_edit_and_delete() {
 #[test]
 fn worked_example_2b_dst_spring_forward() {
     let mut h = Harness::new(1);
-    let s = sample("u1", "w", "a", Metric::Steps, ms("2024-03-10T04:00:00Z"), ms("2024-03-10T07:00:00Z"), 1200.0, SourceClass::Watch, "America/New_York");
+    let s = sample(
+        "u1",
+        "w",
+        "a",
+        Metric::Steps,
+        ms("2024-03-10T04:00:00Z"),
+        ms("2024-03-10T07:00:00Z"),
+        1200.0,
+        SourceClass::Watch,
+        "America/New_York",
+    );
     h.step(vec![Change::Sample(s, 1)]);
     let days = cumulative_days(&h, "steps");
     assert_eq!(days.len(), 2);
@@ -194,14 +224,27 @@ fn interval_minutes_are_a_union_across_sources() {
     let t = ms("2024-06-01T23:30:00Z");
     let mut a = sample("u1", "w", "m1", Metric::MindfulMinutes, t, t + 3_600_000, 60.0, SourceClass::Watch, "UTC");
     a.value = None;
-    let b = sample("u1", "p", "m2", Metric::MindfulMinutes, t + 600_000, t + 1_200_000, 10.0, SourceClass::Phone, "UTC");
+    let b =
+        sample("u1", "p", "m2", Metric::MindfulMinutes, t + 600_000, t + 1_200_000, 10.0, SourceClass::Phone, "UTC");
     h.step(vec![Change::Sample(a, 1), Change::Sample(b, 1)]);
     let rows: Vec<(i32, Datum, Option<f64>)> = h
         .rows("daily_rollups")
         .into_iter()
-        .map(|r| (match r[2] { Datum::Date(d) => d, _ => 0 }, r[5].clone(), float(&r[11])))
+        .map(|r| {
+            (
+                match r[2] {
+                    Datum::Date(d) => d,
+                    _ => 0,
+                },
+                r[5].clone(),
+                float(&r[11]),
+            )
+        })
         .collect();
-    assert_eq!(rows, vec![(day("2024-06-01"), Datum::Int(2), Some(30.0)), (day("2024-06-02"), Datum::Int(0), Some(30.0))]);
+    assert_eq!(
+        rows,
+        vec![(day("2024-06-01"), Datum::Int(2), Some(30.0)), (day("2024-06-02"), Datum::Int(0), Some(30.0))]
+    );
 }
 
 // ---- property test against a from-scratch oracle ----
@@ -217,7 +260,8 @@ fn oracle_cumulative(rows: &[Sample]) -> BTreeMap<(String, String, i32), (i64, f
             slices.entry((s.user_id.clone(), s.metric, k)).or_default().push(s);
         }
     }
-    let mut days: BTreeMap<(String, String, i32), (BTreeSet<(String, String)>, Vec<(String, String, f64)>)> = BTreeMap::new();
+    type Contribs = (BTreeSet<(String, String)>, Vec<(String, String, f64)>);
+    let mut days: BTreeMap<(String, String, i32), Contribs> = BTreeMap::new();
     for ((user, metric, k), samples) in slices {
         let Some(best) = samples.iter().map(|s| (s.source_class.rank(), s.source_id.clone())).min() else { continue };
         for s in samples.iter().filter(|s| s.source_id == best.1) {

@@ -42,12 +42,17 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result
     let body = body.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            IngestError::Invalid { status, code: "PAYLOAD_TOO_LARGE", message: "request body exceeds the size limit".into() }
+            IngestError::Invalid {
+                status,
+                code: "PAYLOAD_TOO_LARGE",
+                message: "request body exceeds the size limit".into(),
+            }
         } else {
             IngestError::bad_request("INVALID_BODY", rejection.body_text())
         }
     })?;
-    serde_json::from_slice(&body).map_err(|e| IngestError::bad_request("MALFORMED_JSON", format!("malformed JSON: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| IngestError::bad_request("MALFORMED_JSON", format!("malformed JSON: {e}")))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, IngestError> {
@@ -68,10 +73,10 @@ async fn batch_upsert(
     if !valid_id(&req.user_id) {
         return Err(IngestError::bad_request("INVALID_ID", "userId must be 1 to 128 bytes"));
     }
-    if let Some(z) = req.device_time_zone.as_deref() {
-        if Zone::parse(z).is_none() {
-            return Err(IngestError::bad_request("INVALID_ZONE", format!("deviceTimeZone '{z}' is not a valid zone")));
-        }
+    if let Some(z) = req.device_time_zone.as_deref()
+        && Zone::parse(z).is_none()
+    {
+        return Err(IngestError::bad_request("INVALID_ZONE", format!("deviceTimeZone '{z}' is not a valid zone")));
     }
     Ok(Json(ingest.batch_upsert(req, hash).await?))
 }
@@ -94,10 +99,10 @@ async fn upsert_profile(
     if !valid_id(&user_id) {
         return Err(IngestError::bad_request("INVALID_ID", "userId must be 1 to 128 bytes"));
     }
-    if let Some(z) = req.time_zone.as_deref() {
-        if !matches!(Zone::parse(z), Some(Zone::Iana(_))) {
-            return Err(IngestError::bad_request("INVALID_ZONE", format!("timeZone '{z}' is not an IANA zone")));
-        }
+    if let Some(z) = req.time_zone.as_deref()
+        && !matches!(Zone::parse(z), Some(Zone::Iana(_)))
+    {
+        return Err(IngestError::bad_request("INVALID_ZONE", format!("timeZone '{z}' is not an IANA zone")));
     }
     let profile = UserProfile {
         user_id,

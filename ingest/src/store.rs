@@ -40,7 +40,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store, redb::Error> {
-        std::fs::create_dir_all(dir).map_err(|e| redb::Error::Io(e))?;
+        std::fs::create_dir_all(dir).map_err(redb::Error::Io)?;
         let db = Database::create(dir.join("vitalflow.redb"))?;
         let txn = db.begin_write()?;
         {

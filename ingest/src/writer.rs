@@ -78,7 +78,11 @@ impl Ingest {
     }
 
     /// Applies a batch upsert durably and returns its response (or the stored one, on replay).
-    pub async fn batch_upsert(&self, req: BatchUpsertRequest, hash: String) -> Result<BatchUpsertResponse, IngestError> {
+    pub async fn batch_upsert(
+        &self,
+        req: BatchUpsertRequest,
+        hash: String,
+    ) -> Result<BatchUpsertResponse, IngestError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Batch { req, hash, reply }).await.map_err(|_| IngestError::Unavailable)?;
         rx.await.map_err(|_| IngestError::Unavailable)?
@@ -202,8 +206,7 @@ fn apply_batch(
             _ => (Err(IngestError::IdempotencyKeyReused(req.request_id.clone())), false),
         });
     }
-    let profile: Option<UserProfile> =
-        t.profiles.get(user)?.and_then(|p| serde_json::from_slice(p.value()).ok());
+    let profile: Option<UserProfile> = t.profiles.get(user)?.and_then(|p| serde_json::from_slice(p.value()).ok());
     let ctx = RequestContext {
         user_id: user,
         platform: req.platform.as_deref(),

@@ -190,9 +190,7 @@ fn is_molar_glucose(unit: &str) -> bool {
 
 /// Range checks after normalization (§1.4).
 pub fn check_range(metric: Metric, value: f64) -> Result<(), Rejection> {
-    let out = |what: &str| {
-        Err(Rejection::new(codes::OUT_OF_RANGE, format!("{} value {value} {what}", metric.key())))
-    };
+    let out = |what: &str| Err(Rejection::new(codes::OUT_OF_RANGE, format!("{} value {value} {what}", metric.key())));
     if !value.is_finite() {
         return out("is not a finite number");
     }
@@ -202,9 +200,7 @@ pub fn check_range(metric: Metric, value: f64) -> Result<(), Rejection> {
     match metric {
         Metric::Spo2 if !(0.0..=100.0).contains(&value) => out("is outside 0–100 %"),
         Metric::HeartRate if !(20.0..=300.0).contains(&value) => out("is outside 20–300 count/min"),
-        Metric::HrvSdnn | Metric::HrvRmssd if !(1.0..=300.0).contains(&value) => {
-            out("is outside 1–300 ms")
-        }
+        Metric::HrvSdnn | Metric::HrvRmssd if !(1.0..=300.0).contains(&value) => out("is outside 1–300 ms"),
         _ => Ok(()),
     }
 }

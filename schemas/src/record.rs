@@ -2,12 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Epoch;
 use crate::metric::Metric;
 use crate::ordf64::OrdF64;
 use crate::sleep::SleepStage;
 use crate::source::SourceClass;
 use crate::zone::Zone;
-use crate::Epoch;
 
 /// A sample's identity (DOMAIN.md I2): `(userId, sourceId, sourceRecordId)`, without `startAt`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

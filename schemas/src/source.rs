@@ -62,10 +62,8 @@ impl SourceClass {
                 if get("recordingMethod").and_then(Value::as_i64) == Some(3) {
                     return SourceClass::Manual;
                 }
-                let device_type = get("device")
-                    .and_then(|d| d.get("type"))
-                    .or_else(|| get("deviceType"))
-                    .and_then(Value::as_i64);
+                let device_type =
+                    get("device").and_then(|d| d.get("type")).or_else(|| get("deviceType")).and_then(Value::as_i64);
                 match device_type {
                     Some(1) => SourceClass::Watch,
                     Some(2) => SourceClass::Phone,
@@ -104,7 +102,10 @@ mod tests {
         let hk = Platform::HealthKit;
         assert_eq!(SourceClass::derive(hk, &json!({"HKMetadataKeyWasUserEntered": true})), SourceClass::Manual);
         assert_eq!(SourceClass::derive(hk, &json!({"productType": "Watch2,4"})), SourceClass::Watch);
-        assert_eq!(SourceClass::derive(hk, &json!({"sourceRevision": {"productType": "iPhone12,1"}})), SourceClass::Phone);
+        assert_eq!(
+            SourceClass::derive(hk, &json!({"sourceRevision": {"productType": "iPhone12,1"}})),
+            SourceClass::Phone
+        );
         assert_eq!(SourceClass::derive(hk, &json!({"productType": "Oura"})), SourceClass::Other);
         assert_eq!(SourceClass::derive(hk, &json!({})), SourceClass::Unknown);
         let hc = Platform::HealthConnect;

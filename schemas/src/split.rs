@@ -67,7 +67,7 @@ pub fn day_pieces(s: i64, e: i64, zone: Zone) -> Vec<(i32, i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::{parse_date, parse_instant, date_to_days};
+    use crate::time::{date_to_days, parse_date, parse_instant};
 
     fn ms(s: &str) -> i64 {
         parse_instant(s).expect(s)
@@ -107,7 +107,9 @@ mod tests {
         let zones = ["UTC", "America/New_York", "Asia/Kathmandu", "Australia/Lord_Howe", "+05:45"];
         for z in zones {
             let zone = Zone::parse(z).unwrap();
-            for (s, len) in [(1_700_000_123_456_i64, 86_400_000_i64), (1_710_050_000_000, 7_777_777), (1_730_600_000_000, 1)] {
+            for (s, len) in
+                [(1_700_000_123_456_i64, 86_400_000_i64), (1_710_050_000_000, 7_777_777), (1_730_600_000_000, 1)]
+            {
                 let total: f64 = day_shares(s, s + len, 1234.5, zone).iter().map(|x| x.1).sum();
                 assert!((total - 1234.5).abs() < 1e-9 * 1234.5, "{z}: {total}");
             }

@@ -43,7 +43,10 @@ pub fn validate_sample(ws: &WireSample, ctx: &RequestContext<'_>) -> Result<Stor
             ));
         }
         if p.blocked_metrics.iter().any(|m| m == &ws.metric) {
-            return Err(Rejection::new(codes::METRIC_BLOCKED, format!("metric '{}' is blocked by the user", ws.metric)));
+            return Err(Rejection::new(
+                codes::METRIC_BLOCKED,
+                format!("metric '{}' is blocked by the user", ws.metric),
+            ));
         }
     }
     for (name, id) in [("sourceId", &ws.source_id), ("sourceRecordId", &ws.source_record_id)] {
@@ -70,7 +73,12 @@ pub fn validate_sample(ws: &WireSample, ctx: &RequestContext<'_>) -> Result<Stor
     let meta = if metadata.is_object() { metadata.clone() } else { Value::Object(Default::default()) };
     let source_class = match ws.source_class.as_deref() {
         Some(s) => SourceClass::parse(s).ok_or_else(|| {
-            Rejection::new(codes::INVALID_SOURCE_CLASS, format!("sourceClass '{s}' is not one of manual, watch, ring, band, chest_strap, phone, other, unknown"))
+            Rejection::new(
+                codes::INVALID_SOURCE_CLASS,
+                format!(
+                    "sourceClass '{s}' is not one of manual, watch, ring, band, chest_strap, phone, other, unknown"
+                ),
+            )
         })?,
         None => SourceClass::derive(platform, &meta),
     };
@@ -94,10 +102,13 @@ pub fn validate_sample(ws: &WireSample, ctx: &RequestContext<'_>) -> Result<Stor
                 return Err(Rejection::new(codes::UNIT_UNSUPPORTED, format!("{} needs a unit", m.key())));
             }
             (None, _) if m.kind() == ValueKind::Interval => (None, None),
-            (None, _) => return Err(Rejection::new(codes::INVALID_VALUE, format!("{} needs a numeric value", m.key()))),
+            (None, _) => {
+                return Err(Rejection::new(codes::INVALID_VALUE, format!("{} needs a numeric value", m.key())));
+            }
         },
     };
-    let sync_version = meta.get("HKMetadataKeySyncVersion").and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()));
+    let sync_version =
+        meta.get("HKMetadataKeySyncVersion").and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()));
     let metadata = if metadata.is_null() { "{}".to_owned() } else { metadata.to_string() };
     Ok(StoredSample {
         sample: Sample {
@@ -121,13 +132,14 @@ pub fn validate_sample(ws: &WireSample, ctx: &RequestContext<'_>) -> Result<Stor
 /// Z1: the sample's own zone, then its metadata, then the device zone, then the profile, then UTC.
 fn resolve_zone(ws: &WireSample, meta: &Value, instant: bool, ctx: &RequestContext<'_>) -> Result<Zone, Rejection> {
     if let Some(z) = ws.zone_id.as_deref() {
-        return Zone::parse(z)
-            .ok_or_else(|| Rejection::new(codes::INVALID_ZONE, format!("zoneId '{z}' is not an IANA zone or a ±HH:MM offset")));
+        return Zone::parse(z).ok_or_else(|| {
+            Rejection::new(codes::INVALID_ZONE, format!("zoneId '{z}' is not an IANA zone or a ±HH:MM offset"))
+        });
     }
-    if let Some(z) = meta.get("HKMetadataKeyTimeZone").and_then(Value::as_str).and_then(Zone::parse) {
-        if matches!(z, Zone::Iana(_)) {
-            return Ok(z);
-        }
+    if let Some(z) = meta.get("HKMetadataKeyTimeZone").and_then(Value::as_str).and_then(Zone::parse)
+        && matches!(z, Zone::Iana(_))
+    {
+        return Ok(z);
     }
     let hc_key = if instant { ["zoneOffset", "startZoneOffset"] } else { ["startZoneOffset", "zoneOffset"] };
     for key in hc_key {
@@ -176,15 +188,27 @@ mod tests {
     fn z1_zone_resolution_order() {
         let ny = Zone::parse("America/New_York");
         let berlin = Zone::parse("Europe/Berlin");
-        let profile = UserProfile { user_id: "u1".into(), time_zone: Some("Asia/Tokyo".into()), allow_health_data_upload: true, blocked_metrics: vec![] };
-        let zone = |w: &WireSample, p, d| validate_sample(w, &ctx(p, d)).map(|s| s.sample.zone.name()).unwrap_or_default();
+        let profile = UserProfile {
+            user_id: "u1".into(),
+            time_zone: Some("Asia/Tokyo".into()),
+            allow_health_data_upload: true,
+            blocked_metrics: vec![],
+        };
+        let zone =
+            |w: &WireSample, p, d| validate_sample(w, &ctx(p, d)).map(|s| s.sample.zone.name()).unwrap_or_default();
         assert_eq!(zone(&with("zoneId", json!("+05:45")), Some(&profile), ny), "+05:45");
-        assert_eq!(zone(&with("metadata", json!({"HKMetadataKeyTimeZone": "Europe/Berlin"})), Some(&profile), ny), "Europe/Berlin");
+        assert_eq!(
+            zone(&with("metadata", json!({"HKMetadataKeyTimeZone": "Europe/Berlin"})), Some(&profile), ny),
+            "Europe/Berlin"
+        );
         assert_eq!(zone(&with("metadata", json!({"startZoneOffset": "-04:00"})), None, berlin), "-04:00");
         assert_eq!(zone(&base_w(), Some(&profile), ny), "America/New_York");
         assert_eq!(zone(&base_w(), Some(&profile), None), "Asia/Tokyo");
         assert_eq!(zone(&base_w(), None, None), "UTC");
-        assert_eq!(code(validate_sample(&with("zoneId", json!("Nowhere/City")), &ctx(None, None))), codes::INVALID_ZONE);
+        assert_eq!(
+            code(validate_sample(&with("zoneId", json!("Nowhere/City")), &ctx(None, None))),
+            codes::INVALID_ZONE
+        );
     }
 
     fn base_w() -> WireSample {
@@ -197,7 +221,10 @@ mod tests {
         assert_eq!(code(validate_sample(&with("metric", json!("mood")), &c)), codes::UNKNOWN_METRIC);
         assert_eq!(code(validate_sample(&with("unit", json!("steps")), &c)), codes::UNIT_UNSUPPORTED);
         assert_eq!(code(validate_sample(&with("endAt", json!("2024-06-01T03:00:00Z")), &c)), codes::INVALID_INTERVAL);
-        assert_eq!(code(validate_sample(&with("endAt", json!("2024-06-02T03:50:00.001Z")), &c)), codes::INVALID_INTERVAL);
+        assert_eq!(
+            code(validate_sample(&with("endAt", json!("2024-06-02T03:50:00.001Z")), &c)),
+            codes::INVALID_INTERVAL
+        );
         assert!(validate_sample(&with("endAt", json!("2024-06-02T03:50:00Z")), &c).is_ok());
         assert_eq!(code(validate_sample(&with("value", json!(-1)), &c)), codes::OUT_OF_RANGE);
         assert_eq!(code(validate_sample(&with("sourceId", json!("")), &c)), codes::INVALID_ID);
@@ -210,7 +237,12 @@ mod tests {
 
     #[test]
     fn i4_privacy_gating() {
-        let mut p = UserProfile { user_id: "u1".into(), time_zone: None, allow_health_data_upload: false, blocked_metrics: vec![] };
+        let mut p = UserProfile {
+            user_id: "u1".into(),
+            time_zone: None,
+            allow_health_data_upload: false,
+            blocked_metrics: vec![],
+        };
         assert_eq!(code(validate_sample(&base_w(), &ctx(Some(&p), None))), codes::PRIVACY_UPLOAD_DISABLED);
         p.allow_health_data_upload = true;
         p.blocked_metrics = vec!["steps".into()];

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder,
-    TimestampMillisecondBuilder,
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
@@ -105,7 +104,10 @@ impl ViewDef {
     }
 
     /// Builds one record batch from rows.
-    pub fn to_record_batch<'a>(&self, rows: impl IntoIterator<Item = &'a Row> + Clone) -> Result<RecordBatch, ArrowError> {
+    pub fn to_record_batch<'a>(
+        &self,
+        rows: impl IntoIterator<Item = &'a Row> + Clone,
+    ) -> Result<RecordBatch, ArrowError> {
         let schema = self.arrow_schema();
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
         for (i, c) in self.columns.iter().enumerate() {
@@ -214,7 +216,11 @@ mod tests {
 
     const DEF: ViewDef = ViewDef {
         name: "t",
-        columns: &[col("user_id", ColumnType::Str), col("local_date", ColumnType::Date), col("total_min", ColumnType::Float)],
+        columns: &[
+            col("user_id", ColumnType::Str),
+            col("local_date", ColumnType::Date),
+            col("total_min", ColumnType::Float),
+        ],
         key_len: 2,
         route: "t",
         filters: &[],

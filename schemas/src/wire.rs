@@ -126,7 +126,9 @@ mod tests {
     #[test]
     fn hash_ignores_request_id_key_order_and_number_spelling() {
         let a = json!({"requestId": "r-1", "userId": "u1", "samples": [{"value": 1200, "metric": "steps"}]});
-        let b: Value = serde_json::from_str(r#"{"samples":[{"metric":"steps","value":1.2e3}],"userId":"u1","requestId":"r-2"}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"samples":[{"metric":"steps","value":1.2e3}],"userId":"u1","requestId":"r-2"}"#)
+                .unwrap();
         assert_eq!(payload_hash(&a), payload_hash(&b));
         let c = json!({"requestId": "r-1", "userId": "u1", "samples": [{"value": 1201, "metric": "steps"}]});
         assert_ne!(payload_hash(&a), payload_hash(&c));

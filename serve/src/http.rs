@@ -98,7 +98,11 @@ fn wants_arrow(headers: &HeaderMap) -> bool {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains(ARROW_STREAM))
 }
 
-fn arrow_response(schema: SchemaRef, batches: &[RecordBatch], fresh: &[(&'static str, String)]) -> Result<Response, ApiError> {
+fn arrow_response(
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+    fresh: &[(&'static str, String)],
+) -> Result<Response, ApiError> {
     let mut buf = Vec::new();
     {
         let mut w = StreamWriter::try_new(&mut buf, &schema)
@@ -125,21 +129,27 @@ async fn read_view(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let view = st
-        .store
-        .view_by_route(&route)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_VIEW", format!("no view is served at '{route}'")))?;
+    let view = st.store.view_by_route(&route).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_VIEW", format!("no view is served at '{route}'"))
+    })?;
     let def = *st.store.def(view);
     let date_param = |name: &str| -> Result<Option<i32>, ApiError> {
         params
             .get(name)
-            .map(|s| parse_date(s).map(date_to_days).ok_or_else(|| ApiError::bad("INVALID_QUERY", format!("{name} must be YYYY-MM-DD"))))
+            .map(|s| {
+                parse_date(s)
+                    .map(date_to_days)
+                    .ok_or_else(|| ApiError::bad("INVALID_QUERY", format!("{name} must be YYYY-MM-DD")))
+            })
             .transpose()
     };
     let num_param = |name: &str| -> Result<Option<u64>, ApiError> {
         params
             .get(name)
-            .map(|s| s.parse::<u64>().map_err(|_| ApiError::bad("INVALID_QUERY", format!("{name} must be a non-negative integer"))))
+            .map(|s| {
+                s.parse::<u64>()
+                    .map_err(|_| ApiError::bad("INVALID_QUERY", format!("{name} must be a non-negative integer")))
+            })
             .transpose()
     };
     let (from, to) = (date_param("from")?, date_param("to")?);
@@ -167,17 +177,14 @@ async fn read_view(
                 .filter(|r| filters.iter().all(|(i, v)| r.get(*i).and_then(Datum::as_str) == Some(v.as_str())))
                 .filter(|r| match (range_idx.and_then(|i| r.get(i)), from, to) {
                     (Some(Datum::Date(d)), f, t) => f.is_none_or(|f| *d >= f) && t.is_none_or(|t| *d <= t),
-                    (Some(Datum::Ts(ms)), f, t) => {
-                        let d = date_to_days(vitalflow_schemas::time::days_to_date((ms.div_euclid(86_400_000)) as i32));
-                        f.is_none_or(|f| d >= f) && t.is_none_or(|t| d <= t)
-                    }
                     _ => true,
                 })
                 .collect()
         })
         .unwrap_or_default();
     let latest = st.freshness.latest_epoch();
-    let pending = st.freshness.user_epoch(&user).is_some_and(|e| e > snap.as_of) || min_epoch.is_some_and(|m| m > snap.as_of);
+    let pending =
+        st.freshness.user_epoch(&user).is_some_and(|e| e > snap.as_of) || min_epoch.is_some_and(|m| m > snap.as_of);
     if wants_arrow(&headers) {
         let batch = def
             .to_record_batch(rows.iter().copied())
@@ -201,7 +208,11 @@ struct SqlRequest {
     sql: String,
 }
 
-async fn run_sql(State(st): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
+async fn run_sql(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
     let req: SqlRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad("INVALID_REQUEST", format!("expected {{\"sql\": \"...\"}}: {e}")))?;
     let run = sql::run(&st.store, &req.sql, st.config.sql_row_limit);

@@ -188,7 +188,8 @@ impl SnapshotStore {
             }
         }
         let as_of = if frontier == Epoch::MAX { prev.as_of } else { frontier.saturating_sub(1).max(prev.as_of) };
-        let snap = ViewSnapshot { as_of, buckets, row_count: row_count.max(0) as usize, published_at: SystemTime::now() };
+        let snap =
+            ViewSnapshot { as_of, buckets, row_count: row_count.max(0) as usize, published_at: SystemTime::now() };
         *vs.current.write() = Arc::new(snap);
         drop(state);
         vs.as_of.send_replace(as_of);

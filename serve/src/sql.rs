@@ -46,7 +46,8 @@ pub async fn run(store: &SnapshotStore, sql: &str, row_limit: usize) -> Result<S
         for (i, b) in batches.into_iter().enumerate() {
             partitions[i % 2].push(b);
         }
-        let table = MemTable::try_new(def.arrow_schema(), partitions).map_err(|e| SqlError::Execution(e.to_string()))?;
+        let table =
+            MemTable::try_new(def.arrow_schema(), partitions).map_err(|e| SqlError::Execution(e.to_string()))?;
         ctx.register_table(def.name, Arc::new(table)).map_err(|e| SqlError::Execution(e.to_string()))?;
     }
     let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
@@ -69,9 +70,10 @@ pub async fn run(store: &SnapshotStore, sql: &str, row_limit: usize) -> Result<S
 
 fn classify(e: DataFusionError) -> SqlError {
     match e {
-        DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) | DataFusionError::NotImplemented(_) => {
-            SqlError::Invalid(e.to_string())
-        }
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_) => SqlError::Invalid(e.to_string()),
         DataFusionError::Context(_, inner) => classify(*inner),
         other => SqlError::Execution(other.to_string()),
     }
@@ -110,7 +112,9 @@ fn cell_to_json(col: &dyn Array, i: usize) -> Value {
         ScalarValue::UInt64(Some(x)) => x.into(),
         ScalarValue::Float32(Some(x)) => serde_json::Number::from_f64(f64::from(x)).map_or(Value::Null, Value::Number),
         ScalarValue::Float64(Some(x)) => serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number),
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => Value::String(s),
+        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+            Value::String(s)
+        }
         ScalarValue::Date32(Some(d)) => {
             Value::String(vitalflow_schemas::time::days_to_date(d).format("%Y-%m-%d").to_string())
         }

@@ -18,3 +18,6 @@ pub use error::IngestError;
 pub use progress::IngestProgress;
 pub use store::Store;
 pub use writer::{Ingest, OnCommit};
+
+#[cfg(test)]
+mod tests;

@@ -128,9 +128,15 @@ fn recover(store: &Store, runtime: &Mutex<Runtime>, epoch: Epoch) {
     let result = store.scan_samples(RECOVERY_CHUNK, |chunk| {
         rt.push_changes(epoch, chunk.into_iter().map(|s| Change::Sample(s, 1)).collect());
     });
-    match store.profiles() {
-        Ok(profiles) => rt.push_changes(epoch, profiles.into_iter().map(|p| Change::Profile(p, 1)).collect()),
-        Err(e) => tracing::error!(error = %e, "cannot read profiles during recovery"),
+    let records = (|| -> Result<Vec<Change>, vitalflow_ingest::store::StoreError> {
+        let mut changes: Vec<Change> = store.profiles()?.into_iter().map(|p| Change::Profile(p, 1)).collect();
+        changes.extend(store.sessions()?.into_iter().map(|s| Change::Session(s, 1)));
+        changes.extend(store.products()?.into_iter().map(|p| Change::Product(p, 1)));
+        Ok(changes)
+    })();
+    match records {
+        Ok(changes) => rt.push_changes(epoch, changes),
+        Err(e) => tracing::error!(error = %e, "cannot read domain records during recovery"),
     }
     rt.advance(epoch + 1);
     match result {

@@ -3,5 +3,6 @@
 
 mod api;
 mod common;
+mod domain;
 mod fitbit;
 mod restart;

@@ -25,7 +25,7 @@ pub const DEF: ViewDef = ViewDef {
         col("total_min", Float),
     ],
     key_len: 3,
-    route: "daily-rollups",
+    route: Some("daily-rollups"),
     filters: &["metric"],
     range_column: Some("local_date"),
 };

@@ -25,7 +25,7 @@ pub const DEF: ViewDef = ViewDef {
         col("max", Float),
     ],
     key_len: 4,
-    route: "daily-rollups-by-source",
+    route: Some("daily-rollups-by-source"),
     filters: &["metric", "sourceId"],
     range_column: Some("local_date"),
 };

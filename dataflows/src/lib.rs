@@ -16,7 +16,9 @@
 pub mod daily_rollups;
 pub mod daily_rollups_by_source;
 pub mod registry;
+pub mod routine_bins;
 pub mod runtime;
+pub mod sessions;
 mod stats;
 
 pub use registry::{Inputs, VIEWS, ViewSpec};

@@ -2,15 +2,22 @@
 //! its snapshot, HTTP read, SQL table and frontier follow from its [`ViewDef`].
 
 use differential_dataflow::VecCollection;
-use vitalflow_schemas::{Epoch, Row, Sample, ViewDef};
+use vitalflow_schemas::domain::{Product, Session};
+use vitalflow_schemas::{Epoch, Row, Sample, UserProfile, ViewDef};
 
-use crate::{daily_rollups, daily_rollups_by_source};
+use crate::{daily_rollups, daily_rollups_by_source, routine_bins, sessions};
 
 /// The collections every view may read.
 #[derive(Clone)]
 pub struct Inputs<'s> {
     /// Current samples: an edit is a retraction of the old row and an insertion of the new one.
     pub samples: VecCollection<'s, Epoch, Sample>,
+    /// Current consumption sessions (open ones included).
+    pub sessions: VecCollection<'s, Epoch, Session>,
+    /// Current products.
+    pub products: VecCollection<'s, Epoch, Product>,
+    /// Current user profiles.
+    pub profiles: VecCollection<'s, Epoch, UserProfile>,
 }
 
 /// A registered view: its shape and the function that builds it.
@@ -27,6 +34,10 @@ pub const VIEWS: &[ViewSpec] = &[
         def: daily_rollups_by_source::DEF,
         build: |i| daily_rollups_by_source::daily_rollups_by_source(i.samples.clone()),
     },
+    ViewSpec { def: routine_bins::DEF, build: |i| routine_bins::routine_bins(i.sessions.clone()) },
+    ViewSpec { def: sessions::SESSIONS, build: |i| sessions::sessions(i.sessions.clone()) },
+    ViewSpec { def: sessions::PRODUCTS, build: |i| sessions::products(i.products.clone()) },
+    ViewSpec { def: sessions::USER_PROFILES, build: |i| sessions::user_profiles(i.profiles.clone()) },
 ];
 
 /// The view registered under `name`.

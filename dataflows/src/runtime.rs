@@ -15,10 +15,12 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use differential_dataflow::VecCollection;
 use differential_dataflow::consolidation::consolidate_updates;
 use differential_dataflow::input::Input;
+use differential_dataflow::input::InputSession;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::execute::Config;
-use vitalflow_schemas::{Change, Epoch, EpochBatch, Row, Sample};
+use vitalflow_schemas::domain::{Product, Session};
+use vitalflow_schemas::{Change, Epoch, EpochBatch, Row, Sample, UserProfile};
 
 use crate::registry::{Inputs, VIEWS};
 
@@ -63,29 +65,27 @@ impl Runtime {
             let _ = thread_tx.send((index, std::thread::current()));
             let out = out.clone();
             let input = worker.dataflow::<Epoch, _, _>(|scope| {
-                let (input, samples) = scope.new_collection::<Sample, isize>();
-                let inputs = Inputs { samples };
+                let (samples_in, samples) = scope.new_collection::<Sample, isize>();
+                let (sessions_in, sessions) = scope.new_collection::<Session, isize>();
+                let (products_in, products) = scope.new_collection::<Product, isize>();
+                let (profiles_in, profiles) = scope.new_collection::<UserProfile, isize>();
+                let inputs = Inputs { samples, sessions, products, profiles };
                 for (view, spec) in VIEWS.iter().enumerate() {
                     sink(view, spec.def.name, (spec.build)(&inputs), index == 0, out.clone());
                 }
-                input
+                InputSessions {
+                    samples: samples_in,
+                    sessions: sessions_in,
+                    products: products_in,
+                    profiles: profiles_in,
+                }
             });
             let mut input = Some(input);
             while let Some(session) = input.as_mut() {
                 loop {
                     match rx.try_recv() {
-                        Ok(WorkerMsg::Changes(epoch, changes)) => {
-                            session.advance_to(epoch);
-                            for change in changes {
-                                if let Change::Sample(sample, diff) = change {
-                                    session.update(sample, diff as isize);
-                                }
-                            }
-                        }
-                        Ok(WorkerMsg::Advance(epoch)) => {
-                            session.advance_to(epoch);
-                            session.flush();
-                        }
+                        Ok(WorkerMsg::Changes(epoch, changes)) => session.apply(epoch, changes),
+                        Ok(WorkerMsg::Advance(epoch)) => session.advance(epoch),
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => {
                             input = None;
@@ -127,6 +127,8 @@ impl Runtime {
             let user = match &change {
                 Change::Sample(s, _) => &s.user_id,
                 Change::Profile(p, _) => &p.user_id,
+                Change::Session(s, _) => &s.user_id,
+                Change::Product(p, _) => &p.product_id,
             };
             per_worker[worker_for(user, n)].push(change);
         }
@@ -177,6 +179,43 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// One worker's input handles, one per input collection; they advance together.
+struct InputSessions {
+    samples: InputSession<Epoch, Sample, isize>,
+    sessions: InputSession<Epoch, Session, isize>,
+    products: InputSession<Epoch, Product, isize>,
+    profiles: InputSession<Epoch, UserProfile, isize>,
+}
+
+impl InputSessions {
+    fn apply(&mut self, epoch: Epoch, changes: Vec<Change>) {
+        self.advance_to(epoch);
+        for change in changes {
+            match change {
+                Change::Sample(s, d) => self.samples.update(s, d as isize),
+                Change::Session(s, d) => self.sessions.update(s, d as isize),
+                Change::Product(p, d) => self.products.update(p, d as isize),
+                Change::Profile(p, d) => self.profiles.update(p, d as isize),
+            }
+        }
+    }
+
+    fn advance_to(&mut self, epoch: Epoch) {
+        self.samples.advance_to(epoch);
+        self.sessions.advance_to(epoch);
+        self.products.advance_to(epoch);
+        self.profiles.advance_to(epoch);
+    }
+
+    fn advance(&mut self, epoch: Epoch) {
+        self.advance_to(epoch);
+        self.samples.flush();
+        self.sessions.flush();
+        self.products.flush();
+        self.profiles.flush();
     }
 }
 

@@ -352,3 +352,89 @@ proptest! {
         }
     }
 }
+
+// ---- routine bins (DOMAIN.md §5) ----
+
+fn session(user: &str, id: &str, product: &str, start: i64, zone: &str) -> vitalflow_schemas::domain::Session {
+    vitalflow_schemas::domain::Session {
+        user_id: user.into(),
+        session_id: id.into(),
+        product_id: product.into(),
+        start_ms: start,
+        end_ms: Some(start + 600_000),
+        quantity: OrdF64(1.0),
+        zone: Zone::parse(zone).expect(zone),
+    }
+}
+
+#[test]
+fn bin_index_test_vectors() {
+    use crate::routine_bins::bin_index;
+    let bin = |instant: &str, zone: &str| bin_index(Zone::parse(zone).expect(zone).local(ms(instant)));
+    let ny = "America/New_York";
+    assert_eq!(bin("2024-03-11T12:30:00Z", ny), 8);
+    assert_eq!(bin("2024-03-10T06:30:00Z", ny), 145);
+    assert_eq!(bin("2024-03-10T07:30:00Z", ny), 147);
+    assert_eq!(bin("2024-11-03T05:30:00Z", ny), 145);
+    assert_eq!(bin("2024-11-03T06:30:00Z", ny), 145);
+    assert_eq!(bin("2024-06-02T22:59:59Z", "Europe/London"), 167);
+    assert_eq!(bin("2024-06-02T23:00:00Z", "Europe/London"), 0);
+}
+
+#[test]
+fn worked_example_5_routine_peaks() {
+    let mut h = Harness::new(2);
+    // Mondays 08h (bin 8) ×6, Tuesdays 08h (bin 32) ×3, Saturday 23h (bin 143) ×1, all in UTC.
+    let monday = ms("2024-06-03T08:10:00Z");
+    let mut changes = Vec::new();
+    for i in 0..6 {
+        changes.push(Change::Session(session("u1", &format!("m{i}"), "coffee", monday + i * 7 * 86_400_000, "UTC"), 1));
+    }
+    for i in 0..3 {
+        changes.push(Change::Session(
+            session("u1", &format!("t{i}"), "coffee", monday + 86_400_000 + i * 7 * 86_400_000, "UTC"),
+            1,
+        ));
+    }
+    changes.push(Change::Session(session("u1", "s0", "tea", ms("2024-06-08T23:30:00Z"), "UTC"), 1));
+    h.step(changes);
+    let rows: Vec<(String, i64, i64, i64, f64, f64, bool)> = h
+        .rows("routine_bins")
+        .into_iter()
+        .map(|r| match (&r[1], &r[2], &r[5], &r[6], &r[9]) {
+            (Datum::Str(scope), Datum::Int(bin), Datum::Int(c), Datum::Int(n), Datum::Bool(peak)) => {
+                (scope.clone(), *bin, *c, *n, float(&r[7]).unwrap_or(f64::NAN), float(&r[8]).unwrap_or(f64::NAN), *peak)
+            }
+            _ => panic!("bad row {r:?}"),
+        })
+        .collect();
+    let all: Vec<_> = rows.iter().filter(|r| r.0 == "*").collect();
+    assert_eq!(all.len(), 3);
+    let expect =
+        [(8, 6, 0.069_148_9, 11.617, true), (32, 3, 0.037_234_0, 6.255, true), (143, 1, 0.015_957_4, 2.681, false)];
+    for (row, (bin, c, p, lift, peak)) in all.iter().zip(expect) {
+        assert_eq!((row.1, row.2, row.3, row.6), (bin, c, 10, peak));
+        assert!((row.4 - p).abs() < 1e-6 && (row.5 - lift).abs() < 1e-3, "{row:?}");
+    }
+    // Per product: coffee has N = 9 (peaks 8 and 32), tea N = 1 (not enough data, no peak).
+    let tea: Vec<_> = rows.iter().filter(|r| r.0 == "tea").collect();
+    assert_eq!(tea.len(), 1);
+    assert!(!tea[0].6 && tea[0].3 == 1);
+    assert_eq!(rows.iter().filter(|r| r.0 == "coffee" && r.6).count(), 2);
+    // Deleting sessions retracts exactly: with N = 4 nothing is a peak any more.
+    let mut dels = Vec::new();
+    for i in 0..6 {
+        dels.push(Change::Session(session("u1", &format!("m{i}"), "coffee", monday + i * 7 * 86_400_000, "UTC"), -1));
+    }
+    h.step(dels);
+    let rows = h.rows("routine_bins");
+    assert!(rows.iter().all(|r| r[9] == Datum::Bool(false)
+        && r[6]
+            == Datum::Int(if r[1] == Datum::Str("tea".into()) {
+                1
+            } else if r[1] == Datum::Str("*".into()) {
+                4
+            } else {
+                3
+            })));
+}

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
 use serde::Serialize;
 use serde_json::Value;
+use vitalflow_schemas::domain::{DomainChangesRequest, DomainChangesResponse};
 use vitalflow_schemas::wire::{BatchUpsertRequest, BatchUpsertResponse, ProfileRequest, payload_hash, valid_id};
 use vitalflow_schemas::{UserProfile, Zone};
 
@@ -24,6 +25,7 @@ pub fn router(ingest: Ingest, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/health/samples/batch-upsert", post(batch_upsert))
         .route("/v1/users/{user_id}/profile", post(upsert_profile))
+        .route("/v1/domain/changes", post(domain_changes))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(ingest)
 }
@@ -79,6 +81,20 @@ async fn batch_upsert(
         return Err(IngestError::bad_request("INVALID_ZONE", format!("deviceTimeZone '{z}' is not a valid zone")));
     }
     Ok(Json(ingest.batch_upsert(req, hash).await?))
+}
+
+async fn domain_changes(
+    State(ingest): State<Ingest>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<DomainChangesResponse>, IngestError> {
+    let value = json_body(&headers, body)?;
+    let hash = payload_hash(&value);
+    let req: DomainChangesRequest = parse(value)?;
+    if !valid_id(&req.request_id) {
+        return Err(IngestError::bad_request("INVALID_ID", "requestId must be 1 to 128 bytes"));
+    }
+    Ok(Json(ingest.domain_changes(req, hash).await?))
 }
 
 #[derive(Serialize)]

@@ -8,6 +8,7 @@
 //!
 //! A request is answered only after its commit is on disk; each commit gets the next epoch.
 
+mod domain;
 pub mod error;
 pub mod http;
 pub mod progress;

@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
+use vitalflow_schemas::domain::{Product, Session};
 use vitalflow_schemas::wire::BatchUpsertResponse;
 use vitalflow_schemas::{Epoch, Sample, StoredSample, UserProfile};
 
@@ -17,6 +18,10 @@ pub(crate) const SAMPLES: TableDefinition<(&str, &str, &str), &[u8]> = TableDefi
 pub(crate) const TOMBSTONES: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("tombstones");
 /// `(userId, requestId)` → JSON [`RequestRecord`].
 pub(crate) const REQUESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("requests");
+/// `(userId, sessionId)` → JSON `Session`.
+pub(crate) const SESSIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("sessions");
+/// `productId` → JSON `Product`.
+pub(crate) const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products");
 /// `userId` → JSON `UserProfile`.
 pub(crate) const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 /// `userId` → newest epoch that changed the user's data.
@@ -27,10 +32,13 @@ pub(crate) const EPOCH_KEY: &str = "epoch";
 
 /// What the store remembers of a processed request (DOMAIN.md I1).
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct RequestRecord {
+pub(crate) struct RequestRecord<R = BatchUpsertResponse> {
     pub hash: String,
-    pub response: BatchUpsertResponse,
+    pub response: R,
 }
+
+/// Errors of the store (redb's).
+pub type StoreError = redb::Error;
 
 /// The durable store.
 pub struct Store {
@@ -48,6 +56,8 @@ impl Store {
             txn.open_table(TOMBSTONES)?;
             txn.open_table(REQUESTS)?;
             txn.open_table(PROFILES)?;
+            txn.open_table(SESSIONS)?;
+            txn.open_table(PRODUCTS)?;
             txn.open_table(USER_EPOCHS)?;
             txn.open_table(META)?;
         }
@@ -99,13 +109,31 @@ impl Store {
 
     /// Every stored profile.
     pub fn profiles(&self) -> Result<Vec<UserProfile>, redb::Error> {
+        self.json_values(PROFILES)
+    }
+
+    /// Every stored session.
+    pub fn sessions(&self) -> Result<Vec<Session>, redb::Error> {
+        self.json_values(SESSIONS)
+    }
+
+    /// Every stored product.
+    pub fn products(&self) -> Result<Vec<Product>, redb::Error> {
+        self.json_values(PRODUCTS)
+    }
+
+    fn json_values<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
+        &self,
+        def: TableDefinition<K, &[u8]>,
+    ) -> Result<Vec<T>, redb::Error> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(PROFILES)?;
+        let table = txn.open_table(def)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
             let (_, v) = entry?;
-            if let Ok(p) = serde_json::from_slice(v.value()) {
-                out.push(p);
+            match serde_json::from_slice(v.value()) {
+                Ok(x) => out.push(x),
+                Err(e) => tracing::error!(error = %e, table = def.name(), "undecodable stored record skipped"),
             }
         }
         Ok(out)

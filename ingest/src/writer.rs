@@ -8,15 +8,17 @@ use std::thread::JoinHandle;
 
 use redb::{ReadableTable, Table};
 use tokio::sync::{mpsc, oneshot};
+use vitalflow_schemas::domain::{DomainChangesRequest, DomainChangesResponse};
 use vitalflow_schemas::validate::{RequestContext, validate_sample};
 use vitalflow_schemas::wire::{BatchUpsertRequest, BatchUpsertResponse, RejectedItem, valid_id};
 use vitalflow_schemas::{Change, Epoch, EpochBatch, UserProfile, Zone};
 
+use crate::domain::apply_domain;
 use crate::error::IngestError;
 use crate::progress::IngestProgress;
 use crate::store::{
-    EPOCH_KEY, META, PROFILES, REQUESTS, RequestRecord, SAMPLES, Store, TOMBSTONES, USER_EPOCHS, decode_sample,
-    encode_sample,
+    EPOCH_KEY, META, PRODUCTS, PROFILES, REQUESTS, RequestRecord, SAMPLES, SESSIONS, Store, TOMBSTONES, USER_EPOCHS,
+    decode_sample, encode_sample,
 };
 
 /// Called after each commit, in epoch order, with everything the commit changed.
@@ -28,8 +30,20 @@ const MAX_GROUP: usize = 256;
 const QUEUE: usize = 4096;
 
 enum Command {
-    Batch { req: BatchUpsertRequest, hash: String, reply: oneshot::Sender<Result<BatchUpsertResponse, IngestError>> },
-    Profile { profile: UserProfile, reply: oneshot::Sender<Result<Epoch, IngestError>> },
+    Domain {
+        req: DomainChangesRequest,
+        hash: String,
+        reply: oneshot::Sender<Result<DomainChangesResponse, IngestError>>,
+    },
+    Batch {
+        req: BatchUpsertRequest,
+        hash: String,
+        reply: oneshot::Sender<Result<BatchUpsertResponse, IngestError>>,
+    },
+    Profile {
+        profile: UserProfile,
+        reply: oneshot::Sender<Result<Epoch, IngestError>>,
+    },
 }
 
 /// A cloneable handle for submitting requests to the writer.
@@ -88,6 +102,17 @@ impl Ingest {
         rx.await.map_err(|_| IngestError::Unavailable)?
     }
 
+    /// Applies a domain-changes request durably and returns its response (or the stored one).
+    pub async fn domain_changes(
+        &self,
+        req: DomainChangesRequest,
+        hash: String,
+    ) -> Result<DomainChangesResponse, IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Domain { req, hash, reply }).await.map_err(|_| IngestError::Unavailable)?;
+        rx.await.map_err(|_| IngestError::Unavailable)?
+    }
+
     /// Upserts a profile durably; returns the epoch of its commit.
     pub async fn upsert_profile(&self, profile: UserProfile) -> Result<Epoch, IngestError> {
         let (reply, rx) = oneshot::channel();
@@ -97,15 +122,18 @@ impl Ingest {
 }
 
 enum Outcome {
+    Domain(Result<DomainChangesResponse, IngestError>),
     Batch(Result<BatchUpsertResponse, IngestError>),
     Profile(Result<Epoch, IngestError>),
 }
 
-struct Tables<'t> {
-    samples: Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>,
-    tombstones: Table<'t, (&'static str, &'static str, &'static str), u64>,
-    requests: Table<'t, (&'static str, &'static str), &'static [u8]>,
-    profiles: Table<'t, &'static str, &'static [u8]>,
+pub(crate) struct Tables<'t> {
+    pub samples: Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>,
+    pub tombstones: Table<'t, (&'static str, &'static str, &'static str), u64>,
+    pub requests: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    pub profiles: Table<'t, &'static str, &'static [u8]>,
+    pub sessions: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    pub products: Table<'t, &'static str, &'static [u8]>,
 }
 
 fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnCommit, group: Vec<Command>) {
@@ -122,6 +150,8 @@ fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnComm
                 tombstones: txn.open_table(TOMBSTONES)?,
                 requests: txn.open_table(REQUESTS)?,
                 profiles: txn.open_table(PROFILES)?,
+                sessions: txn.open_table(SESSIONS)?,
+                products: txn.open_table(PRODUCTS)?,
             };
             for cmd in &group {
                 match cmd {
@@ -130,9 +160,15 @@ fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnComm
                         wrote |= w;
                         outcomes.push(Outcome::Batch(outcome));
                     }
+                    Command::Domain { req, hash, .. } => {
+                        let (outcome, w) = apply_domain(&mut t, req, hash, epoch, &mut changes, &mut users)?;
+                        wrote |= w;
+                        outcomes.push(Outcome::Domain(outcome));
+                    }
                     Command::Profile { profile, .. } => {
-                        apply_profile(&mut t, profile, &mut changes)?;
-                        users.insert(profile.user_id.clone());
+                        if apply_profile(&mut t, profile, &mut changes)? {
+                            users.insert(profile.user_id.clone());
+                        }
                         wrote = true;
                         outcomes.push(Outcome::Profile(Ok(epoch)));
                     }
@@ -168,6 +204,9 @@ fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnComm
                     (Command::Profile { reply, .. }, Outcome::Profile(r)) => {
                         let _ = reply.send(r);
                     }
+                    (Command::Domain { reply, .. }, Outcome::Domain(r)) => {
+                        let _ = reply.send(r);
+                    }
                     _ => {}
                 }
             }
@@ -181,6 +220,9 @@ fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnComm
                         let _ = reply.send(Err(err));
                     }
                     Command::Profile { reply, .. } => {
+                        let _ = reply.send(Err(err));
+                    }
+                    Command::Domain { reply, .. } => {
                         let _ = reply.send(Err(err));
                     }
                 }
@@ -268,14 +310,22 @@ fn apply_batch(
     Ok((Ok(resp), true))
 }
 
-fn apply_profile(t: &mut Tables<'_>, profile: &UserProfile, changes: &mut Vec<Change>) -> Result<(), redb::Error> {
+/// Upserts a profile; returns whether it changed anything.
+pub(crate) fn apply_profile(
+    t: &mut Tables<'_>,
+    profile: &UserProfile,
+    changes: &mut Vec<Change>,
+) -> Result<bool, redb::Error> {
     let user = profile.user_id.as_str();
     let old: Option<UserProfile> = t.profiles.get(user)?.and_then(|p| serde_json::from_slice(p.value()).ok());
+    if old.as_ref() == Some(profile) {
+        return Ok(false);
+    }
     if let Some(old) = old {
         changes.push(Change::Profile(old, -1));
     }
     let bytes = serde_json::to_vec(profile).unwrap_or_default();
     t.profiles.insert(user, bytes.as_slice())?;
     changes.push(Change::Profile(profile.clone(), 1));
-    Ok(())
+    Ok(true)
 }

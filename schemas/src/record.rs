@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Epoch;
+use crate::domain::{Product, Session};
 use crate::metric::Metric;
 use crate::ordf64::OrdF64;
 use crate::sleep::SleepStage;
@@ -83,6 +84,8 @@ pub struct UserProfile {
 pub enum Change {
     Sample(Sample, i64),
     Profile(UserProfile, i64),
+    Session(Session, i64),
+    Product(Product, i64),
 }
 
 /// Everything one durable commit changed, stamped with its epoch.

@@ -75,11 +75,12 @@ pub const fn col(name: &'static str, ty: ColumnType) -> Column {
 pub struct ViewDef {
     /// SQL table name (DOMAIN.md §8).
     pub name: &'static str,
-    /// Columns; the first is always `user_id`, and the first `key_len` form the key.
+    /// Columns; the first `key_len` form the key, and the first column shards the snapshot (it is
+    /// `user_id` for every per-user view).
     pub columns: &'static [Column],
     pub key_len: usize,
-    /// HTTP read path under `/v1/users/{userId}/`, e.g. `daily-rollups`.
-    pub route: &'static str,
+    /// HTTP read path under `/v1/users/{userId}/`, e.g. `daily-rollups`; `None` for SQL only.
+    pub route: Option<&'static str>,
     /// Query parameters (camelCase of a column) that filter that column by equality.
     pub filters: &'static [&'static str],
     /// A date or timestamp column that `from`/`to` (inclusive dates) filter.
@@ -222,7 +223,7 @@ mod tests {
             col("total_min", ColumnType::Float),
         ],
         key_len: 2,
-        route: "t",
+        route: Some("t"),
         filters: &[],
         range_column: Some("local_date"),
     };

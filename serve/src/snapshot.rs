@@ -105,7 +105,7 @@ impl SnapshotStore {
 
     /// Index of the view served under HTTP `route`.
     pub fn view_by_route(&self, route: &str) -> Option<usize> {
-        self.views.iter().position(|v| v.def.route == route)
+        self.views.iter().position(|v| v.def.route == Some(route))
     }
 
     /// The view's definition.
@@ -205,7 +205,7 @@ mod tests {
         name: "t",
         columns: &[col("user_id", ColumnType::Str), col("n", ColumnType::Int)],
         key_len: 2,
-        route: "t",
+        route: Some("t"),
         filters: &[],
         range_column: None,
     };

@@ -15,9 +15,11 @@
 
 pub mod daily_rollups;
 pub mod daily_rollups_by_source;
+pub mod product_impacts;
 pub mod registry;
 pub mod routine_bins;
 pub mod runtime;
+pub mod session_impacts;
 pub mod sessions;
 mod stats;
 

@@ -5,7 +5,8 @@ use differential_dataflow::VecCollection;
 use vitalflow_schemas::domain::{Product, Session};
 use vitalflow_schemas::{Epoch, Row, Sample, UserProfile, ViewDef};
 
-use crate::{daily_rollups, daily_rollups_by_source, routine_bins, sessions};
+use crate::session_impacts::Impact;
+use crate::{daily_rollups, daily_rollups_by_source, product_impacts, routine_bins, session_impacts, sessions};
 
 /// The collections every view may read.
 #[derive(Clone)]
@@ -18,6 +19,21 @@ pub struct Inputs<'s> {
     pub products: VecCollection<'s, Epoch, Product>,
     /// Current user profiles.
     pub profiles: VecCollection<'s, Epoch, UserProfile>,
+    /// Session impacts, built once and shared by `session_impacts` and `product_impacts`.
+    pub impacts: VecCollection<'s, Epoch, Impact>,
+}
+
+impl<'s> Inputs<'s> {
+    /// The inputs, with the shared intermediate collections built on them.
+    pub fn new(
+        samples: VecCollection<'s, Epoch, Sample>,
+        sessions: VecCollection<'s, Epoch, Session>,
+        products: VecCollection<'s, Epoch, Product>,
+        profiles: VecCollection<'s, Epoch, UserProfile>,
+    ) -> Self {
+        let impacts = session_impacts::impacts(samples.clone(), sessions.clone());
+        Inputs { samples, sessions, products, profiles, impacts }
+    }
 }
 
 /// A registered view: its shape and the function that builds it.
@@ -34,6 +50,8 @@ pub const VIEWS: &[ViewSpec] = &[
         def: daily_rollups_by_source::DEF,
         build: |i| daily_rollups_by_source::daily_rollups_by_source(i.samples.clone()),
     },
+    ViewSpec { def: session_impacts::DEF, build: |i| session_impacts::session_impacts(i.impacts.clone()) },
+    ViewSpec { def: product_impacts::DEF, build: |i| product_impacts::product_impacts(i.impacts.clone()) },
     ViewSpec { def: routine_bins::DEF, build: |i| routine_bins::routine_bins(i.sessions.clone()) },
     ViewSpec { def: sessions::SESSIONS, build: |i| sessions::sessions(i.sessions.clone()) },
     ViewSpec { def: sessions::PRODUCTS, build: |i| sessions::products(i.products.clone()) },

@@ -69,7 +69,7 @@ impl Runtime {
                 let (sessions_in, sessions) = scope.new_collection::<Session, isize>();
                 let (products_in, products) = scope.new_collection::<Product, isize>();
                 let (profiles_in, profiles) = scope.new_collection::<UserProfile, isize>();
-                let inputs = Inputs { samples, sessions, products, profiles };
+                let inputs = Inputs::new(samples, sessions, products, profiles);
                 for (view, spec) in VIEWS.iter().enumerate() {
                     sink(view, spec.def.name, (spec.build)(&inputs), index == 0, out.clone());
                 }

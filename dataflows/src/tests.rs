@@ -438,3 +438,98 @@ fn worked_example_5_routine_peaks() {
                 3
             })));
 }
+
+// ---- session and product impacts (DOMAIN.md §4) ----
+
+fn closed_session(id: &str, start: i64, end: i64) -> vitalflow_schemas::domain::Session {
+    let mut s = session("u1", id, "p1", start, "UTC");
+    s.end_ms = Some(end);
+    s
+}
+
+fn hr(rec: &str, t: i64, v: f64) -> Sample {
+    sample("u1", "watch", rec, Metric::HeartRate, t, t, v, SourceClass::Watch, "UTC")
+}
+
+fn col(h: &Harness, view: &str, name: &str) -> Vec<Datum> {
+    let def = crate::VIEWS[view_index(view).expect("view")].def;
+    let i = def.column_index(name).expect("column");
+    h.rows(view).into_iter().map(|r| r[i].clone()).collect()
+}
+
+#[test]
+fn worked_example_4_through_the_dataflow() {
+    let mut h = Harness::new(2);
+    let mut changes = Vec::new();
+    for (i, delta) in [15.0, 5.0, 10.0].into_iter().enumerate() {
+        let noon = ms("2024-06-01T12:00:00Z") + i as i64 * 86_400_000;
+        changes.push(Change::Session(closed_session(&format!("s{i}"), noon, noon + 1_800_000), 1));
+        changes.push(Change::Sample(hr(&format!("b{i}"), noon - 1_800_000, 60.0), 1));
+        changes.push(Change::Sample(hr(&format!("d{i}"), noon + 600_000, 60.0 + delta), 1));
+    }
+    h.step(changes);
+    assert_eq!(col(&h, "session_impacts", "delta_during"), [15.0, 5.0, 10.0].map(|d| Datum::float(Some(d))).to_vec());
+    assert_eq!(col(&h, "session_impacts", "after_n"), vec![Datum::Int(0); 3]);
+    assert_eq!(col(&h, "session_impacts", "delta_after"), vec![Datum::Null; 3]);
+    let stats = |h: &Harness| {
+        ["delta_during_n", "delta_during_mean", "delta_during_variance", "delta_during_sd", "session_count"]
+            .map(|c| col(h, "product_impacts", c).pop().unwrap_or(Datum::Null))
+    };
+    assert_eq!(
+        stats(&h),
+        [Datum::Int(3), Datum::float(Some(10.0)), Datum::float(Some(25.0)), Datum::float(Some(5.0)), Datum::Int(3)]
+    );
+    // Removing the session with delta 5 retracts it from the statistics.
+    let noon = ms("2024-06-02T12:00:00Z");
+    h.step(vec![Change::Session(closed_session("s1", noon, noon + 1_800_000), -1)]);
+    assert_eq!(
+        stats(&h),
+        [
+            Datum::Int(2),
+            Datum::float(Some(12.5)),
+            Datum::float(Some(12.5)),
+            Datum::float(Some(12.5f64.sqrt())),
+            Datum::Int(2)
+        ]
+    );
+}
+
+#[test]
+fn impacts_use_the_best_source_rate_and_flag_contamination() {
+    let mut h = Harness::new(1);
+    let s = ms("2024-06-01T12:00:00Z");
+    let steps = |src: &str, rec: &str, a: i64, b: i64, v: f64, class| {
+        sample("u1", src, rec, Metric::Steps, a, b, v, class, "UTC")
+    };
+    h.step(vec![
+        Change::Session(closed_session("s", s, s + 3_600_000), 1),
+        // BEFORE [11:00, 12:00): the watch wins over the phone; 300 steps in 1 h → 300/h.
+        Change::Sample(steps("watch", "w1", s - 1_800_000, s, 300.0, SourceClass::Watch), 1),
+        Change::Sample(steps("phone", "p1", s - 3_600_000, s, 900.0, SourceClass::Phone), 1),
+        // DURING [12:00, 13:00): only the phone, half of a 2 h sample → 600 steps/h.
+        Change::Sample(steps("phone", "p2", s, s + 7_200_000, 1200.0, SourceClass::Phone), 1),
+    ]);
+    let row = |h: &Harness, c: &str| col(h, "session_impacts", c).pop().unwrap_or(Datum::Null);
+    assert_eq!(row(&h, "before_mean"), Datum::float(Some(300.0)));
+    assert_eq!(row(&h, "before_n"), Datum::Int(1));
+    assert_eq!(row(&h, "during_mean"), Datum::float(Some(600.0)));
+    // AFTER [13:00, 15:00): the same phone sample's other half: 600 steps over 2 h → 300/h.
+    assert_eq!(row(&h, "after_mean"), Datum::float(Some(300.0)));
+    assert_eq!(row(&h, "pct_delta_during"), Datum::float(Some(1.0)));
+    assert_eq!(row(&h, "baseline_contaminated"), Datum::Bool(false));
+    // An open session 30 min before contaminates the baseline; it has no impact itself.
+    h.step(
+        vec![Change::Session(session("u1", "open", "p2", s - 1_800_000, "UTC"), 1)]
+            .into_iter()
+            .map(|c| match c {
+                Change::Session(mut x, d) => {
+                    x.end_ms = None;
+                    Change::Session(x, d)
+                }
+                other => other,
+            })
+            .collect(),
+    );
+    assert_eq!(row(&h, "baseline_contaminated"), Datum::Bool(true));
+    assert_eq!(h.rows("session_impacts").len(), 1);
+}

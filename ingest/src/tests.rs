@@ -51,10 +51,10 @@ impl Model {
                     if self.tombstones.contains(&rec) {
                         continue;
                     }
-                    if let Some((_, Some(cur))) = self.rows.get(&rec) {
-                        if version.is_some_and(|v| v < *cur) {
-                            continue;
-                        }
+                    if let Some((_, Some(cur))) = self.rows.get(&rec)
+                        && version.is_some_and(|v| v < *cur)
+                    {
+                        continue;
                     }
                     self.rows.insert(rec, (value, version));
                 }

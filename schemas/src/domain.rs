@@ -160,10 +160,10 @@ pub fn parse_change(change: &Value) -> Result<DomainChange, Rejection> {
         ("product", "delete") => Ok(DomainChange::DeleteProduct { product_id: id(key, "productId")? }),
         ("user", "upsert") => {
             let time_zone = field(data, "timeZone").and_then(Value::as_str).map(str::to_owned);
-            if let Some(z) = &time_zone {
-                if !matches!(Zone::parse(z), Some(Zone::Iana(_))) {
-                    return Err(Rejection::new(codes::INVALID_ZONE, format!("timeZone '{z}' is not an IANA zone")));
-                }
+            if let Some(z) = &time_zone
+                && !matches!(Zone::parse(z), Some(Zone::Iana(_)))
+            {
+                return Err(Rejection::new(codes::INVALID_ZONE, format!("timeZone '{z}' is not an IANA zone")));
             }
             let blocked_metrics = match field(data, "blockedMetrics") {
                 None => Vec::new(),

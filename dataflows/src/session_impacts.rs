@@ -1,0 +1,218 @@
+//! `session_impacts`: per (session, metric), the metric before, during and after a consumption
+//! session, and the deltas (DOMAIN.md §4).
+
+use differential_dataflow::VecCollection;
+use vitalflow_schemas::domain::Session;
+use vitalflow_schemas::split::share;
+use vitalflow_schemas::view::{ColumnType::*, col};
+use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, Sample, ValueKind, ViewDef};
+
+/// BEFORE window length: 60 min.
+pub const BEFORE_MS: i64 = 60 * 60_000;
+/// AFTER window length: 120 min.
+pub const AFTER_MS: i64 = 120 * 60_000;
+/// Fewest discrete samples for a window mean.
+pub const MIN_N: i64 = 1;
+/// Longest session that produces an impact.
+pub const MAX_SESSION_MS: i64 = 24 * 3_600_000;
+/// Time buckets that pair sessions with the samples near them.
+const BUCKET_MS: i64 = 3_600_000;
+
+/// Key `(user_id, session_id, metric)`.
+pub const DEF: ViewDef = ViewDef {
+    name: "session_impacts",
+    columns: &[
+        col("user_id", Str),
+        col("session_id", Str),
+        col("metric", Str),
+        col("product_id", Str),
+        col("before_mean", Float),
+        col("before_n", Int),
+        col("during_mean", Float),
+        col("during_n", Int),
+        col("after_mean", Float),
+        col("after_n", Int),
+        col("delta_during", Float),
+        col("delta_after", Float),
+        col("pct_delta_during", Float),
+        col("pct_delta_after", Float),
+        col("baseline_contaminated", Bool),
+    ],
+    key_len: 3,
+    route: Some("session-impacts"),
+    filters: &["sessionId", "metric"],
+    range_column: None,
+};
+
+/// Mean and n of one window.
+pub type Window = (Option<OrdF64>, i64);
+
+/// One session's impact on one metric, with what `product_impacts` needs of the session.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Impact {
+    pub user_id: String,
+    pub session_id: String,
+    pub metric: Metric,
+    pub product_id: String,
+    pub start_ms: i64,
+    pub quantity: OrdF64,
+    pub contaminated: bool,
+    /// BEFORE, DURING, AFTER.
+    pub windows: [Window; 3],
+}
+
+impl Impact {
+    /// `deltaDuring`, `deltaAfter`: null when either mean is null.
+    pub fn deltas(&self) -> [Option<f64>; 2] {
+        let before = self.windows[0].0.map(|m| m.0);
+        [1, 2].map(|w| Some(self.windows[w].0?.0 - before?))
+    }
+}
+
+/// Metrics with a session impact: the listed DISCRETE ones and every CUMULATIVE one.
+pub fn has_impact(m: Metric) -> bool {
+    use Metric::*;
+    matches!(m, HeartRate | RestingHeartRate | HrvSdnn | HrvRmssd | RespiratoryRate | Spo2 | BloodGlucose)
+        || m.kind() == ValueKind::Cumulative
+}
+
+fn buckets(a: i64, b: i64) -> std::ops::RangeInclusive<i64> {
+    a.div_euclid(BUCKET_MS)..=(b.max(a + 1) - 1).div_euclid(BUCKET_MS)
+}
+
+/// A session's own interval for contamination: `[s, e)`, or the point `s` when open or empty.
+fn touches(other: &Session, a: i64, b: i64) -> bool {
+    match other.end_ms {
+        Some(e) if e > other.start_ms => other.start_ms < b && e > a,
+        _ => a <= other.start_ms && other.start_ms < b,
+    }
+}
+
+type SampleLite = (Metric, i64, i64, OrdF64, u8, String, String);
+
+/// In: current samples and sessions. Out: one [`Impact`] per (session, metric) with at least one
+/// window holding a sample. Sessions and samples meet in hour buckets, so a sample change reaches
+/// only the sessions whose `[s − B, e + A)` it overlaps.
+pub fn impacts<'s>(
+    samples: VecCollection<'s, Epoch, Sample>,
+    sessions: VecCollection<'s, Epoch, Session>,
+) -> VecCollection<'s, Epoch, Impact> {
+    let eligible =
+        sessions.clone().filter(|s| matches!(s.end_ms, Some(e) if e >= s.start_ms && e - s.start_ms <= MAX_SESSION_MS));
+
+    let contamination = sessions
+        .map(|s| (s.user_id.clone(), s))
+        .reduce_named("Impact: contamination", |_user, input, output| {
+            for (s, _) in input.iter().filter(|(s, r)| *r > 0 && s.end_ms.is_some()) {
+                let dirty = input.iter().any(|(o, r)| {
+                    *r > 0 && o.session_id != s.session_id && touches(o, s.start_ms - BEFORE_MS, s.start_ms)
+                });
+                output.push(((s.session_id.clone(), dirty), 1));
+            }
+        })
+        .map(|(user, (session_id, dirty))| ((user, session_id), dirty));
+
+    let session_buckets = eligible
+        .clone()
+        .flat_map(|s| {
+            let e = s.end_ms.unwrap_or(s.start_ms);
+            let first = (s.start_ms - BEFORE_MS).div_euclid(BUCKET_MS);
+            buckets(s.start_ms - BEFORE_MS, e + AFTER_MS)
+                .map(|h| ((s.user_id.clone(), h), (s.session_id.clone(), s.start_ms, e, first)))
+                .collect::<Vec<_>>()
+        })
+        .arrange_by_key_named("Impact: sessions by hour");
+    let sample_buckets = samples
+        .filter(|x| has_impact(x.metric) && x.value.is_some())
+        .flat_map(|x| {
+            let lite: SampleLite = (
+                x.metric,
+                x.start_ms,
+                x.end_ms,
+                x.value.unwrap_or_default(),
+                x.source_class.rank(),
+                x.source_id.clone(),
+                x.source_record_id.clone(),
+            );
+            let first = x.start_ms.div_euclid(BUCKET_MS);
+            buckets(x.start_ms, x.end_ms).map(|h| ((x.user_id.clone(), h), (lite.clone(), first))).collect::<Vec<_>>()
+        })
+        .arrange_by_key_named("Impact: samples by hour");
+
+    let windows = session_buckets
+        .join_core(sample_buckets, |(user, h), (sid, s, e, s_first), (x, x_first)| {
+            // A pair meets in every bucket both touch; keep it in the first one only.
+            (*h == (*s_first).max(*x_first)).then(|| ((user.clone(), sid.clone(), x.0, *s, *e), x.clone()))
+        })
+        .reduce_named("Impact: windows", |(_, _, metric, s, e), input, output| {
+            let ranges = [(*s - BEFORE_MS, *s), (*s, *e), (*e, *e + AFTER_MS)];
+            let windows = ranges.map(|(a, b)| window(*metric, a, b, input));
+            if windows.iter().any(|w| w.1 >= 1) {
+                output.push((windows, 1));
+            }
+        })
+        .map(|((user, sid, metric, _, _), windows)| ((user, sid), (metric, windows)));
+
+    let attributes =
+        eligible.map(|s| ((s.user_id, s.session_id), (s.product_id, s.start_ms, s.quantity))).join(contamination);
+    windows.join(attributes).map(
+        |((user_id, session_id), ((metric, windows), ((product_id, start_ms, quantity), dirty)))| Impact {
+            user_id,
+            session_id,
+            metric,
+            product_id,
+            start_ms,
+            quantity,
+            contaminated: dirty,
+            windows,
+        },
+    )
+}
+
+/// One window of one metric (§4): DISCRETE is the mean of samples starting in it; CUMULATIVE the
+/// best-ranked overlapping source's C1 total per hour.
+fn window(metric: Metric, a: i64, b: i64, input: &[(&SampleLite, isize)]) -> Window {
+    if metric.kind() == ValueKind::Cumulative {
+        if b <= a {
+            return (None, 0);
+        }
+        let overlapping = |x: &SampleLite| if x.2 > x.1 { x.1 < b && x.2 > a } else { a <= x.1 && x.1 < b };
+        let best = input.iter().filter(|(x, r)| *r > 0 && overlapping(x)).map(|(x, _)| (x.4, x.5.as_str())).min();
+        let Some((_, source)) = best else { return (None, 0) };
+        let (mut total, mut n) = (0.0, 0);
+        for (x, r) in input.iter().filter(|(x, r)| *r > 0 && x.5 == source && overlapping(x)) {
+            total += share(x.1, x.2, x.3.0, a, b) * *r as f64;
+            n += *r as i64;
+        }
+        (Some(OrdF64(total / ((b - a) as f64 / 3_600_000.0))), n)
+    } else {
+        let (mut sum, mut n) = (0.0, 0);
+        for (x, r) in input.iter().filter(|(x, r)| *r > 0 && a <= x.1 && x.1 < b) {
+            sum += x.3.0 * *r as f64;
+            n += *r as i64;
+        }
+        ((n >= MIN_N).then(|| OrdF64(sum / n as f64)), n)
+    }
+}
+
+/// In: current samples and sessions. Out: one row per `(user_id, session_id, metric)`.
+pub fn session_impacts<'s>(impacts: VecCollection<'s, Epoch, Impact>) -> VecCollection<'s, Epoch, Row> {
+    impacts.map(|i| {
+        let [dd, da] = i.deltas();
+        let before = i.windows[0].0.map(|m| m.0).filter(|b| *b != 0.0);
+        let pct = |d: Option<f64>| Some(d? / before?);
+        let mut row = vec![
+            Datum::Str(i.user_id.clone()),
+            Datum::Str(i.session_id.clone()),
+            Datum::Str(i.metric.key().to_owned()),
+            Datum::Str(i.product_id.clone()),
+        ];
+        for (mean, n) in i.windows {
+            row.push(mean.map_or(Datum::Null, Datum::Float));
+            row.push(Datum::Int(n));
+        }
+        row.extend([Datum::float(dd), Datum::float(da), Datum::float(pct(dd)), Datum::float(pct(da))]);
+        row.push(Datum::Bool(i.contaminated));
+        row
+    })
+}

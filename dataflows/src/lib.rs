@@ -21,6 +21,7 @@ pub mod routine_bins;
 pub mod runtime;
 pub mod session_impacts;
 pub mod sessions;
+pub mod sleep_nights;
 mod stats;
 
 pub use registry::{Inputs, VIEWS, ViewSpec};

@@ -6,7 +6,9 @@ use vitalflow_schemas::domain::{Product, Session};
 use vitalflow_schemas::{Epoch, Row, Sample, UserProfile, ViewDef};
 
 use crate::session_impacts::Impact;
-use crate::{daily_rollups, daily_rollups_by_source, product_impacts, routine_bins, session_impacts, sessions};
+use crate::{
+    daily_rollups, daily_rollups_by_source, product_impacts, routine_bins, session_impacts, sessions, sleep_nights,
+};
 
 /// The collections every view may read.
 #[derive(Clone)]
@@ -50,6 +52,7 @@ pub const VIEWS: &[ViewSpec] = &[
         def: daily_rollups_by_source::DEF,
         build: |i| daily_rollups_by_source::daily_rollups_by_source(i.samples.clone()),
     },
+    ViewSpec { def: sleep_nights::DEF, build: |i| sleep_nights::sleep_nights(i.samples.clone()) },
     ViewSpec { def: session_impacts::DEF, build: |i| session_impacts::session_impacts(i.impacts.clone()) },
     ViewSpec { def: product_impacts::DEF, build: |i| product_impacts::product_impacts(i.impacts.clone()) },
     ViewSpec { def: routine_bins::DEF, build: |i| routine_bins::routine_bins(i.sessions.clone()) },

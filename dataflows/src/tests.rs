@@ -533,3 +533,109 @@ fn impacts_use_the_best_source_rate_and_flag_contamination() {
     assert_eq!(row(&h, "baseline_contaminated"), Datum::Bool(true));
     assert_eq!(h.rows("session_impacts").len(), 1);
 }
+
+// ---- sleep nights (DOMAIN.md §3) ----
+
+fn stage(
+    source: &str,
+    rec: &str,
+    class: SourceClass,
+    stage: vitalflow_schemas::sleep::SleepStage,
+    a: &str,
+    b: &str,
+) -> Change {
+    let mut s = sample("u1", source, rec, Metric::SleepAnalysis, ms(a), ms(b), 0.0, class, "America/New_York");
+    s.value = None;
+    s.category = Some(stage);
+    Change::Sample(s, 1)
+}
+
+#[test]
+fn worked_example_3_sleep_night() {
+    use vitalflow_schemas::sleep::SleepStage::*;
+    let w = |rec: &str, st, a: &str, b: &str| {
+        stage("W", rec, SourceClass::Watch, st, &format!("2024-06-02T{a}:00Z"), &format!("2024-06-02T{b}:00Z"))
+    };
+    let mut h = Harness::new(2);
+    h.step(vec![
+        w("1", Core, "03:05", "04:30"),
+        w("2", Deep, "04:30", "05:15"),
+        w("3", Core, "05:15", "06:40"),
+        w("4", Awake, "06:40", "06:55"),
+        w("5", Rem, "06:55", "07:40"),
+        w("6", Core, "07:40", "09:10"),
+        w("7", Core, "09:50", "10:30"),
+        w("8", Awake, "10:30", "10:40"),
+        w("9", Rem, "10:40", "11:00"),
+        w("10", Core, "18:00", "18:35"),
+        stage("P", "ib", SourceClass::Phone, InBed, "2024-06-02T02:45:00Z", "2024-06-02T11:10:00Z"),
+        stage("R", "r1", SourceClass::Ring, Unspecified, "2024-06-02T03:20:00Z", "2024-06-02T10:50:00Z"),
+    ]);
+    let def = crate::VIEWS[view_index("sleep_nights").expect("view")].def;
+    let rows = h.rows("sleep_nights");
+    assert_eq!(rows.len(), 2);
+    let get = |r: &Row, c: &str| r[def.column_index(c).expect(c)].clone();
+    let f = |x: f64| Datum::float(Some(x));
+    let main = &rows[0];
+    assert_eq!(get(main, "night_date"), Datum::Date(day("2024-06-02")));
+    assert_eq!(get(main, "sleep_onset_at"), Datum::Ts(ms("2024-06-02T03:05:00Z")));
+    assert_eq!(get(main, "wake_at"), Datum::Ts(ms("2024-06-02T11:00:00Z")));
+    for (c, v) in [
+        ("total_asleep_min", 410.0),
+        ("core_min", 300.0),
+        ("deep_min", 45.0),
+        ("rem_min", 65.0),
+        ("unspecified_min", 0.0),
+        ("waso_min", 65.0),
+        ("time_in_bed_min", 505.0),
+        ("sleep_latency_min", 20.0),
+    ] {
+        assert_eq!(get(main, c), f(v), "{c}");
+    }
+    assert_eq!(get(main, "awakenings_count"), Datum::Int(3));
+    assert_eq!(get(main, "bedtime_at"), Datum::Ts(ms("2024-06-02T02:45:00Z")));
+    assert_eq!(get(main, "rise_at"), Datum::Ts(ms("2024-06-02T11:10:00Z")));
+    let Datum::Float(eff) = get(main, "efficiency") else { panic!("efficiency") };
+    assert!((eff.0 - 410.0 / 505.0).abs() < 1e-12);
+    assert_eq!(get(main, "canonical_source_id"), Datum::Str("W".into()));
+    assert_eq!(get(main, "source_count"), Datum::Int(2));
+    assert_eq!(get(main, "has_stages"), Datum::Bool(true));
+    assert_eq!(get(main, "is_main"), Datum::Bool(true));
+    assert_eq!(get(main, "zone_id"), Datum::Str("America/New_York".into()));
+    let nap = &rows[1];
+    assert_eq!(get(nap, "night_date"), Datum::Date(day("2024-06-02")));
+    assert_eq!(get(nap, "total_asleep_min"), f(35.0));
+    assert_eq!(get(nap, "is_main"), Datum::Bool(false));
+    assert_eq!(get(nap, "sleep_latency_min"), Datum::Null, "not augmented with P's in-bed interval");
+    assert_eq!(get(nap, "time_in_bed_min"), f(35.0));
+
+    // Late data: deleting the watch's night makes the ring canonical for it.
+    let night = [
+        w("1", Core, "03:05", "04:30"),
+        w("2", Deep, "04:30", "05:15"),
+        w("3", Core, "05:15", "06:40"),
+        w("4", Awake, "06:40", "06:55"),
+        w("5", Rem, "06:55", "07:40"),
+        w("6", Core, "07:40", "09:10"),
+        w("7", Core, "09:50", "10:30"),
+        w("8", Awake, "10:30", "10:40"),
+        w("9", Rem, "10:40", "11:00"),
+    ];
+    h.step(
+        night
+            .into_iter()
+            .map(|c| match c {
+                Change::Sample(s, _) => Change::Sample(s, -1),
+                other => other,
+            })
+            .collect(),
+    );
+    let rows = h.rows("sleep_nights");
+    assert_eq!(rows.len(), 2);
+    let main = rows.iter().find(|r| get(r, "is_main") == Datum::Bool(true)).expect("main");
+    assert_eq!(get(main, "canonical_source_id"), Datum::Str("R".into()));
+    assert_eq!(get(main, "total_asleep_min"), f(450.0));
+    assert_eq!(get(main, "unspecified_min"), f(450.0));
+    assert_eq!(get(main, "has_stages"), Datum::Bool(false));
+    assert_eq!(get(main, "sleep_latency_min"), f(35.0));
+}

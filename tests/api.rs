@@ -254,6 +254,7 @@ async fn ingestion_contract_and_reads() {
         vec![
             "daily_rollups",
             "daily_rollups_by_source",
+            "sleep_nights",
             "session_impacts",
             "product_impacts",
             "routine_bins",

@@ -23,6 +23,7 @@ pub mod session_impacts;
 pub mod sessions;
 pub mod sleep_nights;
 mod stats;
+pub mod weekly_steps;
 
 pub use registry::{Inputs, VIEWS, ViewSpec};
 pub use runtime::{Runtime, ViewProgress};

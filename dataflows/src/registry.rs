@@ -8,6 +8,7 @@ use vitalflow_schemas::{Epoch, Row, Sample, UserProfile, ViewDef};
 use crate::session_impacts::Impact;
 use crate::{
     daily_rollups, daily_rollups_by_source, product_impacts, routine_bins, session_impacts, sessions, sleep_nights,
+    weekly_steps,
 };
 
 /// The collections every view may read.
@@ -21,6 +22,8 @@ pub struct Inputs<'s> {
     pub products: VecCollection<'s, Epoch, Product>,
     /// Current user profiles.
     pub profiles: VecCollection<'s, Epoch, UserProfile>,
+    /// `daily_rollups` rows, built once and shared with the views built on them.
+    pub daily: VecCollection<'s, Epoch, Row>,
     /// Session impacts, built once and shared by `session_impacts` and `product_impacts`.
     pub impacts: VecCollection<'s, Epoch, Impact>,
 }
@@ -33,8 +36,9 @@ impl<'s> Inputs<'s> {
         products: VecCollection<'s, Epoch, Product>,
         profiles: VecCollection<'s, Epoch, UserProfile>,
     ) -> Self {
+        let daily = daily_rollups::daily_rollups(samples.clone());
         let impacts = session_impacts::impacts(samples.clone(), sessions.clone());
-        Inputs { samples, sessions, products, profiles, impacts }
+        Inputs { samples, sessions, products, profiles, daily, impacts }
     }
 }
 
@@ -47,7 +51,7 @@ pub struct ViewSpec {
 
 /// Every view vitalflow maintains, in a fixed order (a view's index is its id).
 pub const VIEWS: &[ViewSpec] = &[
-    ViewSpec { def: daily_rollups::DEF, build: |i| daily_rollups::daily_rollups(i.samples.clone()) },
+    ViewSpec { def: daily_rollups::DEF, build: |i| i.daily.clone() },
     ViewSpec {
         def: daily_rollups_by_source::DEF,
         build: |i| daily_rollups_by_source::daily_rollups_by_source(i.samples.clone()),
@@ -59,6 +63,7 @@ pub const VIEWS: &[ViewSpec] = &[
     ViewSpec { def: sessions::SESSIONS, build: |i| sessions::sessions(i.sessions.clone()) },
     ViewSpec { def: sessions::PRODUCTS, build: |i| sessions::products(i.products.clone()) },
     ViewSpec { def: sessions::USER_PROFILES, build: |i| sessions::user_profiles(i.profiles.clone()) },
+    ViewSpec { def: weekly_steps::DEF, build: |i| weekly_steps::weekly_steps(i.daily.clone()) },
 ];
 
 /// The view registered under `name`.

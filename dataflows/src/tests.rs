@@ -639,3 +639,34 @@ fn worked_example_3_sleep_night() {
     assert_eq!(get(main, "has_stages"), Datum::Bool(false));
     assert_eq!(get(main, "sleep_latency_min"), f(35.0));
 }
+
+// ---- weekly_steps: the view docs/adding-a-view.md walks through ----
+
+#[test]
+fn weekly_steps_as_the_walkthrough_describes() {
+    let mut h = Harness::new(2);
+    let steps = |rec: &str, at: &str, v: f64| {
+        sample("u1", "w", rec, Metric::Steps, ms(at), ms(at) + 600_000, v, SourceClass::Watch, "UTC")
+    };
+    let sunday = steps("b", "2024-06-09T10:00:00Z", 50.0);
+    let next_monday = steps("c", "2024-06-10T10:00:00Z", 7.0);
+    h.step(vec![
+        Change::Sample(steps("a", "2024-06-03T10:00:00Z", 100.0), 1),
+        Change::Sample(sunday.clone(), 1),
+        Change::Sample(next_monday.clone(), 1),
+    ]);
+    let weeks = |h: &Harness| -> Vec<(i32, f64, i64)> {
+        h.rows("weekly_steps")
+            .into_iter()
+            .map(|r| match (&r[1], &r[2], &r[3]) {
+                (Datum::Date(d), Datum::Float(s), Datum::Int(n)) => (*d, s.0, *n),
+                _ => panic!("bad row {r:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(weeks(&h), vec![(day("2024-06-03"), 150.0, 2), (day("2024-06-10"), 7.0, 1)]);
+    let mut edited = sunday.clone();
+    edited.value = Some(OrdF64(70.0));
+    h.step(vec![Change::Sample(sunday, -1), Change::Sample(edited, 1), Change::Sample(next_monday, -1)]);
+    assert_eq!(weeks(&h), vec![(day("2024-06-03"), 170.0, 2)]);
+}

@@ -1,0 +1,42 @@
+//! `weekly_steps`: step totals per user and ISO week, built on `daily_rollups` (the example of
+//! `docs/adding-a-view.md`).
+
+use chrono::Datelike;
+use differential_dataflow::VecCollection;
+use vitalflow_schemas::time::{date_to_days, days_to_date};
+use vitalflow_schemas::view::{ColumnType::*, col};
+use vitalflow_schemas::{Datum, Epoch, OrdF64, Row, ViewDef};
+
+/// Key `(user_id, week_start)`; `week_start` is the Monday of the ISO week.
+pub const DEF: ViewDef = ViewDef {
+    name: "weekly_steps",
+    columns: &[col("user_id", Str), col("week_start", Date), col("steps", Float), col("days", Int)],
+    key_len: 2,
+    route: Some("weekly-steps"),
+    filters: &[],
+    range_column: Some("week_start"),
+};
+
+/// In: `daily_rollups` rows. Out: one row per `(user_id, week_start)`: the week's merged step
+/// total (the sum of its days' `sum`) and the number of days with steps.
+pub fn weekly_steps<'s>(daily: VecCollection<'s, Epoch, Row>) -> VecCollection<'s, Epoch, Row> {
+    daily
+        .flat_map(|r| match (&r[0], &r[1], &r[2], &r[6]) {
+            (Datum::Str(user), Datum::Str(metric), Datum::Date(day), Datum::Float(sum)) if metric == "steps" => {
+                let date = days_to_date(*day);
+                let monday = date - chrono::Duration::days(i64::from(date.weekday().num_days_from_monday()));
+                Some(((user.clone(), date_to_days(monday)), (*day, *sum)))
+            }
+            _ => None,
+        })
+        .reduce_named("WeeklySteps: sum", |_week, input, output| {
+            let days = input.iter().filter(|(_, r)| *r > 0).count() as i64;
+            let total: f64 = input.iter().filter(|(_, r)| *r > 0).map(|((_, s), r)| s.0 * *r as f64).sum();
+            if days > 0 {
+                output.push(((OrdF64(total), days), 1));
+            }
+        })
+        .map(|((user, week), (total, days))| {
+            vec![Datum::Str(user), Datum::Date(week), Datum::Float(total), Datum::Int(days)]
+        })
+}

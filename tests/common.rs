@@ -73,6 +73,11 @@ impl Server {
         self.post("/v1/sql", &json!({ "sql": sql })).await
     }
 
+    /// SQL once every view reflects `epoch`.
+    pub async fn sql_at(&self, sql: &str, epoch: u64) -> (u16, Value) {
+        self.post("/v1/sql", &json!({ "sql": sql, "minEpoch": epoch, "waitMs": 20000 })).await
+    }
+
     /// SIGTERM, then wait for a clean exit; returns whether it exited with status 0.
     pub fn stop(mut self) -> bool {
         let mut child = self.child.take().expect("child");

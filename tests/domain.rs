@@ -52,11 +52,12 @@ async fn domain_changes_feed_the_domain_views_and_survive_a_restart() {
 
     // A cross-view join: sessions with their product's name.
     let join = "SELECT s.session_id, p.name FROM sessions s JOIN products p ON s.product_id = p.product_id ORDER BY 1";
-    let (status, q) = server.sql(join).await;
+    let (status, q) = server.sql_at(join, epoch).await;
     assert_eq!(status, 200, "{q}");
     assert_eq!(q["rows"].as_array().map(Vec::len), Some(5));
     assert_eq!(q["rows"][0], json!({"session_id": "s0", "name": "Espresso"}));
-    let (_, prof) = server.sql("SELECT time_zone, blocked_metrics FROM user_profiles WHERE user_id = 'u1'").await;
+    let (_, prof) =
+        server.sql_at("SELECT time_zone, blocked_metrics FROM user_profiles WHERE user_id = 'u1'", epoch).await;
     assert_eq!(prof["rows"][0], json!({"time_zone": "Europe/Berlin", "blocked_metrics": "[\"spo2\"]"}));
 
     // Deletes: a session and the product.
@@ -69,7 +70,7 @@ async fn domain_changes_feed_the_domain_views_and_survive_a_restart() {
     let (_, routines) = server.get(&format!("/v1/users/u1/routines?scope=*&minEpoch={e2}&waitMs=20000")).await;
     assert_eq!(routines["rows"][0]["count"], json!(4));
     assert_eq!(routines["rows"][0]["isPeak"], json!(false), "N = 4 < N_MIN");
-    let (_, q) = server.sql(join).await;
+    let (_, q) = server.sql_at(join, e2).await;
     assert_eq!(q["rows"], json!([]));
 
     assert!(server.stop());

@@ -6,3 +6,4 @@ mod common;
 mod domain;
 mod fitbit;
 mod restart;
+mod views;

@@ -204,8 +204,14 @@ async fn read_view(
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SqlRequest {
     sql: String,
+    /// Wait (up to `wait_ms`) until every view reflects this epoch.
+    #[serde(default)]
+    min_epoch: Option<u64>,
+    #[serde(default)]
+    wait_ms: Option<u64>,
 }
 
 async fn run_sql(
@@ -215,6 +221,13 @@ async fn run_sql(
 ) -> Result<Response, ApiError> {
     let req: SqlRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad("INVALID_REQUEST", format!("expected {{\"sql\": \"...\"}}: {e}")))?;
+    if let (Some(min), Some(wait)) = (req.min_epoch, req.wait_ms) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait).min(st.config.max_wait);
+        for view in 0..st.store.len() {
+            let mut rx = st.store.watch(view);
+            let _ = tokio::time::timeout_at(deadline, rx.wait_for(|e| *e >= min)).await;
+        }
+    }
     let run = sql::run(&st.store, &req.sql, st.config.sql_row_limit);
     let result = tokio::time::timeout(st.config.sql_timeout, run)
         .await

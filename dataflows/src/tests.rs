@@ -670,3 +670,85 @@ fn weekly_steps_as_the_walkthrough_describes() {
     h.step(vec![Change::Sample(sunday, -1), Change::Sample(edited, 1), Change::Sample(next_monday, -1)]);
     assert_eq!(weeks(&h), vec![(day("2024-06-03"), 170.0, 2)]);
 }
+
+// ---- routine_bins against a from-scratch oracle ----
+
+/// The oracle: §5 computed directly from the final sessions.
+fn oracle_routines(
+    sessions: &[vitalflow_schemas::domain::Session],
+) -> BTreeMap<(String, String, i64), (i64, i64, f64, bool)> {
+    use crate::routine_bins::{ALPHA, C_MIN, K, LIFT_MIN, MAX_PEAKS, N_MIN, bin_index};
+    let mut counts: BTreeMap<(String, String), BTreeMap<i64, i64>> = BTreeMap::new();
+    for s in sessions {
+        let bin = i64::from(bin_index(s.zone.local(s.start_ms)));
+        for scope in ["*".to_owned(), s.product_id.clone()] {
+            *counts.entry((s.user_id.clone(), scope)).or_default().entry(bin).or_insert(0) += 1;
+        }
+    }
+    let mut out = BTreeMap::new();
+    for ((user, scope), bins) in counts {
+        let n: i64 = bins.values().sum();
+        let p = |c: i64| (c as f64 + ALPHA) / (n as f64 + f64::from(K) * ALPHA);
+        let mut eligible: Vec<(i64, f64)> = bins
+            .iter()
+            .filter(|(_, c)| n >= N_MIN && **c >= C_MIN && p(**c) * f64::from(K) >= LIFT_MIN)
+            .map(|(b, c)| (*b, p(*c)))
+            .collect();
+        eligible.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let peaks: Vec<i64> = eligible.iter().take(MAX_PEAKS).map(|e| e.0).collect();
+        for (b, c) in bins {
+            out.insert((user.clone(), scope.clone(), b), (c, n, p(c), peaks.contains(&b)));
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Random session inserts, edits and deletes in random batches give the oracle's routine bins.
+    #[test]
+    fn routine_bins_equal_the_oracle(
+        ops in prop::collection::vec((0..2u8, 0..12u8, prop::option::of((0..3u8, 0..40u16, 0..3u8))), 1..70),
+        cut in 1..9usize,
+    ) {
+        let mut h = Harness::new(2);
+        let mut current: BTreeMap<(u8, u8), vitalflow_schemas::domain::Session> = BTreeMap::new();
+        let base = ms("2024-06-03T06:00:00Z");
+        let mut pending = Vec::new();
+        for (i, (user, id, upsert)) in ops.into_iter().enumerate() {
+            if let Some(old) = current.remove(&(user, id)) {
+                pending.push(Change::Session(old, -1));
+            }
+            if let Some((product, slot, zone)) = upsert {
+                // Slots a few hours apart over two weeks, so bins collide often enough to make peaks.
+                let start = base + i64::from(slot % 8) * 3_600_000 + i64::from(slot / 8) * 86_400_000 * 7 / 5;
+                let s = session(&format!("u{user}"), &format!("s{id}"), &format!("p{product}"), start, ZONES[zone as usize]);
+                current.insert((user, id), s.clone());
+                pending.push(Change::Session(s, 1));
+            }
+            if (i + 1) % cut == 0 {
+                h.step(std::mem::take(&mut pending));
+            }
+        }
+        h.step(pending);
+        let sessions: Vec<_> = current.into_values().collect();
+        let want = oracle_routines(&sessions);
+        let got: BTreeMap<(String, String, i64), (i64, i64, f64, bool)> = h
+            .rows("routine_bins")
+            .into_iter()
+            .map(|r| match (&r[0], &r[1], &r[2], &r[5], &r[6], &r[9]) {
+                (Datum::Str(u), Datum::Str(sc), Datum::Int(b), Datum::Int(c), Datum::Int(n), Datum::Bool(pk)) => {
+                    ((u.clone(), sc.clone(), *b), (*c, *n, float(&r[7]).unwrap_or(f64::NAN), *pk))
+                }
+                _ => panic!("bad row {r:?}"),
+            })
+            .collect();
+        prop_assert_eq!(got.len(), want.len());
+        for (k, (c, n, p, peak)) in &want {
+            let (gc, gn, gp, gpeak) = got[k];
+            prop_assert_eq!((gc, gn, gpeak), (*c, *n, *peak), "{:?}", k);
+            prop_assert!((gp - p).abs() < 1e-12);
+        }
+    }
+}

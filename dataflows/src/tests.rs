@@ -734,7 +734,7 @@ proptest! {
         h.step(pending);
         let sessions: Vec<_> = current.into_values().collect();
         let want = oracle_routines(&sessions);
-        let got: BTreeMap<(String, String, i64), (i64, i64, f64, bool)> = h
+        let got: RoutineRows = h
             .rows("routine_bins")
             .into_iter()
             .map(|r| match (&r[0], &r[1], &r[2], &r[5], &r[6], &r[9]) {

@@ -673,10 +673,10 @@ fn weekly_steps_as_the_walkthrough_describes() {
 
 // ---- routine_bins against a from-scratch oracle ----
 
+type RoutineRows = BTreeMap<(String, String, i64), (i64, i64, f64, bool)>;
+
 /// The oracle: §5 computed directly from the final sessions.
-fn oracle_routines(
-    sessions: &[vitalflow_schemas::domain::Session],
-) -> BTreeMap<(String, String, i64), (i64, i64, f64, bool)> {
+fn oracle_routines(sessions: &[vitalflow_schemas::domain::Session]) -> RoutineRows {
     use crate::routine_bins::{ALPHA, C_MIN, K, LIFT_MIN, MAX_PEAKS, N_MIN, bin_index};
     let mut counts: BTreeMap<(String, String), BTreeMap<i64, i64>> = BTreeMap::new();
     for s in sessions {

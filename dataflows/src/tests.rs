@@ -752,3 +752,137 @@ proptest! {
         }
     }
 }
+
+// ---- session_impacts and product_impacts against a brute-force oracle ----
+
+/// §4 by brute force: every session against every sample of its user, no buckets, no joins.
+fn oracle_impacts(
+    sessions: &[vitalflow_schemas::domain::Session],
+    samples: &[Sample],
+) -> BTreeMap<(String, String, String), [Option<(Option<f64>, i64)>; 3]> {
+    use crate::session_impacts::{AFTER_MS, BEFORE_MS, has_impact};
+    let mut out = BTreeMap::new();
+    for s in sessions {
+        let Some(e) = s.end_ms.filter(|e| *e >= s.start_ms && *e - s.start_ms <= 86_400_000) else { continue };
+        let ranges = [(s.start_ms - BEFORE_MS, s.start_ms), (s.start_ms, e), (e, e + AFTER_MS)];
+        let metrics: BTreeSet<Metric> =
+            samples.iter().filter(|x| x.user_id == s.user_id && has_impact(x.metric)).map(|x| x.metric).collect();
+        for m in metrics {
+            let xs: Vec<&Sample> = samples.iter().filter(|x| x.user_id == s.user_id && x.metric == m).collect();
+            let windows = ranges.map(|(a, b)| {
+                if m.kind() == vitalflow_schemas::ValueKind::Cumulative {
+                    let touching: Vec<&&Sample> = xs
+                        .iter()
+                        .filter(|x| {
+                            if x.end_ms > x.start_ms {
+                                x.start_ms < b && x.end_ms > a
+                            } else {
+                                a <= x.start_ms && x.start_ms < b
+                            }
+                        })
+                        .collect();
+                    let best = touching.iter().map(|x| (x.source_class.rank(), x.source_id.clone())).min();
+                    match best {
+                        Some((_, src)) if b > a => {
+                            let mine: Vec<&&&Sample> = touching.iter().filter(|x| x.source_id == src).collect();
+                            let total: f64 = mine
+                                .iter()
+                                .map(|x| share(x.start_ms, x.end_ms, x.value.map_or(0.0, |v| v.0), a, b))
+                                .sum();
+                            Some((Some(total / ((b - a) as f64 / 3_600_000.0)), mine.len() as i64))
+                        }
+                        _ => None,
+                    }
+                } else {
+                    let vals: Vec<f64> = xs
+                        .iter()
+                        .filter(|x| a <= x.start_ms && x.start_ms < b)
+                        .filter_map(|x| x.value.map(|v| v.0))
+                        .collect();
+                    (!vals.is_empty()).then(|| (Some(vals.iter().sum::<f64>() / vals.len() as f64), vals.len() as i64))
+                }
+            });
+            if windows.iter().any(|w| w.is_some_and(|w| w.1 >= 1)) {
+                out.insert((s.user_id.clone(), s.session_id.clone(), m.key().to_owned()), windows);
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Random samples and sessions, edited and deleted in random batches, give the brute-force
+    /// impacts (the hour buckets pair every session with every nearby sample exactly once).
+    #[test]
+    fn session_impacts_equal_the_oracle(
+        sample_ops in prop::collection::vec((0..10u8, prop::option::of((0..2u8, 0..60u16, 0..90u16, 40..120u16))), 1..60),
+        session_ops in prop::collection::vec((0..4u8, prop::option::of((0..40u16, 0..200u16))), 1..12),
+        cut in 1..8usize,
+    ) {
+        let mut h = Harness::new(2);
+        let base = ms("2024-06-01T06:00:00Z");
+        let (mut samples, mut sessions) = (BTreeMap::new(), BTreeMap::new());
+        let mut pending = Vec::new();
+        let mut n = 0;
+        let mut flush = |pending: &mut Vec<Change>, h: &mut Harness, n: &mut usize| {
+            *n += 1;
+            if *n % cut == 0 {
+                h.step(std::mem::take(pending));
+            }
+        };
+        for (rec, op) in sample_ops {
+            if let Some(old) = samples.remove(&rec) {
+                pending.push(Change::Sample(old, -1));
+            }
+            if let Some((kind, at, len, v)) = op {
+                let start = base + i64::from(at) * 5 * 60_000;
+                let x = if kind == 0 {
+                    sample("u1", if rec % 2 == 0 { "watch" } else { "phone" }, &format!("r{rec}"), Metric::Steps, start,
+                        start + i64::from(len) * 60_000, f64::from(v), if rec % 2 == 0 { SourceClass::Watch } else { SourceClass::Phone }, "UTC")
+                } else {
+                    sample("u1", "watch", &format!("r{rec}"), Metric::HeartRate, start, start, f64::from(v), SourceClass::Watch, "UTC")
+                };
+                samples.insert(rec, x.clone());
+                pending.push(Change::Sample(x, 1));
+            }
+            flush(&mut pending, &mut h, &mut n);
+        }
+        for (id, op) in session_ops {
+            if let Some(old) = sessions.remove(&id) {
+                pending.push(Change::Session(old, -1));
+            }
+            if let Some((at, len)) = op {
+                let start = base + i64::from(at) * 7 * 60_000;
+                let mut s = session("u1", &format!("s{id}"), "p", start, "UTC");
+                s.end_ms = Some(start + i64::from(len) * 60_000);
+                sessions.insert(id, s.clone());
+                pending.push(Change::Session(s, 1));
+            }
+            flush(&mut pending, &mut h, &mut n);
+        }
+        h.step(pending);
+        let sessions: Vec<_> = sessions.into_values().collect();
+        let samples: Vec<_> = samples.into_values().collect();
+        let want = oracle_impacts(&sessions, &samples);
+        let def = crate::VIEWS[view_index("session_impacts").expect("view")].def;
+        let rows = h.rows("session_impacts");
+        prop_assert_eq!(rows.len(), want.len());
+        for r in rows {
+            let key = (r[0].as_str().unwrap_or("").to_owned(), r[1].as_str().unwrap_or("").to_owned(), r[2].as_str().unwrap_or("").to_owned());
+            let w = want.get(&key).copied();
+            prop_assert!(w.is_some(), "unexpected row {:?}", r);
+            for (i, name) in ["before", "during", "after"].iter().enumerate() {
+                let (mean, n) = w.and_then(|w| w[i]).unwrap_or((None, 0));
+                prop_assert_eq!(r[def.column_index(&format!("{name}_n")).unwrap_or(0)].clone(), Datum::Int(n), "{} n of {:?}", name, key);
+                let got = float(&r[def.column_index(&format!("{name}_mean")).unwrap_or(0)]);
+                match (got, mean) {
+                    (Some(g), Some(m)) => prop_assert!((g - m).abs() <= 1e-9 * m.abs().max(1.0), "{} mean of {:?}: {} vs {}", name, key, g, m),
+                    (None, None) => {}
+                    (g, m) => prop_assert!(false, "{} mean of {:?}: {:?} vs {:?}", name, key, g, m),
+                }
+            }
+        }
+    }
+}

@@ -755,11 +755,10 @@ proptest! {
 
 // ---- session_impacts and product_impacts against a brute-force oracle ----
 
+type ImpactRows = BTreeMap<(String, String, String), [Option<(Option<f64>, i64)>; 3]>;
+
 /// §4 by brute force: every session against every sample of its user, no buckets, no joins.
-fn oracle_impacts(
-    sessions: &[vitalflow_schemas::domain::Session],
-    samples: &[Sample],
-) -> BTreeMap<(String, String, String), [Option<(Option<f64>, i64)>; 3]> {
+fn oracle_impacts(sessions: &[vitalflow_schemas::domain::Session], samples: &[Sample]) -> ImpactRows {
     use crate::session_impacts::{AFTER_MS, BEFORE_MS, has_impact};
     let mut out = BTreeMap::new();
     for s in sessions {
@@ -826,7 +825,7 @@ proptest! {
         let (mut samples, mut sessions) = (BTreeMap::new(), BTreeMap::new());
         let mut pending = Vec::new();
         let mut n = 0;
-        let mut flush = |pending: &mut Vec<Change>, h: &mut Harness, n: &mut usize| {
+        let flush = |pending: &mut Vec<Change>, h: &mut Harness, n: &mut usize| {
             *n += 1;
             if *n % cut == 0 {
                 h.step(std::mem::take(pending));

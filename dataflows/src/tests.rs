@@ -827,7 +827,7 @@ proptest! {
         let mut n = 0;
         let flush = |pending: &mut Vec<Change>, h: &mut Harness, n: &mut usize| {
             *n += 1;
-            if *n % cut == 0 {
+            if (*n).is_multiple_of(cut) {
                 h.step(std::mem::take(pending));
             }
         };

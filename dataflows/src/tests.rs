@@ -300,8 +300,8 @@ const CLASSES: [SourceClass; 3] = [SourceClass::Watch, SourceClass::Phone, Sourc
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Random inserts, edits and deletes in random batches give the same `daily_rollups` as a
-    /// from-scratch computation over the final rows.
+    /// Random inserts, edits and deletes in random batches give the same `daily_rollups` and
+    /// `daily_rollups_by_source` as a from-scratch computation over the final rows.
     #[test]
     fn daily_rollups_equal_the_oracle(ops in prop::collection::vec(op(), 1..80), cuts in prop::collection::vec(1..12usize, 1..10)) {
         let mut h = Harness::new(2);
@@ -349,6 +349,29 @@ proptest! {
             let (gc, gs) = got[k];
             prop_assert_eq!(gc, *c, "count of {:?}", k);
             prop_assert!((gs - s).abs() <= 1e-9 * s.abs().max(1.0), "sum of {:?}: {} vs {}", k, gs, s);
+        }
+        // daily_rollups_by_source: every source's own C1/C3 day shares, no merge.
+        let mut by_source: BTreeMap<(String, i32, String), (i64, f64)> = BTreeMap::new();
+        for x in &rows {
+            for (d, share, _) in vitalflow_schemas::split::day_shares(x.start_ms, x.end_ms, x.value.map_or(0.0, |v| v.0), x.zone) {
+                let e = by_source.entry((x.user_id.clone(), d, x.source_id.clone())).or_insert((0, 0.0));
+                e.0 += 1;
+                e.1 += share;
+            }
+        }
+        let got_by_source: BTreeMap<(String, i32, String), (i64, f64)> = h
+            .rows("daily_rollups_by_source")
+            .into_iter()
+            .map(|r| match (&r[0], &r[2], &r[3], &r[6]) {
+                (Datum::Str(u), Datum::Date(d), Datum::Str(src), Datum::Int(c)) => ((u.clone(), *d, src.clone()), (*c, float(&r[7]).unwrap_or(f64::NAN))),
+                _ => panic!("bad row {r:?}"),
+            })
+            .collect();
+        prop_assert_eq!(got_by_source.keys().collect::<Vec<_>>(), by_source.keys().collect::<Vec<_>>());
+        for (k, (c, s)) in &by_source {
+            let (gc, gs) = got_by_source[k];
+            prop_assert_eq!(gc, *c, "by-source count of {:?}", k);
+            prop_assert!((gs - s).abs() <= 1e-9 * s.abs().max(1.0), "by-source sum of {:?}: {} vs {}", k, gs, s);
         }
     }
 }
@@ -883,5 +906,51 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+// ---- sleep_nights: incremental equals from scratch ----
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Random sleep stages from three sources, edited and deleted in random batches, give the same
+    /// rows as one from-scratch run over the final samples (retraction-safe, order-independent).
+    #[test]
+    fn sleep_nights_incremental_equals_from_scratch(
+        ops in prop::collection::vec((0..14u8, prop::option::of((0..3u8, 0..6u8, 0..160u16, 1..20u16))), 1..60),
+        cut in 1..8usize,
+    ) {
+        use vitalflow_schemas::sleep::SleepStage;
+        const STAGES: [SleepStage; 6] =
+            [SleepStage::Core, SleepStage::Deep, SleepStage::Rem, SleepStage::Unspecified, SleepStage::Awake, SleepStage::InBed];
+        const SOURCES: [(&str, SourceClass); 3] = [("W", SourceClass::Watch), ("R", SourceClass::Ring), ("P", SourceClass::Phone)];
+        let mut h = Harness::new(2);
+        let base = ms("2024-06-01T20:00:00Z");
+        let mut current: BTreeMap<u8, Sample> = BTreeMap::new();
+        let mut pending = Vec::new();
+        for (i, (rec, op)) in ops.into_iter().enumerate() {
+            if let Some(old) = current.remove(&rec) {
+                pending.push(Change::Sample(old, -1));
+            }
+            if let Some((src, st, at, len)) = op {
+                let start = base + i64::from(at) * 10 * 60_000;
+                let (source, class) = SOURCES[src as usize];
+                let mut s = sample("u1", source, &format!("z{rec}"), Metric::SleepAnalysis, start,
+                    start + i64::from(len) * 10 * 60_000, 0.0, class, "America/New_York");
+                s.value = None;
+                s.category = Some(STAGES[st as usize]);
+                current.insert(rec, s.clone());
+                pending.push(Change::Sample(s, 1));
+            }
+            if (i + 1).is_multiple_of(cut) {
+                h.step(std::mem::take(&mut pending));
+            }
+        }
+        h.step(pending);
+        let incremental = h.rows("sleep_nights");
+        let mut fresh = Harness::new(1);
+        fresh.step(current.into_values().map(|s| Change::Sample(s, 1)).collect());
+        prop_assert_eq!(incremental, fresh.rows("sleep_nights"));
     }
 }

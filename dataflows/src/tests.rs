@@ -830,7 +830,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
     /// Random samples and sessions, edited and deleted in random batches, give the brute-force
-    /// impacts (the hour buckets pair every session with every nearby sample exactly once).
+    /// impacts (the hour buckets pair every session with every nearby sample exactly once), and
+    /// `product_impacts` summarises exactly those impacts.
     #[test]
     fn session_impacts_equal_the_oracle(
         sample_ops in prop::collection::vec((0..10u8, prop::option::of((0..2u8, 0..60u16, 0..90u16, 40..120u16))), 1..60),
@@ -898,6 +899,28 @@ proptest! {
                     (None, None) => {}
                     (g, m) => prop_assert!(false, "{} mean of {:?}: {:?} vs {:?}", name, key, g, m),
                 }
+            }
+        }
+        // product_impacts over the same impacts: counts and delta statistics per metric.
+        let pdef = crate::VIEWS[view_index("product_impacts").expect("view")].def;
+        let products = h.rows("product_impacts");
+        let metrics: BTreeSet<&String> = want.keys().map(|k| &k.2).collect();
+        prop_assert_eq!(products.len(), metrics.len());
+        for r in products {
+            let metric = r[2].as_str().unwrap_or("").to_owned();
+            let mine: Vec<&[Option<(Option<f64>, i64)>; 3]> = want.iter().filter(|(k, _)| k.2 == metric).map(|(_, w)| w).collect();
+            let mean_of = |w: &[Option<(Option<f64>, i64)>; 3], i: usize| w[i].and_then(|x| x.0);
+            let deltas: Vec<f64> = mine.iter().filter_map(|w| Some(mean_of(w, 1)? - mean_of(w, 0)?)).collect();
+            let get = |c: &str| r[pdef.column_index(c).unwrap_or(0)].clone();
+            prop_assert_eq!(get("session_count"), Datum::Int(mine.len() as i64));
+            prop_assert_eq!(get("delta_during_n"), Datum::Int(deltas.len() as i64));
+            match (float(&get("delta_during_mean")), deltas.is_empty()) {
+                (None, true) => {}
+                (Some(g), false) => {
+                    let m = deltas.iter().sum::<f64>() / deltas.len() as f64;
+                    prop_assert!((g - m).abs() <= 1e-9 * m.abs().max(1.0), "delta mean {} vs {}", g, m);
+                }
+                (g, _) => prop_assert!(false, "delta mean {:?} with {} deltas", g, deltas.len()),
             }
         }
     }

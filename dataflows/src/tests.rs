@@ -772,7 +772,8 @@ proptest! {
 
 // ---- session_impacts and product_impacts against a brute-force oracle ----
 
-type ImpactRows = BTreeMap<(String, String, String), [Option<(Option<f64>, i64)>; 3]>;
+type OracleWindows = [Option<(Option<f64>, i64)>; 3];
+type ImpactRows = BTreeMap<(String, String, String), OracleWindows>;
 
 /// §4 by brute force: every session against every sample of its user, no buckets, no joins.
 fn oracle_impacts(sessions: &[vitalflow_schemas::domain::Session], samples: &[Sample]) -> ImpactRows {
@@ -908,8 +909,8 @@ proptest! {
         prop_assert_eq!(products.len(), metrics.len());
         for r in products {
             let metric = r[2].as_str().unwrap_or("").to_owned();
-            let mine: Vec<&[Option<(Option<f64>, i64)>; 3]> = want.iter().filter(|(k, _)| k.2 == metric).map(|(_, w)| w).collect();
-            let mean_of = |w: &[Option<(Option<f64>, i64)>; 3], i: usize| w[i].and_then(|x| x.0);
+            let mine: Vec<&OracleWindows> = want.iter().filter(|(k, _)| k.2 == metric).map(|(_, w)| w).collect();
+            let mean_of = |w: &OracleWindows, i: usize| w[i].and_then(|x| x.0);
             let deltas: Vec<f64> = mine.iter().filter_map(|w| Some(mean_of(w, 1)? - mean_of(w, 0)?)).collect();
             let get = |c: &str| r[pdef.column_index(c).unwrap_or(0)].clone();
             prop_assert_eq!(get("session_count"), Datum::Int(mine.len() as i64));

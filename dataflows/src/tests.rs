@@ -972,3 +972,74 @@ proptest! {
         prop_assert_eq!(incremental, fresh.rows("sleep_nights"));
     }
 }
+
+// ---- sessions, products, user_profiles: the current records, as ingested ----
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Random upserts and deletes of sessions, products and profiles, in random batches, leave
+    /// exactly the final records in the three record views.
+    #[test]
+    fn record_views_hold_exactly_the_current_records(
+        ops in prop::collection::vec((0..3u8, 0..5u8, prop::option::of(0..4u8)), 1..60),
+        cut in 1..8usize,
+    ) {
+        use vitalflow_schemas::domain::Product;
+        let mut h = Harness::new(2);
+        let (mut sessions, mut products, mut profiles) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        let mut pending = Vec::new();
+        for (i, (kind, id, value)) in ops.into_iter().enumerate() {
+            match kind {
+                0 => {
+                    if let Some(old) = sessions.remove(&id) {
+                        pending.push(Change::Session(old, -1));
+                    }
+                    if let Some(v) = value {
+                        let s = session("u1", &format!("s{id}"), &format!("p{v}"), ms("2024-06-03T08:00:00Z") + i64::from(v) * 60_000, "UTC");
+                        sessions.insert(id, s.clone());
+                        pending.push(Change::Session(s, 1));
+                    }
+                }
+                1 => {
+                    if let Some(old) = products.remove(&id) {
+                        pending.push(Change::Product(old, -1));
+                    }
+                    if let Some(v) = value {
+                        let p = Product { product_id: format!("p{id}"), name: format!("name {v}"), category: (v % 2 == 0).then(|| "c".into()) };
+                        products.insert(id, p.clone());
+                        pending.push(Change::Product(p, 1));
+                    }
+                }
+                _ => {
+                    if let Some(old) = profiles.remove(&id) {
+                        pending.push(Change::Profile(old, -1));
+                    }
+                    if let Some(v) = value {
+                        let p = vitalflow_schemas::UserProfile {
+                            user_id: format!("u{id}"),
+                            time_zone: (v > 0).then(|| ZONES[v as usize % 3].to_owned()),
+                            allow_health_data_upload: v != 3,
+                            blocked_metrics: if v == 2 { vec!["spo2".into()] } else { vec![] },
+                        };
+                        profiles.insert(id, p.clone());
+                        pending.push(Change::Profile(p, 1));
+                    }
+                }
+            }
+            if (i + 1).is_multiple_of(cut) {
+                h.step(std::mem::take(&mut pending));
+            }
+        }
+        h.step(pending);
+        let ids = |view: &str, col: usize| -> Vec<String> {
+            h.rows(view).iter().map(|r| r[col].as_str().unwrap_or("").to_owned()).collect()
+        };
+        prop_assert_eq!(ids("sessions", 1), sessions.values().map(|s| s.session_id.clone()).collect::<Vec<_>>());
+        prop_assert_eq!(ids("sessions", 2), sessions.values().map(|s| s.product_id.clone()).collect::<Vec<_>>());
+        prop_assert_eq!(ids("products", 1), products.values().map(|p| p.name.clone()).collect::<Vec<_>>());
+        prop_assert_eq!(ids("user_profiles", 0), profiles.values().map(|p| p.user_id.clone()).collect::<Vec<_>>());
+        let flags: Vec<Datum> = h.rows("user_profiles").iter().map(|r| r[2].clone()).collect();
+        prop_assert_eq!(flags, profiles.values().map(|p| Datum::Bool(p.allow_health_data_upload)).collect::<Vec<_>>());
+    }
+}

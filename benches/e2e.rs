@@ -15,10 +15,12 @@ struct Args {
     concurrency: usize,
     workers: usize,
     url: Option<String>,
+    /// `VITALFLOW_VIEWS` for the server the driver starts (all views when absent).
+    views: Option<String>,
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { users: 200, days: 30, batch: 500, concurrency: 16, workers: 2, url: None };
+    let mut a = Args { users: 200, days: 30, batch: 500, concurrency: 16, workers: 2, url: None, views: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut num = |name: &str| -> usize {
@@ -31,6 +33,7 @@ fn parse_args() -> Args {
             "--concurrency" => a.concurrency = num("--concurrency"),
             "--workers" => a.workers = num("--workers"),
             "--url" => a.url = it.next(),
+            "--views" => a.views = it.next(),
             "--smoke" => {
                 a.users = 4;
                 a.days = 2;
@@ -93,6 +96,7 @@ fn main() {
                 .args(["serve", "--listen", "127.0.0.1:0", "--workers", &args.workers.to_string(), "--data-dir"])
                 .arg(dir.path())
                 .env("VITALFLOW_LOG", "warn")
+                .envs(args.views.iter().map(|v| ("VITALFLOW_VIEWS", v.clone())))
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .expect("spawn vitalflow");
@@ -110,13 +114,32 @@ fn main() {
     let result = rt.block_on(async move {
         let client = reqwest::Client::new();
         let started = Instant::now();
+        // Every 5 ms: the smallest asOfEpoch over the views, and when it was first seen.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let poller = {
+            let (client, done, url) = (client.clone(), done.clone(), format!("{base}/v1/frontiers"));
+            tokio::spawn(async move {
+                let mut seen: Vec<(Instant, u64)> = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(r) = client.get(&url).send().await
+                        && let Ok(f) = r.json::<Value>().await {
+                            let min = f["views"].as_array().and_then(|v| v.iter().filter_map(|v| v["asOfEpoch"].as_u64()).min());
+                            if let Some(min) = min.filter(|m| seen.last().is_none_or(|l| *m > l.1)) {
+                                seen.push((Instant::now(), min));
+                            }
+                        }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                seen
+            })
+        };
         let queue = std::sync::Arc::new(std::sync::Mutex::new(payloads.into_iter()));
         let mut tasks = Vec::new();
         for _ in 0..args.concurrency {
             let (client, queue, url) =
                 (client.clone(), queue.clone(), format!("{base}/v1/health/samples/batch-upsert"));
             tasks.push(tokio::spawn(async move {
-                let (mut max_epoch, mut lat) = (0_u64, Vec::new());
+                let (mut max_epoch, mut lat, mut acks) = (0_u64, Vec::new(), Vec::new());
                 loop {
                     let next = queue.lock().ok().and_then(|mut q| q.next());
                     let Some(body) = next else { break };
@@ -131,16 +154,19 @@ fn main() {
                     assert!(r.status().is_success(), "status {}", r.status());
                     let v: Value = r.json().await.expect("json");
                     lat.push(t.elapsed());
-                    max_epoch = max_epoch.max(v["epoch"].as_u64().unwrap_or(0));
+                    let epoch = v["epoch"].as_u64().unwrap_or(0);
+                    acks.push((Instant::now(), epoch));
+                    max_epoch = max_epoch.max(epoch);
                 }
-                (max_epoch, lat)
+                (max_epoch, lat, acks)
             }));
         }
-        let (mut last_epoch, mut lat) = (0, Vec::new());
+        let (mut last_epoch, mut lat, mut acks) = (0, Vec::new(), Vec::new());
         for t in tasks {
-            let (e, l) = t.await.expect("task");
+            let (e, l, a) = t.await.expect("task");
             last_epoch = last_epoch.max(e);
             lat.extend(l);
+            acks.extend(a);
         }
         let acked = started.elapsed();
         loop {
@@ -155,14 +181,29 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let visible = started.elapsed();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = poller.await.expect("poller");
+        // Ack → visible: from each acknowledgement to the first poll that saw its epoch in every view.
+        let mut vis: Vec<Duration> = acks
+            .iter()
+            .filter_map(|(at, epoch)| {
+                let i = seen.partition_point(|(_, e)| e < epoch);
+                seen.get(i).map(|(t, _)| t.saturating_duration_since(*at))
+            })
+            .collect();
+        vis.sort();
         lat.sort();
-        let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        let pct_of = |v: &[Duration], p: f64| v.get(((v.len() as f64 - 1.0) * p) as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        let pct = |p: f64| pct_of(&lat, p);
         json!({
             "scenario": "bulk", "samples": samples, "batches": lat.len(), "batch_size": args.batch,
             "concurrency": args.concurrency, "workers": args.workers, "epochs": last_epoch,
             "ack_seconds": acked.as_secs_f64(), "visible_seconds": visible.as_secs_f64(),
             "samples_per_s_visible": samples as f64 / visible.as_secs_f64(),
             "ack_latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
+            "ack_to_visible_ms": {"p50": pct_of(&vis, 0.5), "p99": pct_of(&vis, 0.99), "max": pct_of(&vis, 1.0), "poll_ms": 5},
+            "views": args.views.clone().unwrap_or_else(|| "all".into()),
         })
     });
     if let Some(c) = child.as_mut() {

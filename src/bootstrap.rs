@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use vitalflow_dataflows::{Runtime, VIEWS, ViewProgress};
+use vitalflow_dataflows::{Runtime, ViewProgress};
 use vitalflow_ingest::{Ingest, IngestProgress, Store};
 use vitalflow_schemas::wire::ErrorBody;
 use vitalflow_schemas::{Change, Epoch};
@@ -47,9 +47,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let recovered_epoch = store.last_epoch()?;
     let progress = Arc::new(IngestProgress::new(recovered_epoch, store.user_epochs()?));
 
-    let snapshots = Arc::new(SnapshotStore::new(VIEWS.iter().map(|v| v.def)));
+    let views = vitalflow_dataflows::select(config.views.as_deref()).map_err(anyhow::Error::msg)?;
+    let snapshots = Arc::new(SnapshotStore::new(views.iter().map(|v| v.def)));
     let (out_tx, out_rx) = crossbeam_channel::unbounded::<ViewProgress>();
-    let runtime = Runtime::start(config.workers, out_tx).map_err(anyhow::Error::msg)?;
+    let runtime = Runtime::start(config.workers, views, out_tx).map_err(anyhow::Error::msg)?;
     let applier = {
         let snapshots = snapshots.clone();
         std::thread::Builder::new().name("vitalflow-snapshots".into()).spawn(move || {

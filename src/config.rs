@@ -22,6 +22,8 @@ pub struct Config {
     pub sql_row_limit: usize,
     /// SQL query time limit.
     pub sql_timeout_ms: u64,
+    /// Maintain only these views (by SQL name); all of them when absent.
+    pub views: Option<Vec<String>>,
 }
 
 impl Default for Config {
@@ -33,6 +35,7 @@ impl Default for Config {
             max_body_bytes: 8 * 1024 * 1024,
             sql_row_limit: 10_000,
             sql_timeout_ms: 10_000,
+            views: None,
         }
     }
 }
@@ -70,6 +73,9 @@ impl Config {
         }
         if let Some(v) = env("VITALFLOW_SQL_TIMEOUT_MS") {
             c.sql_timeout_ms = v.parse().context("VITALFLOW_SQL_TIMEOUT_MS must be a positive integer")?;
+        }
+        if let Some(v) = env("VITALFLOW_VIEWS") {
+            c.views = Some(v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());
         }
         if let Some(v) = &flags.data_dir {
             c.data_dir = v.clone();

@@ -25,7 +25,7 @@ pub mod sleep_nights;
 mod stats;
 pub mod weekly_steps;
 
-pub use registry::{Inputs, VIEWS, ViewSpec};
+pub use registry::{Inputs, VIEWS, ViewSpec, select};
 pub use runtime::{Runtime, ViewProgress};
 
 #[cfg(test)]

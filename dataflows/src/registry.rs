@@ -1,6 +1,8 @@
 //! The one list of views. Adding a view is one file in this crate plus one line in [`VIEWS`]:
 //! its snapshot, HTTP read, SQL table and frontier follow from its [`ViewDef`].
 
+use std::cell::OnceCell;
+
 use differential_dataflow::VecCollection;
 use vitalflow_schemas::domain::{Product, Session};
 use vitalflow_schemas::{Epoch, Row, Sample, UserProfile, ViewDef};
@@ -11,8 +13,8 @@ use crate::{
     weekly_steps,
 };
 
-/// The collections every view may read.
-#[derive(Clone)]
+/// The collections every view may read. Shared intermediate collections are built on first use,
+/// so a runtime that maintains only some views builds only what they need.
 pub struct Inputs<'s> {
     /// Current samples: an edit is a retraction of the old row and an insertion of the new one.
     pub samples: VecCollection<'s, Epoch, Sample>,
@@ -22,10 +24,8 @@ pub struct Inputs<'s> {
     pub products: VecCollection<'s, Epoch, Product>,
     /// Current user profiles.
     pub profiles: VecCollection<'s, Epoch, UserProfile>,
-    /// `daily_rollups` rows, built once and shared with the views built on them.
-    pub daily: VecCollection<'s, Epoch, Row>,
-    /// Session impacts, built once and shared by `session_impacts` and `product_impacts`.
-    pub impacts: VecCollection<'s, Epoch, Impact>,
+    daily: OnceCell<VecCollection<'s, Epoch, Row>>,
+    impacts: OnceCell<VecCollection<'s, Epoch, Impact>>,
 }
 
 impl<'s> Inputs<'s> {
@@ -36,9 +36,17 @@ impl<'s> Inputs<'s> {
         products: VecCollection<'s, Epoch, Product>,
         profiles: VecCollection<'s, Epoch, UserProfile>,
     ) -> Self {
-        let daily = daily_rollups::daily_rollups(samples.clone());
-        let impacts = session_impacts::impacts(samples.clone(), sessions.clone());
-        Inputs { samples, sessions, products, profiles, daily, impacts }
+        Inputs { samples, sessions, products, profiles, daily: OnceCell::new(), impacts: OnceCell::new() }
+    }
+
+    /// `daily_rollups` rows, built once and shared with the views built on them.
+    pub fn daily(&self) -> VecCollection<'s, Epoch, Row> {
+        self.daily.get_or_init(|| daily_rollups::daily_rollups(self.samples.clone())).clone()
+    }
+
+    /// Session impacts, built once and shared by `session_impacts` and `product_impacts`.
+    pub fn impacts(&self) -> VecCollection<'s, Epoch, Impact> {
+        self.impacts.get_or_init(|| session_impacts::impacts(self.samples.clone(), self.sessions.clone())).clone()
     }
 }
 
@@ -51,20 +59,31 @@ pub struct ViewSpec {
 
 /// Every view vitalflow maintains, in a fixed order (a view's index is its id).
 pub const VIEWS: &[ViewSpec] = &[
-    ViewSpec { def: daily_rollups::DEF, build: |i| i.daily.clone() },
+    ViewSpec { def: daily_rollups::DEF, build: |i| i.daily() },
     ViewSpec {
         def: daily_rollups_by_source::DEF,
         build: |i| daily_rollups_by_source::daily_rollups_by_source(i.samples.clone()),
     },
     ViewSpec { def: sleep_nights::DEF, build: |i| sleep_nights::sleep_nights(i.samples.clone()) },
-    ViewSpec { def: session_impacts::DEF, build: |i| session_impacts::session_impacts(i.impacts.clone()) },
-    ViewSpec { def: product_impacts::DEF, build: |i| product_impacts::product_impacts(i.impacts.clone()) },
+    ViewSpec { def: session_impacts::DEF, build: |i| session_impacts::session_impacts(i.impacts()) },
+    ViewSpec { def: product_impacts::DEF, build: |i| product_impacts::product_impacts(i.impacts()) },
     ViewSpec { def: routine_bins::DEF, build: |i| routine_bins::routine_bins(i.sessions.clone()) },
     ViewSpec { def: sessions::SESSIONS, build: |i| sessions::sessions(i.sessions.clone()) },
     ViewSpec { def: sessions::PRODUCTS, build: |i| sessions::products(i.products.clone()) },
     ViewSpec { def: sessions::USER_PROFILES, build: |i| sessions::user_profiles(i.profiles.clone()) },
-    ViewSpec { def: weekly_steps::DEF, build: |i| weekly_steps::weekly_steps(i.daily.clone()) },
+    ViewSpec { def: weekly_steps::DEF, build: |i| weekly_steps::weekly_steps(i.daily()) },
 ];
+
+/// The registered views named in `names` (all of them for `None`), in registry order; an unknown
+/// name is an error that lists the known ones.
+pub fn select(names: Option<&[String]>) -> Result<Vec<ViewSpec>, String> {
+    let Some(names) = names else { return Ok(VIEWS.to_vec()) };
+    if let Some(unknown) = names.iter().find(|n| view_index(n).is_none()) {
+        let known: Vec<&str> = VIEWS.iter().map(|v| v.def.name).collect();
+        return Err(format!("unknown view '{unknown}'; known views: {}", known.join(", ")));
+    }
+    Ok(VIEWS.iter().filter(|v| names.iter().any(|n| n == v.def.name)).copied().collect())
+}
 
 /// The view registered under `name`.
 pub fn view_index(name: &str) -> Option<usize> {

@@ -22,13 +22,13 @@ use timely::execute::Config;
 use vitalflow_schemas::domain::{Product, Session};
 use vitalflow_schemas::{Change, Epoch, EpochBatch, Row, Sample, UserProfile};
 
-use crate::registry::{Inputs, VIEWS};
+use crate::registry::{Inputs, ViewSpec};
 
 /// The updates of one view for every epoch below `frontier`, consolidated. After applying them the
 /// view reflects all input through epoch `frontier − 1`.
 #[derive(Clone, Debug)]
 pub struct ViewProgress {
-    /// Index into [`VIEWS`].
+    /// Index into the views the runtime was started with.
     pub view: usize,
     /// All epochs `< frontier` are complete.
     pub frontier: Epoch,
@@ -51,8 +51,8 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Starts `workers` timely workers that maintain every registered view and send progress to `out`.
-    pub fn start(workers: usize, out: Sender<ViewProgress>) -> Result<Runtime, String> {
+    /// Starts `workers` timely workers that maintain `views` and send progress to `out`.
+    pub fn start(workers: usize, views: Vec<ViewSpec>, out: Sender<ViewProgress>) -> Result<Runtime, String> {
         let workers = workers.max(1);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
         let receivers: Arc<Mutex<Vec<Option<Receiver<WorkerMsg>>>>> =
@@ -70,7 +70,7 @@ impl Runtime {
                 let (products_in, products) = scope.new_collection::<Product, isize>();
                 let (profiles_in, profiles) = scope.new_collection::<UserProfile, isize>();
                 let inputs = Inputs::new(samples, sessions, products, profiles);
-                for (view, spec) in VIEWS.iter().enumerate() {
+                for (view, spec) in views.iter().enumerate() {
                     sink(view, spec.def.name, (spec.build)(&inputs), index == 0, out.clone());
                 }
                 InputSessions {

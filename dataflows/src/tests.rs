@@ -24,7 +24,7 @@ struct Harness {
 impl Harness {
     fn new(workers: usize) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let runtime = Runtime::start(workers, tx).expect("runtime");
+        let runtime = Runtime::start(workers, crate::VIEWS.to_vec(), tx).expect("runtime");
         let n = crate::VIEWS.len();
         Harness { runtime: Some(runtime), rx, views: vec![BTreeMap::new(); n], frontiers: vec![0; n], epoch: 0 }
     }
@@ -1042,4 +1042,15 @@ proptest! {
         let flags: Vec<Datum> = h.rows("user_profiles").iter().map(|r| r[2].clone()).collect();
         prop_assert_eq!(flags, profiles.values().map(|p| Datum::Bool(p.allow_health_data_upload)).collect::<Vec<_>>());
     }
+}
+
+#[test]
+fn views_can_be_selected_by_name() {
+    let all = crate::select(None).expect("all");
+    assert_eq!(all.len(), crate::VIEWS.len());
+    let some = crate::select(Some(&["weekly_steps".into(), "daily_rollups".into()])).expect("some");
+    let names: Vec<&str> = some.iter().map(|v| v.def.name).collect();
+    assert_eq!(names, vec!["daily_rollups", "weekly_steps"], "registry order");
+    let err = crate::select(Some(&["daily_rollup".into()])).err().unwrap_or_default();
+    assert!(err.contains("unknown view 'daily_rollup'") && err.contains("daily_rollups"));
 }

@@ -300,8 +300,8 @@ const CLASSES: [SourceClass; 3] = [SourceClass::Watch, SourceClass::Phone, Sourc
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Random inserts, edits and deletes in random batches give the same `daily_rollups` and
-    /// `daily_rollups_by_source` as a from-scratch computation over the final rows.
+    /// Random inserts, edits and deletes in random batches give the same `daily_rollups`,
+    /// `daily_rollups_by_source` and `weekly_steps` as a from-scratch computation over the final rows.
     #[test]
     fn daily_rollups_equal_the_oracle(ops in prop::collection::vec(op(), 1..80), cuts in prop::collection::vec(1..12usize, 1..10)) {
         let mut h = Harness::new(2);
@@ -349,6 +349,31 @@ proptest! {
             let (gc, gs) = got[k];
             prop_assert_eq!(gc, *c, "count of {:?}", k);
             prop_assert!((gs - s).abs() <= 1e-9 * s.abs().max(1.0), "sum of {:?}: {} vs {}", k, gs, s);
+        }
+        // weekly_steps: the oracle's step days summed per ISO week.
+        let mut weeks: BTreeMap<(String, i32), (f64, i64)> = BTreeMap::new();
+        for ((u, m, d), (_, sum)) in &want {
+            if m == "steps" {
+                let date = vitalflow_schemas::time::days_to_date(*d);
+                let monday = *d - i32::try_from(chrono::Datelike::weekday(&date).num_days_from_monday()).unwrap_or(0);
+                let e = weeks.entry((u.clone(), monday)).or_insert((0.0, 0));
+                e.0 += sum;
+                e.1 += 1;
+            }
+        }
+        let got_weeks: BTreeMap<(String, i32), (f64, i64)> = h
+            .rows("weekly_steps")
+            .into_iter()
+            .map(|r| match (&r[0], &r[1], &r[3]) {
+                (Datum::Str(u), Datum::Date(w), Datum::Int(n)) => ((u.clone(), *w), (float(&r[2]).unwrap_or(f64::NAN), *n)),
+                _ => panic!("bad row {r:?}"),
+            })
+            .collect();
+        prop_assert_eq!(got_weeks.keys().collect::<Vec<_>>(), weeks.keys().collect::<Vec<_>>());
+        for (k, (sum, n)) in &weeks {
+            let (gs, gn) = got_weeks[k];
+            prop_assert_eq!(gn, *n);
+            prop_assert!((gs - sum).abs() <= 1e-9 * sum.abs().max(1.0), "week {:?}: {} vs {}", k, gs, sum);
         }
         // daily_rollups_by_source: every source's own C1/C3 day shares, no merge.
         let mut by_source: BTreeMap<(String, i32, String), (i64, f64)> = BTreeMap::new();

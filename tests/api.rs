@@ -38,7 +38,7 @@ async fn day_sums(server: &Server, user: &str, metric: &str, epoch: u64) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingestion_contract_and_reads() {
     let dir = temp_dir();
-    let server = Server::start(dir.path());
+    let server = Server::start_with(dir.path(), &[("VITALFLOW_SQL_ROW_LIMIT", "20")]);
     server.ready().await;
 
     // Worked example 2a over HTTP, with the zone from the request's device zone.
@@ -214,10 +214,25 @@ async fn ingestion_contract_and_reads() {
 
     // SQL: read-only, one table per view, limits; Arrow IPC on request.
     let (status, q) = server
-        .sql("SELECT user_id, metric, local_date, sum FROM daily_rollups_by_source ORDER BY user_id, local_date")
+        .sql_at("SELECT user_id, metric, local_date, sum FROM daily_rollups_by_source ORDER BY user_id, local_date", e3)
         .await;
     assert_eq!(status, 200, "{q}");
-    assert!(q["asOfEpoch"].as_u64().is_some() && q["rows"].as_array().is_some_and(|r| !r.is_empty()));
+    assert!(q["asOfEpoch"].as_u64().is_some_and(|a| a >= e3), "{q}");
+    // u1's watch sample of worked example 2a, edited to 1300: 325 + 975 by source too.
+    let u1: Vec<f64> = q["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["user_id"] == json!("u1") && r["metric"] == json!("steps"))
+        .filter_map(|r| r["sum"].as_f64())
+        .collect();
+    assert_eq!(u1, vec![325.0, 975.0]);
+    // A query over more rows than the limit (20 for this server) is truncated, and says so.
+    let (status, limited) = server
+        .sql("SELECT a.user_id FROM daily_rollups_by_source a, daily_rollups_by_source b, daily_rollups_by_source c")
+        .await;
+    assert_eq!(status, 200, "{limited}");
+    assert_eq!((limited["rows"].as_array().map(Vec::len), limited["truncated"].as_bool()), (Some(20), Some(true)));
     for stmt in
         ["CREATE TABLE t (a INT)", "INSERT INTO daily_rollups VALUES (1)", "DROP TABLE daily_rollups", "SELEC 1"]
     {

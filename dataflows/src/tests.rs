@@ -958,7 +958,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
     /// Random sleep stages from three sources, edited and deleted in random batches, give the same
-    /// rows as one from-scratch run over the final samples (retraction-safe, order-independent).
+    /// rows as one from-scratch run over the final samples (retraction-safe, order-independent), and
+    /// every row keeps the invariants of §3.3 (stage minutes sum to the total, WASO = span − asleep,
+    /// bed ⊇ sleep, one main sleep per night).
     #[test]
     fn sleep_nights_incremental_equals_from_scratch(
         ops in prop::collection::vec((0..14u8, prop::option::of((0..3u8, 0..6u8, 0..160u16, 1..20u16))), 1..60),
@@ -994,7 +996,33 @@ proptest! {
         let incremental = h.rows("sleep_nights");
         let mut fresh = Harness::new(1);
         fresh.step(current.into_values().map(|s| Change::Sample(s, 1)).collect());
-        prop_assert_eq!(incremental, fresh.rows("sleep_nights"));
+        prop_assert_eq!(&incremental, &fresh.rows("sleep_nights"));
+        // Invariants of §3.3 that hold whatever the input.
+        let def = crate::VIEWS[view_index("sleep_nights").expect("view")].def;
+        let get = |r: &Row, c: &str| r[def.column_index(c).unwrap_or(0)].clone();
+        let num = |d: Datum| match d {
+            Datum::Float(f) => f.0,
+            Datum::Ts(t) => t as f64 / 60_000.0,
+            Datum::Int(i) => i as f64,
+            _ => f64::NAN,
+        };
+        let mut mains: BTreeMap<Datum, i64> = BTreeMap::new();
+        for r in &incremental {
+            let total = num(get(r, "total_asleep_min"));
+            let stages: f64 = ["core_min", "deep_min", "rem_min", "unspecified_min"].iter().map(|c| num(get(r, c))).sum();
+            prop_assert!((stages - total).abs() < 1e-9, "stages {} vs total {}", stages, total);
+            let span = num(get(r, "wake_at")) - num(get(r, "sleep_onset_at"));
+            prop_assert!((num(get(r, "waso_min")) - (span - total)).abs() < 1e-9 && total > 0.0 && total <= span + 1e-9);
+            prop_assert!(num(get(r, "bedtime_at")) <= num(get(r, "sleep_onset_at")) && num(get(r, "rise_at")) >= num(get(r, "wake_at")));
+            prop_assert!((num(get(r, "time_in_bed_min")) - (num(get(r, "rise_at")) - num(get(r, "bedtime_at")))).abs() < 1e-9);
+            prop_assert!(num(get(r, "efficiency")) <= 1.0 + 1e-12);
+            if get(r, "is_main") == Datum::Bool(true) {
+                *mains.entry(get(r, "night_date")).or_insert(0) += 1;
+            }
+        }
+        let nights: BTreeSet<Datum> = incremental.iter().map(|r| get(r, "night_date")).collect();
+        prop_assert_eq!(mains.len(), nights.len(), "every night has a main sleep");
+        prop_assert!(mains.values().all(|n| *n == 1), "exactly one main sleep per night: {:?}", mains);
     }
 }
 

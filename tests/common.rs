@@ -110,7 +110,10 @@ pub fn temp_dir() -> tempfile::TempDir {
 
 /// `../shared/datasets/fitabase/` relative to the repository.
 pub fn fitabase() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/fitabase")
+    // `cargo test` sets CARGO_MANIFEST_DIR when it runs the tests too; prefer that over the build's.
+    let root =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    root.join("../shared/datasets/fitabase")
 }
 
 /// A steps sample body with defaults.

@@ -107,11 +107,6 @@ impl Runtime {
         })
     }
 
-    /// Number of workers.
-    pub fn workers(&self) -> usize {
-        self.senders.len()
-    }
-
     /// Sends a committed batch: its changes at `batch.epoch`, then every input advances past it.
     pub fn push(&mut self, batch: EpochBatch) {
         let epoch = batch.epoch;
@@ -149,11 +144,6 @@ impl Runtime {
             let _ = tx.send(WorkerMsg::Advance(epoch));
             thread.unpark();
         }
-    }
-
-    /// The epoch the inputs have been advanced to.
-    pub fn input_frontier(&self) -> Epoch {
-        self.frontier
     }
 
     /// Closes the inputs and waits for the workers to drain and exit.

@@ -12,7 +12,7 @@ use vitalflow_schemas::{Change, Epoch, UserProfile};
 
 use crate::error::IngestError;
 use crate::store::RequestRecord;
-use crate::writer::Tables;
+use crate::writer::{Tables, prior_response};
 
 /// Requests of the backend have no user; their idempotency scope is this (never a valid user id).
 pub(crate) const DOMAIN_SCOPE: &str = "";
@@ -25,12 +25,8 @@ pub(crate) fn apply_domain(
     changes: &mut Vec<Change>,
     users: &mut BTreeSet<String>,
 ) -> Result<(Result<DomainChangesResponse, IngestError>, bool), redb::Error> {
-    if let Some(prior) = t.requests.get((DOMAIN_SCOPE, req.request_id.as_str()))? {
-        let record: Option<RequestRecord<DomainChangesResponse>> = serde_json::from_slice(prior.value()).ok();
-        return Ok(match record {
-            Some(r) if r.hash == hash => (Ok(DomainChangesResponse { replayed: true, ..r.response }), false),
-            _ => (Err(IngestError::IdempotencyKeyReused(req.request_id.clone())), false),
-        });
+    if let Some(prior) = prior_response::<DomainChangesResponse>(t, DOMAIN_SCOPE, &req.request_id, hash)? {
+        return Ok((prior.map(|r| DomainChangesResponse { replayed: true, ..r }), false));
     }
     let mut resp = DomainChangesResponse { request_id: req.request_id.clone(), epoch, ..Default::default() };
     for (index, raw) in req.changes.iter().enumerate() {

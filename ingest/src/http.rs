@@ -57,6 +57,15 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result
         .map_err(|e| IngestError::bad_request("MALFORMED_JSON", format!("malformed JSON: {e}")))
 }
 
+/// Identifiers are 1 to 128 bytes (DOMAIN.md §0.1); a bad one fails the whole request.
+fn check_id(name: &str, id: &str) -> Result<(), IngestError> {
+    if valid_id(id) {
+        Ok(())
+    } else {
+        Err(IngestError::bad_request("INVALID_ID", format!("{name} must be 1 to 128 bytes")))
+    }
+}
+
 fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, IngestError> {
     serde_json::from_value(value).map_err(|e| IngestError::bad_request("INVALID_REQUEST", e.to_string()))
 }
@@ -69,12 +78,8 @@ async fn batch_upsert(
     let value = json_body(&headers, body)?;
     let hash = payload_hash(&value);
     let req: BatchUpsertRequest = parse(value)?;
-    if !valid_id(&req.request_id) {
-        return Err(IngestError::bad_request("INVALID_ID", "requestId must be 1 to 128 bytes"));
-    }
-    if !valid_id(&req.user_id) {
-        return Err(IngestError::bad_request("INVALID_ID", "userId must be 1 to 128 bytes"));
-    }
+    check_id("requestId", &req.request_id)?;
+    check_id("userId", &req.user_id)?;
     if let Some(z) = req.device_time_zone.as_deref()
         && Zone::parse(z).is_none()
     {
@@ -91,9 +96,7 @@ async fn domain_changes(
     let value = json_body(&headers, body)?;
     let hash = payload_hash(&value);
     let req: DomainChangesRequest = parse(value)?;
-    if !valid_id(&req.request_id) {
-        return Err(IngestError::bad_request("INVALID_ID", "requestId must be 1 to 128 bytes"));
-    }
+    check_id("requestId", &req.request_id)?;
     Ok(Json(ingest.domain_changes(req, hash).await?))
 }
 
@@ -112,9 +115,7 @@ async fn upsert_profile(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ProfileResponse>, IngestError> {
     let req: ProfileRequest = parse(json_body(&headers, body)?)?;
-    if !valid_id(&user_id) {
-        return Err(IngestError::bad_request("INVALID_ID", "userId must be 1 to 128 bytes"));
-    }
+    check_id("userId", &user_id)?;
     if let Some(z) = req.time_zone.as_deref()
         && !matches!(Zone::parse(z), Some(Zone::Iana(_)))
     {

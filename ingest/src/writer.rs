@@ -97,9 +97,7 @@ impl Ingest {
         req: BatchUpsertRequest,
         hash: String,
     ) -> Result<BatchUpsertResponse, IngestError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Batch { req, hash, reply }).await.map_err(|_| IngestError::Unavailable)?;
-        rx.await.map_err(|_| IngestError::Unavailable)?
+        self.submit(|reply| Command::Batch { req, hash, reply }).await
     }
 
     /// Applies a domain-changes request durably and returns its response (or the stored one).
@@ -108,15 +106,21 @@ impl Ingest {
         req: DomainChangesRequest,
         hash: String,
     ) -> Result<DomainChangesResponse, IngestError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Domain { req, hash, reply }).await.map_err(|_| IngestError::Unavailable)?;
-        rx.await.map_err(|_| IngestError::Unavailable)?
+        self.submit(|reply| Command::Domain { req, hash, reply }).await
     }
 
     /// Upserts a profile durably; returns the epoch of its commit.
     pub async fn upsert_profile(&self, profile: UserProfile) -> Result<Epoch, IngestError> {
+        self.submit(|reply| Command::Profile { profile, reply }).await
+    }
+
+    /// Queues a command for the writer and waits for its answer.
+    async fn submit<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, IngestError>>) -> Command,
+    ) -> Result<T, IngestError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Profile { profile, reply }).await.map_err(|_| IngestError::Unavailable)?;
+        self.tx.send(command(reply)).await.map_err(|_| IngestError::Unavailable)?;
         rx.await.map_err(|_| IngestError::Unavailable)?
     }
 }
@@ -231,6 +235,22 @@ fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnComm
     }
 }
 
+/// I1 for any request kind: `None` for a new `(scope, requestId)`; the stored response for the same
+/// payload hash; `IDEMPOTENCY_KEY_REUSED` for another payload.
+pub(crate) fn prior_response<R: serde::de::DeserializeOwned>(
+    t: &Tables<'_>,
+    scope: &str,
+    request_id: &str,
+    hash: &str,
+) -> Result<Option<Result<R, IngestError>>, redb::Error> {
+    let Some(prior) = t.requests.get((scope, request_id))? else { return Ok(None) };
+    let record: Option<RequestRecord<R>> = serde_json::from_slice(prior.value()).ok();
+    Ok(Some(match record {
+        Some(r) if r.hash == hash => Ok(r.response),
+        _ => Err(IngestError::IdempotencyKeyReused(request_id.to_owned())),
+    }))
+}
+
 /// Applies one batch inside the group's transaction. Returns the outcome and whether it wrote.
 fn apply_batch(
     t: &mut Tables<'_>,
@@ -241,12 +261,8 @@ fn apply_batch(
     users: &mut BTreeSet<String>,
 ) -> Result<(Result<BatchUpsertResponse, IngestError>, bool), redb::Error> {
     let user = req.user_id.as_str();
-    if let Some(prior) = t.requests.get((user, req.request_id.as_str()))? {
-        let record: Option<RequestRecord> = serde_json::from_slice(prior.value()).ok();
-        return Ok(match record {
-            Some(r) if r.hash == hash => (Ok(BatchUpsertResponse { replayed: true, ..r.response }), false),
-            _ => (Err(IngestError::IdempotencyKeyReused(req.request_id.clone())), false),
-        });
+    if let Some(prior) = prior_response::<BatchUpsertResponse>(t, user, &req.request_id, hash)? {
+        return Ok((prior.map(|r| BatchUpsertResponse { replayed: true, ..r }), false));
     }
     let profile: Option<UserProfile> = t.profiles.get(user)?.and_then(|p| serde_json::from_slice(p.value()).ok());
     let ctx = RequestContext {
@@ -271,7 +287,7 @@ fn apply_batch(
         }
         let old = t.samples.get(key)?.and_then(|v| decode_sample(v.value()));
         match old {
-            Some(old) if old.same_content(&new) => resp.unchanged += 1,
+            Some(old) if old == new => resp.unchanged += 1,
             Some(old) if matches!((old.sync_version, new.sync_version), (Some(a), Some(b)) if b < a) => resp.stale += 1,
             old => {
                 if let Some(old) = old {

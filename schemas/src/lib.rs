@@ -25,7 +25,7 @@ pub mod zone;
 pub use error::Rejection;
 pub use metric::{Metric, ValueKind};
 pub use ordf64::OrdF64;
-pub use record::{Change, EpochBatch, Sample, SampleKey, StoredSample, UserProfile};
+pub use record::{Change, EpochBatch, Sample, StoredSample, UserProfile};
 pub use source::SourceClass;
 pub use view::{Column, ColumnType, Datum, Row, ViewDef};
 pub use zone::Zone;

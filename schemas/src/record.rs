@@ -10,15 +10,8 @@ use crate::sleep::SleepStage;
 use crate::source::SourceClass;
 use crate::zone::Zone;
 
-/// A sample's identity (DOMAIN.md I2): `(userId, sourceId, sourceRecordId)`, without `startAt`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SampleKey {
-    pub user_id: String,
-    pub source_id: String,
-    pub source_record_id: String,
-}
-
-/// A validated, normalized sample: what every view reads. Values are in the canonical unit (G4);
+/// A validated, normalized sample: what every view reads. Its identity (DOMAIN.md I2) is
+/// `(user_id, source_id, source_record_id)`, without `startAt`. Values are in the canonical unit (G4);
 /// the zone is resolved at ingest (Z1) and never changes (Z2).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Sample {
@@ -38,17 +31,6 @@ pub struct Sample {
     pub zone: Zone,
 }
 
-impl Sample {
-    /// The sample's identity.
-    pub fn key(&self) -> SampleKey {
-        SampleKey {
-            user_id: self.user_id.clone(),
-            source_id: self.source_id.clone(),
-            source_record_id: self.source_record_id.clone(),
-        }
-    }
-}
-
 /// A sample as stored: the dataflow's fields plus what is kept but not interpreted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredSample {
@@ -59,13 +41,6 @@ pub struct StoredSample {
     pub metadata: String,
     /// `HKMetadataKeySyncVersion`, when the metadata carries one (I2).
     pub sync_version: Option<i64>,
-}
-
-impl StoredSample {
-    /// Same content, ignoring nothing: an identical re-upload is `unchanged` (I2).
-    pub fn same_content(&self, other: &StoredSample) -> bool {
-        self == other
-    }
 }
 
 /// A user's profile (DOMAIN.md §0.1).

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -66,17 +66,6 @@ impl Zone {
                     w += chrono::Duration::minutes(15);
                 }
                 wall.and_utc().timestamp_millis()
-            }
-        }
-    }
-
-    /// The UTC offset (seconds east) in force at instant `ms`.
-    pub fn offset_at(self, ms: i64) -> i32 {
-        match self {
-            Zone::Fixed(secs) => secs,
-            Zone::Iana(tz) => {
-                let utc = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default();
-                tz.offset_from_utc_datetime(&utc.naive_utc()).fix().local_minus_utc()
             }
         }
     }

@@ -98,11 +98,6 @@ impl SnapshotStore {
         SnapshotStore { views, ready: AtomicBool::new(false) }
     }
 
-    /// The registered views' definitions.
-    pub fn defs(&self) -> impl Iterator<Item = &ViewDef> {
-        self.views.iter().map(|v| &v.def)
-    }
-
     /// Index of the view served under HTTP `route`.
     pub fn view_by_route(&self, route: &str) -> Option<usize> {
         self.views.iter().position(|v| v.def.route == Some(route))
@@ -155,10 +150,16 @@ impl SnapshotStore {
                 continue;
             };
             let rows = state.entry(user.clone()).or_default();
-            let count = rows.entry(row).or_insert(0);
-            *count += diff;
-            if *count == 0 {
-                rows.retain(|_, c| *c != 0);
+            match rows.get_mut(&row) {
+                Some(count) => {
+                    *count += diff;
+                    if *count == 0 {
+                        rows.remove(&row);
+                    }
+                }
+                None => {
+                    rows.insert(row, diff);
+                }
             }
             touched.insert(user);
         }

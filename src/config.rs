@@ -32,7 +32,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./vitalflow-data"),
             listen: "127.0.0.1:8080".into(),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            max_body_bytes: 8 * 1024 * 1024,
+            max_body_bytes: vitalflow_ingest::http::DEFAULT_MAX_BODY_BYTES,
             sql_row_limit: 10_000,
             sql_timeout_ms: 10_000,
             views: None,

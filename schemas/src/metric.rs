@@ -34,9 +34,6 @@ macro_rules! metrics {
         pub enum Metric { $($variant),* }
 
         impl Metric {
-            /// Every metric, in catalogue order.
-            pub const ALL: &'static [Metric] = &[$(Metric::$variant),*];
-
             /// Parses a `metricKey` such as `steps`.
             pub fn parse(key: &str) -> Option<Metric> {
                 match key { $($key => Some(Metric::$variant),)* _ => None }

@@ -33,19 +33,6 @@ impl SleepStage {
     pub fn is_asleep(self) -> bool {
         matches!(self, SleepStage::Unspecified | SleepStage::Core | SleepStage::Deep | SleepStage::Rem)
     }
-
-    /// Our snake_case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SleepStage::InBed => "in_bed",
-            SleepStage::Unspecified => "asleep_unspecified",
-            SleepStage::Core => "asleep_core",
-            SleepStage::Deep => "asleep_deep",
-            SleepStage::Rem => "asleep_rem",
-            SleepStage::Awake => "awake",
-            SleepStage::Unknown => "unknown",
-        }
-    }
 }
 
 #[cfg(test)]

@@ -34,20 +34,6 @@ impl SourceClass {
         })
     }
 
-    /// The lowercase wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceClass::Manual => "manual",
-            SourceClass::Watch => "watch",
-            SourceClass::Ring => "ring",
-            SourceClass::Band => "band",
-            SourceClass::ChestStrap => "chest_strap",
-            SourceClass::Phone => "phone",
-            SourceClass::Other => "other",
-            SourceClass::Unknown => "unknown",
-        }
-    }
-
     /// The priority rank, 0 (manual) to 7 (unknown).
     pub fn rank(self) -> u8 {
         self as u8

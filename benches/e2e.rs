@@ -3,6 +3,10 @@
 //! until every view's `asOfEpoch` covers the last acknowledged batch. Prints one JSON line.
 //!
 //! `cargo bench --bench e2e -- --users 200 --days 30 --batch 500 --concurrency 16`
+//!
+//! With `--kafka BROKERS` the same batches are produced to a fresh samples topic (6 partitions,
+//! keyed by user) while the server consumes them; the line reports Kafka-to-visible throughput and,
+//! with `--sink-postgres URL`, the Postgres sink's lag under that load.
 
 use std::time::{Duration, Instant};
 
@@ -17,10 +21,12 @@ struct Args {
     url: Option<String>,
     /// `VITALFLOW_VIEWS` for the server the driver starts (all views when absent).
     views: Option<String>,
+    kafka: Option<String>,
+    sink_postgres: Option<String>,
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { users: 200, days: 30, batch: 500, concurrency: 16, workers: 2, url: None, views: None };
+    let mut a = Args { users: 200, days: 30, batch: 500, concurrency: 16, workers: 2, url: None, views: None, kafka: None, sink_postgres: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut num = |name: &str| -> usize {
@@ -34,6 +40,8 @@ fn parse_args() -> Args {
             "--workers" => a.workers = num("--workers"),
             "--url" => a.url = it.next(),
             "--views" => a.views = it.next(),
+            "--kafka" => a.kafka = it.next(),
+            "--sink-postgres" => a.sink_postgres = it.next(),
             "--smoke" => {
                 a.users = 4;
                 a.days = 2;
@@ -88,14 +96,29 @@ fn main() {
     let args = parse_args();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut child = None;
+    let topic = format!("bench-samples-{}", std::process::id());
+    let mut env: Vec<(&str, String)> = Vec::new();
+    if let Some(b) = &args.kafka {
+        env.push(("VITALFLOW_KAFKA_BROKERS", b.clone()));
+        env.push(("VITALFLOW_KAFKA_SAMPLES_TOPIC", topic.clone()));
+        env.push(("VITALFLOW_KAFKA_GROUP_ID", topic.clone()));
+        env.push(("VITALFLOW_KAFKA_PROPERTIES", "session.timeout.ms=6000".into()));
+    }
+    if let Some(u) = &args.sink_postgres {
+        env.push(("VITALFLOW_SINK_POSTGRES_URL", u.clone()));
+    }
     let base = match &args.url {
         Some(u) => u.clone(),
         None => {
             use std::io::BufRead;
+            if let Some(b) = &args.kafka {
+                create_topic(b, &topic);
+            }
             let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_vitalflow"))
                 .args(["serve", "--listen", "127.0.0.1:0", "--workers", &args.workers.to_string(), "--data-dir"])
                 .arg(dir.path())
                 .env("VITALFLOW_LOG", "warn")
+                .envs(env.iter().cloned())
                 .envs(args.views.iter().map(|v| ("VITALFLOW_VIEWS", v.clone())))
                 .stdout(std::process::Stdio::piped())
                 .spawn()
@@ -111,7 +134,106 @@ fn main() {
     let payloads: Vec<Vec<u8>> = bodies.iter().map(|b| serde_json::to_vec(b).unwrap_or_default()).collect();
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
-    let result = rt.block_on(async move {
+    let result = if let Some(brokers) = args.kafka.clone() {
+        rt.block_on(kafka_run(&args, &brokers, &topic, &base, &bodies, payloads, samples))
+    } else {
+        rt.block_on(http_run(&args, &base, payloads, samples))
+    };
+    finish(child, result);
+}
+
+/// Produces every batch to the samples topic while the server consumes; waits until every record
+/// is applied and visible in every view (and, with the sink, written to Postgres).
+async fn kafka_run(
+    args: &Args,
+    brokers: &str,
+    topic: &str,
+    base: &str,
+    bodies: &[Value],
+    payloads: Vec<Vec<u8>>,
+    samples: usize,
+) -> Value {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "60000")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let records = payloads.len();
+    let mut sink_lag_max = 0_u64;
+    let sink = args.sink_postgres.is_some();
+    let producing = {
+        let producer = producer.clone();
+        let keys: Vec<String> = bodies.iter().map(|b| b["userId"].as_str().unwrap_or("").to_owned()).collect();
+        let topic = topic.to_owned();
+        tokio::spawn(async move {
+            for chunk in payloads.chunks(64).zip(keys.chunks(64)) {
+                let sends = chunk.0.iter().zip(chunk.1).map(|(p, k)| {
+                    producer.send(FutureRecord::to(&topic).key(k.as_str()).payload(p.as_slice()), Duration::from_secs(60))
+                });
+                for r in futures::future::join_all(sends).await {
+                    r.expect("delivered");
+                }
+            }
+            Instant::now()
+        })
+    };
+    let produced_at = producing.await.expect("producer task");
+    let (mut visible_at, mut sink_at) = (None, None);
+    loop {
+        let f: Value = client.get(format!("{base}/v1/frontiers")).send().await.expect("frontiers").json().await.expect("json");
+        let parts = f["sources"]["kafka"]["partitions"].as_array().cloned().unwrap_or_default();
+        let stored: i64 = parts.iter().filter_map(|p| p["storedOffset"].as_i64()).sum();
+        let latest = &f["latestEpoch"];
+        let views_done = stored as usize >= records
+            && f["views"].as_array().is_some_and(|v| v.iter().all(|v| &v["asOfEpoch"] == latest));
+        if let Some(views) = f["sinks"]["postgres"]["views"].as_array() {
+            let lag = views.iter().filter_map(|v| latest.as_u64().map(|l| l.saturating_sub(v["asOfEpoch"].as_u64().unwrap_or(0)))).max().unwrap_or(0);
+            sink_lag_max = sink_lag_max.max(lag);
+            if views_done && visible_at.is_some() && lag == 0 && sink_at.is_none() {
+                sink_at = Some(Instant::now());
+            }
+        }
+        if views_done && visible_at.is_none() {
+            visible_at = Some(Instant::now());
+        }
+        if visible_at.is_some() && (!sink || sink_at.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let visible = visible_at.map_or(0.0, |t| t.duration_since(started).as_secs_f64());
+    let mut out = json!({
+        "scenario": "kafka", "samples": samples, "records": records, "batch_size": args.batch,
+        "workers": args.workers, "produce_seconds": produced_at.duration_since(started).as_secs_f64(),
+        "visible_seconds": visible, "samples_per_s_visible": samples as f64 / visible,
+        "views": args.views.clone().unwrap_or_else(|| "all".into()),
+    });
+    if let (Some(s), Some(v)) = (sink_at, visible_at) {
+        out["sink_lag_epochs_max"] = json!(sink_lag_max);
+        out["sink_after_views_ms"] = json!(s.duration_since(v).as_secs_f64() * 1000.0);
+    }
+    out
+}
+
+fn create_topic(brokers: &str, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+    let r = rt.block_on(admin.create_topics(&[NewTopic::new(topic, 6, TopicReplication::Fixed(1))], &AdminOptions::new()));
+    for t in r.expect("create topic") {
+        t.expect("topic created");
+    }
+}
+
+async fn http_run(args: &Args, base: &str, payloads: Vec<Vec<u8>>, samples: usize) -> Value {
+    let base = base.to_owned();
+    let args = Args { url: None, kafka: None, sink_postgres: None, views: args.views.clone(), ..*args };
+    {
         let client = reqwest::Client::new();
         let started = Instant::now();
         // Every 5 ms: the smallest asOfEpoch over the views, and when it was first seen.
@@ -205,7 +327,10 @@ fn main() {
             "ack_to_visible_ms": {"p50": pct_of(&vis, 0.5), "p99": pct_of(&vis, 0.99), "max": pct_of(&vis, 1.0), "poll_ms": 5},
             "views": args.views.clone().unwrap_or_else(|| "all".into()),
         })
-    });
+    }
+}
+
+fn finish(mut child: Option<std::process::Child>, result: Value) {
     if let Some(c) = child.as_mut() {
         let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", c.id()))
             .ok()

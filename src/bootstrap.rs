@@ -14,9 +14,12 @@ use anyhow::Context;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use vitalflow_dataflows::{Runtime, ViewProgress};
+use vitalflow_ingest::kafka::{KafkaSource, KafkaStatus};
+use vitalflow_ingest::outbox::OutboxStatus;
 use vitalflow_ingest::{Ingest, IngestProgress, Store};
 use vitalflow_schemas::wire::ErrorBody;
 use vitalflow_schemas::{Change, Epoch};
+use vitalflow_serve::pg_sink::SinkStatus;
 use vitalflow_serve::{Freshness, ServeConfig, SnapshotStore};
 
 use crate::config::Config;
@@ -24,17 +27,40 @@ use crate::config::Config;
 /// Samples fed to the dataflow per message during recovery.
 const RECOVERY_CHUNK: usize = 10_000;
 
-struct IngestFreshness(Arc<IngestProgress>);
+/// What the read API is told about ingestion and the connectors.
+struct IngestFreshness {
+    progress: Arc<IngestProgress>,
+    kafka: Option<Arc<parking_lot::Mutex<KafkaStatus>>>,
+    outbox: Option<Arc<parking_lot::Mutex<OutboxStatus>>>,
+    sink: Option<Arc<parking_lot::Mutex<SinkStatus>>>,
+}
 
 impl Freshness for IngestFreshness {
     fn latest_epoch(&self) -> Epoch {
-        self.0.latest_epoch()
+        self.progress.latest_epoch()
     }
     fn user_epoch(&self, user: &str) -> Option<Epoch> {
-        self.0.user_epoch(user)
+        self.progress.user_epoch(user)
     }
     fn committed_at(&self, epoch: Epoch) -> Option<SystemTime> {
-        self.0.committed_at(epoch)
+        self.progress.committed_at(epoch)
+    }
+    fn sources(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        if let Some(k) = &self.kafka {
+            out.insert("kafka".into(), serde_json::to_value(&*k.lock()).unwrap_or_default());
+        }
+        if let Some(o) = &self.outbox {
+            out.insert("postgresOutbox".into(), serde_json::to_value(&*o.lock()).unwrap_or_default());
+        }
+        out.into()
+    }
+    fn sinks(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        if let Some(s) = &self.sink {
+            out.insert("postgres".into(), serde_json::to_value(&*s.lock()).unwrap_or_default());
+        }
+        out.into()
     }
 }
 
@@ -76,6 +102,32 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     drop(runtime);
     let (ingest, writer) = Ingest::start(store.clone(), progress.clone(), recovery, on_commit);
 
+    // Connectors: sources feed the writer like HTTP does; the sink follows the snapshots.
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let (sink_shutdown_tx, sink_shutdown_rx) = tokio::sync::watch::channel(false);
+    let positions = store.source_positions()?;
+    let kafka = match config.sources.kafka.clone() {
+        Some(k) => {
+            let s = snapshots.clone();
+            let visible: Arc<dyn Fn() -> Epoch + Send + Sync> =
+                Arc::new(move || (0..s.len()).map(|v| s.snapshot(v).as_of).min().unwrap_or(Epoch::MAX));
+            let source = KafkaSource::start(k, ingest.clone(), positions.clone(), visible, tokio::runtime::Handle::current())
+                .context("cannot start the Kafka source")?;
+            Some(source)
+        }
+        None => None,
+    };
+    let outbox = config.sources.postgres_outbox.clone().map(|o| {
+        let start = positions.get(&vitalflow_ingest::outbox::position_key(&o.table)).copied().unwrap_or(0);
+        vitalflow_ingest::outbox::spawn(o, ingest.clone(), start, shutdown_rx.clone())
+    });
+    let store_id = store.store_id()?;
+    let sink = config
+        .sinks
+        .postgres
+        .clone()
+        .map(|p| vitalflow_serve::pg_sink::spawn(p, snapshots.clone(), store_id, sink_shutdown_rx));
+
     let ready_task = {
         let snapshots = snapshots.clone();
         tokio::spawn(async move {
@@ -93,8 +145,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         sql_timeout: Duration::from_millis(config.sql_timeout_ms),
         ..ServeConfig::default()
     };
-    let freshness: Arc<dyn Freshness> = Arc::new(IngestFreshness(progress.clone()));
-    let app = vitalflow_ingest::http::router(ingest, config.max_body_bytes)
+    let freshness: Arc<dyn Freshness> = Arc::new(IngestFreshness {
+        progress: progress.clone(),
+        kafka: kafka.as_ref().map(KafkaSource::status_handle),
+        outbox: outbox.as_ref().map(|(s, _)| s.clone()),
+        sink: sink.as_ref().map(|(s, _)| s.clone()),
+    });
+    let app = vitalflow_ingest::http::router(ingest.clone(), config.max_body_bytes)
         .merge(vitalflow_serve::http::router(snapshots.clone(), freshness, serve_config))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
@@ -111,6 +168,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("HTTP drained; flushing");
     ready_task.abort();
+    // Sources stop taking input (their last commits finish), dropping their Ingest handles.
+    let _ = shutdown_tx.send(true);
+    if let Some((_, task)) = outbox {
+        let _ = task.await;
+    }
+    if let Some(k) = kafka {
+        tokio::task::spawn_blocking(move || k.stop()).await?;
+    }
+    drop(ingest);
     // The router (and its Ingest handles) is gone: the writer drains its queue and exits, dropping
     // the runtime, whose workers drain and close the applier's channel.
     tokio::task::spawn_blocking(move || {
@@ -118,6 +184,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = applier.join();
     })
     .await?;
+    // The sink writes what was published last (bounded: Postgres may be away).
+    let _ = sink_shutdown_tx.send(true);
+    if let Some((_, task)) = sink {
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
+use vitalflow_ingest::kafka::KafkaConfig;
+use vitalflow_ingest::outbox::OutboxConfig;
+use vitalflow_serve::pg_sink::PgSinkConfig;
 
 /// Everything vitalflow can be configured with.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -24,6 +27,25 @@ pub struct Config {
     pub sql_timeout_ms: u64,
     /// Maintain only these views (by SQL name); all of them when absent.
     pub views: Option<Vec<String>>,
+    /// Where input comes from besides HTTP (none by default).
+    pub sources: Sources,
+    /// Where views go besides the read API (none by default).
+    pub sinks: Sinks,
+}
+
+/// `[sources.*]`: each is off unless configured.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sources {
+    pub kafka: Option<KafkaConfig>,
+    pub postgres_outbox: Option<OutboxConfig>,
+}
+
+/// `[sinks.*]`: each is off unless configured.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sinks {
+    pub postgres: Option<PgSinkConfig>,
 }
 
 impl Default for Config {
@@ -36,6 +58,8 @@ impl Default for Config {
             sql_row_limit: 10_000,
             sql_timeout_ms: 10_000,
             views: None,
+            sources: Sources::default(),
+            sinks: Sinks::default(),
         }
     }
 }
@@ -47,6 +71,9 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub workers: Option<usize>,
+    pub kafka_brokers: Option<String>,
+    pub outbox_url: Option<String>,
+    pub sink_postgres_url: Option<String>,
 }
 
 impl Config {
@@ -77,6 +104,7 @@ impl Config {
         if let Some(v) = env("VITALFLOW_VIEWS") {
             c.views = Some(v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());
         }
+        c.connector_env(&env)?;
         if let Some(v) = &flags.data_dir {
             c.data_dir = v.clone();
         }
@@ -86,10 +114,70 @@ impl Config {
         if let Some(v) = flags.workers {
             c.workers = v;
         }
+        if let Some(v) = &flags.kafka_brokers {
+            c.sources.kafka.get_or_insert_with(KafkaConfig::default).brokers = v.clone();
+        }
+        if let Some(v) = &flags.outbox_url {
+            c.sources.postgres_outbox.get_or_insert_with(OutboxConfig::default).url = v.clone();
+        }
+        if let Some(v) = &flags.sink_postgres_url {
+            c.sinks.postgres.get_or_insert_with(PgSinkConfig::default).url = v.clone();
+        }
         if c.workers == 0 {
             bail!("workers must be at least 1");
         }
         Ok(c)
+    }
+
+    /// `VITALFLOW_KAFKA_*`, `VITALFLOW_OUTBOX_*`, `VITALFLOW_SINK_POSTGRES_*`: setting any of a
+    /// connector's variables turns that connector on (with defaults for the rest).
+    fn connector_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        if let Some(v) = env("VITALFLOW_KAFKA_BROKERS") {
+            self.kafka().brokers = v;
+        }
+        if let Some(v) = env("VITALFLOW_KAFKA_GROUP_ID") {
+            self.kafka().group_id = v;
+        }
+        if let Some(v) = env("VITALFLOW_KAFKA_SAMPLES_TOPIC") {
+            self.kafka().samples_topic = v;
+        }
+        if let Some(v) = env("VITALFLOW_KAFKA_DOMAIN_TOPIC") {
+            self.kafka().domain_topic = v;
+        }
+        if let Some(v) = env("VITALFLOW_KAFKA_DEAD_LETTER_TOPIC") {
+            self.kafka().dead_letter_topic = v;
+        }
+        if let Some(v) = env("VITALFLOW_KAFKA_MAX_LAG_EPOCHS") {
+            self.kafka().max_lag_epochs = v.parse().context("VITALFLOW_KAFKA_MAX_LAG_EPOCHS must be an integer")?;
+        }
+        if let Some(v) = env("VITALFLOW_KAFKA_MAX_POLL_RECORDS") {
+            self.kafka().max_poll_records =
+                v.parse().context("VITALFLOW_KAFKA_MAX_POLL_RECORDS must be a positive integer")?;
+        }
+        if let Some(v) = env("VITALFLOW_KAFKA_PROPERTIES") {
+            // `key=value,key=value`: extra librdkafka settings.
+            for pair in v.split(',').filter(|p| !p.trim().is_empty()) {
+                let (k, val) = pair.split_once('=').context("VITALFLOW_KAFKA_PROPERTIES is key=value,…")?;
+                self.kafka().properties.insert(k.trim().to_owned(), val.trim().to_owned());
+            }
+        }
+        if let Some(v) = env("VITALFLOW_OUTBOX_URL") {
+            self.sources.postgres_outbox.get_or_insert_with(OutboxConfig::default).url = v;
+        }
+        if let Some(v) = env("VITALFLOW_OUTBOX_TABLE") {
+            self.sources.postgres_outbox.get_or_insert_with(OutboxConfig::default).table = v;
+        }
+        if let Some(v) = env("VITALFLOW_SINK_POSTGRES_URL") {
+            self.sinks.postgres.get_or_insert_with(PgSinkConfig::default).url = v;
+        }
+        if let Some(v) = env("VITALFLOW_SINK_POSTGRES_PROGRESS_TABLE") {
+            self.sinks.postgres.get_or_insert_with(PgSinkConfig::default).progress_table = v;
+        }
+        Ok(())
+    }
+
+    fn kafka(&mut self) -> &mut KafkaConfig {
+        self.sources.kafka.get_or_insert_with(KafkaConfig::default)
     }
 
     fn from_file(path: &Path) -> anyhow::Result<Config> {
@@ -117,6 +205,16 @@ mod tests {
         let d = Config::load(&Overrides::default(), |_| None).unwrap();
         assert_eq!(d.data_dir, PathBuf::from("./vitalflow-data"));
         assert_eq!(d.listen, "127.0.0.1:8080");
+        assert_eq!(d.sources, Sources::default(), "no connector unless configured");
+        std::fs::write(&file, "[sources.kafka]\nbrokers = \"k:1\"\n[sinks.postgres]\nurl = \"postgres://x\"\n").unwrap();
+        let env = |k: &str| (k == "VITALFLOW_KAFKA_GROUP_ID").then(|| "g".to_owned());
+        let flags = Overrides { config: Some(file.clone()), outbox_url: Some("postgres://o".into()), ..Default::default() };
+        let k = Config::load(&flags, env).unwrap();
+        let kafka = k.sources.kafka.unwrap();
+        assert_eq!((kafka.brokers.as_str(), kafka.group_id.as_str()), ("k:1", "g"));
+        assert_eq!(kafka.samples_topic, "vitalflow.samples");
+        assert_eq!(k.sinks.postgres.unwrap().url, "postgres://x");
+        assert_eq!(k.sources.postgres_outbox.unwrap().table, "outbox");
         std::fs::write(&file, "bogus = 1\n").unwrap();
         assert!(Config::load(&flags, |_| None).is_err());
     }

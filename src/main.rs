@@ -32,6 +32,15 @@ enum Command {
         /// Dataflow worker threads [default: available cores].
         #[arg(long)]
         workers: Option<usize>,
+        /// Consume from Kafka at these brokers (turns `[sources.kafka]` on).
+        #[arg(long)]
+        kafka_brokers: Option<String>,
+        /// Poll the outbox table of this Postgres (turns `[sources.postgres_outbox]` on).
+        #[arg(long)]
+        outbox_url: Option<String>,
+        /// Keep every view in this Postgres (turns `[sinks.postgres]` on).
+        #[arg(long)]
+        sink_postgres_url: Option<String>,
     },
 }
 
@@ -41,8 +50,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { config, data_dir, listen, workers } => {
-            let flags = Overrides { config, data_dir, listen, workers };
+        Command::Serve { config, data_dir, listen, workers, kafka_brokers, outbox_url, sink_postgres_url } => {
+            let flags = Overrides { config, data_dir, listen, workers, kafka_brokers, outbox_url, sink_postgres_url };
             let config = Config::load(&flags, |k| std::env::var(k).ok())?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(bootstrap::serve(config))

@@ -3,6 +3,7 @@
 
 mod api;
 mod common;
+mod connectors;
 mod domain;
 mod fitbit;
 mod restart;

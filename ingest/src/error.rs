@@ -28,6 +28,11 @@ impl IngestError {
         IngestError::Invalid { status: StatusCode::BAD_REQUEST, code, message: message.into() }
     }
 
+    /// The stable error code (as in the JSON body).
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             IngestError::Invalid { status, code, .. } => (*status, code),

@@ -53,8 +53,7 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result
             IngestError::bad_request("INVALID_BODY", rejection.body_text())
         }
     })?;
-    serde_json::from_slice(&body)
-        .map_err(|e| IngestError::bad_request("MALFORMED_JSON", format!("malformed JSON: {e}")))
+    parse_json(&body)
 }
 
 /// Identifiers are 1 to 128 bytes (DOMAIN.md §0.1); a bad one fails the whole request.
@@ -75,7 +74,22 @@ async fn batch_upsert(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BatchUpsertResponse>, IngestError> {
-    let value = json_body(&headers, body)?;
+    let (req, hash) = parse_batch(json_body(&headers, body)?)?;
+    Ok(Json(ingest.batch_upsert(req, hash).await?))
+}
+
+async fn domain_changes(
+    State(ingest): State<Ingest>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<DomainChangesResponse>, IngestError> {
+    let (req, hash) = parse_domain(json_body(&headers, body)?)?;
+    Ok(Json(ingest.domain_changes(req, hash).await?))
+}
+
+/// A batch-upsert body checked at the request level, with its payload hash. Every path (HTTP,
+/// Kafka, the outbox) goes through here, so a body means the same thing however it arrives.
+pub fn parse_batch(value: Value) -> Result<(BatchUpsertRequest, String), IngestError> {
     let hash = payload_hash(&value);
     let req: BatchUpsertRequest = parse(value)?;
     check_id("requestId", &req.request_id)?;
@@ -85,19 +99,20 @@ async fn batch_upsert(
     {
         return Err(IngestError::bad_request("INVALID_ZONE", format!("deviceTimeZone '{z}' is not a valid zone")));
     }
-    Ok(Json(ingest.batch_upsert(req, hash).await?))
+    Ok((req, hash))
 }
 
-async fn domain_changes(
-    State(ingest): State<Ingest>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<DomainChangesResponse>, IngestError> {
-    let value = json_body(&headers, body)?;
+/// A domain-changes body checked at the request level, with its payload hash.
+pub fn parse_domain(value: Value) -> Result<(DomainChangesRequest, String), IngestError> {
     let hash = payload_hash(&value);
     let req: DomainChangesRequest = parse(value)?;
     check_id("requestId", &req.request_id)?;
-    Ok(Json(ingest.domain_changes(req, hash).await?))
+    Ok((req, hash))
+}
+
+/// JSON bytes to a value, with the HTTP API's error code for bad syntax.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, IngestError> {
+    serde_json::from_slice(bytes).map_err(|e| IngestError::bad_request("MALFORMED_JSON", format!("malformed JSON: {e}")))
 }
 
 #[derive(Serialize)]

@@ -7,10 +7,15 @@
 //! ```
 //!
 //! A request is answered only after its commit is on disk; each commit gets the next epoch.
+//!
+//! Kafka ([`kafka`]) and the PostgreSQL outbox ([`outbox`]) carry the same JSON bodies and go
+//! through the same writer; each stores its position in the transaction of the rows it brought.
 
 mod domain;
 pub mod error;
 pub mod http;
+pub mod kafka;
+pub mod outbox;
 pub mod progress;
 pub mod store;
 pub mod writer;
@@ -18,7 +23,7 @@ pub mod writer;
 pub use error::IngestError;
 pub use progress::IngestProgress;
 pub use store::Store;
-pub use writer::{Ingest, OnCommit};
+pub use writer::{Ingest, OnCommit, SourceBody, SourceOutcome};
 
 #[cfg(test)]
 mod tests;

@@ -26,9 +26,15 @@ pub(crate) const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("
 pub(crate) const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 /// `userId` → newest epoch that changed the user's data.
 pub(crate) const USER_EPOCHS: TableDefinition<&str, u64> = TableDefinition::new("user_epochs");
+/// A source's position key (`kafka/{topic}/{partition}`, `outbox/{table}`) → the next position to
+/// consume. Written in the same transaction as the rows consumed up to it.
+pub(crate) const SOURCE_POSITIONS: TableDefinition<&str, i64> = TableDefinition::new("source_positions");
 /// `"epoch"` → newest committed epoch.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const EPOCH_KEY: &str = "epoch";
+/// `"store_id"` → a random identity given to the store when it is created (sinks use it to tell
+/// their own earlier writes from another store's).
+const STORE_ID_KEY: &str = "store_id";
 
 /// What the store remembers of a processed request (DOMAIN.md I1).
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,7 +65,11 @@ impl Store {
             txn.open_table(SESSIONS)?;
             txn.open_table(PRODUCTS)?;
             txn.open_table(USER_EPOCHS)?;
-            txn.open_table(META)?;
+            let mut meta = txn.open_table(META)?;
+            if meta.get(STORE_ID_KEY)?.is_none() {
+                meta.insert(STORE_ID_KEY, new_store_id())?;
+            }
+            txn.open_table(SOURCE_POSITIONS)?;
         }
         txn.commit()?;
         Ok(Store { db })
@@ -70,6 +80,25 @@ impl Store {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(EPOCH_KEY)?.map_or(0, |v| v.value()))
+    }
+
+    /// The store's identity (fixed when it was created).
+    pub fn store_id(&self) -> Result<String, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(format!("{:016x}", meta.get(STORE_ID_KEY)?.map_or(0, |v| v.value())))
+    }
+
+    /// Every source position (key → next position to consume).
+    pub fn source_positions(&self) -> Result<HashMap<String, i64>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SOURCE_POSITIONS)?;
+        let mut out = HashMap::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.insert(k.value().to_owned(), v.value());
+        }
+        Ok(out)
     }
 
     /// Each user's newest epoch that changed their data.
@@ -138,6 +167,14 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn new_store_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 pub(crate) fn encode_sample(s: &StoredSample) -> Vec<u8> {

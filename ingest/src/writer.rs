@@ -17,7 +17,7 @@ use crate::domain::apply_domain;
 use crate::error::IngestError;
 use crate::progress::IngestProgress;
 use crate::store::{
-    EPOCH_KEY, META, PRODUCTS, PROFILES, REQUESTS, RequestRecord, SAMPLES, SESSIONS, Store, TOMBSTONES, USER_EPOCHS,
+    EPOCH_KEY, META, PRODUCTS, PROFILES, REQUESTS, RequestRecord, SAMPLES, SESSIONS, SOURCE_POSITIONS, Store, TOMBSTONES, USER_EPOCHS,
     decode_sample, encode_sample,
 };
 
@@ -44,6 +44,28 @@ enum Command {
         profile: UserProfile,
         reply: oneshot::Sender<Result<Epoch, IngestError>>,
     },
+    Source {
+        items: Vec<SourceBody>,
+        positions: Vec<(String, i64)>,
+        reply: oneshot::Sender<Result<Vec<SourceOutcome>, IngestError>>,
+    },
+}
+
+/// One message of a source (Kafka, the outbox), already parsed.
+#[derive(Debug)]
+pub enum SourceBody {
+    Batch(BatchUpsertRequest, String),
+    Domain(DomainChangesRequest, String),
+    /// Nothing to apply (malformed and dead-lettered, or not ours); only its position counts.
+    Skip,
+}
+
+/// What became of one [`SourceBody`].
+#[derive(Debug)]
+pub enum SourceOutcome {
+    Batch(Result<BatchUpsertResponse, IngestError>),
+    Domain(Result<DomainChangesResponse, IngestError>),
+    Skipped,
 }
 
 /// A cloneable handle for submitting requests to the writer.
@@ -114,6 +136,17 @@ impl Ingest {
         self.submit(|reply| Command::Profile { profile, reply }).await
     }
 
+    /// Applies a source's messages and records its new positions (`key` → next position) in the
+    /// same transaction: after a crash, a source resumes from the stored positions and nothing is
+    /// applied twice or skipped (exactly-once into the views).
+    pub async fn source_commit(
+        &self,
+        items: Vec<SourceBody>,
+        positions: Vec<(String, i64)>,
+    ) -> Result<Vec<SourceOutcome>, IngestError> {
+        self.submit(|reply| Command::Source { items, positions, reply }).await
+    }
+
     /// Queues a command for the writer and waits for its answer.
     async fn submit<T>(
         &self,
@@ -129,6 +162,7 @@ enum Outcome {
     Domain(Result<DomainChangesResponse, IngestError>),
     Batch(Result<BatchUpsertResponse, IngestError>),
     Profile(Result<Epoch, IngestError>),
+    Source(Vec<SourceOutcome>),
 }
 
 pub(crate) struct Tables<'t> {
@@ -176,6 +210,32 @@ fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnComm
                         wrote = true;
                         outcomes.push(Outcome::Profile(Ok(epoch)));
                     }
+                    Command::Source { items, positions, .. } => {
+                        let mut results = Vec::with_capacity(items.len());
+                        for item in items {
+                            results.push(match item {
+                                SourceBody::Batch(req, hash) => {
+                                    let (o, w) = apply_batch(&mut t, req, hash, epoch, &mut changes, &mut users)?;
+                                    wrote |= w;
+                                    SourceOutcome::Batch(o)
+                                }
+                                SourceBody::Domain(req, hash) => {
+                                    let (o, w) = apply_domain(&mut t, req, hash, epoch, &mut changes, &mut users)?;
+                                    wrote |= w;
+                                    SourceOutcome::Domain(o)
+                                }
+                                SourceBody::Skip => SourceOutcome::Skipped,
+                            });
+                        }
+                        if !positions.is_empty() {
+                            let mut table = txn.open_table(SOURCE_POSITIONS)?;
+                            for (key, next) in positions {
+                                table.insert(key.as_str(), *next)?;
+                            }
+                            wrote = true;
+                        }
+                        outcomes.push(Outcome::Source(results));
+                    }
                 }
             }
             if wrote {
@@ -211,6 +271,9 @@ fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnComm
                     (Command::Domain { reply, .. }, Outcome::Domain(r)) => {
                         let _ = reply.send(r);
                     }
+                    (Command::Source { reply, .. }, Outcome::Source(r)) => {
+                        let _ = reply.send(Ok(r));
+                    }
                     _ => {}
                 }
             }
@@ -227,6 +290,9 @@ fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnComm
                         let _ = reply.send(Err(err));
                     }
                     Command::Domain { reply, .. } => {
+                        let _ = reply.send(Err(err));
+                    }
+                    Command::Source { reply, .. } => {
                         let _ = reply.send(Err(err));
                     }
                 }

@@ -32,6 +32,14 @@ pub trait Freshness: Send + Sync {
     fn user_epoch(&self, user: &str) -> Option<Epoch>;
     /// When `epoch` was committed, if remembered.
     fn committed_at(&self, epoch: Epoch) -> Option<SystemTime>;
+    /// The sources' positions and lag (Kafka partitions, the outbox), for `/v1/frontiers`.
+    fn sources(&self) -> Value {
+        json!({})
+    }
+    /// The sinks' positions and lag (the Postgres tables), for `/v1/frontiers`.
+    fn sinks(&self) -> Value {
+        json!({})
+    }
 }
 
 /// Limits of the read API.
@@ -282,7 +290,14 @@ async fn frontiers(State(st): State<AppState>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({"latestEpoch": latest, "durableEpoch": latest, "ready": st.store.is_ready(), "views": views}))
+    Json(json!({
+        "latestEpoch": latest,
+        "durableEpoch": latest,
+        "ready": st.store.is_ready(),
+        "views": views,
+        "sources": st.freshness.sources(),
+        "sinks": st.freshness.sinks(),
+    }))
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {

@@ -6,9 +6,11 @@
 //!                                                             └▶ swap Arc<ViewSnapshot> (asOfEpoch)
 //!  GET /v1/users/{u}/daily-rollups ─▶ one shard ─▶ JSON | Arrow IPC
 //!  POST /v1/sql ─▶ DataFusion MemTable over every shard (no copy) ─▶ JSON | Arrow IPC
+//!  snapshots advance ─▶ pg_sink: difference of snapshots ─▶ one Postgres transaction per view
 //! ```
 
 pub mod http;
+pub mod pg_sink;
 pub mod snapshot;
 pub mod sql;
 

@@ -4,7 +4,6 @@
 //! own topics and database with unique names, so reruns against long-lived services never collide.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -20,7 +19,7 @@ use crate::common::{Server, UPSERT, temp_dir};
 use crate::fitbit::{batches, daily_sums, hourly, read_days};
 
 /// Tests that stop Postgres must not overlap the others that use it.
-static POSTGRES: Mutex<()> = Mutex::new(());
+static POSTGRES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The variable's value; `None` (skip) when unset, a failure when unset under `CI=true`.
 fn service(var: &str) -> Option<String> {
@@ -316,7 +315,7 @@ fn domain_body(request_id: &str, user: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_sink_tables_equal_the_views_across_restarts() {
     let Some(base) = service("DATABASE_URL") else { return };
-    let _serial = POSTGRES.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = POSTGRES.lock().await;
     let url = fresh_database(&base, "sink").await;
     let dir = temp_dir();
     let env = [("VITALFLOW_SINK_POSTGRES_URL", url.as_str()), ("VITALFLOW_SQL_ROW_LIMIT", "1000000")];
@@ -384,7 +383,7 @@ async fn postgres_sink_tables_equal_the_views_across_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn outbox_rows_appear_exactly_once_across_a_restart() {
     let Some(base) = service("DATABASE_URL") else { return };
-    let _serial = POSTGRES.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = POSTGRES.lock().await;
     let url = fresh_database(&base, "outbox").await;
     let backend = pg(&url).await;
     backend

@@ -240,7 +240,7 @@ impl Sink {
         }
         let mut watches: Vec<_> = (0..self.snapshots.len()).map(|v| self.snapshots.watch(v)).collect();
         loop {
-            for v in 0..self.snapshots.len() {
+            for (v, statements) in statements.iter().enumerate() {
                 let current = self.snapshots.snapshot(v);
                 let def = self.defs[v];
                 let view = self.snapshots.def(v).name;
@@ -248,7 +248,7 @@ impl Sink {
                     Some(w) if w.as_of >= current.as_of => {}
                     Some(w) => {
                         let txn = client.transaction().await?;
-                        write_difference(&txn, &statements[v], &def, &w, &current).await?;
+                        write_difference(&txn, statements, &def, &w, &current).await?;
                         txn.execute(&set_progress, &[&view, &(current.as_of as i64), &self.store_id]).await?;
                         // Unknown outcome if the commit fails: the progress table will tell.
                         self.written[v] = None;

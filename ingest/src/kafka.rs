@@ -36,13 +36,18 @@ use crate::writer::{Ingest, SourceBody, SourceOutcome};
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `host:port[,host:port…]`.
+    #[serde(alias = "bootstrap_servers", alias = "bootstrap.servers")]
     pub brokers: String,
+    #[serde(alias = "group", alias = "consumer_group")]
     pub group_id: String,
     /// Values are batch-upsert bodies, keys are user ids.
+    #[serde(alias = "samples", alias = "topic_samples")]
     pub samples_topic: String,
     /// Values are domain-changes bodies.
+    #[serde(alias = "domain_changes_topic", alias = "domain", alias = "topic_domain_changes")]
     pub domain_topic: String,
     /// Where malformed records go.
+    #[serde(alias = "dlq_topic", alias = "dead_letter", alias = "dlq")]
     pub dead_letter_topic: String,
     /// Records larger than this are malformed.
     pub max_message_bytes: usize,
@@ -124,7 +129,9 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("client.id", "vitalflow");
+            .set("client.id", "vitalflow")
+            // Topics created after start are found within seconds, not librdkafka's 5 minutes.
+            .set("topic.metadata.refresh.interval.ms", "5000");
         for (k, v) in &config.properties {
             client.set(k, v);
         }

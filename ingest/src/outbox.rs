@@ -24,8 +24,10 @@ use crate::writer::{Ingest, SourceBody, SourceOutcome};
 #[serde(default, deny_unknown_fields)]
 pub struct OutboxConfig {
     /// A libpq-style connection string or URL.
+    #[serde(alias = "dsn", alias = "database_url", alias = "connection_string")]
     pub url: String,
     /// The outbox table (optionally schema-qualified).
+    #[serde(alias = "outbox_table")]
     pub table: String,
     pub poll_interval_ms: u64,
     /// Most rows applied in one store transaction.

@@ -40,6 +40,7 @@ use crate::snapshot::{SnapshotStore, ViewSnapshot};
 #[serde(default, deny_unknown_fields)]
 pub struct PgSinkConfig {
     /// A libpq-style connection string or URL.
+    #[serde(alias = "dsn", alias = "database_url", alias = "connection_string")]
     pub url: String,
     /// The table recording each view's `as_of_epoch`.
     pub progress_table: String,

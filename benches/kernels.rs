@@ -1,0 +1,106 @@
+//! criterion micro-benchmarks of the hot kernels (no server): request parsing and canonical
+//! hashing, validation (unit normalization and zone resolution), M1 slicing and the C1 day split,
+//! a snapshot shard publish, and a point read.
+//!
+//! `cargo bench --bench kernels`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde_json::{Value, json};
+use vitalflow_ingest::http::{parse_batch, parse_json};
+use vitalflow_schemas::split::{day_shares, slice_overlaps};
+use vitalflow_schemas::validate::{RequestContext, validate_sample};
+use vitalflow_schemas::{Datum, Row, Zone};
+use vitalflow_serve::SnapshotStore;
+
+/// A phone's batch: 500 samples of steps (10-minute intervals) and heart rate (instants).
+fn body() -> Value {
+    let base = 1_717_200_000_000_i64;
+    let iso = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339()).unwrap_or_default();
+    let samples: Vec<Value> = (0..500_i64)
+        .map(|i| {
+            let t = base + i * 600_000;
+            if i % 2 == 0 {
+                json!({"sourceId": "watch", "sourceRecordId": format!("s{i}"), "metric": "steps", "startAt": iso(t),
+                       "endAt": iso(t + 600_000), "value": 100 + i, "unit": "count", "sourceClass": "watch"})
+            } else {
+                json!({"sourceId": "watch", "sourceRecordId": format!("h{i}"), "metric": "heart_rate", "startAt": iso(t),
+                       "endAt": iso(t), "value": 60 + i % 40, "unit": "count/min", "sourceClass": "watch"})
+            }
+        })
+        .collect();
+    json!({"requestId": "r-1", "userId": "user-1", "deviceTimeZone": "America/New_York", "platform": "healthkit",
+           "samples": samples})
+}
+
+fn parsing(c: &mut Criterion) {
+    let bytes = serde_json::to_vec(&body()).unwrap_or_default();
+    c.bench_function("parse_and_hash_500_sample_batch", |b| {
+        b.iter(|| parse_json(black_box(&bytes)).and_then(parse_batch).map(|(r, h)| (r.samples.len(), h)))
+    });
+    let (req, _) = parse_batch(body()).unwrap_or_else(|e| panic!("{e}"));
+    let ctx = RequestContext {
+        user_id: "user-1",
+        platform: Some("healthkit"),
+        device_zone: Zone::parse("America/New_York"),
+        profile: None,
+    };
+    c.bench_function("validate_500_samples_units_and_zones", |b| {
+        b.iter(|| req.samples.iter().filter(|s| validate_sample(black_box(s), &ctx).is_ok()).count())
+    });
+}
+
+fn slicing(c: &mut Criterion) {
+    let zone = Zone::parse("America/New_York").unwrap_or(Zone::UTC);
+    let s = 1_717_200_000_000_i64 + 3 * 60_000;
+    c.bench_function("m1_slices_of_a_10_minute_sample", |b| {
+        b.iter(|| slice_overlaps(black_box(s), black_box(s + 600_000)).count())
+    });
+    c.bench_function("c1_day_split_of_a_24_hour_sample", |b| {
+        b.iter(|| day_shares(black_box(s), black_box(s + 86_400_000), black_box(1000.0), zone).len())
+    });
+}
+
+fn row(user: usize, day: i32) -> Row {
+    vec![Datum::Str(format!("user-{user}")), Datum::Str("steps".into()), Datum::Date(day), Datum::float(Some(1.0))]
+}
+
+fn snapshots(c: &mut Criterion) {
+    use vitalflow_schemas::view::{ColumnType, ViewDef, col};
+    const DEF: ViewDef = ViewDef {
+        name: "t",
+        columns: &[
+            col("user_id", ColumnType::Str),
+            col("metric", ColumnType::Str),
+            col("local_date", ColumnType::Date),
+            col("sum", ColumnType::Float),
+        ],
+        key_len: 3,
+        route: Some("t"),
+        filters: &[],
+        range_column: Some("local_date"),
+    };
+    // 10,000 users × 30 days in the view.
+    let store = SnapshotStore::new([DEF]);
+    let all: Vec<(Row, i64)> = (0..10_000).flat_map(|u| (0..30).map(move |d| (row(u, 19_875 + d), 1))).collect();
+    store.apply(0, 2, all);
+    let mut frontier = 3;
+    c.bench_function("publish_one_user_shard_in_a_300k_row_view", |b| {
+        b.iter(|| {
+            // Retract and re-insert one user's day: one shard rebuilt, one bucket copied.
+            store.apply(0, frontier, vec![(row(42, 19_875), -1), (row(42, 19_875), 1)]);
+            frontier += 1;
+        })
+    });
+    c.bench_function("point_read_one_user_as_json", |b| {
+        b.iter(|| {
+            let snap = store.snapshot(0);
+            let shard = snap.user(black_box("user-4242")).map(|s| s.rows.iter().map(|r| DEF.row_to_json(r)).count());
+            (snap.as_of, shard)
+        })
+    });
+}
+
+criterion_group!(kernels, parsing, slicing, snapshots);
+criterion_main!(kernels);

@@ -6,7 +6,8 @@
 //!
 //! With `--kafka BROKERS` the same batches are produced to a fresh samples topic (6 partitions,
 //! keyed by user) while the server consumes them; the line reports Kafka-to-visible throughput and,
-//! with `--sink-postgres URL`, the Postgres sink's lag under that load.
+//! with `--sink-postgres URL`, the Postgres sink's lag under that load. `--server-bin PATH` starts
+//! that binary (e.g. `target/release/vitalflow`) instead of the one built with the driver.
 
 use std::time::{Duration, Instant};
 
@@ -23,10 +24,19 @@ struct Args {
     views: Option<String>,
     kafka: Option<String>,
     sink_postgres: Option<String>,
+    /// The server binary to start (default: the one cargo built with this driver).
+    server_bin: Option<String>,
+    /// `bulk` (default), or `paced`: bulk as the history, then the `steady` stream with `reads`
+    /// running beside it, then `late` samples; one JSON line each.
+    scenario: String,
+    /// Syncs per second in `steady`.
+    rate: u64,
+    /// Seconds of `steady` and of `late`.
+    seconds: u64,
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { users: 200, days: 30, batch: 500, concurrency: 16, workers: 2, url: None, views: None, kafka: None, sink_postgres: None };
+    let mut a = Args { users: 200, days: 30, batch: 500, concurrency: 16, workers: 2, url: None, views: None, kafka: None, sink_postgres: None, server_bin: None, scenario: "bulk".into(), rate: 200, seconds: 20 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut num = |name: &str| -> usize {
@@ -42,9 +52,15 @@ fn parse_args() -> Args {
             "--views" => a.views = it.next(),
             "--kafka" => a.kafka = it.next(),
             "--sink-postgres" => a.sink_postgres = it.next(),
+            "--server-bin" => a.server_bin = it.next(),
+            "--scenario" => a.scenario = it.next().unwrap_or_default(),
+            "--rate" => a.rate = num("--rate") as u64,
+            "--seconds" => a.seconds = num("--seconds") as u64,
             "--smoke" => {
                 a.users = 4;
                 a.days = 2;
+                a.rate = 20;
+                a.seconds = 1;
             }
             _ => {} // cargo passes --bench
         }
@@ -114,7 +130,8 @@ fn main() {
             if let Some(b) = &args.kafka {
                 create_topic(b, &topic);
             }
-            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_vitalflow"))
+            let bin = args.server_bin.clone().unwrap_or_else(|| env!("CARGO_BIN_EXE_vitalflow").to_owned());
+            let mut c = std::process::Command::new(bin)
                 .args(["serve", "--listen", "127.0.0.1:0", "--workers", &args.workers.to_string(), "--data-dir"])
                 .arg(dir.path())
                 .env("VITALFLOW_LOG", "warn")
@@ -137,9 +154,118 @@ fn main() {
     let result = if let Some(brokers) = args.kafka.clone() {
         rt.block_on(kafka_run(&args, &brokers, &topic, &base, &bodies, payloads, samples))
     } else {
-        rt.block_on(http_run(&args, &base, payloads, samples))
+        let bulk = rt.block_on(http_run(&args, &base, payloads, samples));
+        if args.scenario == "paced" {
+            println!("{bulk}");
+            let steady = rt.block_on(paced(&args, &base, false));
+            println!("{steady}");
+            rt.block_on(paced(&args, &base, true))
+        } else {
+            bulk
+        }
     };
     finish(child, result);
+}
+
+fn percentiles(mut v: Vec<f64>) -> Value {
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+    json!({"n": v.len(), "p50": at(0.5), "p99": at(0.99), "max": at(1.0)})
+}
+
+/// `steady` (with `reads` beside it) or `late`: paced syncs against the loaded history. Each sync is
+/// acknowledged, then read back with `minEpoch` = its epoch (ack → visible for that user's read).
+/// `late` sends single samples 25 days in the past.
+async fn paced(args: &Args, base: &str, late: bool) -> Value {
+    use std::sync::{Arc, Mutex};
+    let client = reqwest::Client::new();
+    let rate = if late { (args.rate / 4).max(1) } else { args.rate.max(1) };
+    let per_sync = if late { 1 } else { 50 };
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let visible = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // reads: point reads and a whole-view SQL aggregate, back to back, while the stream runs.
+    let readers = if late {
+        None
+    } else {
+        let (client, base, stop, users) = (client.clone(), base.to_owned(), stop.clone(), args.users.max(1));
+        Some(tokio::spawn(async move {
+            let (mut point, mut sql, mut i) = (Vec::new(), Vec::new(), 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = client.get(format!("{base}/v1/users/user-{}/daily-rollups?metric=steps", i % users)).send().await;
+                if r.is_ok_and(|r| r.status().is_success()) {
+                    point.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                if i % 20 == 0 {
+                    let t = Instant::now();
+                    let body = json!({"sql": "SELECT metric, count(*) AS n, sum(sum) AS s FROM daily_rollups GROUP BY metric"});
+                    let r = client.post(format!("{base}/v1/sql")).json(&body).send().await;
+                    if r.is_ok_and(|r| r.status().is_success()) {
+                        sql.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+                i += 1;
+            }
+            (point, sql)
+        }))
+    };
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let total = rate * args.seconds;
+    let base_ms = 1_717_200_000_000_i64 + args.days as i64 * 86_400_000;
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for n in 0..total {
+        ticker.tick().await;
+        let user = (n as usize * 7919) % args.users.max(1);
+        let t0 = if late { base_ms - 25 * 86_400_000 + n as i64 * 1000 } else { base_ms + n as i64 * 60_000 };
+        let iso = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339()).unwrap_or_default();
+        let samples: Vec<Value> = (0..per_sync as i64)
+            .map(|k| {
+                json!({"sourceId": "watch", "sourceRecordId": format!("{}-{n}-{k}", if late { "late" } else { "live" }),
+                       "metric": "steps", "startAt": iso(t0 + k * 1000), "endAt": iso(t0 + k * 1000 + 1000),
+                       "value": 1, "unit": "count", "sourceClass": "watch"})
+            })
+            .collect();
+        let body = json!({"requestId": format!("{}-{n}", if late { "late" } else { "steady" }), "userId": format!("user-{user}"),
+                          "deviceTimeZone": "UTC", "samples": samples});
+        let (client, base, acks, visible) = (client.clone(), base.to_owned(), acks.clone(), visible.clone());
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = client.post(format!("{base}/v1/health/samples/batch-upsert")).json(&body).send().await.expect("post");
+            let v: Value = r.json().await.expect("json");
+            let acked = t.elapsed();
+            let epoch = v["epoch"].as_u64().unwrap_or(0);
+            let url = format!("{base}/v1/users/user-{user}/daily-rollups?metric=steps&minEpoch={epoch}&waitMs=30000");
+            let r: Value = client.get(url).send().await.expect("read").json().await.expect("json");
+            let seen = t.elapsed();
+            if r["asOfEpoch"].as_u64().unwrap_or(0) >= epoch {
+                acks.lock().map(|mut a| a.push(acked.as_secs_f64() * 1000.0)).ok();
+                visible.lock().map(|mut a| a.push((seen - acked).as_secs_f64() * 1000.0)).ok();
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acks = acks.lock().map(|a| a.clone()).unwrap_or_default();
+    let visible = visible.lock().map(|a| a.clone()).unwrap_or_default();
+    let mut out = json!({
+        "scenario": if late { "late" } else { "steady" },
+        "target_syncs_per_s": rate, "samples_per_sync": per_sync, "syncs": acks.len(),
+        "achieved_syncs_per_s": acks.len() as f64 / elapsed,
+        "history_samples": args.users * args.days * 480, // user_batches: 144 + 48 steps, 288 heart rates a day
+        "ack_ms": percentiles(acks), "ack_to_visible_ms": percentiles(visible),
+    });
+    if let Some(r) = readers {
+        let (point, sql) = r.await.unwrap_or_default();
+        out["reads"] = json!({"point_read_ms": percentiles(point), "sql_aggregate_ms": percentiles(sql)});
+    }
+    out
 }
 
 /// Produces every batch to the samples topic while the server consumes; waits until every record
@@ -232,7 +358,7 @@ fn create_topic(brokers: &str, topic: &str) {
 
 async fn http_run(args: &Args, base: &str, payloads: Vec<Vec<u8>>, samples: usize) -> Value {
     let base = base.to_owned();
-    let args = Args { url: None, kafka: None, sink_postgres: None, views: args.views.clone(), ..*args };
+    let args = Args { url: None, kafka: None, sink_postgres: None, server_bin: None, views: args.views.clone(), scenario: String::new(), ..*args };
     {
         let client = reqwest::Client::new();
         let started = Instant::now();

@@ -133,11 +133,13 @@ async fn kafka_exactly_once_across_a_kill_with_dead_letters() {
             malformed.push((key, "INVALID_REQUEST"));
         }
     }
-    // The same requestId with another payload: refused as over HTTP (409), so dead-lettered.
+    // The same requestId with another payload, after the original in the same partition (same
+    // key): refused as over HTTP (409), so dead-lettered.
     let mut reused = bodies[0].clone();
     reused["samples"][0]["value"] = json!(999_999);
-    produce(&p, &samples_topic, "reused-key", reused.to_string().as_bytes()).await;
-    malformed.push(("reused-key".into(), "IDEMPOTENCY_KEY_REUSED"));
+    let reused_key = bodies[0]["userId"].as_str().unwrap_or("").to_owned();
+    produce(&p, &samples_topic, &reused_key, reused.to_string().as_bytes()).await;
+    malformed.push((reused_key, "IDEMPOTENCY_KEY_REUSED"));
     let product = json!({"requestId": "d-1", "changes": [
         {"entity": "product", "op": "upsert", "data": {"productId": "p1", "name": "Espresso", "category": "coffee"}}]});
     produce(&p, &domain_topic, "p1", product.to_string().as_bytes()).await;

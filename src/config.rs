@@ -150,6 +150,10 @@ impl Config {
         if let Some(v) = env("VITALFLOW_KAFKA_MAX_LAG_EPOCHS") {
             self.kafka().max_lag_epochs = v.parse().context("VITALFLOW_KAFKA_MAX_LAG_EPOCHS must be an integer")?;
         }
+        if let Some(v) = env("VITALFLOW_KAFKA_MAX_MESSAGE_BYTES") {
+            self.kafka().max_message_bytes =
+                v.parse().context("VITALFLOW_KAFKA_MAX_MESSAGE_BYTES must be a positive integer")?;
+        }
         if let Some(v) = env("VITALFLOW_KAFKA_MAX_POLL_RECORDS") {
             self.kafka().max_poll_records =
                 v.parse().context("VITALFLOW_KAFKA_MAX_POLL_RECORDS must be a positive integer")?;

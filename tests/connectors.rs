@@ -124,6 +124,11 @@ async fn kafka_exactly_once_across_a_kill_with_dead_letters() {
             produce(&p, &samples_topic, &key, b"{\"requestId\": ").await;
             malformed.push((key, "MALFORMED_JSON"));
         }
+        if i == 10 {
+            let key = "too-large".to_owned();
+            produce(&p, &samples_topic, &key, &vec![b' '; 300_000]).await;
+            malformed.push((key, "PAYLOAD_TOO_LARGE"));
+        }
         if i % 11 == 5 {
             let key = format!("unknown-field-{i}");
             let mut extra = b.clone();
@@ -153,6 +158,9 @@ async fn kafka_exactly_once_across_a_kill_with_dead_letters() {
         ("VITALFLOW_KAFKA_DOMAIN_TOPIC", domain_topic.as_str()),
         ("VITALFLOW_KAFKA_DEAD_LETTER_TOPIC", dlq.as_str()),
         ("VITALFLOW_KAFKA_MAX_POLL_RECORDS", "1"),
+        ("VITALFLOW_KAFKA_MAX_MESSAGE_BYTES", "250000"),
+        // Small enough that the views' lag can pause consumption (not asserted: timing-dependent).
+        ("VITALFLOW_KAFKA_MAX_LAG_EPOCHS", "4"),
         ("VITALFLOW_KAFKA_PROPERTIES", "session.timeout.ms=6000"),
     ];
     let server = Server::start_with(dir.path(), &env);

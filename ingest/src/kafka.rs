@@ -102,6 +102,8 @@ pub struct KafkaStatus {
     pub replayed: u64,
     /// Whether consumption is paused because the views fell behind.
     pub paused: bool,
+    /// Times consumption was paused since start.
+    pub pauses: u64,
     pub last_error: Option<String>,
 }
 
@@ -192,6 +194,12 @@ impl KafkaSource {
 
 type Partition = (String, i32);
 
+/// Backpressure with hysteresis: pause beyond `limit` epochs of lag, resume at or below half of it.
+fn should_pause(paused: bool, lag: u64, limit: u64) -> bool {
+    let limit = limit.max(1);
+    if paused { lag > limit / 2 } else { lag > limit }
+}
+
 struct Worker {
     config: KafkaConfig,
     consumer: BaseConsumer,
@@ -234,14 +242,15 @@ impl Worker {
     /// resumes them once they are within half of it.
     fn backpressure(&mut self) {
         let lag = self.ingest.progress().latest_epoch().saturating_sub((self.visible)());
-        let limit = self.config.max_lag_epochs.max(1);
-        let want_paused = if self.paused { lag > limit / 2 } else { lag > limit };
+        let limit = self.config.max_lag_epochs;
+        let want_paused = should_pause(self.paused, lag, limit);
         let Ok(assignment) = self.consumer.assignment() else { return };
         if want_paused {
             // Re-applied every round: partitions assigned by a rebalance start unpaused.
             let _ = self.consumer.pause(&assignment);
             if !self.paused {
                 tracing::info!(lag, limit, "views behind; kafka partitions paused");
+                self.status.lock().pauses += 1;
             }
         } else if self.paused {
             let _ = self.consumer.resume(&assignment);
@@ -433,5 +442,19 @@ impl Worker {
             })
             .collect();
         self.status.lock().partitions = partitions;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::should_pause;
+
+    #[test]
+    fn backpressure_pauses_beyond_the_limit_and_resumes_at_half() {
+        assert!(!should_pause(false, 64, 64));
+        assert!(should_pause(false, 65, 64));
+        assert!(should_pause(true, 33, 64), "stays paused above half the limit");
+        assert!(!should_pause(true, 32, 64), "resumes at half");
+        assert!(should_pause(false, 2, 0), "a zero limit means one epoch");
     }
 }

@@ -118,7 +118,7 @@ fn main() {
         env.push(("VITALFLOW_KAFKA_BROKERS", b.clone()));
         env.push(("VITALFLOW_KAFKA_SAMPLES_TOPIC", topic.clone()));
         env.push(("VITALFLOW_KAFKA_GROUP_ID", topic.clone()));
-        env.push(("VITALFLOW_KAFKA_PROPERTIES", "session.timeout.ms=6000".into()));
+        env.push(("VITALFLOW_KAFKA_PROPERTIES", std::env::var("BENCH_KAFKA_PROPERTIES").unwrap_or_else(|_| "session.timeout.ms=6000".into())));
     }
     if let Some(u) = &args.sink_postgres {
         env.push(("VITALFLOW_SINK_POSTGRES_URL", u.clone()));

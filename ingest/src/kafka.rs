@@ -133,7 +133,10 @@ impl KafkaSource {
             .set("enable.partition.eof", "false")
             .set("client.id", "vitalflow")
             // Topics created after start are found within seconds, not librdkafka's 5 minutes.
-            .set("topic.metadata.refresh.interval.ms", "5000");
+            .set("topic.metadata.refresh.interval.ms", "5000")
+            // Some brokers (tansu) hold a fetch for its whole wait even when data is there: keep
+            // the wait short so a busy topic is drained at the speed of the writer, not of the wait.
+            .set("fetch.wait.max.ms", "50");
         for (k, v) in &config.properties {
             client.set(k, v);
         }

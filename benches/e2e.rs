@@ -36,7 +36,21 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { users: 200, days: 30, batch: 500, concurrency: 16, workers: 2, url: None, views: None, kafka: None, sink_postgres: None, server_bin: None, scenario: "bulk".into(), rate: 200, seconds: 20 };
+    let mut a = Args {
+        users: 200,
+        days: 30,
+        batch: 500,
+        concurrency: 16,
+        workers: 2,
+        url: None,
+        views: None,
+        kafka: None,
+        sink_postgres: None,
+        server_bin: None,
+        scenario: "bulk".into(),
+        rate: 200,
+        seconds: 20,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut num = |name: &str| -> usize {
@@ -118,7 +132,10 @@ fn main() {
         env.push(("VITALFLOW_KAFKA_BROKERS", b.clone()));
         env.push(("VITALFLOW_KAFKA_SAMPLES_TOPIC", topic.clone()));
         env.push(("VITALFLOW_KAFKA_GROUP_ID", topic.clone()));
-        env.push(("VITALFLOW_KAFKA_PROPERTIES", std::env::var("BENCH_KAFKA_PROPERTIES").unwrap_or_else(|_| "session.timeout.ms=6000".into())));
+        env.push((
+            "VITALFLOW_KAFKA_PROPERTIES",
+            std::env::var("BENCH_KAFKA_PROPERTIES").unwrap_or_else(|_| "session.timeout.ms=6000".into()),
+        ));
     }
     if let Some(u) = &args.sink_postgres {
         env.push(("VITALFLOW_SINK_POSTGRES_URL", u.clone()));
@@ -193,7 +210,8 @@ async fn paced(args: &Args, base: &str, late: bool) -> Value {
             let (mut point, mut sql, mut i) = (Vec::new(), Vec::new(), 0usize);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let t = Instant::now();
-                let r = client.get(format!("{base}/v1/users/user-{}/daily-rollups?metric=steps", i % users)).send().await;
+                let r =
+                    client.get(format!("{base}/v1/users/user-{}/daily-rollups?metric=steps", i % users)).send().await;
                 if r.is_ok_and(|r| r.status().is_success()) {
                     point.push(t.elapsed().as_secs_f64() * 1000.0);
                 }
@@ -234,7 +252,8 @@ async fn paced(args: &Args, base: &str, late: bool) -> Value {
         let (client, base, acks, visible) = (client.clone(), base.to_owned(), acks.clone(), visible.clone());
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            let r = client.post(format!("{base}/v1/health/samples/batch-upsert")).json(&body).send().await.expect("post");
+            let r =
+                client.post(format!("{base}/v1/health/samples/batch-upsert")).json(&body).send().await.expect("post");
             let v: Value = r.json().await.expect("json");
             let acked = t.elapsed();
             let epoch = v["epoch"].as_u64().unwrap_or(0);
@@ -298,7 +317,8 @@ async fn kafka_run(
         tokio::spawn(async move {
             for chunk in payloads.chunks(64).zip(keys.chunks(64)) {
                 let sends = chunk.0.iter().zip(chunk.1).map(|(p, k)| {
-                    producer.send(FutureRecord::to(&topic).key(k.as_str()).payload(p.as_slice()), Duration::from_secs(60))
+                    producer
+                        .send(FutureRecord::to(&topic).key(k.as_str()).payload(p.as_slice()), Duration::from_secs(60))
                 });
                 for r in futures::future::join_all(sends).await {
                     r.expect("delivered");
@@ -310,14 +330,19 @@ async fn kafka_run(
     let produced_at = producing.await.expect("producer task");
     let (mut visible_at, mut sink_at) = (None, None);
     loop {
-        let f: Value = client.get(format!("{base}/v1/frontiers")).send().await.expect("frontiers").json().await.expect("json");
+        let f: Value =
+            client.get(format!("{base}/v1/frontiers")).send().await.expect("frontiers").json().await.expect("json");
         let parts = f["sources"]["kafka"]["partitions"].as_array().cloned().unwrap_or_default();
         let stored: i64 = parts.iter().filter_map(|p| p["storedOffset"].as_i64()).sum();
         let latest = &f["latestEpoch"];
         let views_done = stored as usize >= records
             && f["views"].as_array().is_some_and(|v| v.iter().all(|v| &v["asOfEpoch"] == latest));
         if let Some(views) = f["sinks"]["postgres"]["views"].as_array() {
-            let lag = views.iter().filter_map(|v| latest.as_u64().map(|l| l.saturating_sub(v["asOfEpoch"].as_u64().unwrap_or(0)))).max().unwrap_or(0);
+            let lag = views
+                .iter()
+                .filter_map(|v| latest.as_u64().map(|l| l.saturating_sub(v["asOfEpoch"].as_u64().unwrap_or(0))))
+                .max()
+                .unwrap_or(0);
             sink_lag_max = sink_lag_max.max(lag);
             if views_done && visible_at.is_some() && lag == 0 && sink_at.is_none() {
                 sink_at = Some(Instant::now());
@@ -350,7 +375,8 @@ fn create_topic(brokers: &str, topic: &str) {
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
         rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
-    let r = rt.block_on(admin.create_topics(&[NewTopic::new(topic, 6, TopicReplication::Fixed(1))], &AdminOptions::new()));
+    let r =
+        rt.block_on(admin.create_topics(&[NewTopic::new(topic, 6, TopicReplication::Fixed(1))], &AdminOptions::new()));
     for t in r.expect("create topic") {
         t.expect("topic created");
     }
@@ -358,7 +384,15 @@ fn create_topic(brokers: &str, topic: &str) {
 
 async fn http_run(args: &Args, base: &str, payloads: Vec<Vec<u8>>, samples: usize) -> Value {
     let base = base.to_owned();
-    let args = Args { url: None, kafka: None, sink_postgres: None, server_bin: None, views: args.views.clone(), scenario: String::new(), ..*args };
+    let args = Args {
+        url: None,
+        kafka: None,
+        sink_postgres: None,
+        server_bin: None,
+        views: args.views.clone(),
+        scenario: String::new(),
+        ..*args
+    };
     {
         let client = reqwest::Client::new();
         let started = Instant::now();
@@ -370,12 +404,14 @@ async fn http_run(args: &Args, base: &str, payloads: Vec<Vec<u8>>, samples: usiz
                 let mut seen: Vec<(Instant, u64)> = Vec::new();
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
                     if let Ok(r) = client.get(&url).send().await
-                        && let Ok(f) = r.json::<Value>().await {
-                            let min = f["views"].as_array().and_then(|v| v.iter().filter_map(|v| v["asOfEpoch"].as_u64()).min());
-                            if let Some(min) = min.filter(|m| seen.last().is_none_or(|l| *m > l.1)) {
-                                seen.push((Instant::now(), min));
-                            }
+                        && let Ok(f) = r.json::<Value>().await
+                    {
+                        let min =
+                            f["views"].as_array().and_then(|v| v.iter().filter_map(|v| v["asOfEpoch"].as_u64()).min());
+                        if let Some(min) = min.filter(|m| seen.last().is_none_or(|l| *m > l.1)) {
+                            seen.push((Instant::now(), min));
                         }
+                    }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 seen
@@ -442,7 +478,9 @@ async fn http_run(args: &Args, base: &str, payloads: Vec<Vec<u8>>, samples: usiz
             .collect();
         vis.sort();
         lat.sort();
-        let pct_of = |v: &[Duration], p: f64| v.get(((v.len() as f64 - 1.0) * p) as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        let pct_of = |v: &[Duration], p: f64| {
+            v.get(((v.len() as f64 - 1.0) * p) as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
         let pct = |p: f64| pct_of(&lat, p);
         json!({
             "scenario": "bulk", "samples": samples, "batches": lat.len(), "batch_size": args.batch,

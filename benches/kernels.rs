@@ -80,6 +80,7 @@ fn snapshots(c: &mut Criterion) {
         route: Some("t"),
         filters: &[],
         range_column: Some("local_date"),
+        range_via: None,
     };
     // 10,000 users × 30 days in the view.
     let store = SnapshotStore::new([DEF]);
@@ -96,7 +97,9 @@ fn snapshots(c: &mut Criterion) {
     c.bench_function("point_read_one_user_as_json", |b| {
         b.iter(|| {
             let snap = store.snapshot(0);
-            let shard = snap.user(black_box("user-4242")).map(|s| s.rows.iter().map(|r| DEF.row_to_json(r).to_string().len()).sum::<usize>());
+            let shard = snap
+                .user(black_box("user-4242"))
+                .map(|s| s.rows.iter().map(|r| DEF.row_to_json(r).to_string().len()).sum::<usize>());
             (snap.as_of, shard)
         })
     });

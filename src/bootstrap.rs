@@ -111,8 +111,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             let s = snapshots.clone();
             let visible: Arc<dyn Fn() -> Epoch + Send + Sync> =
                 Arc::new(move || (0..s.len()).map(|v| s.snapshot(v).as_of).min().unwrap_or(Epoch::MAX));
-            let source = KafkaSource::start(k, ingest.clone(), positions.clone(), visible, tokio::runtime::Handle::current())
-                .context("cannot start the Kafka source")?;
+            let source =
+                KafkaSource::start(k, ingest.clone(), positions.clone(), visible, tokio::runtime::Handle::current())
+                    .context("cannot start the Kafka source")?;
             Some(source)
         }
         None => None,

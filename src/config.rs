@@ -210,9 +210,11 @@ mod tests {
         assert_eq!(d.data_dir, PathBuf::from("./vitalflow-data"));
         assert_eq!(d.listen, "127.0.0.1:8080");
         assert_eq!(d.sources, Sources::default(), "no connector unless configured");
-        std::fs::write(&file, "[sources.kafka]\nbrokers = \"k:1\"\n[sinks.postgres]\nurl = \"postgres://x\"\n").unwrap();
+        std::fs::write(&file, "[sources.kafka]\nbrokers = \"k:1\"\n[sinks.postgres]\nurl = \"postgres://x\"\n")
+            .unwrap();
         let env = |k: &str| (k == "VITALFLOW_KAFKA_GROUP_ID").then(|| "g".to_owned());
-        let flags = Overrides { config: Some(file.clone()), outbox_url: Some("postgres://o".into()), ..Default::default() };
+        let flags =
+            Overrides { config: Some(file.clone()), outbox_url: Some("postgres://o".into()), ..Default::default() };
         let k = Config::load(&flags, env).unwrap();
         let kafka = k.sources.kafka.unwrap();
         assert_eq!((kafka.brokers.as_str(), kafka.group_id.as_str()), ("k:1", "g"));

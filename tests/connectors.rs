@@ -60,19 +60,14 @@ async fn pg(url: &str) -> tokio_postgres::Client {
 async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
-    let new: Vec<NewTopic<'_>> =
-        topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
+    let new: Vec<NewTopic<'_>> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
     for r in admin.create_topics(&new, &AdminOptions::new()).await.expect("create topics") {
         r.expect("topic created");
     }
 }
 
 fn producer(brokers: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("message.timeout.ms", "30000")
-        .create()
-        .expect("producer")
+    ClientConfig::new().set("bootstrap.servers", brokers).set("message.timeout.ms", "30000").create().expect("producer")
 }
 
 async fn produce(p: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
@@ -379,7 +374,9 @@ async fn postgres_sink_tables_equal_the_views_across_restarts() {
     assert_eq!(status, 200, "reads go on without Postgres");
     let f = wait_frontiers(&server, 30, "the sink to notice the outage", |f| {
         f["sinks"]["postgres"]["connected"] == json!(false)
-            || f["sinks"]["postgres"]["views"].as_array().is_some_and(|v| v.iter().any(|v| v["lagEpochs"].as_u64() > Some(0)))
+            || f["sinks"]["postgres"]["views"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|v| v["lagEpochs"].as_u64() > Some(0)))
     })
     .await;
     assert!(f["sinks"]["postgres"]["views"].as_array().is_some());
@@ -431,7 +428,10 @@ async fn outbox_rows_appear_exactly_once_across_a_restart() {
     let server = Server::start_with(dir.path(), &env);
     server.ready().await;
     let n1 = first_rows.len() as i64;
-    let f = wait_frontiers(&server, 60, "the outbox to be read", |f| f["sources"]["postgresOutbox"]["storedId"] == json!(n1)).await;
+    let f = wait_frontiers(&server, 60, "the outbox to be read", |f| {
+        f["sources"]["postgresOutbox"]["storedId"] == json!(n1)
+    })
+    .await;
     assert_eq!(f["sources"]["postgresOutbox"]["applied"], json!(n1));
     assert_eq!(f["sources"]["postgresOutbox"]["malformed"], json!(1));
     let (_, sessions) = server.sql_at("SELECT session_id FROM sessions", f["latestEpoch"].as_u64().unwrap_or(0)).await;

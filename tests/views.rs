@@ -86,6 +86,14 @@ async fn derived_views_over_http_with_late_data_and_restart() {
     let impact = rows(&server, &format!("{user}/session-impacts?sessionId=s1"), e).await;
     assert_eq!((impact[0]["duringN"].as_i64(), impact[0]["duringMean"].as_f64()), (Some(2), Some(82.5)));
     assert_eq!(impact[0]["afterN"], json!(0), "{impact:?}");
+    // `from`/`to` select impacts by their session's local start date (the session has no zone here:
+    // UTC), and sessions by their start date.
+    let within = rows(&server, &format!("{user}/session-impacts?from=2024-06-10&to=2024-06-10"), e).await;
+    assert_eq!(within.len(), 1);
+    assert!(rows(&server, &format!("{user}/session-impacts?from=2024-06-11"), e).await.is_empty());
+    assert!(rows(&server, &format!("{user}/session-impacts?to=2024-06-09"), e).await.is_empty());
+    assert_eq!(rows(&server, &format!("{user}/sessions?from=2024-06-10&to=2024-06-10"), e).await.len(), 1);
+    assert!(rows(&server, &format!("{user}/sessions?from=2024-06-11"), e).await.is_empty());
     let product = rows(&server, &format!("{user}/product-impacts?productId=p1"), e).await;
     assert_eq!((product[0]["sessionCount"].as_i64(), product[0]["totalQuantity"].as_f64()), (Some(1), Some(2.0)));
     assert_eq!(product[0]["deltaDuringMean"].as_f64(), Some(22.5));

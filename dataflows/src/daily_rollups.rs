@@ -28,6 +28,7 @@ pub const DEF: ViewDef = ViewDef {
     route: Some("daily-rollups"),
     filters: &["metric"],
     range_column: Some("local_date"),
+    range_via: None,
 };
 
 type DayKey = (String, Metric, i32);

@@ -28,6 +28,7 @@ pub const DEF: ViewDef = ViewDef {
     route: Some("daily-rollups-by-source"),
     filters: &["metric", "sourceId"],
     range_column: Some("local_date"),
+    range_via: None,
 };
 
 type SourceDayKey = (String, Metric, i32, String);

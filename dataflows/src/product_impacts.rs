@@ -36,6 +36,7 @@ pub const DEF: ViewDef = ViewDef {
     route: Some("product-impacts"),
     filters: &["productId", "metric"],
     range_column: None,
+    range_via: None,
 };
 
 /// n, mean, variance (M2/(n−1)), sd and se of a sample of deltas; what is undefined is null.

@@ -39,6 +39,7 @@ pub const DEF: ViewDef = ViewDef {
     route: Some("routines"),
     filters: &["scope"],
     range_column: None,
+    range_via: None,
 };
 
 /// `computeBinIndex`: `(isoWeekday − 1) × 24 + hour` of a wall-clock time (Mon 00h = 0, Sun 23h = 167).

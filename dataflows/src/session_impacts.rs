@@ -4,7 +4,7 @@
 use differential_dataflow::VecCollection;
 use vitalflow_schemas::domain::Session;
 use vitalflow_schemas::split::share;
-use vitalflow_schemas::view::{ColumnType::*, col};
+use vitalflow_schemas::view::{ColumnType::*, RangeVia, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, Sample, ValueKind, ViewDef};
 
 /// BEFORE window length: 60 min.
@@ -42,6 +42,8 @@ pub const DEF: ViewDef = ViewDef {
     route: Some("session-impacts"),
     filters: &["sessionId", "metric"],
     range_column: None,
+    // `from`/`to`: sessions whose local start date is in the range (§8 gives impacts no date).
+    range_via: Some(RangeVia { view: "sessions", column: "session_id" }),
 };
 
 /// Mean and n of one window.

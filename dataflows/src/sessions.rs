@@ -21,7 +21,8 @@ pub const SESSIONS: ViewDef = ViewDef {
     key_len: 2,
     route: Some("sessions"),
     filters: &["productId"],
-    range_column: None,
+    range_column: Some("start_at"),
+    range_via: None,
 };
 
 /// Key `product_id` (SQL only: products belong to no user).
@@ -32,6 +33,7 @@ pub const PRODUCTS: ViewDef = ViewDef {
     route: None,
     filters: &[],
     range_column: None,
+    range_via: None,
 };
 
 /// Key `user_id`; `blocked_metrics` is a JSON array. SQL only (the profile is written at
@@ -48,6 +50,7 @@ pub const USER_PROFILES: ViewDef = ViewDef {
     route: None,
     filters: &[],
     range_column: None,
+    range_via: None,
 };
 
 /// In: current sessions. Out: one row per `(user_id, session_id)`.

@@ -43,6 +43,7 @@ pub const DEF: ViewDef = ViewDef {
     route: Some("sleep-nights"),
     filters: &[],
     range_column: Some("night_date"),
+    range_via: None,
 };
 
 /// `(start, end, stage, source rank, source id, record id, zone)` of one sleep sample.

@@ -957,7 +957,6 @@ proptest! {
     }
 }
 
-
 // ---- sleep_nights: an oracle written from DOMAIN.md §3.3 alone ----
 
 /// §3.3 computed the plain way, apart from the dataflow: elementary intervals instead of a sweep,
@@ -965,7 +964,8 @@ proptest! {
 fn sleep_oracle(samples: &[Sample]) -> Vec<Row> {
     use vitalflow_schemas::sleep::SleepStage;
     const MIN: i64 = 60_000;
-    let usable = |s: &&Sample| s.metric == Metric::SleepAnalysis && s.category.is_some_and(|c| c != SleepStage::Unknown);
+    let usable =
+        |s: &&Sample| s.metric == Metric::SleepAnalysis && s.category.is_some_and(|c| c != SleepStage::Unknown);
     let asleep = |s: &Sample| s.category.is_some_and(|c| c.is_asleep()) && s.end_ms > s.start_ms;
     // Step 0: the noon-to-noon window of startAt, local time.
     let window = |s: &Sample| {
@@ -988,11 +988,8 @@ fn sleep_oracle(samples: &[Sample]) -> Vec<Row> {
         let order = [SleepStage::Deep, SleepStage::Rem, SleepStage::Core, SleepStage::Unspecified];
         cuts.windows(2)
             .filter_map(|w| {
-                let covering: Vec<SleepStage> = set
-                    .iter()
-                    .filter(|s| s.start_ms <= w[0] && s.end_ms >= w[1])
-                    .filter_map(|s| s.category)
-                    .collect();
+                let covering: Vec<SleepStage> =
+                    set.iter().filter(|s| s.start_ms <= w[0] && s.end_ms >= w[1]).filter_map(|s| s.category).collect();
                 order.iter().find(|st| covering.contains(st)).map(|st| (w[0], w[1], *st))
             })
             .collect()
@@ -1097,7 +1094,8 @@ fn sleep_oracle(samples: &[Sample]) -> Vec<Row> {
             }
             let awakenings = frags.windows(2).filter(|w| w[1].0 - w[0].1 >= 5 * MIN).count() as i64;
             let overlaps = |s: &&Sample| s.category == Some(SleepStage::InBed) && s.start_ms < wake && s.end_ms > onset;
-            let mine: Vec<&Sample> = group.iter().copied().filter(overlaps).filter(|s| s.source_id == canonical).collect();
+            let mine: Vec<&Sample> =
+                group.iter().copied().filter(overlaps).filter(|s| s.source_id == canonical).collect();
             let cands = if mine.is_empty() { group.iter().copied().filter(overlaps).collect() } else { mine };
             let bed = (!cands.is_empty()).then(|| {
                 (

@@ -15,6 +15,7 @@ pub const DEF: ViewDef = ViewDef {
     route: Some("weekly-steps"),
     filters: &[],
     range_column: Some("week_start"),
+    range_via: None,
 };
 
 /// In: `daily_rollups` rows. Out: one row per `(user_id, week_start)`: the week's merged step

@@ -112,7 +112,8 @@ pub fn parse_domain(value: Value) -> Result<(DomainChangesRequest, String), Inge
 
 /// JSON bytes to a value, with the HTTP API's error code for bad syntax.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, IngestError> {
-    serde_json::from_slice(bytes).map_err(|e| IngestError::bad_request("MALFORMED_JSON", format!("malformed JSON: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| IngestError::bad_request("MALFORMED_JSON", format!("malformed JSON: {e}")))
 }
 
 #[derive(Serialize)]

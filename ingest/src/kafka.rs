@@ -153,8 +153,7 @@ impl KafkaSource {
                 Some(((topic.to_owned(), partition.parse().ok()?), v))
             })
             .collect();
-        let status =
-            Arc::new(Mutex::new(KafkaStatus { group_id: config.group_id.clone(), ..KafkaStatus::default() }));
+        let status = Arc::new(Mutex::new(KafkaStatus { group_id: config.group_id.clone(), ..KafkaStatus::default() }));
         let stop = Arc::new(AtomicBool::new(false));
         let mut worker = Worker {
             config,
@@ -324,8 +323,7 @@ impl Worker {
         for d in &dead {
             self.dead_letter(d);
         }
-        let positions: Vec<(String, i64)> =
-            next.iter().map(|((t, p), o)| (format!("kafka/{t}/{p}"), *o)).collect();
+        let positions: Vec<(String, i64)> = next.iter().map(|((t, p), o)| (format!("kafka/{t}/{p}"), *o)).collect();
         let mut backoff = Duration::from_millis(50);
         let outcomes = loop {
             match self.runtime.block_on(self.ingest.source_commit(std::mem::take(&mut items), positions.clone())) {
@@ -349,7 +347,10 @@ impl Worker {
         // dead-lettered after the fact.
         let replayed = outcomes
             .iter()
-            .filter(|o| matches!(o, SourceOutcome::Batch(Ok(r)) if r.replayed) || matches!(o, SourceOutcome::Domain(Ok(r)) if r.replayed))
+            .filter(|o| {
+                matches!(o, SourceOutcome::Batch(Ok(r)) if r.replayed)
+                    || matches!(o, SourceOutcome::Domain(Ok(r)) if r.replayed)
+            })
             .count() as u64;
         for (m, outcome) in kept.iter().zip(&outcomes) {
             let failed = match outcome {
@@ -400,7 +401,13 @@ impl Worker {
             }
             match self.runtime.block_on(self.producer.send(record, Duration::from_secs(10))) {
                 Ok(_) => {
-                    tracing::warn!(reason = d.reason, topic = m.topic(), partition = m.partition(), offset = m.offset(), "record dead-lettered");
+                    tracing::warn!(
+                        reason = d.reason,
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        "record dead-lettered"
+                    );
                     return;
                 }
                 Err((e, _)) => {
@@ -419,7 +426,8 @@ impl Worker {
     fn refresh_watermarks(&mut self) {
         let Ok(assignment) = self.consumer.assignment() else { return };
         for e in assignment.elements() {
-            if let Ok((_, high)) = self.consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_millis(500)) {
+            if let Ok((_, high)) = self.consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_millis(500))
+            {
                 self.watermarks.insert((e.topic().to_owned(), e.partition()), high);
             }
         }

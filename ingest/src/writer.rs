@@ -17,8 +17,8 @@ use crate::domain::apply_domain;
 use crate::error::IngestError;
 use crate::progress::IngestProgress;
 use crate::store::{
-    EPOCH_KEY, META, PRODUCTS, PROFILES, REQUESTS, RequestRecord, SAMPLES, SESSIONS, SOURCE_POSITIONS, Store, TOMBSTONES, USER_EPOCHS,
-    decode_sample, encode_sample,
+    EPOCH_KEY, META, PRODUCTS, PROFILES, REQUESTS, RequestRecord, SAMPLES, SESSIONS, SOURCE_POSITIONS, Store,
+    TOMBSTONES, USER_EPOCHS, decode_sample, encode_sample,
 };
 
 /// Called after each commit, in epoch order, with everything the commit changed.

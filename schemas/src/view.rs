@@ -83,8 +83,21 @@ pub struct ViewDef {
     pub route: Option<&'static str>,
     /// Query parameters (camelCase of a column) that filter that column by equality.
     pub filters: &'static [&'static str],
-    /// A date or timestamp column that `from`/`to` (inclusive dates) filter.
+    /// A date or timestamp column that `from`/`to` (inclusive dates) filter. A timestamp counts
+    /// by its local date in the row's `zone_id` when the view has one, else in UTC.
     pub range_column: Option<&'static str>,
+    /// For a view without a date of its own: `from`/`to` select the rows whose `column` matches a
+    /// row of `view` (same user) inside the range there.
+    pub range_via: Option<RangeVia>,
+}
+
+/// `from`/`to` through another view (e.g. session impacts by their session's start date).
+#[derive(Clone, Copy, Debug)]
+pub struct RangeVia {
+    /// The other view's SQL name; it has a `range_column`.
+    pub view: &'static str,
+    /// The column both views share (e.g. `session_id`).
+    pub column: &'static str,
 }
 
 impl ViewDef {
@@ -226,6 +239,7 @@ mod tests {
         route: Some("t"),
         filters: &[],
         range_column: Some("local_date"),
+        range_via: None,
     };
 
     #[test]

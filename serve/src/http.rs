@@ -1,7 +1,7 @@
 //! The read API: per-user view reads, SQL, frontiers, health. Every read states its freshness:
 //! `asOfEpoch` (all input through it is reflected), `latestEpoch` (newest accepted) and `pending`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use vitalflow_schemas::time::{date_to_days, parse_date};
 use vitalflow_schemas::view::camel_case;
 use vitalflow_schemas::wire::ErrorBody;
-use vitalflow_schemas::{Datum, Epoch, Row};
+use vitalflow_schemas::{Datum, Epoch, Row, Zone};
 
 use crate::snapshot::SnapshotStore;
 use crate::sql;
@@ -169,6 +169,14 @@ async fn read_view(
         .filter_map(|(p, v)| def.columns.iter().position(|c| camel_case(c.name) == *p).map(|i| (i, v)))
         .collect();
     let range_idx = def.range_column.and_then(|c| def.column_index(c));
+    let zone_idx = def.column_index("zone_id");
+    let in_range = |r: &Row, idx: Option<usize>, zone: Option<usize>| -> bool {
+        let Some(i) = idx else { return true };
+        if from.is_none() && to.is_none() {
+            return true;
+        }
+        row_date(r, i, zone).is_some_and(|d| from.is_none_or(|f| d >= f) && to.is_none_or(|t| d <= t))
+    };
 
     if let (Some(min), Some(wait)) = (min_epoch, wait_ms) {
         let mut rx = st.store.watch(view);
@@ -176,6 +184,26 @@ async fn read_view(
         let _ = tokio::time::timeout(wait, rx.wait_for(|e| *e >= min)).await;
     }
     let snap = st.store.snapshot(view);
+    // `from`/`to` through another view: the values of the shared column whose row there is in range.
+    let via: Option<(usize, BTreeSet<Datum>)> = match (def.range_via, from.or(to)) {
+        (Some(rv), Some(_)) => st.store.view_by_name(rv.view).and_then(|other| {
+            let odef = *st.store.def(other);
+            let (oi, ri, zi) = (
+                odef.column_index(rv.column)?,
+                odef.range_column.and_then(|c| odef.column_index(c)),
+                odef.column_index("zone_id"),
+            );
+            let osnap = st.store.snapshot(other);
+            let keys = osnap
+                .user(&user)
+                .map(|shard| {
+                    shard.rows.iter().filter(|r| in_range(r, ri, zi)).filter_map(|r| r.get(oi).cloned()).collect()
+                })
+                .unwrap_or_default();
+            Some((def.column_index(rv.column)?, keys))
+        }),
+        _ => None,
+    };
     let rows: Vec<&Row> = snap
         .user(&user)
         .map(|shard| {
@@ -183,10 +211,8 @@ async fn read_view(
                 .rows
                 .iter()
                 .filter(|r| filters.iter().all(|(i, v)| r.get(*i).and_then(Datum::as_str) == Some(v.as_str())))
-                .filter(|r| match (range_idx.and_then(|i| r.get(i)), from, to) {
-                    (Some(Datum::Date(d)), f, t) => f.is_none_or(|f| *d >= f) && t.is_none_or(|t| *d <= t),
-                    _ => true,
-                })
+                .filter(|r| in_range(r, range_idx, zone_idx))
+                .filter(|r| via.as_ref().is_none_or(|(i, keys)| r.get(*i).is_some_and(|k| keys.contains(k))))
                 .collect()
         })
         .unwrap_or_default();
@@ -209,6 +235,20 @@ async fn read_view(
     }
     let rows: Vec<Value> = rows.iter().map(|r| def.row_to_json(r)).collect();
     Ok(Json(json!({"asOfEpoch": snap.as_of, "latestEpoch": latest, "pending": pending, "rows": rows})).into_response())
+}
+
+/// The local date of a row's date or timestamp column (a timestamp in the row's `zone_id`, if it
+/// has a valid one, else in UTC).
+fn row_date(r: &Row, idx: usize, zone_idx: Option<usize>) -> Option<i32> {
+    match r.get(idx)? {
+        Datum::Date(d) => Some(*d),
+        Datum::Ts(ms) => {
+            let zone =
+                zone_idx.and_then(|z| r.get(z)).and_then(Datum::as_str).and_then(Zone::parse).unwrap_or(Zone::UTC);
+            Some(date_to_days(zone.local_date(*ms)))
+        }
+        _ => None,
+    }
 }
 
 #[derive(Deserialize)]

@@ -261,7 +261,13 @@ impl Sink {
                         txn.execute(&set_progress, &[&view, &(current.as_of as i64), &self.store_id]).await?;
                         txn.commit().await?;
                         self.status.lock().views[v].full_loads += 1;
-                        tracing::info!(view, table = def.name, as_of = current.as_of, rows = current.row_count, "postgres table loaded");
+                        tracing::info!(
+                            view,
+                            table = def.name,
+                            as_of = current.as_of,
+                            rows = current.row_count,
+                            "postgres table loaded"
+                        );
                     }
                 }
                 self.written[v] = Some(current.clone());
@@ -302,7 +308,8 @@ async fn write_difference(
     let deletes: Vec<&Row> = removed.into_iter().filter(|r| !added_keys.contains(&r[..key_len])).collect();
     for chunk in deletes.chunks(1000) {
         let futures = chunk.iter().map(|r| {
-            let cells: Vec<Cell<'_>> = def.columns[..key_len].iter().zip(r.iter()).map(|(c, d)| Cell(d, c.ty)).collect();
+            let cells: Vec<Cell<'_>> =
+                def.columns[..key_len].iter().zip(r.iter()).map(|(c, d)| Cell(d, c.ty)).collect();
             async move {
                 let params: Vec<&(dyn ToSql + Sync)> = cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
                 txn.execute(&st.delete, &params).await
@@ -433,12 +440,7 @@ pub fn create_table(def: &ViewDef) -> String {
         })
         .collect();
     let key: Vec<String> = def.columns[..def.key_len].iter().map(|c| quote(c.name)).collect();
-    format!(
-        "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))",
-        quote(def.name),
-        columns.join(", "),
-        key.join(", ")
-    )
+    format!("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))", quote(def.name), columns.join(", "), key.join(", "))
 }
 
 fn upsert_sql(def: &ViewDef) -> String {
@@ -510,6 +512,7 @@ mod tests {
         route: Some("t"),
         filters: &[],
         range_column: None,
+        range_via: None,
     };
 
     fn row(u: &str, n: i64, v: f64) -> Row {
@@ -521,7 +524,11 @@ mod tests {
         let store = SnapshotStore::new([DEF]);
         store.apply(0, 2, vec![(row("a", 1, 1.0), 1), (row("b", 1, 1.0), 1), (row("b", 2, 2.0), 1)]);
         let s1 = store.snapshot(0);
-        store.apply(0, 3, vec![(row("b", 1, 1.0), -1), (row("b", 1, 5.0), 1), (row("b", 2, 2.0), -1), (row("c", 7, 0.0), 1)]);
+        store.apply(
+            0,
+            3,
+            vec![(row("b", 1, 1.0), -1), (row("b", 1, 5.0), 1), (row("b", 2, 2.0), -1), (row("c", 7, 0.0), 1)],
+        );
         let s2 = store.snapshot(0);
         let (removed, added) = difference(&s1, &s2);
         let mut removed: Vec<Row> = removed.into_iter().cloned().collect();

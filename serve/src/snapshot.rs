@@ -98,6 +98,11 @@ impl SnapshotStore {
         SnapshotStore { views, ready: AtomicBool::new(false) }
     }
 
+    /// Index of the view named `name` (its SQL name).
+    pub fn view_by_name(&self, name: &str) -> Option<usize> {
+        self.views.iter().position(|v| v.def.name == name)
+    }
+
     /// Index of the view served under HTTP `route`.
     pub fn view_by_route(&self, route: &str) -> Option<usize> {
         self.views.iter().position(|v| v.def.route == Some(route))
@@ -209,6 +214,7 @@ mod tests {
         route: Some("t"),
         filters: &[],
         range_column: None,
+        range_via: None,
     };
 
     fn row(u: &str, n: i64) -> Row {

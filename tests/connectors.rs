@@ -337,6 +337,15 @@ async fn postgres_sink_tables_equal_the_views_across_restarts() {
     assert_eq!(server.post("/v1/domain/changes", &domain_body("d1", &user)).await.0, 200);
     let client = pg(&url).await;
     let e1 = assert_tables_equal_views(&server, &client).await;
+    // The first load of each table went through COPY (a full load), later epochs incrementally.
+    let f = frontiers(&server).await;
+    let loads: Vec<u64> = f["sinks"]["postgres"]["views"]
+        .as_array()
+        .expect("sink views")
+        .iter()
+        .map(|v| v["fullLoads"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(loads.iter().all(|n| *n == 1), "one full load per table: {loads:?}");
 
     // Edits and deletions move rows out as well as in.
     let mut edit = bodies[0].clone();
@@ -349,6 +358,11 @@ async fn postgres_sink_tables_equal_the_views_across_restarts() {
     assert_eq!(server.post("/v1/domain/changes", &delete).await.0, 200);
     let e2 = assert_tables_equal_views(&server, &client).await;
     assert!(e2 > e1);
+    let f = frontiers(&server).await;
+    assert!(
+        f["sinks"]["postgres"]["views"].as_array().is_some_and(|v| v.iter().all(|v| v["fullLoads"] == json!(1))),
+        "edits were written as differences, not reloads: {f}"
+    );
 
     // A restart of vitalflow: the sink reconciles from the progress table and carries on.
     server.kill();

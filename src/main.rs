@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Overrides};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "vitalflow", version, about = "Incremental dataflow engine for personal health data")]
 struct Cli {

@@ -11,6 +11,9 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "support/workload.rs"]
+mod workload;
+
 use serde_json::{Value, json};
 
 struct Args {
@@ -33,6 +36,11 @@ struct Args {
     rate: u64,
     /// Seconds of `steady` and of `late`.
     seconds: u64,
+    /// `S` or `M`: the issue-5 workload (benches/support/workload.rs) instead of the simple one.
+    scale: Option<String>,
+    seed: u64,
+    /// Write the workload's files here (batches.jsonl, domain.jsonl, samples.csv) and exit.
+    write: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -50,6 +58,9 @@ fn parse_args() -> Args {
         scenario: "bulk".into(),
         rate: 200,
         seconds: 20,
+        scale: None,
+        seed: 1,
+        write: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -70,6 +81,13 @@ fn parse_args() -> Args {
             "--scenario" => a.scenario = it.next().unwrap_or_default(),
             "--rate" => a.rate = num("--rate") as u64,
             "--seconds" => a.seconds = num("--seconds") as u64,
+            "--scale" => {
+                a.scale = it.next();
+                let (u, d) = a.scale.as_deref().and_then(workload::scale).unwrap_or_else(|| panic!("--scale is S or M"));
+                (a.users, a.days) = (u, d);
+            }
+            "--seed" => a.seed = num("--seed") as u64,
+            "--write" => a.write = it.next(),
             "--smoke" => {
                 a.users = 4;
                 a.days = 2;
@@ -124,6 +142,13 @@ fn user_batches(user: usize, days: usize, batch: usize) -> Vec<Value> {
 
 fn main() {
     let args = parse_args();
+    if let Some(dir) = &args.write {
+        let w = workload::generate(args.users, args.days, args.batch, args.seed);
+        workload::write(&w, std::path::Path::new(dir)).expect("write the workload");
+        println!("{}", json!({"wrote": dir, "users": args.users, "days": args.days, "seed": args.seed,
+            "batches": w.batches.len(), "domain_bodies": w.domain.len(), "samples": w.samples}));
+        return;
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let mut child = None;
     let topic = format!("bench-samples-{}", std::process::id());
@@ -163,9 +188,19 @@ fn main() {
             line.trim().rsplit(' ').next().unwrap_or_default().to_owned()
         }
     };
-    let bodies: Vec<Value> = (0..args.users).flat_map(|u| user_batches(u, args.days, args.batch)).collect();
+    let (bodies, domain) = if args.scale.is_some() || args.seed != 1 {
+        let w = workload::generate(args.users, args.days, args.batch, args.seed);
+        (w.batches, w.domain)
+    } else {
+        ((0..args.users).flat_map(|u| user_batches(u, args.days, args.batch)).collect(), Vec::new())
+    };
     let samples: usize = bodies.iter().map(|b| b["samples"].as_array().map_or(0, Vec::len)).sum();
-    let payloads: Vec<Vec<u8>> = bodies.iter().map(|b| serde_json::to_vec(b).unwrap_or_default()).collect();
+    let mut payloads: Vec<Vec<u8>> = bodies.iter().map(|b| serde_json::to_vec(b).unwrap_or_default()).collect();
+    if args.kafka.is_none() {
+        // Domain bodies travel with the batches over HTTP (serialized with sorted keys, they start
+        // with `{"changes"`, which is how the senders route them).
+        payloads.extend(domain.iter().map(|b| serde_json::to_vec(b).unwrap_or_default()));
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
     let result = if let Some(brokers) = args.kafka.clone() {
@@ -391,6 +426,8 @@ async fn http_run(args: &Args, base: &str, payloads: Vec<Vec<u8>>, samples: usiz
         server_bin: None,
         views: args.views.clone(),
         scenario: String::new(),
+        scale: None,
+        write: None,
         ..*args
     };
     {
@@ -420,16 +457,21 @@ async fn http_run(args: &Args, base: &str, payloads: Vec<Vec<u8>>, samples: usiz
         let queue = std::sync::Arc::new(std::sync::Mutex::new(payloads.into_iter()));
         let mut tasks = Vec::new();
         for _ in 0..args.concurrency {
-            let (client, queue, url) =
-                (client.clone(), queue.clone(), format!("{base}/v1/health/samples/batch-upsert"));
+            let (client, queue, url, domain_url) = (
+                client.clone(),
+                queue.clone(),
+                format!("{base}/v1/health/samples/batch-upsert"),
+                format!("{base}/v1/domain/changes"),
+            );
             tasks.push(tokio::spawn(async move {
                 let (mut max_epoch, mut lat, mut acks) = (0_u64, Vec::new(), Vec::new());
                 loop {
                     let next = queue.lock().ok().and_then(|mut q| q.next());
                     let Some(body) = next else { break };
                     let t = Instant::now();
+                    let to = if body.starts_with(b"{\"changes\"") { &domain_url } else { &url };
                     let r = client
-                        .post(&url)
+                        .post(to)
                         .header("content-type", "application/json")
                         .body(body)
                         .send()

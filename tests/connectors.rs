@@ -194,6 +194,36 @@ async fn kafka_exactly_once_across_a_kill_with_dead_letters() {
     let (_, products) = server.sql_at("SELECT name FROM products", latest).await;
     assert_eq!(products["rows"], json!([{"name": "Espresso"}]));
 
+    // The consumer group's committed offsets follow the store (for the usual lag tools).
+    let stored: BTreeMap<i32, i64> = f["sources"]["kafka"]["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .filter(|p| p["topic"] == json!(samples_topic))
+        .map(|p| (p["partition"].as_i64().unwrap_or(-1) as i32, p["storedOffset"].as_i64().unwrap_or(-1)))
+        .collect();
+    let group_reader: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", &group).create().expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in stored.keys() {
+        tpl.add_partition(&samples_topic, *p);
+    }
+    let start = Instant::now();
+    loop {
+        let committed: BTreeMap<i32, i64> = group_reader
+            .committed_offsets(tpl.clone(), Duration::from_secs(5))
+            .expect("committed offsets")
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1)))
+            .collect();
+        if committed == stored {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "group offsets {committed:?} != stored {stored:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // Every malformed record is in the dead-letter topic, with its reason and origin.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)

@@ -168,24 +168,12 @@ fn main() {
     let base = match &args.url {
         Some(u) => u.clone(),
         None => {
-            use std::io::BufRead;
             if let Some(b) = &args.kafka {
                 create_topic(b, &topic);
             }
-            let bin = args.server_bin.clone().unwrap_or_else(|| env!("CARGO_BIN_EXE_vitalflow").to_owned());
-            let mut c = std::process::Command::new(bin)
-                .args(["serve", "--listen", "127.0.0.1:0", "--workers", &args.workers.to_string(), "--data-dir"])
-                .arg(dir.path())
-                .env("VITALFLOW_LOG", "warn")
-                .envs(env.iter().cloned())
-                .envs(args.views.iter().map(|v| ("VITALFLOW_VIEWS", v.clone())))
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn vitalflow");
-            let mut line = String::new();
-            std::io::BufReader::new(c.stdout.take().expect("stdout")).read_line(&mut line).expect("listen line");
+            let (c, base) = spawn_server(&args, dir.path(), &env);
             child = Some(c);
-            line.trim().rsplit(' ').next().unwrap_or_default().to_owned()
+            base
         }
     };
     let (bodies, domain) = if args.scale.is_some() || args.seed != 1 {
@@ -207,6 +195,12 @@ fn main() {
         rt.block_on(kafka_run(&args, &brokers, &topic, &base, &bodies, payloads, samples))
     } else {
         let bulk = rt.block_on(http_run(&args, &base, payloads, samples));
+        if args.scenario == "restart" && child.is_some() {
+            println!("{bulk}");
+            let old = child.take().expect("server");
+            println!("{}", restart(&args, dir.path(), &env, old, samples));
+            return;
+        }
         if args.scenario == "paced" {
             println!("{bulk}");
             let steady = rt.block_on(paced(&args, &base, false));
@@ -534,6 +528,61 @@ async fn http_run(args: &Args, base: &str, payloads: Vec<Vec<u8>>, samples: usiz
             "views": args.views.clone().unwrap_or_else(|| "all".into()),
         })
     }
+}
+
+/// Starts the server on `dir`; returns it and its base URL.
+fn spawn_server(args: &Args, dir: &std::path::Path, env: &[(&str, String)]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let bin = args.server_bin.clone().unwrap_or_else(|| env!("CARGO_BIN_EXE_vitalflow").to_owned());
+    let mut c = std::process::Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", &args.workers.to_string(), "--data-dir"])
+        .arg(dir)
+        .env("VITALFLOW_LOG", "warn")
+        .envs(env.iter().cloned())
+        .envs(args.views.iter().map(|v| ("VITALFLOW_VIEWS", v.clone())))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn vitalflow");
+    let mut line = String::new();
+    std::io::BufReader::new(c.stdout.take().expect("stdout")).read_line(&mut line).expect("listen line");
+    (c, line.trim().rsplit(' ').next().unwrap_or_default().to_owned())
+}
+
+/// A `/proc/PID/status` figure in KiB (`VmRSS`, `VmHWM`).
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// `restart`: stops the loaded server (SIGTERM), starts it again on the same data directory and
+/// times process start → `/readyz` (recovery replays the whole history into every view).
+fn restart(args: &Args, dir: &std::path::Path, env: &[(&str, String)], mut old: std::process::Child, samples: usize) -> Value {
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(old.id().to_string()).status();
+    let _ = old.wait();
+    let started = Instant::now();
+    let (mut c, base) = spawn_server(args, dir, env);
+    let addr = base.trim_start_matches("http://").to_owned();
+    let ready_now = || -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(&addr) else { return false };
+        let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+    };
+    while !ready_now() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ready = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss, hwm) = (proc_kib(c.id(), "VmRSS:"), proc_kib(c.id(), "VmHWM:"));
+    let _ = c.kill();
+    let _ = c.wait();
+    json!({"scenario": "restart", "samples": samples, "start_to_ready_seconds": ready,
+           "rss_after_ready_mb": rss / 1024, "peak_rss_during_recovery_mb": hwm / 1024,
+           "resident_bytes_per_sample": (rss * 1024) as f64 / samples.max(1) as f64,
+           "views": args.views.clone().unwrap_or_else(|| "all".into())})
 }
 
 fn finish(mut child: Option<std::process::Child>, result: Value) {

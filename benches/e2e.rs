@@ -83,7 +83,8 @@ fn parse_args() -> Args {
             "--seconds" => a.seconds = num("--seconds") as u64,
             "--scale" => {
                 a.scale = it.next();
-                let (u, d) = a.scale.as_deref().and_then(workload::scale).unwrap_or_else(|| panic!("--scale is S or M"));
+                let (u, d) =
+                    a.scale.as_deref().and_then(workload::scale).unwrap_or_else(|| panic!("--scale is S or M"));
                 (a.users, a.days) = (u, d);
             }
             "--seed" => a.seed = num("--seed") as u64,
@@ -145,8 +146,11 @@ fn main() {
     if let Some(dir) = &args.write {
         let w = workload::generate(args.users, args.days, args.batch, args.seed);
         workload::write(&w, std::path::Path::new(dir)).expect("write the workload");
-        println!("{}", json!({"wrote": dir, "users": args.users, "days": args.days, "seed": args.seed,
-            "batches": w.batches.len(), "domain_bodies": w.domain.len(), "samples": w.samples}));
+        println!(
+            "{}",
+            json!({"wrote": dir, "users": args.users, "days": args.days, "seed": args.seed,
+            "batches": w.batches.len(), "domain_bodies": w.domain.len(), "samples": w.samples})
+        );
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -558,7 +562,13 @@ fn proc_kib(pid: u32, field: &str) -> u64 {
 
 /// `restart`: stops the loaded server (SIGTERM), starts it again on the same data directory and
 /// times process start → `/readyz` (recovery replays the whole history into every view).
-fn restart(args: &Args, dir: &std::path::Path, env: &[(&str, String)], mut old: std::process::Child, samples: usize) -> Value {
+fn restart(
+    args: &Args,
+    dir: &std::path::Path,
+    env: &[(&str, String)],
+    mut old: std::process::Child,
+    samples: usize,
+) -> Value {
     let _ = std::process::Command::new("kill").arg("-TERM").arg(old.id().to_string()).status();
     let _ = old.wait();
     let started = Instant::now();

@@ -57,7 +57,9 @@ pub struct Workload {
 }
 
 fn iso(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()).unwrap_or_default()
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default()
 }
 
 /// UTC milliseconds of local `date` + `minutes` in `zone` (the earlier instant in a fold, the
@@ -91,12 +93,28 @@ fn day_samples(rng: &mut Rng, zone: chrono_tz::Tz, date: NaiveDate, d: usize, lb
     for k in 0..288 {
         let t = at(k * 5);
         let base = if (23 * 12..).contains(&k) || k < 7 * 12 { 55.0 } else { 72.0 };
-        out.push(quantity("watch", format!("hr-{d}-{k}"), "heart_rate", t, t, base + rng.below(30) as f64, "count/min"));
+        out.push(quantity(
+            "watch",
+            format!("hr-{d}-{k}"),
+            "heart_rate",
+            t,
+            t,
+            base + rng.below(30) as f64,
+            "count/min",
+        ));
     }
     for k in 0..96 {
         let a = at(7 * 60 + k * 10);
         out.push(quantity("watch", format!("st-{d}-{k}"), "steps", a, a + 600_000, rng.below(900) as f64, "count"));
-        out.push(quantity("watch", format!("ae-{d}-{k}"), "active_energy", a, a + 600_000, rng.below(40) as f64 / 2.0, "kcal"));
+        out.push(quantity(
+            "watch",
+            format!("ae-{d}-{k}"),
+            "active_energy",
+            a,
+            a + 600_000,
+            rng.below(40) as f64 / 2.0,
+            "kcal",
+        ));
     }
     for k in 0..48 {
         let a = at(8 * 60 + 5 + k * 15);
@@ -133,8 +151,10 @@ pub fn generate(users: usize, days: usize, batch: usize, seed: u64) -> Workload 
     let start = NaiveDate::from_ymd_opt(2024, 3, 1).unwrap_or_default();
     let mut rng = Rng::new(seed);
     let products: Vec<String> = (0..5).map(|p| format!("product-{p}")).collect();
-    let mut domain = vec![json!({"requestId": "products", "changes": products.iter().map(|p| json!({"entity": "product",
-        "op": "upsert", "data": {"productId": p, "name": format!("Product {p}"), "category": "coffee"}})).collect::<Vec<_>>()})];
+    let mut domain = vec![
+        json!({"requestId": "products", "changes": products.iter().map(|p| json!({"entity": "product",
+        "op": "upsert", "data": {"productId": p, "name": format!("Product {p}"), "category": "coffee"}})).collect::<Vec<_>>()}),
+    ];
     // (arrival day, body) so that late batches can be sorted into place.
     let mut arrivals: Vec<(usize, usize, Value)> = Vec::new();
     let mut samples = 0;
@@ -149,8 +169,12 @@ pub fn generate(users: usize, days: usize, batch: usize, seed: u64) -> Workload 
             let arrive = if rng.below(20) == 0 { d + 3 + rng.below(5) as usize } else { d };
             for (i, chunk) in day.chunks(batch.max(1)).enumerate() {
                 samples += chunk.len();
-                arrivals.push((arrive, arrivals.len(), json!({"requestId": format!("{user}-{d}-{i}"), "userId": user,
-                    "deviceTimeZone": zone_name, "platform": "healthkit", "samples": chunk})));
+                arrivals.push((
+                    arrive,
+                    arrivals.len(),
+                    json!({"requestId": format!("{user}-{d}-{i}"), "userId": user,
+                    "deviceTimeZone": zone_name, "platform": "healthkit", "samples": chunk}),
+                ));
                 let roll = rng.below(100);
                 if roll < 2 {
                     let edited: Vec<Value> = chunk
@@ -164,16 +188,24 @@ pub fn generate(users: usize, days: usize, batch: usize, seed: u64) -> Workload 
                         })
                         .collect();
                     samples += edited.len();
-                    arrivals.push((arrive + 1, arrivals.len(), json!({"requestId": format!("{user}-{d}-{i}-edit"),
-                        "userId": user, "deviceTimeZone": zone_name, "samples": edited})));
+                    arrivals.push((
+                        arrive + 1,
+                        arrivals.len(),
+                        json!({"requestId": format!("{user}-{d}-{i}-edit"),
+                        "userId": user, "deviceTimeZone": zone_name, "samples": edited}),
+                    ));
                 } else if roll < 3 {
                     let deletions: Vec<Value> = chunk
                         .iter()
                         .step_by(25)
                         .map(|s| json!({"sourceId": s["sourceId"], "sourceRecordId": s["sourceRecordId"]}))
                         .collect();
-                    arrivals.push((arrive + 1, arrivals.len(), json!({"requestId": format!("{user}-{d}-{i}-del"),
-                        "userId": user, "samples": [], "deletions": deletions})));
+                    arrivals.push((
+                        arrive + 1,
+                        arrivals.len(),
+                        json!({"requestId": format!("{user}-{d}-{i}-del"),
+                        "userId": user, "samples": [], "deletions": deletions}),
+                    ));
                 }
             }
             for s in 0..rng.below(4) {
@@ -200,8 +232,13 @@ pub fn write(w: &Workload, dir: &Path) -> std::io::Result<()> {
         writeln!(d, "{body}")?;
     }
     let mut c = std::io::BufWriter::new(std::fs::File::create(dir.join("samples.csv"))?);
-    writeln!(c, "request_id,user_id,device_time_zone,source_id,source_record_id,metric,start_at,end_at,value,unit,category,source_class")?;
-    let s = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| if v.is_null() { String::new() } else { v.to_string() });
+    writeln!(
+        c,
+        "request_id,user_id,device_time_zone,source_id,source_record_id,metric,start_at,end_at,value,unit,category,source_class"
+    )?;
+    let s = |v: &Value| {
+        v.as_str().map(str::to_owned).unwrap_or_else(|| if v.is_null() { String::new() } else { v.to_string() })
+    };
     for body in &w.batches {
         for x in body["samples"].as_array().into_iter().flatten() {
             writeln!(

@@ -29,8 +29,9 @@ struct Args {
     sink_postgres: Option<String>,
     /// The server binary to start (default: the one cargo built with this driver).
     server_bin: Option<String>,
-    /// `bulk` (default), or `paced`: bulk as the history, then the `steady` stream with `reads`
-    /// running beside it, then `late` samples; one JSON line each.
+    /// `bulk` (default); `steady` / `reads` / `late` (also `paced`): bulk as the history, then the
+    /// steady stream with reads beside it, then late samples; `restart`: bulk, then a restart;
+    /// `all`: every one of them. One JSON line each.
     scenario: String,
     /// Syncs per second in `steady`.
     rate: u64,
@@ -199,17 +200,29 @@ fn main() {
         rt.block_on(kafka_run(&args, &brokers, &topic, &base, &bodies, payloads, samples))
     } else {
         let bulk = rt.block_on(http_run(&args, &base, payloads, samples));
-        if args.scenario == "restart" && child.is_some() {
-            println!("{bulk}");
-            let old = child.take().expect("server");
-            println!("{}", restart(&args, dir.path(), &env, old, samples));
-            return;
-        }
-        if args.scenario == "paced" {
+        // `steady` reports `reads` beside it, and `late` follows: any of the three runs all three.
+        let paced_too = matches!(args.scenario.as_str(), "paced" | "steady" | "reads" | "late" | "all");
+        let restart_too = matches!(args.scenario.as_str(), "restart" | "all");
+        if paced_too {
             println!("{bulk}");
             let steady = rt.block_on(paced(&args, &base, false));
             println!("{steady}");
-            rt.block_on(paced(&args, &base, true))
+            let late = rt.block_on(paced(&args, &base, true));
+            if !restart_too {
+                late
+            } else {
+                println!("{late}");
+                match child.take() {
+                    Some(old) => restart(&args, dir.path(), &env, old, samples),
+                    None => json!({"scenario": "restart", "skipped": "needs the server the driver starts (no --url)"}),
+                }
+            }
+        } else if restart_too {
+            println!("{bulk}");
+            match child.take() {
+                Some(old) => restart(&args, dir.path(), &env, old, samples),
+                None => json!({"scenario": "restart", "skipped": "needs the server the driver starts (no --url)"}),
+            }
         } else {
             bulk
         }

@@ -517,3 +517,28 @@ async fn outbox_rows_appear_exactly_once_across_a_restart() {
     }
     assert!(server.stop());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sink_never_touches_a_table_it_did_not_create() {
+    let Some(base) = service("DATABASE_URL") else { return };
+    let _serial = POSTGRES.lock().await;
+    let url = fresh_database(&base, "foreign").await;
+    let backend = pg(&url).await;
+    backend
+        .batch_execute(
+            "CREATE TABLE products (id int PRIMARY KEY, label text); INSERT INTO products VALUES (1, 'mine')",
+        )
+        .await
+        .expect("the backend's own products table");
+    let dir = temp_dir();
+    let server = Server::start_with(dir.path(), &[("VITALFLOW_SINK_POSTGRES_URL", url.as_str())]);
+    server.ready().await;
+    let f = wait_frontiers(&server, 30, "the sink to refuse the table", |f| {
+        f["sinks"]["postgres"]["lastError"].as_str().is_some_and(|e| e.contains("exists with other columns"))
+    })
+    .await;
+    assert!(f["sinks"]["postgres"]["lastError"].as_str().is_some_and(|e| e.contains("products")), "{f}");
+    let rows = backend.query("SELECT label FROM products", &[]).await.expect("still there");
+    assert_eq!(rows.len(), 1, "the backend's rows are untouched");
+    assert!(server.stop());
+}

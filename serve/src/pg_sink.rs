@@ -200,6 +200,7 @@ impl Sink {
         for v in 0..self.snapshots.len() {
             let def = self.defs[v];
             client.batch_execute(&create_table(&def)).await?;
+            check_table(&client, &def).await?;
             statements.push(ViewStatements {
                 upsert: client.prepare(&upsert_sql(&def)).await?,
                 delete: client.prepare(&delete_sql(&def)).await?,
@@ -291,6 +292,41 @@ impl Sink {
                 s.views[v].lag_epochs = latest.saturating_sub(s.views[v].as_of_epoch);
             }
         }
+    }
+}
+
+/// Refuses a table that existed with other columns (e.g. the backend's own `sessions` table in the
+/// same database): the sink truncates its tables on a full load, so it must own them.
+async fn check_table(client: &tokio_postgres::Client, def: &ViewDef) -> Result<(), SinkError> {
+    let rows = client
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_name = $1 AND table_schema = current_schema() ORDER BY ordinal_position",
+            &[&def.name],
+        )
+        .await?;
+    let found: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let want: Vec<(String, String)> = def
+        .columns
+        .iter()
+        .map(|c| {
+            let ty = match c.ty {
+                ColumnType::Timestamp => "timestamp with time zone",
+                other => pg_type_name(other),
+            };
+            (c.name.to_owned(), ty.to_owned())
+        })
+        .collect();
+    if found == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "table {} exists with other columns ({:?}); the sink only writes tables it created: \
+             drop it or map the view to another table in [sinks.postgres.tables]",
+            def.name,
+            found.iter().map(|(n, t)| format!("{n} {t}")).collect::<Vec<_>>()
+        )
+        .into())
     }
 }
 

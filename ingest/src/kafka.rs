@@ -175,11 +175,6 @@ impl KafkaSource {
         Ok(KafkaSource { status, stop, thread: Some(thread) })
     }
 
-    /// The current status.
-    pub fn status(&self) -> KafkaStatus {
-        self.status.lock().clone()
-    }
-
     /// A handle to the status that outlives `self`.
     pub fn status_handle(&self) -> Arc<Mutex<KafkaStatus>> {
         self.status.clone()

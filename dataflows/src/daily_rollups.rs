@@ -3,8 +3,9 @@
 use differential_dataflow::VecCollection;
 use vitalflow_schemas::split::day_pieces;
 use vitalflow_schemas::view::{ColumnType::*, col};
-use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, Sample, ValueKind, ViewDef};
+use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ValueKind, ViewDef};
 
+use crate::registry::SamplesByUser;
 use crate::stats::{DiscreteEntry, discrete_stats, slice_shares, sum_and_distinct};
 
 /// Key `(user_id, metric, local_date)`; the fields a kind has no use for are null.
@@ -41,13 +42,15 @@ type DayKey = (String, Metric, i32);
 /// - DISCRETE: not split; the day of `startAt`; count, sum, mean, min, max, last (K3).
 /// - INTERVAL (mindful minutes; sleep has its own view): `total_min` is the union of all sources'
 ///   intervals clipped to the day, `count` the intervals starting that day.
-pub fn daily_rollups<'s>(samples: VecCollection<'s, Epoch, Sample>) -> VecCollection<'s, Epoch, Row> {
+pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch, Row> {
     let cumulative = samples
         .clone()
-        .filter(|s| s.metric.kind() == ValueKind::Cumulative && s.value.is_some())
-        .flat_map(|s| {
-            let (rank, user, metric) = (s.source_class.rank(), s.user_id.clone(), s.metric);
-            slice_shares(&s)
+        .flat_map_ref(|user, s| {
+            if s.metric.kind() != ValueKind::Cumulative || s.value.is_none() {
+                return Vec::new();
+            }
+            let (rank, metric) = (s.source_class.rank(), s.metric);
+            slice_shares(s)
                 .map(|(k, day, share)| {
                     let entry = (rank, s.source_id.clone(), s.source_record_id.clone(), day, OrdF64(share));
                     ((user.clone(), metric, k), entry)
@@ -79,12 +82,18 @@ pub fn daily_rollups<'s>(samples: VecCollection<'s, Epoch, Sample>) -> VecCollec
 
     let discrete = samples
         .clone()
-        .filter(|s| s.metric.kind() == ValueKind::Discrete && s.value.is_some())
-        .map(|s| {
-            let day = vitalflow_schemas::time::date_to_days(s.zone.local_date(s.start_ms));
-            let entry: DiscreteEntry =
-                (s.start_ms, s.end_ms, s.source_record_id, s.source_id, s.value.unwrap_or_default());
-            ((s.user_id, s.metric, day), entry)
+        .flat_map_ref(|user, s| {
+            (s.metric.kind() == ValueKind::Discrete && s.value.is_some()).then(|| {
+                let day = vitalflow_schemas::time::date_to_days(s.zone.local_date(s.start_ms));
+                let entry: DiscreteEntry = (
+                    s.start_ms,
+                    s.end_ms,
+                    s.source_record_id.clone(),
+                    s.source_id.clone(),
+                    s.value.unwrap_or_default(),
+                );
+                ((user.clone(), s.metric, day), entry)
+            })
         })
         .reduce_named("Discrete: day stats", |_day: &DayKey, input, output| {
             if let Some(st) = discrete_stats(input) {
@@ -98,14 +107,17 @@ pub fn daily_rollups<'s>(samples: VecCollection<'s, Epoch, Sample>) -> VecCollec
         });
 
     let interval = samples
-        .filter(|s| s.metric.kind() == ValueKind::Interval && s.metric != Metric::SleepAnalysis)
-        .flat_map(|s| {
+        .clone()
+        .flat_map_ref(|user, s| {
+            if s.metric.kind() != ValueKind::Interval || s.metric == Metric::SleepAnalysis {
+                return Vec::new();
+            }
             day_pieces(s.start_ms, s.end_ms, s.zone)
                 .into_iter()
                 .enumerate()
                 .map(|(i, (day, a, b))| {
                     (
-                        (s.user_id.clone(), s.metric, day),
+                        (user.clone(), s.metric, day),
                         (a, b, i == 0, s.source_id.clone(), s.source_record_id.clone()),
                     )
                 })

@@ -5,8 +5,9 @@ use differential_dataflow::VecCollection;
 use vitalflow_schemas::split::day_shares;
 use vitalflow_schemas::time::date_to_days;
 use vitalflow_schemas::view::{ColumnType::*, col};
-use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, Sample, ValueKind, ViewDef};
+use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ValueKind, ViewDef};
 
+use crate::registry::SamplesByUser;
 use crate::stats::{DiscreteEntry, discrete_stats, sum_and_distinct};
 
 /// Key `(user_id, metric, local_date, source_id)`.
@@ -40,15 +41,18 @@ type SourceDayKey = (String, Metric, i32, String);
 /// - DISCRETE: count, sum, min, max of the source's readings whose `startAt` falls on the date.
 /// - INTERVAL (mindful minutes): `sum` is the source's minutes split by C4 (not a union), `count` the
 ///   samples that touch the date.
-pub fn daily_rollups_by_source<'s>(samples: VecCollection<'s, Epoch, Sample>) -> VecCollection<'s, Epoch, Row> {
+pub fn daily_rollups_by_source<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch, Row> {
     let summed = samples
         .clone()
-        .filter(|s| match s.metric.kind() {
-            ValueKind::Cumulative => s.value.is_some(),
-            ValueKind::Interval => s.metric != Metric::SleepAnalysis,
-            ValueKind::Discrete => false,
-        })
-        .flat_map(|s| {
+        .flat_map_ref(|user, s| {
+            let summable = match s.metric.kind() {
+                ValueKind::Cumulative => s.value.is_some(),
+                ValueKind::Interval => s.metric != Metric::SleepAnalysis,
+                ValueKind::Discrete => false,
+            };
+            if !summable {
+                return Vec::new();
+            }
             let v = match s.metric.kind() {
                 ValueKind::Cumulative => s.value.map_or(0.0, |v| v.0),
                 _ => (s.end_ms - s.start_ms) as f64 / 60_000.0,
@@ -57,7 +61,7 @@ pub fn daily_rollups_by_source<'s>(samples: VecCollection<'s, Epoch, Sample>) ->
                 .into_iter()
                 .map(|(day, share, _)| {
                     (
-                        (s.user_id.clone(), s.metric, day, s.source_id.clone()),
+                        (user.clone(), s.metric, day, s.source_id.clone()),
                         (s.source_record_id.clone(), OrdF64(share)),
                     )
                 })
@@ -74,12 +78,19 @@ pub fn daily_rollups_by_source<'s>(samples: VecCollection<'s, Epoch, Sample>) ->
         });
 
     let discrete = samples
-        .filter(|s| s.metric.kind() == ValueKind::Discrete && s.value.is_some())
-        .map(|s| {
-            let day = date_to_days(s.zone.local_date(s.start_ms));
-            let entry: DiscreteEntry =
-                (s.start_ms, s.end_ms, s.source_record_id, s.source_id.clone(), s.value.unwrap_or_default());
-            ((s.user_id, s.metric, day, s.source_id), entry)
+        .clone()
+        .flat_map_ref(|user, s| {
+            (s.metric.kind() == ValueKind::Discrete && s.value.is_some()).then(|| {
+                let day = date_to_days(s.zone.local_date(s.start_ms));
+                let entry: DiscreteEntry = (
+                    s.start_ms,
+                    s.end_ms,
+                    s.source_record_id.clone(),
+                    s.source_id.clone(),
+                    s.value.unwrap_or_default(),
+                );
+                ((user.clone(), s.metric, day, s.source_id.clone()), entry)
+            })
         })
         .reduce_named("BySource: discrete day stats", |_key: &SourceDayKey, input, output| {
             if let Some(st) = discrete_stats(input) {

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  EpochBatch ─▶ Runtime::push ─▶ worker inputs (advance to every epoch together)
-//!                                     │ samples: VecCollection<Epoch, Sample>
+//!                                     │ samples arranged by user once (SamplesByUser)
 //!                                     ▼
 //!                       registry::VIEWS[i].build(&inputs) ─▶ VecCollection<Epoch, Row>
 //!                                     │ sink (worker 0): updates of complete epochs
@@ -25,7 +25,7 @@ pub mod sleep_nights;
 mod stats;
 pub mod weekly_steps;
 
-pub use registry::{Inputs, VIEWS, ViewSpec, select};
+pub use registry::{Inputs, SamplesByUser, VIEWS, ViewSpec, select};
 pub use runtime::{Runtime, ViewProgress};
 
 #[cfg(test)]

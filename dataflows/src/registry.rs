@@ -4,6 +4,8 @@
 use std::cell::OnceCell;
 
 use differential_dataflow::VecCollection;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::implementations::ValSpine;
 use vitalflow_schemas::domain::{Product, Session};
 use vitalflow_schemas::{Epoch, Row, Sample, UserProfile, ViewDef};
 
@@ -13,17 +15,24 @@ use crate::{
     weekly_steps,
 };
 
+/// Current samples arranged by `user_id`: one shared trace, exchanged once (the runtime already
+/// sends a user's changes to the worker that owns the user's key, so the exchange stays local).
+/// Views read it with `flat_map_ref`, cloning only the fields of the samples they keep.
+pub type SamplesByUser<'s> = Arranged<'s, TraceAgent<ValSpine<String, Sample, Epoch, isize>>>;
+
 /// The collections every view may read. Shared intermediate collections are built on first use,
 /// so a runtime that maintains only some views builds only what they need.
 pub struct Inputs<'s> {
     /// Current samples: an edit is a retraction of the old row and an insertion of the new one.
-    pub samples: VecCollection<'s, Epoch, Sample>,
+    /// Views read them through [`Inputs::samples`].
+    raw_samples: VecCollection<'s, Epoch, Sample>,
     /// Current consumption sessions (open ones included).
     pub sessions: VecCollection<'s, Epoch, Session>,
     /// Current products.
     pub products: VecCollection<'s, Epoch, Product>,
     /// Current user profiles.
     pub profiles: VecCollection<'s, Epoch, UserProfile>,
+    samples: OnceCell<SamplesByUser<'s>>,
     daily: OnceCell<VecCollection<'s, Epoch, Row>>,
     impacts: OnceCell<VecCollection<'s, Epoch, Impact>>,
 }
@@ -36,17 +45,34 @@ impl<'s> Inputs<'s> {
         products: VecCollection<'s, Epoch, Product>,
         profiles: VecCollection<'s, Epoch, UserProfile>,
     ) -> Self {
-        Inputs { samples, sessions, products, profiles, daily: OnceCell::new(), impacts: OnceCell::new() }
+        Inputs {
+            raw_samples: samples,
+            sessions,
+            products,
+            profiles,
+            samples: OnceCell::new(),
+            daily: OnceCell::new(),
+            impacts: OnceCell::new(),
+        }
+    }
+
+    /// The samples arranged by user, built once and shared by every view that reads samples.
+    pub fn samples(&self) -> SamplesByUser<'s> {
+        self.samples
+            .get_or_init(|| {
+                self.raw_samples.clone().map(|s| (s.user_id.clone(), s)).arrange_by_key_named("Samples by user")
+            })
+            .clone()
     }
 
     /// `daily_rollups` rows, built once and shared with the views built on them.
     pub fn daily(&self) -> VecCollection<'s, Epoch, Row> {
-        self.daily.get_or_init(|| daily_rollups::daily_rollups(self.samples.clone())).clone()
+        self.daily.get_or_init(|| daily_rollups::daily_rollups(&self.samples())).clone()
     }
 
     /// Session impacts, built once and shared by `session_impacts` and `product_impacts`.
     pub fn impacts(&self) -> VecCollection<'s, Epoch, Impact> {
-        self.impacts.get_or_init(|| session_impacts::impacts(self.samples.clone(), self.sessions.clone())).clone()
+        self.impacts.get_or_init(|| session_impacts::impacts(&self.samples(), self.sessions.clone())).clone()
     }
 }
 
@@ -62,9 +88,9 @@ pub const VIEWS: &[ViewSpec] = &[
     ViewSpec { def: daily_rollups::DEF, build: |i| i.daily() },
     ViewSpec {
         def: daily_rollups_by_source::DEF,
-        build: |i| daily_rollups_by_source::daily_rollups_by_source(i.samples.clone()),
+        build: |i| daily_rollups_by_source::daily_rollups_by_source(&i.samples()),
     },
-    ViewSpec { def: sleep_nights::DEF, build: |i| sleep_nights::sleep_nights(i.samples.clone()) },
+    ViewSpec { def: sleep_nights::DEF, build: |i| sleep_nights::sleep_nights(&i.samples()) },
     ViewSpec { def: session_impacts::DEF, build: |i| session_impacts::session_impacts(i.impacts()) },
     ViewSpec { def: product_impacts::DEF, build: |i| product_impacts::product_impacts(i.impacts()) },
     ViewSpec { def: routine_bins::DEF, build: |i| routine_bins::routine_bins(i.sessions.clone()) },

@@ -6,7 +6,6 @@
 //! parks; [`Runtime::push`] unparks it, so an idle engine uses no CPU.
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use differential_dataflow::VecCollection;
 use differential_dataflow::consolidation::consolidate_updates;
+use differential_dataflow::hashable::Hashable;
 use differential_dataflow::input::Input;
 use differential_dataflow::input::InputSession;
 use timely::dataflow::channels::pact::Exchange;
@@ -209,10 +209,10 @@ impl InputSessions {
     }
 }
 
-fn worker_for(user: &str, workers: usize) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    user.hash(&mut h);
-    (h.finish() % workers as u64) as usize
+/// The worker that owns `user`: the one differential's exchange sends the key `user` to, so the
+/// shared by-user arrangement of samples ([`crate::SamplesByUser`]) moves no data between workers.
+fn worker_for(user: &String, workers: usize) -> usize {
+    (user.hashed() % workers as u64) as usize
 }
 
 /// Gathers a view's updates on worker 0 and, each time the view's frontier advances, sends the

@@ -5,7 +5,9 @@ use differential_dataflow::VecCollection;
 use vitalflow_schemas::domain::Session;
 use vitalflow_schemas::split::share;
 use vitalflow_schemas::view::{ColumnType::*, RangeVia, col};
-use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, Sample, ValueKind, ViewDef};
+use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ValueKind, ViewDef};
+
+use crate::registry::SamplesByUser;
 
 /// BEFORE window length: 60 min.
 pub const BEFORE_MS: i64 = 60 * 60_000;
@@ -96,7 +98,7 @@ type SampleLite = (Metric, i64, i64, OrdF64, u8, String, String);
 /// window holding a sample. Sessions and samples meet in hour buckets, so a sample change reaches
 /// only the sessions whose `[s − B, e + A)` it overlaps.
 pub fn impacts<'s>(
-    samples: VecCollection<'s, Epoch, Sample>,
+    samples: &SamplesByUser<'s>,
     sessions: VecCollection<'s, Epoch, Session>,
 ) -> VecCollection<'s, Epoch, Impact> {
     let eligible =
@@ -125,8 +127,11 @@ pub fn impacts<'s>(
         })
         .arrange_by_key_named("Impact: sessions by hour");
     let sample_buckets = samples
-        .filter(|x| has_impact(x.metric) && x.value.is_some())
-        .flat_map(|x| {
+        .clone()
+        .flat_map_ref(|user, x| {
+            if !has_impact(x.metric) || x.value.is_none() {
+                return Vec::new();
+            }
             let lite: SampleLite = (
                 x.metric,
                 x.start_ms,
@@ -137,7 +142,7 @@ pub fn impacts<'s>(
                 x.source_record_id.clone(),
             );
             let first = x.start_ms.div_euclid(BUCKET_MS);
-            buckets(x.start_ms, x.end_ms).map(|h| ((x.user_id.clone(), h), (lite.clone(), first))).collect::<Vec<_>>()
+            buckets(x.start_ms, x.end_ms).map(|h| ((user.clone(), h), (lite.clone(), first))).collect::<Vec<_>>()
         })
         .arrange_by_key_named("Impact: samples by hour");
 

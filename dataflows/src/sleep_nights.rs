@@ -6,7 +6,9 @@ use differential_dataflow::VecCollection;
 use vitalflow_schemas::sleep::SleepStage;
 use vitalflow_schemas::time::date_to_days;
 use vitalflow_schemas::view::{ColumnType::*, col};
-use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, Sample, ViewDef, Zone};
+use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ViewDef, Zone};
+
+use crate::registry::SamplesByUser;
 
 /// Fragments of one source join an episode when the gap is below this.
 pub const GAP_MERGE_MS: i64 = 60 * 60_000;
@@ -199,20 +201,21 @@ pub fn periods(samples: &[&Stage]) -> Vec<Period> {
 /// In: current samples. Out: one row per sleep period, keyed `(user_id, night_date, sleep_onset_at)`.
 /// Each noon-to-noon window is computed on its own (a sample edit recomputes one window); main vs
 /// nap is decided per `(user, night_date)` across windows.
-pub fn sleep_nights<'s>(samples: VecCollection<'s, Epoch, Sample>) -> VecCollection<'s, Epoch, Row> {
+pub fn sleep_nights<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch, Row> {
     samples
-        .filter(|s| s.metric == Metric::SleepAnalysis && s.category.is_some_and(|c| c != SleepStage::Unknown))
-        .map(|s| {
+        .clone()
+        .flat_map_ref(|user, s| {
+            let stage = s.category.filter(|c| s.metric == Metric::SleepAnalysis && *c != SleepStage::Unknown)?;
             let stage: Stage = (
                 s.start_ms,
                 s.end_ms,
-                s.category.unwrap_or(SleepStage::Unknown),
+                stage,
                 s.source_class.rank(),
-                s.source_id,
-                s.source_record_id,
+                s.source_id.clone(),
+                s.source_record_id.clone(),
                 s.zone,
             );
-            ((s.user_id, sleep_window(s.start_ms, s.zone)), stage)
+            Some(((user.clone(), sleep_window(s.start_ms, s.zone)), stage))
         })
         .reduce_named("Sleep: periods per window", |_key, input, output| {
             let stages: Vec<&Stage> = input.iter().filter(|(_, r)| *r > 0).map(|(s, _)| *s).collect();

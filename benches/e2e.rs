@@ -57,7 +57,7 @@ fn parse_args() -> Args {
         sink_postgres: None,
         server_bin: None,
         scenario: "bulk".into(),
-        rate: 200,
+        rate: 1000,
         seconds: 20,
         scale: None,
         seed: 1,

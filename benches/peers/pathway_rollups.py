@@ -68,10 +68,11 @@ class Replay(pw.io.python.ConnectorSubject):
     """Sends the operations in chunks and waits for each chunk's output before the next one.
 
     A chunk is its final word per key (as in the DuckDB replay), sent as two commits: first the
-    retractions of the rows it replaces or deletes, then the new rows. Pathway 0.33.0 loses an
-    update whose retraction and insertion reach a `reduce` in the same commit (a 3-row reproducer
-    is in benches/README.md), so one commit per chunk, or an upsert session, leaves edited groups
-    stale; two commits per chunk give the right rollups, checked below."""
+    retractions of the rows it replaces or deletes, then, once Pathway has closed their time, the
+    new rows. Pathway 0.33.0 loses an update whose retraction and insertion reach a `reduce` in the
+    same time (reproducer in benches/README.md), so one commit per chunk, or an upsert session,
+    leaves edited groups stale. A marker row, its own group in the output, tells when each commit's
+    time has closed (`on_time_end` fires only for times that change the output)."""
 
     def __init__(self, ops, chunk, closed):
         super().__init__()
@@ -101,6 +102,9 @@ class Replay(pw.io.python.ConnectorSubject):
                 if old is not None and old != row:
                     self.send(self.delete, key, old)
             self.commit()
+            if n > 1:
+                # The retractions' time must close before the insertions are sent (see above).
+                self.closed.wait_for(-float(n - 1))
             for key, row in last.items():
                 old = current.get(key)
                 if row is not None and old != row:
@@ -115,14 +119,15 @@ class Replay(pw.io.python.ConnectorSubject):
 
 
 class Closed:
-    """The marker's value in the output, and in the last time Pathway closed."""
+    """The marker in the output (its chunk number, negated once retracted), as of the last time
+    Pathway closed."""
 
     def __init__(self):
         self.seen = self.done = 0.0
         self.cv = threading.Condition()
 
-    def on_marker(self, value):
-        self.seen = value
+    def on_marker(self, value, present):
+        self.seen = value if present else -value
 
     def on_time_end(self, time):  # noqa: ARG002 (Pathway passes it by name)
         with self.cv:
@@ -131,7 +136,7 @@ class Closed:
 
     def wait_for(self, value):
         with self.cv:
-            if not self.cv.wait_for(lambda: self.done >= value, timeout=600):
+            if not self.cv.wait_for(lambda: self.done == value, timeout=600):
                 raise TimeoutError(f"chunk {value:.0f}: no output from Pathway in 600 s")
 
 
@@ -173,8 +178,7 @@ def main():
 
     def on_change(key, row, time, is_addition):  # noqa: ARG001 (keyword names are Pathway's)
         if row["user_id"] == MARKER[0]:
-            if is_addition:
-                closed.on_marker(row["sum"])
+            closed.on_marker(row["sum"], is_addition)
         elif is_addition:
             state[key] = (row["user_id"], row["metric"], row["local_date"], row["sum"])
         elif state.get(key) == (row["user_id"], row["metric"], row["local_date"], row["sum"]):

@@ -199,15 +199,23 @@ fn main() {
     let result = if let Some(brokers) = args.kafka.clone() {
         rt.block_on(kafka_run(&args, &brokers, &topic, &base, &bodies, payloads, samples))
     } else {
-        let bulk = rt.block_on(http_run(&args, &base, payloads, samples));
+        let mut bulk = rt.block_on(http_run(&args, &base, payloads, samples));
+        if let Some(c) = &child {
+            bulk["server_cpu_seconds"] = json!(proc_cpu_seconds(c.id()));
+            bulk["server_peak_rss_mb"] = json!(proc_kib(c.id(), "VmHWM:") / 1024);
+        }
+        bulk["driver_cpu_seconds"] = json!(proc_cpu_seconds(std::process::id()));
         // `steady` reports `reads` beside it, and `late` follows: any of the three runs all three.
         let paced_too = matches!(args.scenario.as_str(), "paced" | "steady" | "reads" | "late" | "all");
         let restart_too = matches!(args.scenario.as_str(), "restart" | "all");
         if paced_too {
             println!("{bulk}");
-            let steady = rt.block_on(paced(&args, &base, false));
+            let steady = rt.block_on(paced(&args, &base, false, samples));
             println!("{steady}");
-            let late = rt.block_on(paced(&args, &base, true));
+            let sent = |v: &Value| v["samples_sent"].as_u64().unwrap_or(0) as usize;
+            let late = rt.block_on(paced(&args, &base, true, samples + sent(&steady)));
+            // The restart's history is everything the server holds: the bulk load and the syncs.
+            let samples = samples + sent(&steady) + sent(&late);
             if !restart_too {
                 late
             } else {
@@ -239,7 +247,7 @@ fn percentiles(mut v: Vec<f64>) -> Value {
 /// `steady` (with `reads` beside it) or `late`: paced syncs against the loaded history. Each sync is
 /// acknowledged, then read back with `minEpoch` = its epoch (ack → visible for that user's read).
 /// `late` sends single samples 25 days in the past.
-async fn paced(args: &Args, base: &str, late: bool) -> Value {
+async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
     use std::sync::{Arc, Mutex};
     let client = reqwest::Client::new();
     let rate = if late { (args.rate / 4).max(1) } else { args.rate.max(1) };
@@ -278,7 +286,10 @@ async fn paced(args: &Args, base: &str, late: bool) -> Value {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let total = rate * args.seconds;
-    let base_ms = 1_717_200_000_000_i64 + args.days as i64 * 86_400_000;
+    // The live edge is the day after the loaded history (the issue-5 workload starts 2024-03-01,
+    // the simple one 2024-06-01), so `late` lands 25 days back inside the history.
+    let first_day = if args.scale.is_some() || args.seed != 1 { 1_709_251_200_000_i64 } else { 1_717_200_000_000 };
+    let base_ms = first_day + args.days as i64 * 86_400_000;
     let mut tasks = Vec::new();
     let started = Instant::now();
     for n in 0..total {
@@ -323,7 +334,7 @@ async fn paced(args: &Args, base: &str, late: bool) -> Value {
         "scenario": if late { "late" } else { "steady" },
         "target_syncs_per_s": rate, "samples_per_sync": per_sync, "syncs": acks.len(),
         "achieved_syncs_per_s": acks.len() as f64 / elapsed,
-        "history_samples": args.users * args.days * 480, // user_batches: 144 + 48 steps, 288 heart rates a day
+        "history_samples": history, "samples_sent": acks.len() * per_sync,
         "ack_ms": percentiles(acks), "ack_to_visible_ms": percentiles(visible),
     });
     if let Some(r) = readers {
@@ -563,6 +574,14 @@ fn spawn_server(args: &Args, dir: &std::path::Path, env: &[(&str, String)]) -> (
     let mut line = String::new();
     std::io::BufReader::new(c.stdout.take().expect("stdout")).read_line(&mut line).expect("listen line");
     (c, line.trim().rsplit(' ').next().unwrap_or_default().to_owned())
+}
+
+/// User + system CPU seconds a process has used so far (`/proc/PID/stat`, clock ticks of 1/100 s).
+fn proc_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let field = |i: usize| after_name.split_whitespace().nth(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (field(11) + field(12)) / 100.0
 }
 
 /// A `/proc/PID/status` figure in KiB (`VmRSS`, `VmHWM`).

@@ -181,14 +181,14 @@ fn main() {
             base
         }
     };
-    let (bodies, domain) = if args.scale.is_some() || args.seed != 1 {
+    let (mut payloads, domain, samples) = if args.scale.is_some() || args.seed != 1 {
         let w = workload::generate(args.users, args.days, args.batch, args.seed);
-        (w.batches, w.domain)
+        (w.batches, w.domain, w.samples)
     } else {
-        ((0..args.users).flat_map(|u| user_batches(u, args.days, args.batch)).collect(), Vec::new())
+        let bodies: Vec<Value> = (0..args.users).flat_map(|u| user_batches(u, args.days, args.batch)).collect();
+        let samples = bodies.iter().map(|b| b["samples"].as_array().map_or(0, Vec::len)).sum();
+        (bodies.iter().map(|b| serde_json::to_vec(b).unwrap_or_default()).collect(), Vec::new(), samples)
     };
-    let samples: usize = bodies.iter().map(|b| b["samples"].as_array().map_or(0, Vec::len)).sum();
-    let mut payloads: Vec<Vec<u8>> = bodies.iter().map(|b| serde_json::to_vec(b).unwrap_or_default()).collect();
     if args.kafka.is_none() {
         // Domain bodies travel with the batches over HTTP (serialized with sorted keys, they start
         // with `{"changes"`, which is how the senders route them).
@@ -197,7 +197,7 @@ fn main() {
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
     let result = if let Some(brokers) = args.kafka.clone() {
-        rt.block_on(kafka_run(&args, &brokers, &topic, &base, &bodies, payloads, samples))
+        rt.block_on(kafka_run(&args, &brokers, &topic, &base, payloads, samples))
     } else {
         let mut bulk = rt.block_on(http_run(&args, &base, payloads, samples));
         if let Some(c) = &child {
@@ -351,7 +351,6 @@ async fn kafka_run(
     brokers: &str,
     topic: &str,
     base: &str,
-    bodies: &[Value],
     payloads: Vec<Vec<u8>>,
     samples: usize,
 ) -> Value {
@@ -369,7 +368,8 @@ async fn kafka_run(
     let sink = args.sink_postgres.is_some();
     let producing = {
         let producer = producer.clone();
-        let keys: Vec<String> = bodies.iter().map(|b| b["userId"].as_str().unwrap_or("").to_owned()).collect();
+        let user = |p: &[u8]| serde_json::from_slice::<Value>(p).ok()?["userId"].as_str().map(str::to_owned);
+        let keys: Vec<String> = payloads.iter().map(|p| user(p).unwrap_or_default()).collect();
         let topic = topic.to_owned();
         tokio::spawn(async move {
             for chunk in payloads.chunks(64).zip(keys.chunks(64)) {

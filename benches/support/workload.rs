@@ -50,8 +50,9 @@ impl Rng {
 }
 
 pub struct Workload {
-    /// Batch-upsert bodies in arrival order.
-    pub batches: Vec<Value>,
+    /// Batch-upsert bodies in arrival order, serialized (JSON with sorted keys): as values they
+    /// would take about three times the memory, too much at scale `M`.
+    pub batches: Vec<Vec<u8>>,
     /// Domain-changes bodies (products once, then sessions), in arrival order.
     pub domain: Vec<Value>,
     /// Samples in the batches (edits count again; deletions do not).
@@ -158,7 +159,8 @@ pub fn generate(users: usize, days: usize, batch: usize, seed: u64) -> Workload 
         "op": "upsert", "data": {"productId": p, "name": format!("Product {p}"), "category": "coffee"}})).collect::<Vec<_>>()}),
     ];
     // (arrival day, body) so that late batches can be sorted into place.
-    let mut arrivals: Vec<(usize, usize, Value)> = Vec::new();
+    let mut arrivals: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+    let bytes = |v: Value| serde_json::to_vec(&v).unwrap_or_default();
     let mut samples = 0;
     for u in 0..users {
         let zone_name = ZONES[u % ZONES.len()];
@@ -174,8 +176,8 @@ pub fn generate(users: usize, days: usize, batch: usize, seed: u64) -> Workload 
                 arrivals.push((
                     arrive,
                     arrivals.len(),
-                    json!({"requestId": format!("{user}-{d}-{i}"), "userId": user,
-                    "deviceTimeZone": zone_name, "platform": "healthkit", "samples": chunk}),
+                    bytes(json!({"requestId": format!("{user}-{d}-{i}"), "userId": user,
+                    "deviceTimeZone": zone_name, "platform": "healthkit", "samples": chunk})),
                 ));
                 let roll = rng.below(100);
                 if roll < 2 {
@@ -193,8 +195,8 @@ pub fn generate(users: usize, days: usize, batch: usize, seed: u64) -> Workload 
                     arrivals.push((
                         arrive + 1,
                         arrivals.len(),
-                        json!({"requestId": format!("{user}-{d}-{i}-edit"),
-                        "userId": user, "deviceTimeZone": zone_name, "samples": edited}),
+                        bytes(json!({"requestId": format!("{user}-{d}-{i}-edit"),
+                        "userId": user, "deviceTimeZone": zone_name, "samples": edited})),
                     ));
                 } else if roll < 3 {
                     let deletions: Vec<Value> = chunk
@@ -205,8 +207,8 @@ pub fn generate(users: usize, days: usize, batch: usize, seed: u64) -> Workload 
                     arrivals.push((
                         arrive + 1,
                         arrivals.len(),
-                        json!({"requestId": format!("{user}-{d}-{i}-del"),
-                        "userId": user, "samples": [], "deletions": deletions}),
+                        bytes(json!({"requestId": format!("{user}-{d}-{i}-del"),
+                        "userId": user, "samples": [], "deletions": deletions})),
                     ));
                 }
             }
@@ -227,7 +229,8 @@ pub fn write(w: &Workload, dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut b = std::io::BufWriter::new(std::fs::File::create(dir.join("batches.jsonl"))?);
     for body in &w.batches {
-        writeln!(b, "{body}")?;
+        b.write_all(body)?;
+        b.write_all(b"\n")?;
     }
     let mut d = std::io::BufWriter::new(std::fs::File::create(dir.join("domain.jsonl"))?);
     for body in &w.domain {
@@ -242,6 +245,7 @@ pub fn write(w: &Workload, dir: &Path) -> std::io::Result<()> {
         v.as_str().map(str::to_owned).unwrap_or_else(|| if v.is_null() { String::new() } else { v.to_string() })
     };
     for body in &w.batches {
+        let body: Value = serde_json::from_slice(body)?;
         for x in body["samples"].as_array().into_iter().flatten() {
             writeln!(
                 c,

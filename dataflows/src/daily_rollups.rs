@@ -116,10 +116,7 @@ pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch
                 .into_iter()
                 .enumerate()
                 .map(|(i, (day, a, b))| {
-                    (
-                        (user.clone(), s.metric, day),
-                        (a, b, i == 0, s.source_id.clone(), s.source_record_id.clone()),
-                    )
+                    ((user.clone(), s.metric, day), (a, b, i == 0, s.source_id.clone(), s.source_record_id.clone()))
                 })
                 .collect::<Vec<_>>()
         })

@@ -60,10 +60,7 @@ pub fn daily_rollups_by_source<'s>(samples: &SamplesByUser<'s>) -> VecCollection
             day_shares(s.start_ms, s.end_ms, v, s.zone)
                 .into_iter()
                 .map(|(day, share, _)| {
-                    (
-                        (user.clone(), s.metric, day, s.source_id.clone()),
-                        (s.source_record_id.clone(), OrdF64(share)),
-                    )
+                    ((user.clone(), s.metric, day, s.source_id.clone()), (s.source_record_id.clone(), OrdF64(share)))
                 })
                 .collect::<Vec<_>>()
         })

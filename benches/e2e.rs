@@ -44,6 +44,13 @@ struct Args {
     write: Option<String>,
 }
 
+impl Args {
+    /// The issue-5 workload (`--scale`, or any seed but the default), not the simple synthetic one.
+    fn issue_workload(&self) -> bool {
+        self.scale.is_some() || self.seed != 1
+    }
+}
+
 fn parse_args() -> Args {
     let mut a = Args {
         users: 200,
@@ -181,7 +188,7 @@ fn main() {
             base
         }
     };
-    let (mut payloads, domain, samples) = if args.scale.is_some() || args.seed != 1 {
+    let (mut payloads, domain, samples) = if args.issue_workload() {
         let w = workload::generate(args.users, args.days, args.batch, args.seed);
         (w.batches, w.domain, w.samples)
     } else {
@@ -288,7 +295,7 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
     let total = rate * args.seconds;
     // The live edge is the day after the loaded history (the issue-5 workload starts 2024-03-01,
     // the simple one 2024-06-01), so `late` lands 25 days back inside the history.
-    let first_day = if args.scale.is_some() || args.seed != 1 { 1_709_251_200_000_i64 } else { 1_717_200_000_000 };
+    let first_day = if args.issue_workload() { 1_709_251_200_000_i64 } else { 1_717_200_000_000 };
     let base_ms = first_day + args.days as i64 * 86_400_000;
     let mut tasks = Vec::new();
     let started = Instant::now();

@@ -2,8 +2,8 @@
 """Pathway peer: the cumulative daily rollups (DOMAIN.md M1: per 15-minute UTC slice the
 best-ranked source's C1 shares; the day is the slice's local date in the batch's zone) maintained
 by Pathway (a timely/differential engine under Python) over the workload written by
-`e2e --write DIR`, fed in the same chunks of 10,000 sample operations as the DuckDB replays, each
-chunk one commit, waiting for the chunk's output before sending the next.
+`e2e --write DIR`, fed in the same chunks of 10,000 sample operations as the DuckDB replays
+(retractions, then insertions: see `Replay`), waiting for the chunk's output before the next.
 
     python3 benches/peers/pathway_rollups.py DIR [vitalflow_rows.json] [--chunk N]
 
@@ -166,11 +166,14 @@ def rollups(samples):
 
 
 def main():
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    chunk = int(sys.argv[sys.argv.index("--chunk") + 1]) if "--chunk" in sys.argv else 10_000
-    if "--chunk" in sys.argv:
-        args.remove(str(chunk))
-    ops = [op for op in operations(f"{args[0]}/batches.jsonl")]
+    argv = sys.argv[1:]
+    chunk = 10_000
+    if "--chunk" in argv:
+        i = argv.index("--chunk")
+        chunk = int(argv[i + 1])
+        del argv[i:i + 2]
+    args = argv
+    ops = operations(f"{args[0]}/batches.jsonl")
     closed = Closed()
     subject = Replay(ops, chunk, closed)
     samples = pw.io.python.read(subject, schema=SampleSchema, autocommit_duration_ms=None)

@@ -247,22 +247,20 @@ pub fn write(w: &Workload, dir: &Path) -> std::io::Result<()> {
     for body in &w.batches {
         let body: Value = serde_json::from_slice(body)?;
         for x in body["samples"].as_array().into_iter().flatten() {
-            writeln!(
-                c,
-                "{},{},{},{},{},{},{},{},{},{},{},{}",
-                s(&body["requestId"]),
-                s(&body["userId"]),
-                s(&body["deviceTimeZone"]),
-                s(&x["sourceId"]),
-                s(&x["sourceRecordId"]),
-                s(&x["metric"]),
-                s(&x["startAt"]),
-                s(&x["endAt"]),
-                s(&x["value"]),
-                s(&x["unit"]),
-                s(&x["category"]),
-                s(&x["sourceClass"]),
-            )?;
+            let batch = ["requestId", "userId", "deviceTimeZone"].map(|k| s(&body[k]));
+            let sample = [
+                "sourceId",
+                "sourceRecordId",
+                "metric",
+                "startAt",
+                "endAt",
+                "value",
+                "unit",
+                "category",
+                "sourceClass",
+            ]
+            .map(|k| s(&x[k]));
+            writeln!(c, "{},{}", batch.join(","), sample.join(","))?;
         }
     }
     Ok(())

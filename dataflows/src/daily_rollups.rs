@@ -6,7 +6,7 @@ use vitalflow_schemas::view::{ColumnType::*, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ValueKind, ViewDef};
 
 use crate::registry::SamplesByUser;
-use crate::stats::{DiscreteEntry, discrete_stats, slice_shares, sum_and_distinct};
+use crate::stats::{discrete_entry, discrete_stats, slice_shares, sum_and_distinct};
 
 /// Key `(user_id, metric, local_date)`; the fields a kind has no use for are null.
 pub const DEF: ViewDef = ViewDef {
@@ -83,17 +83,8 @@ pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch
     let discrete = samples
         .clone()
         .flat_map_ref(|user, s| {
-            (s.metric.kind() == ValueKind::Discrete && s.value.is_some()).then(|| {
-                let day = vitalflow_schemas::time::date_to_days(s.zone.local_date(s.start_ms));
-                let entry: DiscreteEntry = (
-                    s.start_ms,
-                    s.end_ms,
-                    s.source_record_id.clone(),
-                    s.source_id.clone(),
-                    s.value.unwrap_or_default(),
-                );
-                ((user.clone(), s.metric, day), entry)
-            })
+            let (day, entry) = discrete_entry(s)?;
+            Some(((user.clone(), s.metric, day), entry))
         })
         .reduce_named("Discrete: day stats", |_day: &DayKey, input, output| {
             if let Some(st) = discrete_stats(input) {

@@ -3,12 +3,11 @@
 
 use differential_dataflow::VecCollection;
 use vitalflow_schemas::split::day_shares;
-use vitalflow_schemas::time::date_to_days;
 use vitalflow_schemas::view::{ColumnType::*, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ValueKind, ViewDef};
 
 use crate::registry::SamplesByUser;
-use crate::stats::{DiscreteEntry, discrete_stats, sum_and_distinct};
+use crate::stats::{discrete_entry, discrete_stats, sum_and_distinct};
 
 /// Key `(user_id, metric, local_date, source_id)`.
 pub const DEF: ViewDef = ViewDef {
@@ -77,17 +76,8 @@ pub fn daily_rollups_by_source<'s>(samples: &SamplesByUser<'s>) -> VecCollection
     let discrete = samples
         .clone()
         .flat_map_ref(|user, s| {
-            (s.metric.kind() == ValueKind::Discrete && s.value.is_some()).then(|| {
-                let day = date_to_days(s.zone.local_date(s.start_ms));
-                let entry: DiscreteEntry = (
-                    s.start_ms,
-                    s.end_ms,
-                    s.source_record_id.clone(),
-                    s.source_id.clone(),
-                    s.value.unwrap_or_default(),
-                );
-                ((user.clone(), s.metric, day, s.source_id.clone()), entry)
-            })
+            let (day, entry) = discrete_entry(s)?;
+            Some(((user.clone(), s.metric, day, s.source_id.clone()), entry))
         })
         .reduce_named("BySource: discrete day stats", |_key: &SourceDayKey, input, output| {
             if let Some(st) = discrete_stats(input) {

@@ -9,6 +9,14 @@ use vitalflow_schemas::{OrdF64, Sample};
 /// `startAt`, then greater `endAt`, then greater `sourceRecordId` (then `sourceId`, for determinism).
 pub type DiscreteEntry = (i64, i64, String, String, OrdF64);
 
+/// A discrete sample's local date (of `startAt`, in its zone) and its entry; `None` for other kinds
+/// and for samples without a value.
+pub fn discrete_entry(s: &Sample) -> Option<(i32, DiscreteEntry)> {
+    let value = s.value.filter(|_| s.metric.kind() == vitalflow_schemas::ValueKind::Discrete)?;
+    let day = date_to_days(s.zone.local_date(s.start_ms));
+    Some((day, (s.start_ms, s.end_ms, s.source_record_id.clone(), s.source_id.clone(), value)))
+}
+
 /// count, sum, min, max and last of a day group of discrete readings (K2–K4).
 pub struct DiscreteStats {
     pub count: i64,

@@ -7,15 +7,17 @@
 //! Stop (SIGINT/SIGTERM): HTTP drains in-flight requests → writer finishes its queue → workers
 //! drain → applier publishes the last updates → exit 0.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use vitalflow_dataflows::{Runtime, ViewProgress};
+use vitalflow_dataflows::{Runtime, RuntimeHealth, ViewProgress};
 use vitalflow_ingest::kafka::{KafkaSource, KafkaStatus};
 use vitalflow_ingest::outbox::OutboxStatus;
+use vitalflow_ingest::writer::IngestOptions;
 use vitalflow_ingest::{Ingest, IngestProgress, Store};
 use vitalflow_schemas::wire::ErrorBody;
 use vitalflow_schemas::{Change, Epoch};
@@ -27,9 +29,51 @@ use crate::config::Config;
 /// Samples fed to the dataflow per message during recovery.
 const RECOVERY_CHUNK: usize = 10_000;
 
-/// What the read API is told about ingestion and the connectors.
+/// Views' progress messages queued from the dataflow to the snapshot applier before worker 0
+/// waits (the channel is bounded).
+const APPLIER_QUEUE: usize = 1024;
+
+/// Exit code after a fatal component failure (EX_SOFTWARE), so that a supervisor restarts us.
+pub const EXIT_COMPONENT_FAILED: i32 = 70;
+/// Exit code when the store cannot be recovered (EX_DATAERR).
+pub const EXIT_RECOVERY_FAILED: i32 = 65;
+
+/// The long-running components whose death makes vitalflow unhealthy, and the fault hooks tests
+/// use to kill them (`VITALFLOW_FAULT_INJECTION=1` enables `POST /v1/_faults/{component}`).
+struct Components {
+    ingest: Ingest,
+    workers: RuntimeHealth,
+    applier_alive: Arc<AtomicBool>,
+    applier_fault: Arc<AtomicBool>,
+    runtime: Arc<Mutex<Runtime>>,
+    stopping: AtomicBool,
+    /// Names of the failed components, as `/readyz` reports them.
+    failed: parking_lot::RwLock<Vec<&'static str>>,
+}
+
+impl Components {
+    fn check(&self) -> Vec<&'static str> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Vec::new();
+        }
+        let mut failed = Vec::new();
+        if !self.ingest.is_alive() {
+            failed.push("writer");
+        }
+        if !self.workers.is_healthy() {
+            failed.push("dataflow-worker");
+        }
+        if !self.applier_alive.load(Ordering::SeqCst) {
+            failed.push("snapshot-applier");
+        }
+        failed
+    }
+}
+
+/// What the read API is told about ingestion, the connectors and component health.
 struct IngestFreshness {
     progress: Arc<IngestProgress>,
+    components: Arc<Components>,
     kafka: Option<Arc<parking_lot::Mutex<KafkaStatus>>>,
     outbox: Option<Arc<parking_lot::Mutex<OutboxStatus>>>,
     sink: Option<Arc<parking_lot::Mutex<SinkStatus>>>,
@@ -44,6 +88,9 @@ impl Freshness for IngestFreshness {
     }
     fn committed_at(&self, epoch: Epoch) -> Option<SystemTime> {
         self.progress.committed_at(epoch)
+    }
+    fn failed_components(&self) -> Vec<&'static str> {
+        self.components.failed.read().clone()
     }
     fn sources(&self) -> serde_json::Value {
         let mut out = serde_json::Map::new();
@@ -66,6 +113,9 @@ impl Freshness for IngestFreshness {
 
 /// Runs vitalflow until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
     let store = Arc::new(
         Store::open(&config.data_dir)
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
@@ -75,32 +125,99 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let views = vitalflow_dataflows::select(config.views.as_deref()).map_err(anyhow::Error::msg)?;
     let snapshots = Arc::new(SnapshotStore::new(views.iter().map(|v| v.def)));
-    let (out_tx, out_rx) = crossbeam_channel::unbounded::<ViewProgress>();
+    let (out_tx, out_rx) = crossbeam_channel::bounded::<ViewProgress>(APPLIER_QUEUE);
     let runtime = Runtime::start(config.workers, views, out_tx).map_err(anyhow::Error::msg)?;
+    let workers = runtime.health();
+    let applier_alive = Arc::new(AtomicBool::new(true));
+    let applier_fault = Arc::new(AtomicBool::new(false));
     let applier = {
         let snapshots = snapshots.clone();
+        let alive = applier_alive.clone();
+        let fault = applier_fault.clone();
         std::thread::Builder::new().name("vitalflow-snapshots".into()).spawn(move || {
-            for p in out_rx {
-                snapshots.apply(p.view, p.frontier, p.updates.into_iter().map(|(row, _, diff)| (row, diff)).collect());
+            struct Alive(Arc<AtomicBool>);
+            impl Drop for Alive {
+                fn drop(&mut self) {
+                    if std::thread::panicking() {
+                        self.0.store(false, Ordering::SeqCst);
+                    }
+                }
+            }
+            let _alive = Alive(alive);
+            loop {
+                if fault.load(Ordering::SeqCst) {
+                    panic!("injected fault: snapshot applier");
+                }
+                match out_rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(p) => {
+                        let started = std::time::Instant::now();
+                        let name = snapshots.def(p.view).name;
+                        snapshots.apply(
+                            p.view,
+                            p.frontier,
+                            p.updates.into_iter().map(|(row, _, diff)| (row, diff)).collect(),
+                        );
+                        metrics::histogram!("vitalflow_snapshot_publish_seconds", "view" => name)
+                            .record(started.elapsed().as_secs_f64());
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                }
             }
         })?
     };
 
     let runtime = Arc::new(Mutex::new(runtime));
+    let (recovery_tx, recovery_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let recovery = {
         let (store, runtime) = (store.clone(), runtime.clone());
-        Box::new(move || recover(&store, &runtime, recovered_epoch))
+        Box::new(move || {
+            let result = recover(&store, &runtime, recovered_epoch);
+            let _ = recovery_tx.send(result.clone());
+            result
+        })
     };
     let on_commit = {
         let runtime = runtime.clone();
-        Box::new(move |batch| {
-            if let Ok(mut rt) = runtime.lock() {
-                rt.push(batch);
-            }
+        Box::new(move |batch| match runtime.lock() {
+            Ok(mut rt) => match rt.push(batch) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot hand a committed epoch to the dataflow");
+                    false
+                }
+            },
+            Err(_) => false,
         })
     };
+    let visible_epoch: Arc<dyn Fn() -> Epoch + Send + Sync> = {
+        let s = snapshots.clone();
+        Arc::new(move || (0..s.len()).map(|v| s.snapshot(v).as_of).min().unwrap_or(Epoch::MAX))
+    };
+    let healthy: Arc<dyn Fn() -> bool + Send + Sync> = {
+        let (workers, applier_alive) = (workers.clone(), applier_alive.clone());
+        Arc::new(move || workers.is_healthy() && applier_alive.load(Ordering::SeqCst))
+    };
+    let options = IngestOptions {
+        queue_bytes: config.server.writer_queue_bytes,
+        max_lag_epochs: config.server.max_view_lag_epochs,
+        visible_epoch: visible_epoch.clone(),
+        healthy,
+        user_requests_per_sec: config.server.user_requests_per_sec,
+        user_burst: config.server.user_burst,
+        retention: Duration::from_secs(config.server.retention_days.saturating_mul(86_400)),
+    };
+    let (ingest, writer) = Ingest::start(store.clone(), progress.clone(), recovery, on_commit, options);
+    let components = Arc::new(Components {
+        ingest: ingest.clone(),
+        workers,
+        applier_alive,
+        applier_fault,
+        runtime: runtime.clone(),
+        stopping: AtomicBool::new(false),
+        failed: parking_lot::RwLock::new(Vec::new()),
+    });
     drop(runtime);
-    let (ingest, writer) = Ingest::start(store.clone(), progress.clone(), recovery, on_commit);
 
     // Connectors: sources feed the writer like HTTP does; the sink follows the snapshots.
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -108,12 +225,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let positions = store.source_positions()?;
     let kafka = match config.sources.kafka.clone() {
         Some(k) => {
-            let s = snapshots.clone();
-            let visible: Arc<dyn Fn() -> Epoch + Send + Sync> =
-                Arc::new(move || (0..s.len()).map(|v| s.snapshot(v).as_of).min().unwrap_or(Epoch::MAX));
-            let source =
-                KafkaSource::start(k, ingest.clone(), positions.clone(), visible, tokio::runtime::Handle::current())
-                    .context("cannot start the Kafka source")?;
+            let source = KafkaSource::start(
+                k,
+                ingest.clone(),
+                positions.clone(),
+                visible_epoch.clone(),
+                tokio::runtime::Handle::current(),
+            )
+            .context("cannot start the Kafka source")?;
             Some(source)
         }
         None => None,
@@ -132,6 +251,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let ready_task = {
         let snapshots = snapshots.clone();
         tokio::spawn(async move {
+            // Fail closed: a recovery that cannot read the store stops the process, never "ready"
+            // with partial views.
+            match recovery_rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "recovery failed; vitalflow stops (the store is left as it is)");
+                    eprintln!("vitalflow: recovery failed: {e}");
+                    std::process::exit(EXIT_RECOVERY_FAILED);
+                }
+                Err(_) => return, // the writer ended before recovery (shutdown)
+            }
             for view in 0..snapshots.len() {
                 let mut rx = snapshots.watch(view);
                 let _ = rx.wait_for(|e| *e >= recovered_epoch).await;
@@ -140,6 +270,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::info!(epoch = recovered_epoch, "recovery finished; ready");
         })
     };
+    let supervisor = tokio::spawn(supervise(
+        components.clone(),
+        snapshots.clone(),
+        progress.clone(),
+        Duration::from_millis(config.server.fatal_exit_grace_ms),
+    ));
 
     let serve_config = ServeConfig {
         sql_row_limit: config.sql_row_limit,
@@ -148,14 +284,29 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let freshness: Arc<dyn Freshness> = Arc::new(IngestFreshness {
         progress: progress.clone(),
+        components: components.clone(),
         kafka: kafka.as_ref().map(KafkaSource::status_handle),
         outbox: outbox.as_ref().map(|(s, _)| s.clone()),
         sink: sink.as_ref().map(|(s, _)| s.clone()),
     });
-    let app = vitalflow_ingest::http::router(ingest.clone(), config.max_body_bytes)
+    let mut app = vitalflow_ingest::http::router(ingest.clone(), config.max_body_bytes)
         .merge(vitalflow_serve::http::router(snapshots.clone(), freshness, serve_config))
+        .route("/metrics", axum::routing::get(move |caller| metrics_endpoint(caller, prometheus.clone())));
+    if std::env::var_os("VITALFLOW_FAULT_INJECTION").is_some_and(|v| v == "1") {
+        tracing::warn!("fault injection is enabled (VITALFLOW_FAULT_INJECTION=1): test use only");
+        app = app.route("/v1/_faults/{component}", axum::routing::post(inject_fault).with_state(components.clone()));
+    }
+    // Every route but /healthz and /readyz needs a token in auth mode jwt (docs/security.md).
+    let auth = Arc::new(crate::auth::Auth::load(&config.auth).await?);
+    let app = app
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
+        .layer(axum::middleware::from_fn_with_state(auth, crate::auth::authenticate))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(RequestLimits::new(&config.server)),
+            limit_requests,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            metrics::counter!("vitalflow_panics_caught_total", "component" => "http").increment(1);
             json_error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error")
         }));
 
@@ -166,8 +317,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(%addr, workers = config.workers, data_dir = %config.data_dir.display(), "vitalflow serving");
     println!("vitalflow listening on http://{addr}");
 
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    let limits = crate::server::ConnLimits {
+        max_connections: config.server.max_connections,
+        header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
+        drain_timeout: Duration::from_secs(30),
+    };
+    crate::server::serve(listener, app, limits, shutdown_signal()).await;
     tracing::info!("HTTP drained; flushing");
+    components.stopping.store(true, Ordering::SeqCst);
+    supervisor.abort();
     ready_task.abort();
     // Sources stop taking input (their last commits finish), dropping their Ingest handles.
     let _ = shutdown_tx.send(true);
@@ -178,6 +336,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || k.stop()).await?;
     }
     drop(ingest);
+    drop(components);
     // The router (and its Ingest handles) is gone: the writer drains its queue and exits, dropping
     // the runtime, whose workers drain and close the applier's channel.
     tokio::task::spawn_blocking(move || {
@@ -194,33 +353,171 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replays the durable state into the dataflow at the recovered epoch, in bounded chunks.
-fn recover(store: &Store, runtime: &Mutex<Runtime>, epoch: Epoch) {
-    let Ok(mut rt) = runtime.lock() else { return };
+/// Watches the components every 250 ms and publishes the operators' gauges. A failed component
+/// turns `/readyz` and `/healthz` to 503 at once (and ingestion answers 503); after `grace` the
+/// process exits with [`EXIT_COMPONENT_FAILED`] so that a supervisor restarts it (recovery
+/// rebuilds every view from the store).
+async fn supervise(components: Arc<Components>, snapshots: Arc<SnapshotStore>, progress: Arc<IngestProgress>, grace: Duration) {
+    let mut failing_since: Option<std::time::Instant> = None;
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        ticker.tick().await;
+        let failed = components.check();
+        for (name, up) in [
+            ("writer", !failed.contains(&"writer")),
+            ("dataflow-worker", !failed.contains(&"dataflow-worker")),
+            ("snapshot-applier", !failed.contains(&"snapshot-applier")),
+        ] {
+            metrics::gauge!("vitalflow_component_up", "component" => name).set(if up { 1.0 } else { 0.0 });
+        }
+        let latest = progress.latest_epoch();
+        metrics::gauge!("vitalflow_epoch_latest").set(latest as f64);
+        metrics::gauge!("vitalflow_epoch_durable").set(latest as f64);
+        metrics::gauge!("vitalflow_writer_queue_bytes").set(components.ingest.queued_bytes() as f64);
+        let now = SystemTime::now();
+        for v in 0..snapshots.len() {
+            let name = snapshots.def(v).name;
+            let as_of = snapshots.snapshot(v).as_of;
+            metrics::gauge!("vitalflow_view_as_of_epoch", "view" => name).set(as_of as f64);
+            let lag = if as_of >= latest {
+                0.0
+            } else {
+                progress
+                    .committed_at(as_of + 1)
+                    .and_then(|t| now.duration_since(t).ok())
+                    .map_or(0.0, |d| d.as_secs_f64())
+            };
+            metrics::gauge!("vitalflow_view_lag_seconds", "view" => name).set(lag);
+        }
+        if let Some(rss) = resident_bytes() {
+            metrics::gauge!("vitalflow_process_resident_memory_bytes").set(rss as f64);
+        }
+        if failed.is_empty() {
+            failing_since = None;
+            components.failed.write().clear();
+            continue;
+        }
+        if failing_since.is_none() {
+            tracing::error!(components = ?failed, grace_ms = grace.as_millis() as u64,
+                "a component has failed: not ready, ingestion refused; exiting after the grace period");
+        }
+        *components.failed.write() = failed.clone();
+        let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= grace {
+            tracing::error!(components = ?failed, "exiting so that a supervisor restarts vitalflow");
+            eprintln!("vitalflow: component failed: {}", failed.join(", "));
+            std::process::exit(EXIT_COMPONENT_FAILED);
+        }
+    }
+}
+
+/// The process's resident set size, from `/proc/self/statm` (Linux).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// `GET /metrics`: Prometheus text format (needs the `ops` scope under JWT).
+async fn metrics_endpoint(
+    caller: Option<axum::Extension<vitalflow_schemas::auth::Caller>>,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> axum::response::Response {
+    if caller.is_some_and(|c| !c.may_operate()) {
+        return json_error(StatusCode::FORBIDDEN, "FORBIDDEN", "/metrics needs the ops scope");
+    }
+    handle.run_upkeep();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+}
+
+/// Test-only (`VITALFLOW_FAULT_INJECTION=1`): `worker` makes a dataflow worker panic,
+/// `applier` the snapshot applier.
+async fn inject_fault(
+    axum::extract::State(components): axum::extract::State<Arc<Components>>,
+    axum::extract::Path(component): axum::extract::Path<String>,
+) -> axum::response::Response {
+    match component.as_str() {
+        "worker" => {
+            if let Ok(rt) = components.runtime.lock() {
+                rt.inject_fault();
+            }
+        }
+        "applier" => components.applier_fault.store(true, Ordering::SeqCst),
+        _ => return json_error(StatusCode::NOT_FOUND, "NOT_FOUND", "components: worker, applier"),
+    }
+    tracing::warn!(component = %component, "fault injected");
+    (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"injected": component}))).into_response()
+}
+
+/// Request-level limits applied to every route: a cap on requests in flight (503 `OVERLOADED`
+/// beyond it) and a request timeout (408 `REQUEST_TIMEOUT`, which covers reading a slow body).
+/// Also counts requests by route template and status, with a latency histogram.
+struct RequestLimits {
+    in_flight: Arc<tokio::sync::Semaphore>,
+    timeout: Duration,
+}
+
+impl RequestLimits {
+    fn new(c: &crate::config::ServerLimits) -> Self {
+        RequestLimits {
+            in_flight: Arc::new(tokio::sync::Semaphore::new(c.max_in_flight.max(1))),
+            timeout: Duration::from_millis(c.request_timeout_ms),
+        }
+    }
+}
+
+async fn limit_requests(
+    axum::extract::State(limits): axum::extract::State<Arc<RequestLimits>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let started = std::time::Instant::now();
-    let result = store.scan_samples(RECOVERY_CHUNK, |chunk| {
-        rt.push_changes(epoch, chunk.into_iter().map(|s| Change::Sample(s, 1)).collect());
-    });
-    let records = (|| -> Result<Vec<Change>, vitalflow_ingest::store::StoreError> {
-        let mut changes: Vec<Change> = store.profiles()?.into_iter().map(|p| Change::Profile(p, 1)).collect();
-        changes.extend(store.sessions()?.into_iter().map(|s| Change::Session(s, 1)));
-        changes.extend(store.products()?.into_iter().map(|p| Change::Product(p, 1)));
-        Ok(changes)
-    })();
-    match records {
-        Ok(changes) => rt.push_changes(epoch, changes),
-        Err(e) => tracing::error!(error = %e, "cannot read domain records during recovery"),
-    }
-    rt.advance(epoch + 1);
-    match result {
-        Ok(n) => tracing::info!(
-            samples = n,
-            epoch,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "durable state replayed"
-        ),
-        Err(e) => tracing::error!(error = %e, "recovery scan failed"),
-    }
+    let response = match limits.in_flight.clone().try_acquire_owned() {
+        Err(_) => {
+            let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", "too many requests in flight");
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            r
+        }
+        Ok(_permit) => match tokio::time::timeout(limits.timeout, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => json_error(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", "the request took too long"),
+        },
+    };
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("vitalflow_http_requests_total", "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("vitalflow_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Replays the durable state into the dataflow at the recovered epoch, in bounded chunks.
+///
+/// Errors: any store read or decode error, or a dataflow that cannot take the records; the
+/// caller stops the process (fail closed).
+fn recover(store: &Store, runtime: &Mutex<Runtime>, epoch: Epoch) -> Result<(), String> {
+    let mut rt = runtime.lock().map_err(|_| "the dataflow runtime lock is poisoned".to_owned())?;
+    let started = std::time::Instant::now();
+    let samples = store
+        .scan_samples(RECOVERY_CHUNK, |chunk| {
+            rt.push_changes(epoch, chunk.into_iter().map(|s| Change::Sample(s, 1)).collect()).map_err(|e| e.to_string())
+        })
+        .map_err(|e| format!("cannot read the stored samples: {e}"))?;
+    let mut changes: Vec<Change> =
+        store.profiles().map_err(|e| format!("cannot read the stored profiles: {e}"))?.into_iter().map(|p| Change::Profile(p, 1)).collect();
+    changes.extend(
+        store.sessions().map_err(|e| format!("cannot read the stored sessions: {e}"))?.into_iter().map(|s| Change::Session(s, 1)),
+    );
+    changes.extend(
+        store.products().map_err(|e| format!("cannot read the stored products: {e}"))?.into_iter().map(|p| Change::Product(p, 1)),
+    );
+    rt.push_changes(epoch, changes).map_err(|e| e.to_string())?;
+    rt.advance(epoch + 1).map_err(|e| e.to_string())?;
+    tracing::info!(samples, epoch, elapsed_ms = started.elapsed().as_millis() as u64, "durable state replayed");
+    Ok(())
 }
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> axum::response::Response {

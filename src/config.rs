@@ -29,9 +29,72 @@ pub struct Config {
     pub views: Option<Vec<String>>,
     /// Where input comes from besides HTTP (none by default).
     pub sources: Sources,
+    /// `[server]`: connection, request and ingestion limits (README, "Limits").
+    pub server: ServerLimits,
     /// Where views go besides the read API (none by default).
     pub sinks: Sinks,
+    /// `[auth]`: who may call the API (docs/security.md).
+    pub auth: AuthConfig,
 }
+
+/// `auth.mode`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every request is trusted: only allowed while listening on a loopback address.
+    None,
+    /// Every route but `/healthz` and `/readyz` needs a valid `Authorization: Bearer` JWT.
+    Jwt,
+}
+
+/// `[auth]`: token verification. Setting a key source without a mode turns `jwt` on.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none` or `jwt`; when absent, `jwt` if a key source is set, else `none`.
+    pub mode: Option<AuthMode>,
+    /// A file holding the HS256 secret (at least 32 bytes; surrounding whitespace is ignored).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// A JWKS file (`{"keys": [...]}`) of RS256 and ES256 public keys.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL (an identity provider's `jwks_uri`), fetched at start and refreshed periodically.
+    pub jwks_url: Option<String>,
+    /// How often `jwks_url` is fetched again.
+    pub jwks_refresh_secs: u64,
+    /// The required `iss` claim, if set.
+    pub issuer: Option<String>,
+    /// The required `aud` claim, if set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: None,
+            jwt_secret_file: None,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_secs: 300,
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The mode in force: the configured one, else `jwt` when a key source is set.
+    pub fn effective_mode(&self) -> AuthMode {
+        self.mode.unwrap_or(if self.has_keys() { AuthMode::Jwt } else { AuthMode::None })
+    }
+
+    fn has_keys(&self) -> bool {
+        self.jwt_secret_file.is_some() || self.jwks_file.is_some() || self.jwks_url.is_some()
+    }
+}
+
 
 /// `[sources.*]`: each is off unless configured.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -60,6 +123,8 @@ impl Default for Config {
             views: None,
             sources: Sources::default(),
             sinks: Sinks::default(),
+            server: ServerLimits::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -74,6 +139,12 @@ pub struct Overrides {
     pub kafka_brokers: Option<String>,
     pub outbox_url: Option<String>,
     pub sink_postgres_url: Option<String>,
+    /// Turns `jwt` auth on with this HS256 secret file.
+    pub auth_jwt_secret_file: Option<PathBuf>,
+    /// Turns `jwt` auth on with this JWKS file.
+    pub auth_jwks_file: Option<PathBuf>,
+    pub auth_issuer: Option<String>,
+    pub auth_audience: Option<String>,
 }
 
 impl Config {
@@ -105,6 +176,8 @@ impl Config {
             c.views = Some(v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());
         }
         c.connector_env(&env)?;
+        c.server.apply_env(&env)?;
+        c.auth_env(&env)?;
         if let Some(v) = &flags.data_dir {
             c.data_dir = v.clone();
         }
@@ -123,10 +196,80 @@ impl Config {
         if let Some(v) = &flags.sink_postgres_url {
             c.sinks.postgres.get_or_insert_with(PgSinkConfig::default).url = v.clone();
         }
+        if let Some(v) = &flags.auth_jwt_secret_file {
+            c.auth.jwt_secret_file = Some(v.clone());
+            c.auth.mode = Some(AuthMode::Jwt);
+        }
+        if let Some(v) = &flags.auth_jwks_file {
+            c.auth.jwks_file = Some(v.clone());
+            c.auth.mode = Some(AuthMode::Jwt);
+        }
+        if let Some(v) = &flags.auth_issuer {
+            c.auth.issuer = Some(v.clone());
+        }
+        if let Some(v) = &flags.auth_audience {
+            c.auth.audience = Some(v.clone());
+        }
         if c.workers == 0 {
             bail!("workers must be at least 1");
         }
+        c.check_auth()?;
         Ok(c)
+    }
+
+    /// `VITALFLOW_AUTH_*`. A key source turns `jwt` on; `VITALFLOW_AUTH_MODE`
+    /// still has the last word.
+    fn auth_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        if let Some(v) = env("VITALFLOW_AUTH_JWT_SECRET_FILE") {
+            self.auth.jwt_secret_file = Some(v.into());
+            self.auth.mode = Some(AuthMode::Jwt);
+        }
+        if let Some(v) = env("VITALFLOW_AUTH_JWKS_FILE") {
+            self.auth.jwks_file = Some(v.into());
+            self.auth.mode = Some(AuthMode::Jwt);
+        }
+        if let Some(v) = env("VITALFLOW_AUTH_JWKS_URL") {
+            self.auth.jwks_url = Some(v);
+            self.auth.mode = Some(AuthMode::Jwt);
+        }
+        if let Some(v) = env("VITALFLOW_AUTH_ISSUER") {
+            self.auth.issuer = Some(v);
+        }
+        if let Some(v) = env("VITALFLOW_AUTH_AUDIENCE") {
+            self.auth.audience = Some(v);
+        }
+        if let Some(v) = env("VITALFLOW_AUTH_LEEWAY_SECS") {
+            self.auth.leeway_secs = v.parse().context("VITALFLOW_AUTH_LEEWAY_SECS must be a non-negative integer")?;
+        }
+        if let Some(v) = env("VITALFLOW_AUTH_MODE") {
+            self.auth.mode = Some(match v.trim() {
+                "none" => AuthMode::None,
+                "jwt" => AuthMode::Jwt,
+                other => bail!("VITALFLOW_AUTH_MODE must be 'none' or 'jwt', not '{other}'"),
+            });
+        }
+        Ok(())
+    }
+
+    /// `jwt` needs a key source; `none` is only for a loopback listen address, where nothing but
+    /// this machine can reach the API.
+    fn check_auth(&self) -> anyhow::Result<()> {
+        match self.auth.effective_mode() {
+            AuthMode::Jwt if !self.auth.has_keys() => bail!(
+                "auth.mode = \"jwt\" needs a key: set auth.jwt_secret_file (HS256), auth.jwks_file or \
+                 auth.jwks_url (RS256/ES256), e.g. VITALFLOW_AUTH_JWT_SECRET_FILE=/path/to/secret"
+            ),
+            AuthMode::None if !is_loopback(&self.listen) => bail!(
+                "refusing to listen on {} without authentication: auth.mode = \"none\" is only allowed on a \
+                 loopback address (127.0.0.0/8, ::1, localhost). Turn JWT auth on with \
+                 VITALFLOW_AUTH_JWT_SECRET_FILE=<file with an HS256 secret> (or --auth-jwt-secret-file), or \
+                 VITALFLOW_AUTH_JWKS_FILE / [auth] jwks_url for RS256/ES256 keys (docs/security.md); or \
+                 listen on 127.0.0.1",
+                self.listen
+            ),
+            _ => {}
+        }
+        Ok(())
     }
 
     /// `VITALFLOW_KAFKA_*`, `VITALFLOW_OUTBOX_*`, `VITALFLOW_SINK_POSTGRES_*`: setting any of a
@@ -190,6 +333,86 @@ impl Config {
     }
 }
 
+/// Whether `listen` (`host:port`) names a loopback address: 127.0.0.0/8, ::1 or `localhost`.
+fn is_loopback(listen: &str) -> bool {
+    if let Ok(addr) = listen.parse::<std::net::SocketAddr>() {
+        return addr.ip().is_loopback();
+    }
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `[server]`: what one process takes on before it refuses (each refusal has a stable code).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerLimits {
+    /// Open HTTP connections at most (`VITALFLOW_MAX_CONNECTIONS`); more wait to be accepted.
+    pub max_connections: usize,
+    /// Requests being handled at once (`VITALFLOW_MAX_IN_FLIGHT`); more get 503 `OVERLOADED`.
+    pub max_in_flight: usize,
+    /// Milliseconds a client has to send a request's headers (`VITALFLOW_HEADER_READ_TIMEOUT_MS`).
+    pub header_read_timeout_ms: u64,
+    /// Milliseconds a request may take, reading its body included (`VITALFLOW_REQUEST_TIMEOUT_MS`);
+    /// 408 `REQUEST_TIMEOUT` after.
+    pub request_timeout_ms: u64,
+    /// Bytes of request bodies queued for the writer (`VITALFLOW_WRITER_QUEUE_BYTES`); 503
+    /// `OVERLOADED` beyond.
+    pub writer_queue_bytes: usize,
+    /// Epochs the slowest view may trail ingestion before HTTP ingestion answers 503
+    /// `VIEWS_LAGGING` (`VITALFLOW_MAX_VIEW_LAG_EPOCHS`).
+    pub max_view_lag_epochs: u64,
+    /// Sustained batch-upsert requests per second per user over HTTP (`VITALFLOW_USER_RATE`); 429
+    /// `RATE_LIMITED` above; 0 turns the limit off.
+    pub user_requests_per_sec: u32,
+    /// Requests per user allowed at once above the sustained rate (`VITALFLOW_USER_BURST`).
+    pub user_burst: u32,
+    /// Milliseconds between a fatal component failure and the process exit (code 70), so that a
+    /// supervisor restarts it (`VITALFLOW_FATAL_EXIT_GRACE_MS`).
+    pub fatal_exit_grace_ms: u64,
+    /// Days request records (idempotency) and tombstones are kept (`VITALFLOW_RETENTION_DAYS`).
+    pub retention_days: u64,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 1024,
+            max_in_flight: 512,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 60_000,
+            writer_queue_bytes: 64 * 1024 * 1024,
+            max_view_lag_epochs: 1_000,
+            user_requests_per_sec: 20,
+            user_burst: 40,
+            fatal_exit_grace_ms: 5_000,
+            retention_days: 30,
+        }
+    }
+}
+
+impl ServerLimits {
+    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        fn num<T: std::str::FromStr>(env: &impl Fn(&str) -> Option<String>, key: &str, into: &mut T) -> anyhow::Result<()> {
+            if let Some(v) = env(key) {
+                *into = v.trim().parse().map_err(|_| anyhow::anyhow!("{key} must be a non-negative integer"))?;
+            }
+            Ok(())
+        }
+        num(env, "VITALFLOW_MAX_CONNECTIONS", &mut self.max_connections)?;
+        num(env, "VITALFLOW_MAX_IN_FLIGHT", &mut self.max_in_flight)?;
+        num(env, "VITALFLOW_HEADER_READ_TIMEOUT_MS", &mut self.header_read_timeout_ms)?;
+        num(env, "VITALFLOW_REQUEST_TIMEOUT_MS", &mut self.request_timeout_ms)?;
+        num(env, "VITALFLOW_WRITER_QUEUE_BYTES", &mut self.writer_queue_bytes)?;
+        num(env, "VITALFLOW_MAX_VIEW_LAG_EPOCHS", &mut self.max_view_lag_epochs)?;
+        num(env, "VITALFLOW_USER_RATE", &mut self.user_requests_per_sec)?;
+        num(env, "VITALFLOW_USER_BURST", &mut self.user_burst)?;
+        num(env, "VITALFLOW_FATAL_EXIT_GRACE_MS", &mut self.fatal_exit_grace_ms)?;
+        num(env, "VITALFLOW_RETENTION_DAYS", &mut self.retention_days)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +446,29 @@ mod tests {
         assert_eq!(k.sources.postgres_outbox.unwrap().table, "outbox");
         std::fs::write(&file, "bogus = 1\n").unwrap();
         assert!(Config::load(&flags, |_| None).is_err());
+    }
+
+    #[test]
+    fn auth_none_only_on_loopback() {
+        for ok in ["127.0.0.1:8080", "127.1.2.3:1", "[::1]:8080", "localhost:8080", "LOCALHOST:0"] {
+            assert!(is_loopback(ok), "{ok}");
+        }
+        for bad in ["0.0.0.0:8080", "[::]:8080", "10.0.0.1:80", "example.com:80", "localhost.evil.com:1"] {
+            assert!(!is_loopback(bad), "{bad}");
+        }
+        let public = Overrides { listen: Some("0.0.0.0:8080".into()), ..Default::default() };
+        let err = Config::load(&public, |_| None).unwrap_err().to_string();
+        assert!(err.contains("VITALFLOW_AUTH_JWT_SECRET_FILE"), "{err}");
+        let env = |k: &str| (k == "VITALFLOW_AUTH_JWT_SECRET_FILE").then(|| "/s".to_owned());
+        let c = Config::load(&public, env).unwrap();
+        assert_eq!((c.auth.effective_mode(), c.auth.leeway_secs), (AuthMode::Jwt, 30));
+        let env = |k: &str| match k {
+            "VITALFLOW_AUTH_JWT_SECRET_FILE" => Some("/s".to_owned()),
+            "VITALFLOW_AUTH_MODE" => Some("none".to_owned()),
+            _ => None,
+        };
+        assert!(Config::load(&public, env).is_err(), "an explicit none still needs loopback");
+        let jwt_without_key = |k: &str| (k == "VITALFLOW_AUTH_MODE").then(|| "jwt".to_owned());
+        assert!(Config::load(&Overrides::default(), jwt_without_key).is_err());
     }
 }

@@ -1,7 +1,10 @@
-//! `vitalflow`: the binary. `vitalflow serve` runs everything on embedded defaults.
+//! `vitalflow`: the binary. `vitalflow serve` runs everything on embedded defaults;
+//! `vitalflow token` signs an HS256 token for the API (docs/security.md).
 
+mod auth;
 mod bootstrap;
 mod config;
+mod server;
 
 use std::path::PathBuf;
 
@@ -44,6 +47,39 @@ enum Command {
         /// Keep every view in this Postgres (turns `[sinks.postgres]` on).
         #[arg(long)]
         sink_postgres_url: Option<String>,
+        /// Require HS256 tokens signed with the secret in this file (turns `auth.mode = "jwt"` on).
+        #[arg(long)]
+        auth_jwt_secret_file: Option<PathBuf>,
+        /// Require RS256/ES256 tokens signed by a key of this JWKS file (turns `jwt` on).
+        #[arg(long)]
+        auth_jwks_file: Option<PathBuf>,
+        /// Require this `iss` claim.
+        #[arg(long)]
+        auth_issuer: Option<String>,
+        /// Require this `aud` claim.
+        #[arg(long)]
+        auth_audience: Option<String>,
+    },
+    /// Print an HS256 token signed with the secret in `--secret-file`.
+    Token {
+        /// The HS256 secret, as given to `serve` in `auth.jwt_secret_file`.
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// The subject (`sub`): the user id the token acts for.
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes: health:write health:read backend analytics ops.
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Lifetime, with an s, m, h or d suffix (plain numbers are seconds).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// The `iss` claim.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// The `aud` claim.
+        #[arg(long)]
+        audience: Option<String>,
     },
 }
 
@@ -53,11 +89,42 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { config, data_dir, listen, workers, kafka_brokers, outbox_url, sink_postgres_url } => {
-            let flags = Overrides { config, data_dir, listen, workers, kafka_brokers, outbox_url, sink_postgres_url };
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+            workers,
+            kafka_brokers,
+            outbox_url,
+            sink_postgres_url,
+            auth_jwt_secret_file,
+            auth_jwks_file,
+            auth_issuer,
+            auth_audience,
+        } => {
+            let flags = Overrides {
+                config,
+                data_dir,
+                listen,
+                workers,
+                kafka_brokers,
+                outbox_url,
+                sink_postgres_url,
+                auth_jwt_secret_file,
+                auth_jwks_file,
+                auth_issuer,
+                auth_audience,
+            };
             let config = Config::load(&flags, |k| std::env::var(k).ok())?;
+            auth::check_key_files(&config.auth)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(bootstrap::serve(config))
+        }
+        Command::Token { secret_file, sub, scope, ttl, issuer, audience } => {
+            let ttl = auth::parse_ttl(&ttl)?;
+            let token = auth::mint(&secret_file, &sub, &scope, ttl, issuer.as_deref(), audience.as_deref())?;
+            println!("{token}");
+            Ok(())
         }
     }
 }

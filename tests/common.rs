@@ -128,3 +128,53 @@ pub fn batch(request_id: &str, user: &str, samples: Vec<Value>) -> Value {
 }
 
 pub const UPSERT: &str = "/v1/health/samples/batch-upsert";
+
+impl Server {
+    /// Waits up to `timeout` for the process to exit by itself; its exit status, if it did.
+    pub fn wait_exit(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Runs `vitalflow serve` on `data_dir` expecting it to fail at startup; returns its exit status
+/// (`None` if it was still running after 60 s, then killed) and what it wrote to stderr.
+pub fn start_expecting_failure(data_dir: &Path, env: &[(&str, &str)]) -> (Option<std::process::ExitStatus>, String) {
+    let log = data_dir.with_extension("stderr.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitalflow"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--workers", "1", "--data-dir"])
+        .arg(data_dir)
+        .env("VITALFLOW_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("stderr file"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn vitalflow");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    (status, stderr)
+}

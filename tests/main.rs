@@ -2,9 +2,13 @@
 //! process over HTTP on an ephemeral port.
 
 mod api;
+mod auth;
 mod common;
 mod connectors;
 mod domain;
+mod erasure;
+mod field;
 mod fitbit;
 mod restart;
+mod robustness;
 mod views;

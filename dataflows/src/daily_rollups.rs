@@ -3,7 +3,7 @@
 use differential_dataflow::VecCollection;
 use vitalflow_schemas::split::day_pieces;
 use vitalflow_schemas::view::{ColumnType::*, col};
-use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ValueKind, ViewDef};
+use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, SourceClass, ValueKind, ViewDef};
 
 use crate::registry::SamplesByUser;
 use crate::stats::{discrete_entry, discrete_stats, slice_shares, sum_and_distinct};
@@ -34,11 +34,18 @@ pub const DEF: ViewDef = ViewDef {
 
 type DayKey = (String, Metric, i32);
 
+/// The unit that competes for an M1 slice: a `(sourceId, sourceClass)` pair, led by the class's
+/// rank so that the derived order is the priority order (rank, then `sourceId`). Each class has its
+/// own rank, so the class only names the stream; it never reorders two streams.
+type Stream = (u8, String, SourceClass);
+
 /// In: current samples. Out: one row per `(user_id, metric, local_date)`.
 ///
-/// - CUMULATIVE (M1): each sample's C1 share of every 15-minute UTC slice; per slice the best-ranked
-///   source (rank, then smaller `sourceId`) wins; the day sums the winning shares of the slices whose
-///   start falls on that local date in the sample's zone, and counts the distinct winning samples.
+/// - CUMULATIVE (M1): each sample's C1 share of every 15-minute UTC slice; per slice the best
+///   [`Stream`] (rank of its class, then smaller `sourceId`) wins, and only that stream's shares
+///   count: one origin writing for a phone and a band is two streams, so it is never summed with
+///   itself. The day sums the winning shares of the slices whose start falls on that local date in
+///   the sample's zone, and counts the distinct winning samples.
 /// - DISCRETE: not split; the day of `startAt`; count, sum, mean, min, max, last (K3).
 /// - INTERVAL (mindful minutes; sleep has its own view): `total_min` is the union of all sources'
 ///   intervals clipped to the day, `count` the intervals starting that day.
@@ -49,19 +56,20 @@ pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch
             if s.metric.kind() != ValueKind::Cumulative || s.value.is_none() {
                 return Vec::new();
             }
-            let (rank, metric) = (s.source_class.rank(), s.metric);
+            let stream: Stream = (s.source_class.rank(), s.source_id.clone(), s.source_class);
             slice_shares(s)
                 .map(|(k, day, share)| {
-                    let entry = (rank, s.source_id.clone(), s.source_record_id.clone(), day, OrdF64(share));
-                    ((user.clone(), metric, k), entry)
+                    let entry = (stream.clone(), s.source_record_id.clone(), day, OrdF64(share));
+                    ((user.clone(), s.metric, k), entry)
                 })
                 .collect::<Vec<_>>()
         })
         .reduce_named("M1: slice winner", |_slice, input, output| {
-            let Some(winner) = input.iter().find(|(_, r)| *r > 0).map(|(e, _)| e.1.clone()) else { return };
-            for (e, r) in input {
-                if e.1 == winner && *r > 0 {
-                    output.push(((e.3, e.1.clone(), e.2.clone(), e.4), *r));
+            // The group is sorted by stream, so the first present entry belongs to the best stream.
+            let Some(winner) = input.iter().find(|(_, r)| *r > 0).map(|(e, _)| &e.0) else { return };
+            for ((stream, record, day, share), r) in input {
+                if stream.1 == winner.1 && *r > 0 {
+                    output.push(((*day, stream.1.clone(), record.clone(), *share), *r));
                 }
             }
         })

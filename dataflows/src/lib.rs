@@ -26,7 +26,7 @@ mod stats;
 pub mod weekly_steps;
 
 pub use registry::{Inputs, SamplesByUser, VIEWS, ViewSpec, select};
-pub use runtime::{Runtime, ViewProgress};
+pub use runtime::{Runtime, RuntimeError, RuntimeHealth, ViewProgress};
 
 #[cfg(test)]
 mod tests;

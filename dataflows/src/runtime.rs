@@ -6,6 +6,7 @@
 //! parks; [`Runtime::push`] unparks it, so an idle engine uses no CPU.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 use std::time::Duration;
@@ -40,6 +41,20 @@ enum WorkerMsg {
     Changes(Epoch, Vec<Change>),
     /// Every change below this epoch has been sent.
     Advance(Epoch),
+    /// Test-only fault hook: the worker panics (see [`Runtime::inject_fault`]).
+    Fault,
+}
+
+/// Messages queued to one worker before the writer waits (each is one chunk of changes or an
+/// advance): the channel from the writer to the workers is bounded.
+pub const WORKER_QUEUE: usize = 256;
+
+/// Why the runtime cannot take a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A worker thread has died (panicked); the views no longer advance.
+    #[error("a dataflow worker has died")]
+    WorkerDied,
 }
 
 /// Handle to the running workers.
@@ -48,13 +63,43 @@ pub struct Runtime {
     threads: Vec<Thread>,
     guards: Option<timely::communication::initialize::WorkerGuards<()>>,
     frontier: Epoch,
+    /// Workers that ended by unwinding (a panic), not by a clean shutdown.
+    died: Arc<AtomicUsize>,
+}
+
+/// Whether the runtime's workers are alive; see [`Runtime::health`].
+#[derive(Clone, Debug)]
+pub struct RuntimeHealth(Arc<AtomicUsize>);
+
+impl RuntimeHealth {
+    /// True while no worker has died.
+    pub fn is_healthy(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == 0
+    }
+}
+
+/// Counts a worker as died unless it is disarmed by a clean exit; dropped during a panic's unwind.
+struct DeathWatch {
+    died: Arc<AtomicUsize>,
+    armed: bool,
+}
+
+impl Drop for DeathWatch {
+    fn drop(&mut self) {
+        if self.armed {
+            self.died.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Runtime {
     /// Starts `workers` timely workers that maintain `views` and send progress to `out`.
     pub fn start(workers: usize, views: Vec<ViewSpec>, out: Sender<ViewProgress>) -> Result<Runtime, String> {
         let workers = workers.max(1);
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| crossbeam_channel::bounded(WORKER_QUEUE)).unzip();
+        let died = Arc::new(AtomicUsize::new(0));
+        let died_in_workers = died.clone();
         let receivers: Arc<Mutex<Vec<Option<Receiver<WorkerMsg>>>>> =
             Arc::new(Mutex::new(receivers.into_iter().map(Some).collect()));
         let (thread_tx, thread_rx) = crossbeam_channel::unbounded();
@@ -62,6 +107,7 @@ impl Runtime {
             let index = worker.index();
             let rx = receivers.lock().ok().and_then(|mut r| r.get_mut(index).and_then(Option::take));
             let Some(rx) = rx else { return };
+            let mut watch = DeathWatch { died: died_in_workers.clone(), armed: true };
             let _ = thread_tx.send((index, std::thread::current()));
             let out = out.clone();
             let input = worker.dataflow::<Epoch, _, _>(|scope| {
@@ -86,6 +132,7 @@ impl Runtime {
                     match rx.try_recv() {
                         Ok(WorkerMsg::Changes(epoch, changes)) => session.apply(epoch, changes),
                         Ok(WorkerMsg::Advance(epoch)) => session.advance(epoch),
+                        Ok(WorkerMsg::Fault) => panic!("injected fault: dataflow worker {index}"),
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => {
                             input = None;
@@ -96,6 +143,7 @@ impl Runtime {
                 worker.step_or_park(Some(Duration::from_millis(200)));
             }
             while worker.step_or_park(None) {}
+            watch.armed = false;
         })?;
         let mut threads: Vec<(usize, Thread)> = thread_rx.iter().take(workers).collect();
         threads.sort_by_key(|(i, _)| *i);
@@ -104,18 +152,47 @@ impl Runtime {
             threads: threads.into_iter().map(|(_, t)| t).collect(),
             guards: Some(guards),
             frontier: 0,
+            died,
         })
     }
 
+    /// Whether every worker is alive (none has panicked). A dead worker stops every view.
+    pub fn is_healthy(&self) -> bool {
+        self.died.load(Ordering::SeqCst) == 0
+    }
+
+    /// A handle that tells whether every worker is alive, usable without the runtime (which the
+    /// writer holds during recovery).
+    pub fn health(&self) -> RuntimeHealth {
+        RuntimeHealth(self.died.clone())
+    }
+
+    /// Test-only fault hook: makes worker 0 panic, as a bug in a view would.
+    pub fn inject_fault(&self) {
+        if let Some(tx) = self.senders.first() {
+            let _ = tx.send(WorkerMsg::Fault);
+        }
+        for t in &self.threads {
+            t.unpark();
+        }
+    }
+
     /// Sends a committed batch: its changes at `batch.epoch`, then every input advances past it.
-    pub fn push(&mut self, batch: EpochBatch) {
+    /// Blocks while a worker's queue is full ([`WORKER_QUEUE`]).
+    ///
+    /// Errors: [`RuntimeError::WorkerDied`] when a worker has died; the batch is durable and becomes
+    /// visible after a restart.
+    pub fn push(&mut self, batch: EpochBatch) -> Result<(), RuntimeError> {
         let epoch = batch.epoch;
-        self.push_changes(epoch, batch.changes);
-        self.advance(epoch + 1);
+        self.push_changes(epoch, batch.changes)?;
+        self.advance(epoch + 1)
     }
 
     /// Sends changes at `epoch` without closing it (recovery feeds one epoch in bounded chunks).
-    pub fn push_changes(&mut self, epoch: Epoch, changes: Vec<Change>) {
+    pub fn push_changes(&mut self, epoch: Epoch, changes: Vec<Change>) -> Result<(), RuntimeError> {
+        if !self.is_healthy() {
+            return Err(RuntimeError::WorkerDied);
+        }
         let n = self.senders.len();
         let mut per_worker: Vec<Vec<Change>> = (0..n).map(|_| Vec::new()).collect();
         for change in changes {
@@ -129,21 +206,41 @@ impl Runtime {
         }
         for (i, chunk) in per_worker.into_iter().enumerate() {
             if !chunk.is_empty() {
-                let _ = self.senders[i].send(WorkerMsg::Changes(epoch, chunk));
+                self.send(i, WorkerMsg::Changes(epoch, chunk))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends to worker `i`, waking it while its queue is full so that it drains.
+    fn send(&self, i: usize, msg: WorkerMsg) -> Result<(), RuntimeError> {
+        let mut msg = msg;
+        loop {
+            match self.senders[i].send_timeout(msg, Duration::from_millis(50)) {
+                Ok(()) => return Ok(()),
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return Err(RuntimeError::WorkerDied),
+                Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => {
+                    if !self.is_healthy() {
+                        return Err(RuntimeError::WorkerDied);
+                    }
+                    self.threads[i].unpark();
+                    msg = m;
+                }
             }
         }
     }
 
     /// Advances every worker's input to `epoch`: all epochs below it are closed.
-    pub fn advance(&mut self, epoch: Epoch) {
+    pub fn advance(&mut self, epoch: Epoch) -> Result<(), RuntimeError> {
         if epoch <= self.frontier {
-            return;
+            return Ok(());
         }
         self.frontier = epoch;
-        for (tx, thread) in self.senders.iter().zip(&self.threads) {
-            let _ = tx.send(WorkerMsg::Advance(epoch));
-            thread.unpark();
+        for i in 0..self.senders.len() {
+            self.send(i, WorkerMsg::Advance(epoch))?;
+            self.threads[i].unpark();
         }
+        Ok(())
     }
 
     /// Closes the inputs and waits for the workers to drain and exit.

@@ -34,7 +34,7 @@ impl Harness {
         self.epoch += 1;
         let epoch = self.epoch;
         if let Some(rt) = self.runtime.as_mut() {
-            rt.push(EpochBatch { epoch, changes });
+            rt.push(EpochBatch { epoch, changes }).expect("push");
         }
         while self.frontiers.iter().any(|f| *f <= epoch) {
             let p = self.rx.recv_timeout(std::time::Duration::from_secs(60)).expect("view progress");
@@ -198,6 +198,44 @@ fn m1_priority_slices_prefer_the_watch_and_keep_every_source_by_source() {
     assert_eq!(cumulative_days(&h, "steps"), vec![(day("2024-06-01"), 1, 1000.0)]);
 }
 
+/// Issue 12: one origin writing steps for a band and a phone is two streams; the band (rank 3)
+/// beats the phone (rank 5) in every slice, so the day is the band's alone, while the by-source
+/// view keeps the origin's unmerged total.
+#[test]
+fn m1_one_origin_writing_for_a_band_and_a_phone_is_two_streams() {
+    let mut h = Harness::new(2);
+    let origin = "com.example.health";
+    let hour = |rec: &str, at: &str, v: f64, class: SourceClass| {
+        let t = ms(&format!("2024-06-03T{at}:00:00Z"));
+        sample("u1", origin, rec, Metric::Steps, t, t + 3_600_000, v, class, "UTC")
+    };
+    let band = [
+        hour("b07", "07", 2000.0, SourceClass::Band),
+        hour("b12", "12", 3000.0, SourceClass::Band),
+        hour("b18", "18", 2639.0, SourceClass::Band),
+    ];
+    let phone = [
+        hour("p07", "07", 1900.0, SourceClass::Phone),
+        hour("p12", "12", 2200.0, SourceClass::Phone),
+        hour("p18", "18", 1666.0, SourceClass::Phone),
+    ];
+    h.step(band.iter().chain(&phone).map(|s| Change::Sample(s.clone(), 1)).collect());
+    // 2000 + 3000 + 2639 = 7639 from the three band samples; the phone's 5766 does not count.
+    assert_eq!(cumulative_days(&h, "steps"), vec![(day("2024-06-03"), 3, 7639.0)]);
+    // By source: every class of the origin, unmerged: 7639 + 5766 = 13405 over 6 samples.
+    let by_source: Vec<(Datum, Datum, Option<f64>)> =
+        h.rows("daily_rollups_by_source").into_iter().map(|r| (r[3].clone(), r[6].clone(), float(&r[7]))).collect();
+    assert_eq!(by_source, vec![(Datum::Str(origin.into()), Datum::Int(6), Some(13405.0))]);
+    // With the band's samples gone, the phone stream of the same origin wins every slice.
+    h.step(band.iter().map(|s| Change::Sample(s.clone(), -1)).collect());
+    assert_eq!(cumulative_days(&h, "steps"), vec![(day("2024-06-03"), 3, 5766.0)]);
+    // A band sample over 12:00–12:15 only takes that one slice from the phone: 5766 − 2200/4 + 500.
+    let t = ms("2024-06-03T12:00:00Z");
+    let short = sample("u1", origin, "b12s", Metric::Steps, t, t + 900_000, 500.0, SourceClass::Band, "UTC");
+    h.step(vec![Change::Sample(short, 1)]);
+    assert_eq!(cumulative_days(&h, "steps"), vec![(day("2024-06-03"), 4, 5716.0)]);
+}
+
 #[test]
 fn discrete_stats_and_last_with_ties() {
     let mut h = Harness::new(2);
@@ -250,7 +288,9 @@ fn interval_minutes_are_a_union_across_sources() {
 // ---- property test against a from-scratch oracle ----
 
 /// The oracle: `daily_rollups` for CUMULATIVE metrics computed directly from the final rows, by
-/// the letter of M1: for every slice, the best (rank, sourceId) with a sample touching it wins.
+/// the letter of M1: for every slice, the samples touching it are grouped by stream
+/// `(sourceId, sourceClass)`; the stream with the best (rank, sourceId) wins and only its samples
+/// count, so one sourceId writing under two classes is two competitors, not one.
 fn oracle_cumulative(rows: &[Sample]) -> BTreeMap<(String, String, i32), (i64, f64)> {
     let mut slices: BTreeMap<(String, Metric, i64), Vec<&Sample>> = BTreeMap::new();
     for s in rows {
@@ -263,8 +303,12 @@ fn oracle_cumulative(rows: &[Sample]) -> BTreeMap<(String, String, i32), (i64, f
     type Contribs = (BTreeSet<(String, String)>, Vec<(String, String, f64)>);
     let mut days: BTreeMap<(String, String, i32), Contribs> = BTreeMap::new();
     for ((user, metric, k), samples) in slices {
-        let Some(best) = samples.iter().map(|s| (s.source_class.rank(), s.source_id.clone())).min() else { continue };
-        for s in samples.iter().filter(|s| s.source_id == best.1) {
+        let mut streams: BTreeMap<(u8, &str, SourceClass), Vec<&Sample>> = BTreeMap::new();
+        for s in samples {
+            streams.entry((s.source_class.rank(), &s.source_id, s.source_class)).or_default().push(s);
+        }
+        let Some((_, winners)) = streams.into_iter().next() else { continue };
+        for s in winners {
             let a = k * SLICE_MS;
             let c = share(s.start_ms, s.end_ms, s.value.map_or(0.0, |v| v.0), a, a + SLICE_MS);
             let d = date_to_days(s.zone.local_date(a));
@@ -283,25 +327,33 @@ fn oracle_cumulative(rows: &[Sample]) -> BTreeMap<(String, String, i32), (i64, f
 
 #[derive(Clone, Debug)]
 enum Op {
-    Upsert { user: u8, source: u8, rec: u8, start_q: u16, len_min: u16, value: u16, zone: u8 },
+    Upsert { user: u8, source: u8, rec: u8, class: u8, start_q: u16, len_min: u16, value: u16, zone: u8 },
     Delete { user: u8, source: u8, rec: u8 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..2u8, 0..3u8, 0..6u8, 0..300u16, 0..400u16, 0..1000u16, 0..3u8).prop_map(|(user, source, rec, start_q, len_min, value, zone)| Op::Upsert { user, source, rec, start_q, len_min, value, zone }),
+        4 => (0..2u8, 0..3u8, 0..6u8, 0..2u8, 0..300u16, 0..400u16, 0..1000u16, 0..3u8).prop_map(|(user, source, rec, class, start_q, len_min, value, zone)| Op::Upsert { user, source, rec, class, start_q, len_min, value, zone }),
         1 => (0..2u8, 0..3u8, 0..6u8).prop_map(|(user, source, rec)| Op::Delete { user, source, rec }),
     ]
 }
 
 const ZONES: [&str; 3] = ["America/New_York", "Asia/Kathmandu", "UTC"];
-const CLASSES: [SourceClass; 3] = [SourceClass::Watch, SourceClass::Phone, SourceClass::Phone];
+/// The classes each source writes under, picked per sample (an edit may move a sample between
+/// them): `s0` is one app writing for a watch and a phone, `s1` for a band and a phone, `s2` for
+/// the phone only (so two sources tie on the phone's rank and `sourceId` decides).
+const CLASSES: [[SourceClass; 2]; 3] = [
+    [SourceClass::Watch, SourceClass::Phone],
+    [SourceClass::Band, SourceClass::Phone],
+    [SourceClass::Phone, SourceClass::Phone],
+];
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Random inserts, edits and deletes in random batches give the same `daily_rollups`,
-    /// `daily_rollups_by_source` and `weekly_steps` as a from-scratch computation over the final rows.
+    /// Random inserts, edits and deletes in random batches, from sources that write under several
+    /// classes, give the same `daily_rollups`, `daily_rollups_by_source` (keyed by sourceId, all of
+    /// its classes) and `weekly_steps` as a from-scratch computation over the final rows.
     #[test]
     fn daily_rollups_equal_the_oracle(ops in prop::collection::vec(op(), 1..80), cuts in prop::collection::vec(1..12usize, 1..10)) {
         let mut h = Harness::new(2);
@@ -312,10 +364,11 @@ proptest! {
         let mut until_cut = *cut.next().unwrap_or(&1);
         for op in ops {
             match op {
-                Op::Upsert { user, source, rec, start_q, len_min, value, zone } => {
+                Op::Upsert { user, source, rec, class, start_q, len_min, value, zone } => {
                     let start = base + i64::from(start_q) * 7 * 60_000 + i64::from(rec) * 1_000;
+                    let class = CLASSES[source as usize][class as usize];
                     let s = sample(&format!("u{user}"), &format!("s{source}"), &format!("r{rec}"), Metric::Steps,
-                        start, start + i64::from(len_min) * 60_000, f64::from(value), CLASSES[source as usize], ZONES[zone as usize]);
+                        start, start + i64::from(len_min) * 60_000, f64::from(value), class, ZONES[zone as usize]);
                     if let Some(old) = current.insert((user, source, rec), s.clone()) {
                         pending.push(Change::Sample(old, -1));
                     }

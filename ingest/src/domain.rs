@@ -8,7 +8,7 @@ use vitalflow_schemas::domain::{
     DomainChange, DomainChangesRequest, DomainChangesResponse, Product, Session, parse_change,
 };
 use vitalflow_schemas::wire::RejectedItem;
-use vitalflow_schemas::{Change, Epoch, UserProfile};
+use vitalflow_schemas::{Change, Epoch};
 
 use crate::error::IngestError;
 use crate::store::RequestRecord;
@@ -29,8 +29,10 @@ pub(crate) fn apply_domain(
         return Ok((prior.map(|r| DomainChangesResponse { replayed: true, ..r }), false));
     }
     let mut resp = DomainChangesResponse { request_id: req.request_id.clone(), epoch, ..Default::default() };
+    // G6 judges sessions against the moment the writer takes the request.
+    let received_at_ms = chrono::Utc::now().timestamp_millis();
     for (index, raw) in req.changes.iter().enumerate() {
-        let change = match parse_change(raw) {
+        let change = match parse_change(raw, received_at_ms, &vitalflow_schemas::Limits::DEFAULT) {
             Ok(c) => c,
             Err(rej) => {
                 resp.rejected.push(RejectedItem { index, code: rej.code, message: rej.message, field: None });
@@ -39,8 +41,7 @@ pub(crate) fn apply_domain(
         };
         match change {
             DomainChange::UpsertSession(w) => {
-                let profile: Option<UserProfile> =
-                    t.profiles.get(w.user_id.as_str())?.and_then(|p| serde_json::from_slice(p.value()).ok());
+                let profile = crate::writer::read_profile(t, w.user_id.as_str())?;
                 let new = w.resolve(profile.as_ref());
                 let key = (new.user_id.as_str(), new.session_id.as_str());
                 let old: Option<Session> = t.sessions.get(key)?.and_then(|v| serde_json::from_slice(v.value()).ok());
@@ -96,7 +97,6 @@ pub(crate) fn apply_domain(
         }
     }
     let record = RequestRecord { hash: hash.to_owned(), response: resp.clone() };
-    t.requests
-        .insert((DOMAIN_SCOPE, req.request_id.as_str()), serde_json::to_vec(&record).unwrap_or_default().as_slice())?;
+    t.record_request(DOMAIN_SCOPE, req.request_id.as_str(), &serde_json::to_vec(&record).unwrap_or_default())?;
     Ok((Ok(resp), true))
 }

@@ -3,16 +3,20 @@
 
 use axum::Json;
 use axum::Router;
+use axum::response::{IntoResponse, Response};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
 use serde::Serialize;
 use serde_json::Value;
-use vitalflow_schemas::domain::{DomainChangesRequest, DomainChangesResponse};
-use vitalflow_schemas::wire::{BatchUpsertRequest, BatchUpsertResponse, ProfileRequest, payload_hash, valid_id};
-use vitalflow_schemas::{UserProfile, Zone};
+use vitalflow_schemas::auth::Caller;
+use vitalflow_schemas::domain::DomainChangesRequest;
+use vitalflow_schemas::error::codes;
+use vitalflow_schemas::limits::{field_fits, json_depth_exceeds};
+use vitalflow_schemas::wire::{BatchUpsertRequest, ProfileRequest, payload_hash, valid_id};
+use vitalflow_schemas::{Limits, UserProfile, Zone};
 
 use crate::error::IngestError;
 use crate::writer::Ingest;
@@ -26,12 +30,13 @@ pub fn router(ingest: Ingest, max_body_bytes: usize) -> Router {
         .route("/v1/health/samples/batch-upsert", post(batch_upsert))
         .route("/v1/users/{user_id}/profile", post(upsert_profile))
         .route("/v1/domain/changes", post(domain_changes))
+        .route("/v1/users/{user_id}", axum::routing::delete(erase_user))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(ingest)
 }
 
-/// Checks the content type, the body size and the JSON syntax.
-fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, IngestError> {
+/// Checks the content type, the body size, the nesting depth and the JSON syntax.
+fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limits: &Limits) -> Result<Value, IngestError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
@@ -53,67 +58,194 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result
             IngestError::bad_request("INVALID_BODY", rejection.body_text())
         }
     })?;
-    parse_json(&body)
+    parse_json(&body, limits)
 }
 
-/// Identifiers are 1 to 128 bytes (DOMAIN.md §0.1); a bad one fails the whole request.
+/// Identifiers are 1 to 128 bytes without control characters (DOMAIN.md §0.1); a bad one fails the
+/// whole request.
 fn check_id(name: &str, id: &str) -> Result<(), IngestError> {
     if valid_id(id) {
         Ok(())
     } else {
-        Err(IngestError::bad_request("INVALID_ID", format!("{name} must be 1 to 128 bytes")))
+        Err(IngestError::bad_request(
+            codes::INVALID_ID,
+            format!("{name} must be 1 to 128 bytes without control characters"),
+        ))
     }
+}
+
+/// A request-level free-text field fits `max_field_bytes` (400 `FIELD_TOO_LONG`).
+fn check_field(name: &str, value: Option<&str>, limits: &Limits) -> Result<(), IngestError> {
+    match value {
+        Some(v) if !field_fits(v, limits) => Err(IngestError::bad_request(
+            codes::FIELD_TOO_LONG,
+            format!("{name} has {} bytes, more than the limit of {}", v.len(), limits.max_field_bytes),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The length of the array `value[name]` is at most `max` (400 `code`); checked on the raw value,
+/// before anything is hashed or deserialized.
+fn check_count(value: &Value, name: &str, max: usize, code: &'static str) -> Result<(), IngestError> {
+    let n = value.get(name).and_then(Value::as_array).map_or(0, Vec::len);
+    if n > max {
+        return Err(IngestError::bad_request(code, format!("{n} {name} in one request, more than the limit of {max}")));
+    }
+    Ok(())
 }
 
 fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, IngestError> {
     serde_json::from_value(value).map_err(|e| IngestError::bad_request("INVALID_REQUEST", e.to_string()))
 }
 
+/// Set on the response of a write: its `requestId`, for the binary's audit line.
+#[derive(Clone, Debug)]
+pub struct AuditRequestId(pub String);
+
+/// 403 `FORBIDDEN` unless the caller passes `allowed`. No `Caller` (no auth middleware, as in the
+/// handler tests) is the trusted caller.
+fn authorize(
+    caller: Option<Extension<Caller>>,
+    allowed: impl FnOnce(&Caller) -> bool,
+    message: &str,
+) -> Result<(), IngestError> {
+    match caller {
+        Some(Extension(c)) if !allowed(&c) => {
+            Err(IngestError::Invalid { status: StatusCode::FORBIDDEN, code: "FORBIDDEN", message: message.into() })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `result` as a response that names `request_id` for the audit line.
+fn with_request_id(result: Result<impl IntoResponse, IngestError>, request_id: String) -> Response {
+    let mut resp = result.into_response();
+    resp.extensions_mut().insert(AuditRequestId(request_id));
+    resp
+}
+
 async fn batch_upsert(
     State(ingest): State<Ingest>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<BatchUpsertResponse>, IngestError> {
-    let (req, hash) = parse_batch(json_body(&headers, body)?)?;
-    Ok(Json(ingest.batch_upsert(req, hash).await?))
+) -> Response {
+    let bytes = body.as_ref().map_or(0, Bytes::len);
+    let parsed = json_body(&headers, body, &Limits::DEFAULT).and_then(|v| parse_batch(v, &Limits::DEFAULT));
+    let (req, hash) = match parsed {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let request_id = req.request_id.clone();
+    // Decided before the writer sees the request: nothing of a forbidden batch is stored, and its
+    // requestId is not recorded.
+    let result = match authorize(
+        caller,
+        |c| c.may_write_user(&req.user_id),
+        "writing samples needs health:write for your own userId, or backend",
+    ) {
+        Ok(()) => ingest.batch_upsert(req, hash, bytes).await.map(Json),
+        Err(e) => Err(e),
+    };
+    with_request_id(result, request_id)
 }
 
 async fn domain_changes(
     State(ingest): State<Ingest>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<DomainChangesResponse>, IngestError> {
-    let (req, hash) = parse_domain(json_body(&headers, body)?)?;
-    Ok(Json(ingest.domain_changes(req, hash).await?))
+) -> Response {
+    let bytes = body.as_ref().map_or(0, Bytes::len);
+    let parsed = json_body(&headers, body, &Limits::DEFAULT).and_then(|v| parse_domain(v, &Limits::DEFAULT));
+    let (req, hash) = match parsed {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let request_id = req.request_id.clone();
+    let result = match authorize(caller, Caller::may_write_domain, "domain changes need the backend scope") {
+        Ok(()) => ingest.domain_changes(req, hash, bytes).await.map(Json),
+        Err(e) => Err(e),
+    };
+    with_request_id(result, request_id)
 }
 
 /// A batch-upsert body checked at the request level, with its payload hash. Every path (HTTP,
 /// Kafka, the outbox) goes through here, so a body means the same thing however it arrives.
-pub fn parse_batch(value: Value) -> Result<(BatchUpsertRequest, String), IngestError> {
+///
+/// Request-level failures (400): `TOO_MANY_SAMPLES`, `TOO_MANY_DELETIONS`, `INVALID_REQUEST` (shape),
+/// `INVALID_ID` (`requestId`, `userId`), `INVALID_ZONE` (`deviceTimeZone`), `FIELD_TOO_LONG`
+/// (`platform`). Per-sample checks happen later, in `validate_sample`.
+pub fn parse_batch(value: Value, limits: &Limits) -> Result<(BatchUpsertRequest, String), IngestError> {
+    check_count(&value, "samples", limits.max_samples_per_batch, codes::TOO_MANY_SAMPLES)?;
+    check_count(&value, "deletions", limits.max_deletions_per_batch, codes::TOO_MANY_DELETIONS)?;
     let hash = payload_hash(&value);
     let req: BatchUpsertRequest = parse(value)?;
     check_id("requestId", &req.request_id)?;
     check_id("userId", &req.user_id)?;
+    check_field("platform", req.platform.as_deref(), limits)?;
     if let Some(z) = req.device_time_zone.as_deref()
         && Zone::parse(z).is_none()
     {
-        return Err(IngestError::bad_request("INVALID_ZONE", format!("deviceTimeZone '{z}' is not a valid zone")));
+        return Err(IngestError::bad_request(
+            codes::INVALID_ZONE,
+            format!("deviceTimeZone '{}' is not a valid zone", vitalflow_schemas::error::quote(z)),
+        ));
     }
     Ok((req, hash))
 }
 
-/// A domain-changes body checked at the request level, with its payload hash.
-pub fn parse_domain(value: Value) -> Result<(DomainChangesRequest, String), IngestError> {
+/// A domain-changes body checked at the request level, with its payload hash. Request-level
+/// failures (400): `TOO_MANY_CHANGES`, `INVALID_REQUEST`, `INVALID_ID` (`requestId`); each change is
+/// checked later, by `parse_change`.
+pub fn parse_domain(value: Value, limits: &Limits) -> Result<(DomainChangesRequest, String), IngestError> {
+    check_count(&value, "changes", limits.max_changes_per_request, codes::TOO_MANY_CHANGES)?;
     let hash = payload_hash(&value);
     let req: DomainChangesRequest = parse(value)?;
     check_id("requestId", &req.request_id)?;
     Ok((req, hash))
 }
 
-/// JSON bytes to a value, with the HTTP API's error code for bad syntax.
-pub fn parse_json(bytes: &[u8]) -> Result<Value, IngestError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| IngestError::bad_request("MALFORMED_JSON", format!("malformed JSON: {e}")))
+/// A profile body checked as a whole (400): `INVALID_REQUEST` (shape), `INVALID_ZONE` (`timeZone`
+/// must be an IANA zone), `FIELD_TOO_LONG` (a `blockedMetrics` entry).
+pub fn parse_profile(value: Value, limits: &Limits) -> Result<ProfileRequest, IngestError> {
+    let req: ProfileRequest = parse(value)?;
+    if let Some(z) = req.time_zone.as_deref()
+        && !matches!(Zone::parse(z), Some(Zone::Iana(_)))
+    {
+        return Err(IngestError::bad_request(
+            codes::INVALID_ZONE,
+            format!("timeZone '{}' is not an IANA zone", vitalflow_schemas::error::quote(z)),
+        ));
+    }
+    for m in &req.blocked_metrics {
+        check_field("a blockedMetrics entry", Some(m), limits)?;
+    }
+    Ok(req)
+}
+
+/// JSON bytes to a value, with the HTTP API's error codes: `JSON_TOO_DEEP` when arrays and objects
+/// nest deeper than `max_json_depth` (checked by a scan before parsing, so that no recursion is
+/// deeper than that), else `MALFORMED_JSON` for bad syntax.
+pub fn parse_json(bytes: &[u8], limits: &Limits) -> Result<Value, IngestError> {
+    let too_deep = || {
+        IngestError::bad_request(
+            codes::JSON_TOO_DEEP,
+            format!("JSON nests deeper than {} levels", limits.max_json_depth),
+        )
+    };
+    if json_depth_exceeds(bytes, limits.max_json_depth) {
+        return Err(too_deep());
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        // serde_json's own limit (128 levels), should `max_json_depth` be set above it.
+        if e.to_string().starts_with("recursion limit exceeded") {
+            too_deep()
+        } else {
+            IngestError::bad_request("MALFORMED_JSON", format!("malformed JSON: {e}"))
+        }
+    })
 }
 
 #[derive(Serialize)]
@@ -126,17 +258,18 @@ struct ProfileResponse {
 
 async fn upsert_profile(
     State(ingest): State<Ingest>,
+    caller: Option<Extension<Caller>>,
     Path(user_id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ProfileResponse>, IngestError> {
-    let req: ProfileRequest = parse(json_body(&headers, body)?)?;
+    let req = parse_profile(json_body(&headers, body, &Limits::DEFAULT)?, &Limits::DEFAULT)?;
     check_id("userId", &user_id)?;
-    if let Some(z) = req.time_zone.as_deref()
-        && !matches!(Zone::parse(z), Some(Zone::Iana(_)))
-    {
-        return Err(IngestError::bad_request("INVALID_ZONE", format!("timeZone '{z}' is not an IANA zone")));
-    }
+    authorize(
+        caller,
+        |c| c.may_write_user(&user_id),
+        "writing a profile needs health:write for your own userId, or backend",
+    )?;
     let profile = UserProfile {
         user_id,
         time_zone: req.time_zone,
@@ -145,4 +278,29 @@ async fn upsert_profile(
     };
     let epoch = ingest.upsert_profile(profile.clone()).await?;
     Ok(Json(ProfileResponse { epoch, profile }))
+}
+
+/// `DELETE /v1/users/{userId}` (issue 11 §3): erases the user in one durable commit and answers
+/// `{"userId", "epoch", "deleted": {"samples", "sessions", "profile", "requests", "tombstones"}}`
+/// once it is on disk; a read with `minEpoch=<epoch>` shows none of the user's rows. Needs
+/// `backend`, or `health:write` for one's own `sub` (403 `FORBIDDEN` otherwise).
+async fn erase_user(
+    State(ingest): State<Ingest>,
+    caller: Option<axum::Extension<vitalflow_schemas::auth::Caller>>,
+    Path(user_id): Path<String>,
+) -> Result<Json<crate::writer::ErasureResponse>, IngestError> {
+    check_id("userId", &user_id)?;
+    let caller = caller.map_or_else(vitalflow_schemas::auth::Caller::trusted, |c| c.0);
+    if !caller.may_erase_user(&user_id) {
+        return Err(IngestError::Invalid {
+            status: StatusCode::FORBIDDEN,
+            code: "FORBIDDEN",
+            message: "erasure needs the backend scope, or health:write for your own user".into(),
+        });
+    }
+    let response = ingest.erase_user(user_id).await?;
+    metrics::counter!("vitalflow_erasures_total").increment(1);
+    tracing::info!(target: "audit", subject = caller.subject.as_deref().unwrap_or("-"), epoch = response.epoch,
+        samples = response.deleted.samples, "user erased");
+    Ok(Json(response))
 }

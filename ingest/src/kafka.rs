@@ -19,7 +19,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -140,12 +142,7 @@ impl KafkaSource {
         for (k, v) in &config.properties {
             client.set(k, v);
         }
-        let consumer: BaseConsumer = client.create()?;
-        consumer.subscribe(&[&config.samples_topic, &config.domain_topic])?;
-        let mut producer_config = ClientConfig::new();
-        producer_config.set("bootstrap.servers", &config.brokers).set("message.timeout.ms", "30000");
-        let producer: FutureProducer = producer_config.create()?;
-        let stored = positions
+        let stored: HashMap<Partition, i64> = positions
             .into_iter()
             .filter_map(|(k, v)| {
                 let rest = k.strip_prefix("kafka/")?;
@@ -153,6 +150,12 @@ impl KafkaSource {
                 Some(((topic.to_owned(), partition.parse().ok()?), v))
             })
             .collect();
+        let shared = Arc::new(Mutex::new(stored.clone()));
+        let consumer: BaseConsumer<StoreOffsets> = client.create_with_context(StoreOffsets { stored: shared.clone() })?;
+        consumer.subscribe(&[&config.samples_topic, &config.domain_topic])?;
+        let mut producer_config = ClientConfig::new();
+        producer_config.set("bootstrap.servers", &config.brokers).set("message.timeout.ms", "30000");
+        let producer: FutureProducer = producer_config.create()?;
         let status = Arc::new(Mutex::new(KafkaStatus { group_id: config.group_id.clone(), ..KafkaStatus::default() }));
         let stop = Arc::new(AtomicBool::new(false));
         let mut worker = Worker {
@@ -163,6 +166,7 @@ impl KafkaSource {
             visible,
             runtime,
             stored,
+            shared,
             watermarks: HashMap::new(),
             status: status.clone(),
             stop: stop.clone(),
@@ -191,6 +195,48 @@ impl KafkaSource {
 
 type Partition = (String, i32);
 
+/// The consumer's context: on every partition assignment it starts each partition at the offset
+/// stored with the applied rows (the store is the truth, not the consumer group), or at the
+/// beginning when the store has none — so a new data directory or a second instance in the group
+/// never skips records.
+struct StoreOffsets {
+    stored: Arc<Mutex<HashMap<Partition, i64>>>,
+}
+
+impl ClientContext for StoreOffsets {}
+
+impl ConsumerContext for StoreOffsets {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let parts: Vec<Partition> = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+                {
+                    let stored = self.stored.lock();
+                    for (topic, partition) in &parts {
+                        let offset = stored.get(&(topic.clone(), *partition)).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                        if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
+                            tracing::error!(error = %e, "cannot set a partition's start offset");
+                        }
+                    }
+                }
+                tracing::info!(partitions = parts.len(), "kafka partitions assigned; starting at the stored offsets");
+                if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
+            }
+            other => {
+                tracing::error!(error = ?other, "kafka rebalance error");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "kafka (un)assignment failed");
+        }
+    }
+}
+
 /// Backpressure with hysteresis: pause beyond `limit` epochs of lag, resume at or below half of it.
 fn should_pause(paused: bool, lag: u64, limit: u64) -> bool {
     let limit = limit.max(1);
@@ -199,13 +245,15 @@ fn should_pause(paused: bool, lag: u64, limit: u64) -> bool {
 
 struct Worker {
     config: KafkaConfig,
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<StoreOffsets>,
     producer: FutureProducer,
     ingest: Ingest,
     visible: Arc<dyn Fn() -> Epoch + Send + Sync>,
     runtime: tokio::runtime::Handle,
     /// Next offset to apply per partition, as in the store.
     stored: HashMap<Partition, i64>,
+    /// The same positions, for the rebalance callback.
+    shared: Arc<Mutex<HashMap<Partition, i64>>>,
     watermarks: HashMap<Partition, i64>,
     status: Arc<Mutex<KafkaStatus>>,
     stop: Arc<AtomicBool>,
@@ -280,11 +328,12 @@ impl Worker {
         if payload.len() > self.config.max_message_bytes {
             return Err("PAYLOAD_TOO_LARGE");
         }
-        let parsed = parse_json(payload).and_then(|value| {
+        let limits = &vitalflow_schemas::Limits::DEFAULT;
+        let parsed = parse_json(payload, limits).and_then(|value| {
             if m.topic() == self.config.domain_topic {
-                parse_domain(value).map(|(r, h)| SourceBody::Domain(r, h))
+                parse_domain(value, limits).map(|(r, h)| SourceBody::Domain(r, h))
             } else {
-                parse_batch(value).map(|(r, h)| SourceBody::Batch(r, h))
+                parse_batch(value, limits).map(|(r, h)| SourceBody::Batch(r, h))
             }
         });
         parsed.map_err(|e| e.code())
@@ -347,6 +396,7 @@ impl Worker {
                     || matches!(o, SourceOutcome::Domain(Ok(r)) if r.replayed)
             })
             .count() as u64;
+        let mut refused = false;
         for (m, outcome) in kept.iter().zip(&outcomes) {
             let failed = match outcome {
                 SourceOutcome::Batch(Err(e)) => Some(e.code()),
@@ -356,11 +406,29 @@ impl Worker {
             if let Some(reason) = failed {
                 self.dead_letter(&DeadLetter { reason, message: m.clone() });
                 self.status.lock().dead_lettered += 1;
+                refused = true;
+            }
+        }
+        if refused {
+            // The writer kept the positions back until the refused records were dead-lettered.
+            loop {
+                match self.runtime.block_on(self.ingest.source_commit(Vec::new(), positions.clone())) {
+                    Ok(_) => break,
+                    Err(IngestError::Unavailable) => return,
+                    Err(e) => {
+                        tracing::error!(error = %e, "kafka positions not committed; retrying");
+                        if self.stop.load(Ordering::Acquire) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
             }
         }
         let mut tpl = TopicPartitionList::new();
         for ((t, p), o) in &next {
             self.stored.insert((t.clone(), *p), *o);
+            self.shared.lock().insert((t.clone(), *p), *o);
             let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
         }
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {

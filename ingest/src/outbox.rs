@@ -158,18 +158,19 @@ async fn run(
         let mut items = Vec::with_capacity(rows.len());
         let mut last = *position;
         let mut malformed = 0;
+        let limits = &vitalflow_schemas::Limits::DEFAULT;
         for row in &rows {
             let id: i64 = row.get(0);
             let event_type: &str = row.get(1);
             let payload: &str = row.get(2);
             last = id;
             let parsed = match event_type {
-                "health.samples.batch" => {
-                    parse_json(payload.as_bytes()).and_then(parse_batch).map(|(r, h)| SourceBody::Batch(r, h))
-                }
-                "domain.changes" => {
-                    parse_json(payload.as_bytes()).and_then(parse_domain).map(|(r, h)| SourceBody::Domain(r, h))
-                }
+                "health.samples.batch" => parse_json(payload.as_bytes(), limits)
+                    .and_then(|v| parse_batch(v, limits))
+                    .map(|(r, h)| SourceBody::Batch(r, h)),
+                "domain.changes" => parse_json(payload.as_bytes(), limits)
+                    .and_then(|v| parse_domain(v, limits))
+                    .map(|(r, h)| SourceBody::Domain(r, h)),
                 _ => Ok(SourceBody::Skip), // another consumer's event
             };
             items.push(parsed.unwrap_or_else(|e| {
@@ -179,11 +180,18 @@ async fn run(
             }));
         }
         let outcomes = ingest.source_commit(items, vec![(key.clone(), last)]).await.map_err(|e| e.to_string())?;
+        let mut refused = false;
         for (row, o) in rows.iter().zip(&outcomes) {
             if let SourceOutcome::Batch(Err(e)) | SourceOutcome::Domain(Err(e)) = o {
                 let id: i64 = row.get(0);
-                tracing::warn!(id, code = e.code(), error = %e, "outbox event rejected");
+                tracing::warn!(id, code = e.code(), error = %e, "outbox event rejected (logged, skipped)");
+                refused = true;
             }
+        }
+        if refused {
+            // The writer keeps positions back when an event is refused; store it now that the
+            // refusal is logged (the outbox has no dead-letter topic: the row stays in the table).
+            ingest.source_commit(Vec::new(), vec![(key.clone(), last)]).await.map_err(|e| e.to_string())?;
         }
         *position = last;
         let mut s = status.lock();

@@ -4,7 +4,7 @@
 //! state into the dataflow.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,11 @@ pub(crate) const SAMPLES: TableDefinition<(&str, &str, &str), &[u8]> = TableDefi
 pub(crate) const TOMBSTONES: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("tombstones");
 /// `(userId, requestId)` → JSON [`RequestRecord`].
 pub(crate) const REQUESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("requests");
+/// `(storedAtMs, scope, requestId)` → (): request records by age, for retention.
+pub(crate) const REQUEST_TIMES: TableDefinition<(i64, &str, &str), ()> = TableDefinition::new("request_times");
+/// `(storedAtMs, userId, sourceId, sourceRecordId)` → (): tombstones by age, for retention.
+pub(crate) const TOMBSTONE_TIMES: TableDefinition<(i64, &str, &str, &str), ()> =
+    TableDefinition::new("tombstone_times");
 /// `(userId, sessionId)` → JSON `Session`.
 pub(crate) const SESSIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("sessions");
 /// `productId` → JSON `Product`.
@@ -32,6 +37,11 @@ pub(crate) const SOURCE_POSITIONS: TableDefinition<&str, i64> = TableDefinition:
 /// `"epoch"` → newest committed epoch.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const EPOCH_KEY: &str = "epoch";
+/// `"format_version"` → the layout of this store's tables; see [`FORMAT_VERSION`].
+const FORMAT_KEY: &str = "format_version";
+/// The store layout this build reads and writes. A store with another version is refused at open
+/// (a newer one was written by a newer vitalflow; an older one needs a migration).
+pub const FORMAT_VERSION: u64 = 1;
 /// `"store_id"` → a random identity given to the store when it is created (sinks use it to tell
 /// their own earlier writes from another store's).
 const STORE_ID_KEY: &str = "store_id";
@@ -49,18 +59,62 @@ pub type StoreError = redb::Error;
 /// The durable store.
 pub struct Store {
     pub(crate) db: Database,
+    path: PathBuf,
+}
+
+/// Test-only fault hook for storage failures: while the file named by `VITALFLOW_FAULT_STORAGE`
+/// exists, every commit fails as a full disk or a failed fsync would (nothing is written). Unset
+/// in production; tests use it where the machine cannot mount a size-limited filesystem.
+pub(crate) fn fault_point() -> Result<(), crate::IngestError> {
+    match std::env::var_os("VITALFLOW_FAULT_STORAGE") {
+        Some(path) if Path::new(&path).exists() => {
+            Err(crate::IngestError::Storage("injected storage fault (VITALFLOW_FAULT_STORAGE)".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether the test-only fault hooks are on (`VITALFLOW_FAULT_INJECTION=1`).
+pub(crate) fn fault_injection_enabled() -> bool {
+    std::env::var_os("VITALFLOW_FAULT_INJECTION").is_some_and(|v| v == "1")
 }
 
 impl Store {
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Opens (or creates) the store in `dir`.
+    ///
+    /// Errors: any I/O or redb error, a corrupted file, and a store whose format version is not
+    /// [`FORMAT_VERSION`] (`Corrupted` with a message saying which version it has).
     pub fn open(dir: &Path) -> Result<Store, redb::Error> {
         std::fs::create_dir_all(dir).map_err(redb::Error::Io)?;
-        let db = Database::create(dir.join("vitalflow.redb"))?;
+        let path = dir.join("vitalflow.redb");
+        let db = Database::create(&path)?;
+        {
+            // A store that has data but no version (written before versions existed) is version 1.
+            let txn = db.begin_read()?;
+            if let Ok(meta) = txn.open_table(META)
+                && let Some(v) = meta.get(FORMAT_KEY)?
+                && v.value() != FORMAT_VERSION
+            {
+                let found = v.value();
+                let why = if found > FORMAT_VERSION { "a newer vitalflow wrote it" } else { "it needs a migration" };
+                return Err(redb::Error::Corrupted(format!(
+                    "{} has store format version {found}; this vitalflow reads version {FORMAT_VERSION} ({why})",
+                    path.display()
+                )));
+            }
+        }
         let txn = db.begin_write()?;
         {
             txn.open_table(SAMPLES)?;
             txn.open_table(TOMBSTONES)?;
             txn.open_table(REQUESTS)?;
+            txn.open_table(REQUEST_TIMES)?;
+            txn.open_table(TOMBSTONE_TIMES)?;
             txn.open_table(PROFILES)?;
             txn.open_table(SESSIONS)?;
             txn.open_table(PRODUCTS)?;
@@ -69,10 +123,22 @@ impl Store {
             if meta.get(STORE_ID_KEY)?.is_none() {
                 meta.insert(STORE_ID_KEY, new_store_id())?;
             }
+            if meta.get(FORMAT_KEY)?.is_none() {
+                meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
+            }
             txn.open_table(SOURCE_POSITIONS)?;
         }
         txn.commit()?;
-        Ok(Store { db })
+        Ok(Store { db, path })
+    }
+
+    /// Test-only: writes `version` as the store's format version (to show that an unknown
+    /// version is refused at the next open).
+    pub fn set_format_version(&self, version: u64) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?.insert(FORMAT_KEY, version)?;
+        txn.commit()?;
+        Ok(())
     }
 
     /// The newest committed epoch (0 for a new store).
@@ -115,23 +181,32 @@ impl Store {
 
     /// Calls `f` with the current samples in chunks of at most `chunk` (recovery feeds the dataflow
     /// in bounded pieces rather than materialising the whole history).
-    pub fn scan_samples(&self, chunk: usize, mut f: impl FnMut(Vec<Sample>)) -> Result<u64, redb::Error> {
+    ///
+    /// Errors: a read error, an undecodable sample (`Corrupted`: recovery fails closed rather
+    /// than serve partial views), or the first error `f` returns.
+    pub fn scan_samples(
+        &self,
+        chunk: usize,
+        mut f: impl FnMut(Vec<Sample>) -> Result<(), String>,
+    ) -> Result<u64, redb::Error> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(SAMPLES)?;
         let mut buf = Vec::with_capacity(chunk);
         let mut total = 0;
         for entry in table.iter()? {
-            let (_, v) = entry?;
-            if let Some(stored) = decode_sample(v.value()) {
-                buf.push(stored.sample);
-                total += 1;
-            }
+            let (k, v) = entry?;
+            let Some(stored) = decode_sample(v.value()) else {
+                let (_, source, _) = k.value();
+                return Err(redb::Error::Corrupted(format!("undecodable stored sample (source '{source}')")));
+            };
+            buf.push(stored.sample);
+            total += 1;
             if buf.len() >= chunk {
-                f(std::mem::replace(&mut buf, Vec::with_capacity(chunk)));
+                f(std::mem::replace(&mut buf, Vec::with_capacity(chunk))).map_err(redb::Error::Corrupted)?;
             }
         }
         if !buf.is_empty() {
-            f(buf);
+            f(buf).map_err(redb::Error::Corrupted)?;
         }
         Ok(total)
     }
@@ -162,7 +237,9 @@ impl Store {
             let (_, v) = entry?;
             match serde_json::from_slice(v.value()) {
                 Ok(x) => out.push(x),
-                Err(e) => tracing::error!(error = %e, table = def.name(), "undecodable stored record skipped"),
+                Err(e) => {
+                    return Err(redb::Error::Corrupted(format!("undecodable record in table {}: {e}", def.name())));
+                }
             }
         }
         Ok(out)
@@ -185,7 +262,7 @@ pub(crate) fn decode_sample(bytes: &[u8]) -> Option<StoredSample> {
     match bincode::serde::decode_from_slice(bytes, bincode::config::standard()) {
         Ok((s, _)) => Some(s),
         Err(e) => {
-            tracing::error!(error = %e, "undecodable stored sample skipped");
+            tracing::error!(error = %e, "undecodable stored sample");
             None
         }
     }

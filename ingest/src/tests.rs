@@ -100,7 +100,13 @@ proptest! {
         let batches: Arc<Mutex<Vec<EpochBatch>>> = Arc::default();
         let sink = batches.clone();
         let progress = Arc::new(IngestProgress::default());
-        let (ingest, writer) = Ingest::start(store.clone(), progress, Box::new(|| {}), Box::new(move |b| sink.lock().expect("lock").push(b)));
+        let (ingest, writer) = Ingest::start(
+            store.clone(),
+            progress,
+            Box::new(|| Ok(())),
+            Box::new(move |b| { sink.lock().expect("lock").push(b); true }),
+            crate::writer::IngestOptions::default(),
+        );
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
         let mut model = Model::default();
         let mut rest: &[Op] = &ops;
@@ -113,10 +119,10 @@ proptest! {
                 rest = tail;
                 let body = request(id, group);
                 let req: BatchUpsertRequest = serde_json::from_value(body.clone()).expect("request");
-                let first = ingest.batch_upsert(req.clone(), payload_hash(&body)).await.expect("upsert");
+                let first = ingest.batch_upsert(req.clone(), payload_hash(&body), 1).await.expect("upsert");
                 model.apply(group);
                 if id % replay_every == 0 {
-                    let again = ingest.batch_upsert(req, payload_hash(&body)).await.expect("replay");
+                    let again = ingest.batch_upsert(req, payload_hash(&body), 1).await.expect("replay");
                     assert!(again.replayed);
                     assert_eq!(again.epoch, first.epoch);
                 }

@@ -1,13 +1,21 @@
 //! The single writer: takes requests from a queue, applies a whole group of them in one redb
 //! transaction (group commit: one fsync for many requests), stamps the commit with the next epoch,
 //! hands the group's changes to the dataflow and only then answers each request.
+//!
+//! Robustness (issue 10): the queue is bounded in bytes ([`IngestOptions::queue_bytes`]; full →
+//! `503 OVERLOADED`), ingestion refuses while the views trail by more than
+//! [`IngestOptions::max_lag_epochs`] (`503 VIEWS_LAGGING`) or while the dataflow is down
+//! (`503 UNAVAILABLE`), and each request is applied under `catch_unwind`: a bug that panics fails
+//! that request alone (`500 INTERNAL`, nothing of it applied) and the writer goes on.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use redb::{ReadableTable, Table};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use vitalflow_schemas::domain::{DomainChangesRequest, DomainChangesResponse};
 use vitalflow_schemas::validate::{RequestContext, validate_sample};
 use vitalflow_schemas::wire::{BatchUpsertRequest, BatchUpsertResponse, RejectedItem, valid_id};
@@ -18,16 +26,64 @@ use crate::error::IngestError;
 use crate::progress::IngestProgress;
 use crate::store::{
     EPOCH_KEY, META, PRODUCTS, PROFILES, REQUESTS, RequestRecord, SAMPLES, SESSIONS, SOURCE_POSITIONS, Store,
-    TOMBSTONES, USER_EPOCHS, decode_sample, encode_sample,
+    TOMBSTONES, USER_EPOCHS, decode_sample, encode_sample, REQUEST_TIMES, TOMBSTONE_TIMES,
 };
 
-/// Called after each commit, in epoch order, with everything the commit changed.
-pub type OnCommit = Box<dyn FnMut(EpochBatch) + Send>;
+/// Called after each commit, in epoch order, with everything the commit changed. Returns whether
+/// the dataflow took the batch; when it did not (a worker died), the group's requests are answered
+/// `503 UNAVAILABLE`, not acknowledged (the batch is durable and becomes visible after a restart).
+pub type OnCommit = Box<dyn FnMut(EpochBatch) -> bool + Send>;
+
+/// Test-only (`VITALFLOW_FAULT_INJECTION=1`): a batch with this `requestId` panics inside the
+/// writer, to show that the panic fails that request alone.
+pub const FAULT_PANIC_REQUEST_ID: &str = "vitalflow-fault-panic";
 
 /// Most requests applied in one transaction.
 const MAX_GROUP: usize = 256;
-/// Requests waiting for the writer before submitters wait (backpressure).
+/// Requests waiting for the writer (the byte budget below binds first in practice).
 const QUEUE: usize = 4096;
+
+/// Limits of the ingestion path; see the README's table of limits.
+#[derive(Clone)]
+pub struct IngestOptions {
+    /// Bytes of request bodies queued for the writer before HTTP submitters get `503 OVERLOADED`
+    /// (Kafka and the outbox wait instead). Default 64 MiB.
+    pub queue_bytes: usize,
+    /// HTTP ingestion answers `503 VIEWS_LAGGING` while the slowest view trails the newest
+    /// committed epoch by more than this many epochs. Default 1,000.
+    pub max_lag_epochs: u64,
+    /// The epoch every view reflects (the slowest view's `asOfEpoch`).
+    pub visible_epoch: Arc<dyn Fn() -> Epoch + Send + Sync>,
+    /// Whether the components a commit needs (dataflow workers, snapshot applier) are alive;
+    /// when not, nothing is committed and every request answers `503 UNAVAILABLE`.
+    pub healthy: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Sustained batch-upsert requests per second per user over HTTP (`429 RATE_LIMITED` above it;
+    /// Kafka and the outbox are not limited). Default 20; 0 turns the limit off.
+    pub user_requests_per_sec: u32,
+    /// Requests a user may send at once above the sustained rate. Default 40.
+    pub user_burst: u32,
+    /// Request records (idempotency, I1) and tombstones (I3) older than this are pruned. A replay
+    /// older than the retention is a new request; a sample re-sent after its tombstone is pruned
+    /// is accepted again. Default 30 days.
+    pub retention: std::time::Duration,
+}
+
+/// Per-user request rate limiter (GCRA, the `governor` crate), keyed by `userId`.
+type UserLimiter = governor::DefaultKeyedRateLimiter<String>;
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            queue_bytes: 64 * 1024 * 1024,
+            max_lag_epochs: 1_000,
+            visible_epoch: Arc::new(|| Epoch::MAX),
+            healthy: Arc::new(|| true),
+            user_requests_per_sec: 20,
+            user_burst: 40,
+            retention: std::time::Duration::from_secs(30 * 86_400),
+        }
+    }
+}
 
 enum Command {
     Domain {
@@ -49,6 +105,16 @@ enum Command {
         positions: Vec<(String, i64)>,
         reply: oneshot::Sender<Result<Vec<SourceOutcome>, IngestError>>,
     },
+    Erase {
+        user_id: String,
+        reply: oneshot::Sender<Result<ErasureResponse, IngestError>>,
+    },
+}
+
+/// A command and its share of the queue's byte budget (released when the command is answered).
+struct Queued {
+    command: Command,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// One message of a source (Kafka, the outbox), already parsed.
@@ -68,11 +134,43 @@ pub enum SourceOutcome {
     Skipped,
 }
 
+/// What `DELETE /v1/users/{userId}` removed, per kind of record (issue 11 §3).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ErasedCounts {
+    pub samples: u64,
+    pub sessions: u64,
+    pub profile: u64,
+    pub requests: u64,
+    pub tombstones: u64,
+}
+
+/// The answer to an erasure: the epoch of the durable commit that removed the user's records.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErasureResponse {
+    pub user_id: String,
+    pub epoch: Epoch,
+    pub deleted: ErasedCounts,
+}
+
 /// A cloneable handle for submitting requests to the writer.
 #[derive(Clone)]
 pub struct Ingest {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<Queued>,
     progress: Arc<IngestProgress>,
+    budget: Arc<Semaphore>,
+    options: IngestOptions,
+    alive: Arc<AtomicBool>,
+    limiter: Option<Arc<UserLimiter>>,
+}
+
+/// Clears the writer's liveness flag when the writer thread ends, however it ends.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Ingest {
@@ -80,20 +178,44 @@ impl Ingest {
     /// and the queue is drained; join the returned handle to wait for the last commit.
     ///
     /// `startup` runs on the writer thread before the first request is taken (recovery replays the
-    /// durable state there, so that no commit can overtake it).
+    /// durable state there, so that no commit can overtake it); when it fails, the writer ends and
+    /// [`Ingest::is_alive`] turns false.
     pub fn start(
         store: Arc<Store>,
         progress: Arc<IngestProgress>,
-        startup: Box<dyn FnOnce() + Send>,
+        startup: Box<dyn FnOnce() -> Result<(), String> + Send>,
         mut on_commit: OnCommit,
+        options: IngestOptions,
     ) -> (Ingest, JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<Command>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Queued>(QUEUE);
         let writer_progress = progress.clone();
+        let alive = Arc::new(AtomicBool::new(true));
+        let guard = AliveGuard(alive.clone());
+        let healthy = options.healthy.clone();
+        let retention_ms = i64::try_from(options.retention.as_millis()).unwrap_or(i64::MAX);
         let handle = std::thread::Builder::new()
             .name("vitalflow-writer".into())
             .spawn(move || {
-                startup();
-                while let Some(first) = rx.blocking_recv() {
+                let _guard = guard;
+                if let Err(e) = startup() {
+                    tracing::error!(error = %e, "writer startup (recovery) failed; the writer stops");
+                    return;
+                }
+                let mut next_prune = std::time::Instant::now();
+                loop {
+                    if std::time::Instant::now() >= next_prune {
+                        next_prune = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                        match prune(&store, now_ms().saturating_sub(retention_ms)) {
+                            Ok(n) if n >= PRUNE_BATCH => next_prune = std::time::Instant::now(),
+                            Ok(n) => {
+                                if n > 0 {
+                                    tracing::info!(entries = n, "pruned request records and tombstones past retention");
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "retention pruning failed; retried later"),
+                        }
+                    }
+                    let Some(first) = rx.blocking_recv() else { break };
                     let mut group = vec![first];
                     while group.len() < MAX_GROUP {
                         match rx.try_recv() {
@@ -101,11 +223,20 @@ impl Ingest {
                             Err(_) => break,
                         }
                     }
+                    if !healthy() {
+                        answer_all(group, || IngestError::Unavailable);
+                        continue;
+                    }
                     commit_group(&store, &writer_progress, &mut on_commit, group);
                 }
             })
             .unwrap_or_else(|e| panic!("cannot start the writer thread: {e}"));
-        (Ingest { tx, progress }, handle)
+        let budget = Arc::new(Semaphore::new(options.queue_bytes.clamp(1, Semaphore::MAX_PERMITS)));
+        let limiter = std::num::NonZeroU32::new(options.user_requests_per_sec).map(|rate| {
+            let burst = std::num::NonZeroU32::new(options.user_burst).unwrap_or(rate).max(rate);
+            Arc::new(governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst)))
+        });
+        (Ingest { tx, progress, budget, options, alive, limiter }, handle)
     }
 
     /// Shared ingest progress (latest epoch, per-user epochs).
@@ -113,13 +244,30 @@ impl Ingest {
         &self.progress
     }
 
+    /// Whether the writer thread is running (false after a failed recovery or a fatal fault).
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    /// Bytes of request bodies queued for the writer now.
+    pub fn queued_bytes(&self) -> usize {
+        self.options.queue_bytes.clamp(1, Semaphore::MAX_PERMITS).saturating_sub(self.budget.available_permits())
+    }
+
     /// Applies a batch upsert durably and returns its response (or the stored one, on replay).
+    /// `bytes` is the body's size, charged to the queue's byte budget.
+    ///
+    /// Errors: `OVERLOADED`/`VIEWS_LAGGING`/`UNAVAILABLE` (503, retry later), `STORAGE_UNAVAILABLE`
+    /// (503), `IDEMPOTENCY_KEY_REUSED` (409), `INTERNAL` (500).
     pub async fn batch_upsert(
         &self,
         req: BatchUpsertRequest,
         hash: String,
+        bytes: usize,
     ) -> Result<BatchUpsertResponse, IngestError> {
-        self.submit(|reply| Command::Batch { req, hash, reply }).await
+        self.rate_limit(&req.user_id)?;
+        let permit = self.admit(bytes)?;
+        self.submit(permit, |reply| Command::Batch { req, hash, reply }).await
     }
 
     /// Applies a domain-changes request durably and returns its response (or the stored one).
@@ -127,33 +275,86 @@ impl Ingest {
         &self,
         req: DomainChangesRequest,
         hash: String,
+        bytes: usize,
     ) -> Result<DomainChangesResponse, IngestError> {
-        self.submit(|reply| Command::Domain { req, hash, reply }).await
+        let permit = self.admit(bytes)?;
+        self.submit(permit, |reply| Command::Domain { req, hash, reply }).await
     }
 
     /// Upserts a profile durably; returns the epoch of its commit.
     pub async fn upsert_profile(&self, profile: UserProfile) -> Result<Epoch, IngestError> {
-        self.submit(|reply| Command::Profile { profile, reply }).await
+        let permit = self.admit(256)?;
+        self.submit(permit, |reply| Command::Profile { profile, reply }).await
+    }
+
+    /// Erases `user_id` in one durable commit: samples, tombstones, sessions, profile and request
+    /// records; every view row of the user is retracted at the returned epoch (issue 11 §3).
+    pub async fn erase_user(&self, user_id: String) -> Result<ErasureResponse, IngestError> {
+        if !self.is_alive() {
+            return Err(IngestError::Unavailable);
+        }
+        // Erasure is never refused for load: it only removes data.
+        self.submit(None, |reply| Command::Erase { user_id, reply }).await
     }
 
     /// Applies a source's messages and records its new positions (`key` → next position) in the
     /// same transaction: after a crash, a source resumes from the stored positions and nothing is
-    /// applied twice or skipped (exactly-once into the views).
+    /// applied twice or skipped (exactly-once into the views). Waits for room in the queue.
+    ///
+    /// When a message is refused as a whole (an `Err` outcome), the positions are NOT stored: the
+    /// source dead-letters the refused messages first, then commits the positions alone.
     pub async fn source_commit(
         &self,
         items: Vec<SourceBody>,
         positions: Vec<(String, i64)>,
     ) -> Result<Vec<SourceOutcome>, IngestError> {
-        self.submit(|reply| Command::Source { items, positions, reply }).await
+        self.submit(None, |reply| Command::Source { items, positions, reply }).await
+    }
+
+    /// The per-user rate limit (HTTP only).
+    fn rate_limit(&self, user_id: &str) -> Result<(), IngestError> {
+        let Some(limiter) = &self.limiter else { return Ok(()) };
+        if limiter.len() > 100_000 {
+            limiter.retain_recent(); // bounded: forget users whose bucket is full again
+        }
+        match limiter.check_key(&user_id.to_owned()) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+                Err(IngestError::RateLimited { retry_after_secs: wait.as_secs().saturating_add(1) })
+            }
+        }
+    }
+
+    /// Admission control for HTTP requests: the writer is alive, the views keep up and the queue
+    /// has room for `bytes`.
+    fn admit(&self, bytes: usize) -> Result<Option<OwnedSemaphorePermit>, IngestError> {
+        if !self.is_alive() {
+            return Err(IngestError::Unavailable);
+        }
+        let latest = self.progress.latest_epoch();
+        let visible = (self.options.visible_epoch)();
+        if latest.saturating_sub(visible) > self.options.max_lag_epochs {
+            return Err(IngestError::ViewsLagging { behind: latest.saturating_sub(visible) });
+        }
+        let permits = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
+        match self.budget.clone().try_acquire_many_owned(permits) {
+            Ok(p) => Ok(Some(p)),
+            Err(_) => Err(IngestError::Overloaded),
+        }
     }
 
     /// Queues a command for the writer and waits for its answer.
     async fn submit<T>(
         &self,
+        permit: Option<OwnedSemaphorePermit>,
         command: impl FnOnce(oneshot::Sender<Result<T, IngestError>>) -> Command,
     ) -> Result<T, IngestError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(command(reply)).await.map_err(|_| IngestError::Unavailable)?;
+        self.tx
+            .send(Queued { command: command(reply), _permit: permit })
+            .await
+            .map_err(|_| IngestError::Unavailable)?;
         rx.await.map_err(|_| IngestError::Unavailable)?
     }
 }
@@ -163,142 +364,406 @@ enum Outcome {
     Batch(Result<BatchUpsertResponse, IngestError>),
     Profile(Result<Epoch, IngestError>),
     Source(Vec<SourceOutcome>),
+    Erase(Result<ErasureResponse, IngestError>),
 }
 
 pub(crate) struct Tables<'t> {
     pub samples: Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>,
     pub tombstones: Table<'t, (&'static str, &'static str, &'static str), u64>,
+    pub tombstone_times: Table<'t, (i64, &'static str, &'static str, &'static str), ()>,
+    pub request_times: Table<'t, (i64, &'static str, &'static str), ()>,
     pub requests: Table<'t, (&'static str, &'static str), &'static [u8]>,
     pub profiles: Table<'t, &'static str, &'static [u8]>,
     pub sessions: Table<'t, (&'static str, &'static str), &'static [u8]>,
     pub products: Table<'t, &'static str, &'static [u8]>,
 }
 
-fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnCommit, group: Vec<Command>) {
+impl Tables<'_> {
+    /// Stores a request record (I1) and indexes it by time for retention.
+    pub(crate) fn record_request(&mut self, scope: &str, request_id: &str, bytes: &[u8]) -> Result<(), redb::Error> {
+        self.requests.insert((scope, request_id), bytes)?;
+        self.request_times.insert((now_ms(), scope, request_id), ())?;
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Most retention entries pruned in one transaction (pruning is spread over the writer's idle
+/// moments, so it never holds up a commit for long).
+const PRUNE_BATCH: usize = 5_000;
+
+/// Removes request records and tombstones stored before `cutoff_ms` (retention). Returns how many
+/// entries it removed; at most [`PRUNE_BATCH`] per call.
+pub(crate) fn prune(store: &Store, cutoff_ms: i64) -> Result<usize, redb::Error> {
+    let txn = store.db.begin_write()?;
+    let mut removed = 0;
+    {
+        let mut times = txn.open_table(REQUEST_TIMES)?;
+        let mut requests = txn.open_table(REQUESTS)?;
+        let old: Vec<(i64, String, String)> = times
+            .range((i64::MIN, "", "")..(cutoff_ms, "", ""))?
+            .take(PRUNE_BATCH)
+            .map(|e| e.map(|(k, _)| {
+                let (t, scope, id) = k.value();
+                (t, scope.to_owned(), id.to_owned())
+            }))
+            .collect::<Result<_, _>>()?;
+        for (t, scope, id) in &old {
+            times.remove((*t, scope.as_str(), id.as_str()))?;
+            requests.remove((scope.as_str(), id.as_str()))?;
+        }
+        removed += old.len();
+        let mut times = txn.open_table(TOMBSTONE_TIMES)?;
+        let mut tombstones = txn.open_table(TOMBSTONES)?;
+        let old: Vec<(i64, String, String, String)> = times
+            .range((i64::MIN, "", "", "")..(cutoff_ms, "", "", ""))?
+            .take(PRUNE_BATCH)
+            .map(|e| e.map(|(k, _)| {
+                let (t, u, s, r) = k.value();
+                (t, u.to_owned(), s.to_owned(), r.to_owned())
+            }))
+            .collect::<Result<_, _>>()?;
+        for (t, u, s, r) in &old {
+            times.remove((*t, u.as_str(), s.as_str(), r.as_str()))?;
+            tombstones.remove((u.as_str(), s.as_str(), r.as_str()))?;
+        }
+        removed += old.len();
+    }
+    if removed > 0 {
+        crate::store::fault_point().map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+        txn.commit()?;
+    } else {
+        txn.abort()?;
+    }
+    Ok(removed)
+}
+
+/// Where the writer is inside a group: `(command, item)`; `item` counts a source's messages.
+type Cursor = (usize, usize);
+
+/// A group's transaction result: the outcomes, whether anything was written, and the changes.
+type Applied = (Vec<Outcome>, bool, Vec<Change>, BTreeSet<String>);
+
+/// Answers every command of `group` with the same error.
+fn answer_all(group: Vec<Queued>, err: impl Fn() -> IngestError) {
+    for q in group {
+        match q.command {
+            Command::Batch { reply, .. } => {
+                let _ = reply.send(Err(err()));
+            }
+            Command::Profile { reply, .. } => {
+                let _ = reply.send(Err(err()));
+            }
+            Command::Domain { reply, .. } => {
+                let _ = reply.send(Err(err()));
+            }
+            Command::Source { reply, .. } => {
+                let _ = reply.send(Err(err()));
+            }
+            Command::Erase { reply, .. } => {
+                let _ = reply.send(Err(err()));
+            }
+        }
+    }
+}
+
+/// Applies a group in one transaction. A command (or a source's message) whose application panics
+/// is poisoned: the transaction is dropped and the group applied again without it, so that a bug
+/// fails that request alone and nothing of it is applied.
+fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnCommit, group: Vec<Queued>) {
     let epoch = progress.latest_epoch() + 1;
-    let mut changes = Vec::new();
-    let mut users = BTreeSet::new();
-    let result = (|| -> Result<(Vec<Outcome>, bool), redb::Error> {
-        let txn = store.db.begin_write()?;
-        let mut wrote = false;
-        let mut outcomes = Vec::with_capacity(group.len());
-        {
-            let mut t = Tables {
-                samples: txn.open_table(SAMPLES)?,
-                tombstones: txn.open_table(TOMBSTONES)?,
-                requests: txn.open_table(REQUESTS)?,
-                profiles: txn.open_table(PROFILES)?,
-                sessions: txn.open_table(SESSIONS)?,
-                products: txn.open_table(PRODUCTS)?,
-            };
-            for cmd in &group {
-                match cmd {
-                    Command::Batch { req, hash, .. } => {
-                        let (outcome, w) = apply_batch(&mut t, req, hash, epoch, &mut changes, &mut users)?;
-                        wrote |= w;
-                        outcomes.push(Outcome::Batch(outcome));
-                    }
-                    Command::Domain { req, hash, .. } => {
-                        let (outcome, w) = apply_domain(&mut t, req, hash, epoch, &mut changes, &mut users)?;
-                        wrote |= w;
-                        outcomes.push(Outcome::Domain(outcome));
-                    }
-                    Command::Profile { profile, .. } => {
-                        if apply_profile(&mut t, profile, &mut changes)? {
-                            users.insert(profile.user_id.clone());
-                        }
-                        wrote = true;
-                        outcomes.push(Outcome::Profile(Ok(epoch)));
-                    }
-                    Command::Source { items, positions, .. } => {
-                        let mut results = Vec::with_capacity(items.len());
-                        for item in items {
-                            results.push(match item {
-                                SourceBody::Batch(req, hash) => {
-                                    let (o, w) = apply_batch(&mut t, req, hash, epoch, &mut changes, &mut users)?;
-                                    wrote |= w;
-                                    SourceOutcome::Batch(o)
-                                }
-                                SourceBody::Domain(req, hash) => {
-                                    let (o, w) = apply_domain(&mut t, req, hash, epoch, &mut changes, &mut users)?;
-                                    wrote |= w;
-                                    SourceOutcome::Domain(o)
-                                }
-                                SourceBody::Skip => SourceOutcome::Skipped,
-                            });
-                        }
-                        if !positions.is_empty() {
-                            let mut table = txn.open_table(SOURCE_POSITIONS)?;
-                            for (key, next) in positions {
-                                table.insert(key.as_str(), *next)?;
-                            }
-                            wrote = true;
-                        }
-                        outcomes.push(Outcome::Source(results));
-                    }
-                }
-            }
-            if wrote {
-                let mut meta = txn.open_table(META)?;
-                meta.insert(EPOCH_KEY, epoch)?;
-                let mut user_epochs = txn.open_table(USER_EPOCHS)?;
-                for u in &users {
-                    user_epochs.insert(u.as_str(), epoch)?;
+    let mut poisoned: HashSet<Cursor> = HashSet::new();
+    let result = loop {
+        let mut cursor: Cursor = (usize::MAX, 0);
+        let attempt = catch_unwind(AssertUnwindSafe(|| apply_group(store, &group, epoch, &poisoned, &mut cursor)));
+        match attempt {
+            Ok(r) => break r,
+            Err(panic) => {
+                let what = panic_message(&panic);
+                tracing::error!(
+                    command = cursor.0,
+                    item = cursor.1,
+                    panic = %what,
+                    "a request panicked the writer; it fails alone (500 INTERNAL) and the group is applied without it"
+                );
+                metrics::counter!("vitalflow_panics_caught_total", "component" => "writer").increment(1);
+                if cursor.0 == usize::MAX || !poisoned.insert(cursor) {
+                    // Not attributable to a request: fail the whole group rather than loop.
+                    break Err(IngestError::Internal(format!("writer panic: {what}")));
                 }
             }
         }
-        if wrote {
-            txn.commit()?;
-        } else {
-            txn.abort()?;
-        }
-        Ok((outcomes, wrote))
-    })();
+    };
     match result {
-        Ok((outcomes, wrote)) => {
+        Ok((outcomes, wrote, changes, users)) => {
+            let mut visible = true;
             if wrote {
                 progress.record_commit(epoch, users);
-                on_commit(EpochBatch { epoch, changes });
+                visible = on_commit(EpochBatch { epoch, changes });
+                if !visible {
+                    tracing::error!(epoch, "the dataflow did not take a committed epoch; answering 503");
+                }
             }
-            for (cmd, outcome) in group.into_iter().zip(outcomes) {
-                match (cmd, outcome) {
+            for (index, (q, outcome)) in group.into_iter().zip(outcomes).enumerate() {
+                let failed = |i: usize| poisoned.contains(&(index, i));
+                let internal = || IngestError::Internal("the request failed inside the writer".into());
+                let unavailable = || IngestError::Unavailable;
+                match (q.command, outcome) {
                     (Command::Batch { reply, .. }, Outcome::Batch(r)) => {
+                        let r = if failed(0) { Err(internal()) } else if visible { r } else { Err(unavailable()) };
                         let _ = reply.send(r);
                     }
                     (Command::Profile { reply, .. }, Outcome::Profile(r)) => {
+                        let r = if failed(0) { Err(internal()) } else if visible { r } else { Err(unavailable()) };
                         let _ = reply.send(r);
                     }
                     (Command::Domain { reply, .. }, Outcome::Domain(r)) => {
+                        let r = if failed(0) { Err(internal()) } else if visible { r } else { Err(unavailable()) };
+                        let _ = reply.send(r);
+                    }
+                    (Command::Erase { reply, .. }, Outcome::Erase(r)) => {
+                        let r = if failed(0) { Err(internal()) } else if visible { r } else { Err(unavailable()) };
                         let _ = reply.send(r);
                     }
                     (Command::Source { reply, .. }, Outcome::Source(r)) => {
-                        let _ = reply.send(Ok(r));
+                        let _ = reply.send(if visible { Ok(r) } else { Err(unavailable()) });
                     }
                     _ => {}
                 }
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, "commit failed; the group's requests were not applied");
-            for cmd in group {
-                let err = IngestError::Storage(e.to_string());
-                match cmd {
-                    Command::Batch { reply, .. } => {
-                        let _ = reply.send(Err(err));
+        Err(err) => {
+            tracing::error!(error = %err, "commit failed; the group's requests were not applied");
+            let message = err.to_string();
+            let storage = matches!(err, IngestError::Storage(_));
+            answer_all(group, || {
+                if storage { IngestError::Storage(message.clone()) } else { IngestError::Internal(message.clone()) }
+            });
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
+}
+
+/// One attempt at a group's transaction; `cursor` tells which command is being applied, so that
+/// a panic can be attributed.
+fn apply_group(
+    store: &Store,
+    group: &[Queued],
+    epoch: Epoch,
+    poisoned: &HashSet<Cursor>,
+    cursor: &mut Cursor,
+) -> Result<Applied, IngestError> {
+    let mut changes = Vec::new();
+    let mut users = BTreeSet::new();
+    let txn = store.db.begin_write().map_err(storage)?;
+    let mut wrote = false;
+    let mut outcomes = Vec::with_capacity(group.len());
+    {
+        let mut t = Tables {
+            samples: txn.open_table(SAMPLES).map_err(storage)?,
+            tombstones: txn.open_table(TOMBSTONES).map_err(storage)?,
+            tombstone_times: txn.open_table(TOMBSTONE_TIMES).map_err(storage)?,
+            request_times: txn.open_table(REQUEST_TIMES).map_err(storage)?,
+            requests: txn.open_table(REQUESTS).map_err(storage)?,
+            profiles: txn.open_table(PROFILES).map_err(storage)?,
+            sessions: txn.open_table(SESSIONS).map_err(storage)?,
+            products: txn.open_table(PRODUCTS).map_err(storage)?,
+        };
+        for (ci, q) in group.iter().enumerate() {
+            *cursor = (ci, 0);
+            let skip = poisoned.contains(&(ci, 0));
+            match &q.command {
+                Command::Batch { req, hash, .. } => {
+                    if skip {
+                        outcomes.push(Outcome::Batch(Err(IngestError::Unavailable)));
+                        continue;
                     }
-                    Command::Profile { reply, .. } => {
-                        let _ = reply.send(Err(err));
+                    let (outcome, w) = apply_batch(&mut t, req, hash, epoch, &mut changes, &mut users)?;
+                    wrote |= w;
+                    outcomes.push(Outcome::Batch(outcome));
+                }
+                Command::Domain { req, hash, .. } => {
+                    if skip {
+                        outcomes.push(Outcome::Domain(Err(IngestError::Unavailable)));
+                        continue;
                     }
-                    Command::Domain { reply, .. } => {
-                        let _ = reply.send(Err(err));
+                    let (outcome, w) = apply_domain(&mut t, req, hash, epoch, &mut changes, &mut users)?;
+                    wrote |= w;
+                    outcomes.push(Outcome::Domain(outcome));
+                }
+                Command::Profile { profile, .. } => {
+                    if skip {
+                        outcomes.push(Outcome::Profile(Err(IngestError::Unavailable)));
+                        continue;
                     }
-                    Command::Source { reply, .. } => {
-                        let _ = reply.send(Err(err));
+                    if apply_profile(&mut t, profile, &mut changes)? {
+                        users.insert(profile.user_id.clone());
                     }
+                    wrote = true;
+                    outcomes.push(Outcome::Profile(Ok(epoch)));
+                }
+                Command::Erase { user_id, .. } => {
+                    if skip {
+                        outcomes.push(Outcome::Erase(Err(IngestError::Unavailable)));
+                        continue;
+                    }
+                    let deleted = apply_erase(&mut t, user_id, &mut changes)?;
+                    users.insert(user_id.clone());
+                    wrote = true;
+                    outcomes.push(Outcome::Erase(Ok(ErasureResponse { user_id: user_id.clone(), epoch, deleted })));
+                }
+                Command::Source { items, positions, .. } => {
+                    let mut results = Vec::with_capacity(items.len());
+                    for (ii, item) in items.iter().enumerate() {
+                        *cursor = (ci, ii);
+                        if poisoned.contains(&(ci, ii)) {
+                            // A message that panicked the writer: refused, so the source
+                            // dead-letters it instead of wedging its partition.
+                            let err = || IngestError::Internal("the record failed inside the writer".into());
+                            results.push(match item {
+                                SourceBody::Domain(..) => SourceOutcome::Domain(Err(err())),
+                                _ => SourceOutcome::Batch(Err(err())),
+                            });
+                            continue;
+                        }
+                        results.push(match item {
+                            SourceBody::Batch(req, hash) => {
+                                let (o, w) = apply_batch(&mut t, req, hash, epoch, &mut changes, &mut users)?;
+                                wrote |= w;
+                                SourceOutcome::Batch(o)
+                            }
+                            SourceBody::Domain(req, hash) => {
+                                let (o, w) = apply_domain(&mut t, req, hash, epoch, &mut changes, &mut users)?;
+                                wrote |= w;
+                                SourceOutcome::Domain(o)
+                            }
+                            SourceBody::Skip => SourceOutcome::Skipped,
+                        });
+                    }
+                    *cursor = (usize::MAX, 0);
+                    // A message refused as a whole (a reused requestId, a panic) must be
+                    // dead-lettered before its position is stored: the positions wait for the
+                    // source's next commit (re-reading the good messages replays them, I1).
+                    let refused = results
+                        .iter()
+                        .any(|r| matches!(r, SourceOutcome::Batch(Err(_)) | SourceOutcome::Domain(Err(_))));
+                    if !positions.is_empty() && !refused {
+                        let mut table = txn.open_table(SOURCE_POSITIONS).map_err(storage)?;
+                        for (key, next) in positions {
+                            table.insert(key.as_str(), *next).map_err(storage)?;
+                        }
+                        wrote = true;
+                    }
+                    outcomes.push(Outcome::Source(results));
                 }
             }
         }
+        *cursor = (usize::MAX, 0);
+        if wrote {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(EPOCH_KEY, epoch).map_err(storage)?;
+            let mut user_epochs = txn.open_table(USER_EPOCHS).map_err(storage)?;
+            for u in &users {
+                user_epochs.insert(u.as_str(), epoch).map_err(storage)?;
+            }
+        }
     }
+    if wrote {
+        crate::store::fault_point()?;
+        txn.commit().map_err(storage)?;
+    } else {
+        txn.abort().map_err(storage)?;
+    }
+    Ok((outcomes, wrote, changes, users))
+}
+
+fn storage(e: impl Into<redb::Error>) -> IngestError {
+    IngestError::Storage(e.into().to_string())
+}
+
+/// Removes every record of `user_id` (samples, tombstones, sessions, profile, request records)
+/// and emits the retractions of the samples, sessions and profile.
+fn apply_erase(t: &mut Tables<'_>, user_id: &str, changes: &mut Vec<Change>) -> Result<ErasedCounts, redb::Error> {
+    let user = user_id;
+    let mut counts = ErasedCounts::default();
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for entry in t.samples.range((user, "", "")..)? {
+        let (k, v) = entry?;
+        let (u, source, record) = k.value();
+        if u != user {
+            break;
+        }
+        let sample = decode_sample(v.value())
+            .ok_or_else(|| redb::Error::Corrupted(format!("undecodable stored sample of an erased user ({source})")))?;
+        changes.push(Change::Sample(sample.sample, -1));
+        keys.push((source.to_owned(), record.to_owned()));
+    }
+    for (source, record) in &keys {
+        t.samples.remove((user, source.as_str(), record.as_str()))?;
+    }
+    counts.samples = keys.len() as u64;
+    keys.clear();
+    for entry in t.tombstones.range((user, "", "")..)? {
+        let (k, _) = entry?;
+        let (u, source, record) = k.value();
+        if u != user {
+            break;
+        }
+        keys.push((source.to_owned(), record.to_owned()));
+    }
+    for (source, record) in &keys {
+        t.tombstones.remove((user, source.as_str(), record.as_str()))?;
+    }
+    counts.tombstones = keys.len() as u64;
+    let mut ids: Vec<String> = Vec::new();
+    for entry in t.sessions.range((user, "")..)? {
+        let (k, v) = entry?;
+        let (u, id) = k.value();
+        if u != user {
+            break;
+        }
+        let session = serde_json::from_slice(v.value())
+            .map_err(|e| redb::Error::Corrupted(format!("undecodable stored session: {e}")))?;
+        changes.push(Change::Session(session, -1));
+        ids.push(id.to_owned());
+    }
+    for id in &ids {
+        t.sessions.remove((user, id.as_str()))?;
+    }
+    counts.sessions = ids.len() as u64;
+    ids.clear();
+    for entry in t.requests.range((user, "")..)? {
+        let (k, _) = entry?;
+        let (u, id) = k.value();
+        if u != user {
+            break;
+        }
+        ids.push(id.to_owned());
+    }
+    for id in &ids {
+        t.requests.remove((user, id.as_str()))?;
+    }
+    counts.requests = ids.len() as u64;
+    if let Some(old) = t.profiles.remove(user)? {
+        let profile: UserProfile = serde_json::from_slice(old.value())
+            .map_err(|e| redb::Error::Corrupted(format!("undecodable stored profile: {e}")))?;
+        changes.push(Change::Profile(profile, -1));
+        counts.profile = 1;
+    }
+    Ok(counts)
 }
 
 /// I1 for any request kind: `None` for a new `(scope, requestId)`; the stored response for the same
@@ -327,15 +792,22 @@ fn apply_batch(
     users: &mut BTreeSet<String>,
 ) -> Result<(Result<BatchUpsertResponse, IngestError>, bool), redb::Error> {
     let user = req.user_id.as_str();
+    if req.request_id == FAULT_PANIC_REQUEST_ID && crate::store::fault_injection_enabled() {
+        panic!("injected fault: a request that panics the writer");
+    }
     if let Some(prior) = prior_response::<BatchUpsertResponse>(t, user, &req.request_id, hash)? {
         return Ok((prior.map(|r| BatchUpsertResponse { replayed: true, ..r }), false));
     }
-    let profile: Option<UserProfile> = t.profiles.get(user)?.and_then(|p| serde_json::from_slice(p.value()).ok());
+    let profile = read_profile(t, user)?;
     let ctx = RequestContext {
         user_id: user,
         platform: req.platform.as_deref(),
         device_zone: req.device_time_zone.as_deref().and_then(Zone::parse),
         profile: profile.as_ref(),
+        // G6 judges new samples against the moment the writer takes the request (recovery replays
+        // stored rows and never comes here).
+        received_at_ms: chrono::Utc::now().timestamp_millis(),
+        limits: &vitalflow_schemas::Limits::DEFAULT,
     };
     let mut resp = BatchUpsertResponse { request_id: req.request_id.clone(), epoch, ..Default::default() };
     for (index, ws) in req.samples.iter().enumerate() {
@@ -377,6 +849,7 @@ fn apply_batch(
         }
         let key = (user, d.source_id.as_str(), d.source_record_id.as_str());
         t.tombstones.insert(key, epoch)?;
+        t.tombstone_times.insert((now_ms(), user, d.source_id.as_str(), d.source_record_id.as_str()), ())?;
         let removed = t.samples.remove(key)?.and_then(|v| decode_sample(v.value()));
         if let Some(old) = removed {
             changes.push(Change::Sample(old.sample, -1));
@@ -388,8 +861,19 @@ fn apply_batch(
     }
     let record = RequestRecord { hash: hash.to_owned(), response: resp.clone() };
     let bytes = serde_json::to_vec(&record).unwrap_or_default();
-    t.requests.insert((user, req.request_id.as_str()), bytes.as_slice())?;
+    t.record_request(user, req.request_id.as_str(), &bytes)?;
     Ok((Ok(resp), true))
+}
+
+/// The stored profile of `user`. An undecodable one is an error, never "no profile": the
+/// privacy gate (I4) must not open because a record cannot be read.
+pub(crate) fn read_profile(t: &Tables<'_>, user: &str) -> Result<Option<UserProfile>, redb::Error> {
+    match t.profiles.get(user)? {
+        None => Ok(None),
+        Some(p) => serde_json::from_slice(p.value())
+            .map(Some)
+            .map_err(|e| redb::Error::Corrupted(format!("undecodable stored profile: {e}"))),
+    }
 }
 
 /// Upserts a profile; returns whether it changed anything.
@@ -399,7 +883,7 @@ pub(crate) fn apply_profile(
     changes: &mut Vec<Change>,
 ) -> Result<bool, redb::Error> {
     let user = profile.user_id.as_str();
-    let old: Option<UserProfile> = t.profiles.get(user)?.and_then(|p| serde_json::from_slice(p.value()).ok());
+    let old = read_profile(t, user)?;
     if old.as_ref() == Some(profile) {
         return Ok(false);
     }

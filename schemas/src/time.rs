@@ -2,10 +2,44 @@
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 
+/// Longest timestamp string accepted, in bytes (`2024-06-01T03:50:00.123456789+05:45` has 35).
+pub const MAX_INSTANT_BYTES: usize = 64;
+
+/// G6: the earliest plausible instant, 2000-01-01T00:00:00Z, in UTC milliseconds. An earlier
+/// `startAt` is `INVALID_TIMESTAMP` (epoch-zero and 32-bit overflow dates).
+pub const MIN_PLAUSIBLE_MS: i64 = 946_684_800_000;
+
+/// G6: how far after the moment the server receives it an instant may lie (24 h, in milliseconds).
+/// Later is `FUTURE_TIMESTAMP` (a broken device clock or a mis-decoded timestamp).
+pub const MAX_FUTURE_MS: i64 = 86_400_000;
+
 /// Parses an RFC 3339 timestamp into UTC milliseconds (an offset is converted to UTC; sub-millisecond
-/// digits are truncated).
+/// digits are truncated). A string longer than [`MAX_INSTANT_BYTES`] is `None`.
 pub fn parse_instant(s: &str) -> Option<i64> {
+    if s.len() > MAX_INSTANT_BYTES {
+        return None;
+    }
     DateTime::parse_from_rfc3339(s.trim()).ok().map(|dt| dt.timestamp_millis())
+}
+
+/// Why an instant is implausible (G6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Implausible {
+    /// Before [`MIN_PLAUSIBLE_MS`].
+    TooEarly,
+    /// More than [`MAX_FUTURE_MS`] after `received_at_ms`.
+    TooLate,
+}
+
+/// G6: whether `ms` lies between 2000-01-01T00:00:00Z and 24 h after `received_at_ms`.
+pub fn check_plausible(ms: i64, received_at_ms: i64) -> Result<(), Implausible> {
+    if ms < MIN_PLAUSIBLE_MS {
+        Err(Implausible::TooEarly)
+    } else if ms > received_at_ms.saturating_add(MAX_FUTURE_MS) {
+        Err(Implausible::TooLate)
+    } else {
+        Ok(())
+    }
 }
 
 /// Formats UTC milliseconds as `2024-06-01T03:50:00.000Z`.
@@ -23,9 +57,9 @@ pub fn date_to_days(d: NaiveDate) -> i32 {
     d.num_days_from_ce() - EPOCH_DAYS_FROM_CE
 }
 
-/// The date `days` after 1970-01-01.
+/// The date `days` after 1970-01-01 (1970-01-01 itself when out of chrono's range).
 pub fn days_to_date(days: i32) -> NaiveDate {
-    NaiveDate::from_num_days_from_ce_opt(days + EPOCH_DAYS_FROM_CE).unwrap_or_default()
+    days.checked_add(EPOCH_DAYS_FROM_CE).and_then(NaiveDate::from_num_days_from_ce_opt).unwrap_or_default()
 }
 
 /// Parses `YYYY-MM-DD`.
@@ -43,6 +77,48 @@ mod tests {
         assert_eq!(format_instant(t), "2024-06-01T03:50:00.000Z");
         assert_eq!(parse_instant("2024-05-31T23:50:00-04:00"), Some(t));
         assert_eq!(parse_instant("yesterday"), None);
+    }
+
+    /// Issue 10: odd timestamps are `None` or a number, never a panic.
+    #[test]
+    fn hostile_instants_do_not_panic() {
+        let long = format!("2024-06-01T03:50:00.{}Z", "1".repeat(10_000));
+        for s in [
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "-0001-01-01T00:00:00Z",
+            "+275760-09-13T00:00:00Z",
+            "99999-01-01T00:00:00Z",
+            "2024-02-30T00:00:00Z",
+            "2024-06-01T24:00:00Z",
+            "2024-06-01T23:59:60Z",
+            "2024-06-01T03:50:00+99:99",
+            "2024-06-01T03:50:00+1é:00",
+            "2024-06-01T03:50:00.é",
+            "2024-06-01T03:50:00\0Z",
+            "2024-06-01T03:50:00.00000000000000000000000001Z",
+            "",
+            "é",
+            long.as_str(),
+        ] {
+            let _ = parse_instant(s);
+        }
+        assert_eq!(parse_instant(&long), None);
+        assert!(parse_instant("9999-12-31T23:59:59.999Z").is_some());
+        assert_eq!(days_to_date(i32::MAX), NaiveDate::default());
+        assert_eq!(days_to_date(i32::MIN), NaiveDate::default());
+        assert_eq!(format_instant(i64::MAX), "");
+    }
+
+    #[test]
+    fn g6_plausible_window() {
+        let now = parse_instant("2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(check_plausible(MIN_PLAUSIBLE_MS, now), Ok(()));
+        assert_eq!(check_plausible(MIN_PLAUSIBLE_MS - 1, now), Err(Implausible::TooEarly));
+        assert_eq!(check_plausible(now + MAX_FUTURE_MS, now), Ok(()));
+        assert_eq!(check_plausible(now + MAX_FUTURE_MS + 1, now), Err(Implausible::TooLate));
+        assert_eq!(check_plausible(i64::MAX, i64::MAX), Ok(()));
+        assert_eq!(check_plausible(i64::MIN, now), Err(Implausible::TooEarly));
     }
 
     #[test]

@@ -113,9 +113,14 @@ pub fn payload_hash(body: &Value) -> String {
     hex::encode(Sha256::digest(&canonical))
 }
 
-/// Identifiers are non-empty UTF-8 strings of at most 128 bytes (§0.1).
+/// Longest identifier, in bytes (§0.1).
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Identifiers are non-empty UTF-8 strings of at most [`MAX_ID_BYTES`] bytes (§0.1) with no control
+/// character (`char::is_control`: C0, DEL and C1, NUL included), since they become store keys,
+/// log fields and CSV/SQL cells.
 pub fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128
+    !s.is_empty() && s.len() <= MAX_ID_BYTES && !s.chars().any(char::is_control)
 }
 
 #[cfg(test)]
@@ -149,5 +154,11 @@ mod tests {
         assert!(!valid_id(""));
         assert!(valid_id(&"x".repeat(128)));
         assert!(!valid_id(&"x".repeat(129)));
+        assert!(valid_id(&"é".repeat(64)));
+        assert!(!valid_id(&"é".repeat(65)));
+        for bad in ["a\0b", "a\nb", "\t", "a\u{7f}", "a\u{85}", "\u{1b}[31m"] {
+            assert!(!valid_id(bad), "{bad:?}");
+        }
+        assert!(valid_id("user-1 ü 東京"));
     }
 }

@@ -20,8 +20,13 @@ impl Zone {
     /// UTC, the last resort of zone resolution.
     pub const UTC: Zone = Zone::Iana(Tz::UTC);
 
-    /// Parses an IANA name (`America/New_York`, `UTC`) or a fixed offset (`+05:45`, `-04:00`, `Z`).
+    /// Parses an IANA name (`America/New_York`, `UTC`) or a fixed offset (`+05:45`, `+0545`,
+    /// `-04:00`, `Z`; at most ±18:59). Anything else, including a string longer than
+    /// [`MAX_ZONE_BYTES`], is `None`.
     pub fn parse(s: &str) -> Option<Zone> {
+        if s.len() > MAX_ZONE_BYTES {
+            return None;
+        }
         let s = s.trim();
         if s.is_empty() {
             return None;
@@ -33,11 +38,16 @@ impl Zone {
     }
 
     /// Wall-clock date and time of the UTC instant `ms` in this zone.
+    /// Out of chrono's range (about ±262 000 years, never reached by a validated instant) the answer
+    /// is the UTC wall clock, or 1970-01-01 when `ms` itself is out of range.
     pub fn local(self, ms: i64) -> NaiveDateTime {
         let utc = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default();
         match self {
             Zone::Iana(tz) => utc.with_timezone(&tz).naive_local(),
-            Zone::Fixed(secs) => utc.naive_utc() + chrono::Duration::seconds(i64::from(secs)),
+            Zone::Fixed(secs) => {
+                let naive = utc.naive_utc();
+                naive.checked_add_signed(chrono::Duration::seconds(i64::from(secs))).unwrap_or(naive)
+            }
         }
     }
 
@@ -55,7 +65,11 @@ impl Zone {
     /// The UTC instant (ms) of the first moment whose wall clock is at or after `wall`.
     pub fn first_instant_at_or_after(self, wall: NaiveDateTime) -> i64 {
         match self {
-            Zone::Fixed(secs) => (wall - chrono::Duration::seconds(i64::from(secs))).and_utc().timestamp_millis(),
+            Zone::Fixed(secs) => wall
+                .checked_sub_signed(chrono::Duration::seconds(i64::from(secs)))
+                .unwrap_or(wall)
+                .and_utc()
+                .timestamp_millis(),
             Zone::Iana(tz) => {
                 // Step forward in 15-minute increments through a gap; offsets are multiples of 15 min.
                 let mut w = wall;
@@ -63,7 +77,10 @@ impl Zone {
                     if let Some(dt) = tz.from_local_datetime(&w).earliest() {
                         return dt.timestamp_millis();
                     }
-                    w += chrono::Duration::minutes(15);
+                    match w.checked_add_signed(chrono::Duration::minutes(15)) {
+                        Some(next) => w = next,
+                        None => break,
+                    }
                 }
                 wall.and_utc().timestamp_millis()
             }
@@ -76,24 +93,27 @@ impl Zone {
     }
 }
 
+/// Longest zone string accepted, in bytes. The longest IANA name has 32 bytes
+/// (`America/Argentina/ComodRivadavia`), an offset 6.
+pub const MAX_ZONE_BYTES: usize = 64;
+
+/// `Z`, `±HH:MM` or `±HHMM`, read byte by byte: every byte must be ASCII, so that no input (such as
+/// `+1é1`) is ever cut inside a character.
 fn parse_offset(s: &str) -> Option<i32> {
     if s == "Z" {
         return Some(0);
     }
-    let (sign, rest) = match s.as_bytes().first()? {
-        b'+' => (1, &s[1..]),
-        b'-' => (-1, &s[1..]),
+    let digit = |b: u8| b.is_ascii_digit().then(|| i32::from(b - b'0'));
+    let (sign, h1, h2, m1, m2) = match *s.as_bytes() {
+        [sign, h1, h2, b':', m1, m2] | [sign, h1, h2, m1, m2] => (sign, h1, h2, m1, m2),
         _ => return None,
     };
-    let (h, m) = match rest.split_once(':') {
-        Some((h, m)) => (h, m),
-        None if rest.len() == 4 => rest.split_at(2),
-        None => return None,
+    let sign = match sign {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
     };
-    if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+    let (h, m) = (digit(h1)? * 10 + digit(h2)?, digit(m1)? * 10 + digit(m2)?);
     if h > 18 || m > 59 {
         return None;
     }
@@ -165,6 +185,66 @@ mod tests {
         assert_eq!(Zone::parse("Mars/Olympus"), None);
         assert_eq!(Zone::parse("+25:00"), None);
         assert_eq!(Zone::parse(""), None);
+        assert_eq!(Zone::parse("+0545"), Some(Zone::Fixed(5 * 3600 + 45 * 60)));
+        assert_eq!(Zone::parse("Z"), Some(Zone::Fixed(0)));
+        assert_eq!(Zone::parse(" UTC "), Some(Zone::UTC));
+    }
+
+    /// Regressions of issue 10: none of these may panic, and none is a zone.
+    #[test]
+    fn hostile_zone_strings_are_rejected_without_panic() {
+        let long_iana = format!("America/{}", "x".repeat(10_000));
+        let long_padded = format!("{}UTC", " ".repeat(100));
+        let bad = [
+            "+1é1",
+            "-é12",
+            "+é:1",
+            "+1:é",
+            "+12:3é",
+            "+99:99",
+            "+18:60",
+            "+19:00",
+            "-24:00",
+            "+1:00",
+            "+01:0",
+            "++01:00",
+            "+-1:00",
+            "+01:00:00",
+            "+",
+            "-",
+            ":",
+            "é",
+            "\0",
+            "+\0\0:00",
+            "+０１:００",
+            "UTC\0",
+            "America/New\0York",
+            "../../etc/passwd",
+            "+9999999999",
+        ];
+        for s in bad.iter().copied().chain([long_iana.as_str(), long_padded.as_str()]) {
+            assert_eq!(Zone::parse(s), None, "{s:?}");
+        }
+        assert_eq!(Zone::parse(&"x".repeat(10_000)), None);
+        assert_eq!(Zone::parse("+18:59"), Some(Zone::Fixed(18 * 3600 + 59 * 60)));
+        assert_eq!(Zone::parse("-18:00"), Some(Zone::Fixed(-18 * 3600)));
+        let longest = "America/Argentina/ComodRivadavia";
+        assert!(matches!(Zone::parse(longest), Some(Zone::Iana(_))), "{longest}");
+    }
+
+    #[test]
+    fn extreme_instants_do_not_panic() {
+        for z in
+            [Zone::UTC, Zone::Fixed(18 * 3600 + 59 * 60), Zone::Fixed(-18 * 3600), Zone::parse("Asia/Tokyo").unwrap()]
+        {
+            for ms in [i64::MIN, i64::MAX, -8_210_298_412_800_000, 8_210_298_412_799_999] {
+                let local = z.local(ms);
+                let _ = z.first_instant_at_or_after(local);
+                let _ = z.start_of_day(local.date());
+            }
+            let _ = z.start_of_day(NaiveDate::MIN);
+            let _ = z.start_of_day(NaiveDate::MAX);
+        }
     }
 
     #[test]

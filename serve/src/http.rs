@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,13 +16,14 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use vitalflow_schemas::auth::Caller;
 use vitalflow_schemas::time::{date_to_days, parse_date};
 use vitalflow_schemas::view::camel_case;
 use vitalflow_schemas::wire::ErrorBody;
 use vitalflow_schemas::{Datum, Epoch, Row, Zone};
 
 use crate::snapshot::SnapshotStore;
-use crate::sql;
+use crate::sql::{self, SqlEngine, SqlError, SqlLimits};
 
 /// What the serving side needs to know about ingestion (wired in by the binary).
 pub trait Freshness: Send + Sync {
@@ -32,6 +33,11 @@ pub trait Freshness: Send + Sync {
     fn user_epoch(&self, user: &str) -> Option<Epoch>;
     /// When `epoch` was committed, if remembered.
     fn committed_at(&self, epoch: Epoch) -> Option<SystemTime>;
+    /// Components that have failed (the writer, a dataflow worker, the snapshot applier); while
+    /// any has, `/readyz` and `/healthz` answer 503 naming them.
+    fn failed_components(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
     /// The sources' positions and lag (Kafka partitions, the outbox), for `/v1/frontiers`.
     fn sources(&self) -> Value {
         json!({})
@@ -45,7 +51,11 @@ pub trait Freshness: Send + Sync {
 /// Limits of the read API.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
+    /// `POST /v1/sql`: rows, bytes, time, memory, concurrency and threads.
+    pub sql: SqlLimits,
+    /// Deprecated: overrides `sql.row_limit` until the binary sets `sql` (removed next).
     pub sql_row_limit: usize,
+    /// Deprecated: overrides `sql.timeout` until the binary sets `sql` (removed next).
     pub sql_timeout: Duration,
     /// Longest `waitMs` honoured.
     pub max_wait: Duration,
@@ -53,7 +63,13 @@ pub struct ServeConfig {
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        ServeConfig { sql_row_limit: 10_000, sql_timeout: Duration::from_secs(10), max_wait: Duration::from_secs(30) }
+        let sql = SqlLimits::default();
+        ServeConfig {
+            sql_row_limit: sql.row_limit,
+            sql_timeout: sql.timeout,
+            sql,
+            max_wait: Duration::from_secs(30),
+        }
     }
 }
 
@@ -62,17 +78,23 @@ struct AppState {
     store: Arc<SnapshotStore>,
     freshness: Arc<dyn Freshness>,
     config: ServeConfig,
+    sql: Arc<SqlEngine>,
 }
 
 /// The read routes.
+///
+/// # Panics
+/// If the OS refuses to start the SQL threads.
 pub fn router(store: Arc<SnapshotStore>, freshness: Arc<dyn Freshness>, config: ServeConfig) -> Router {
+    let limits = SqlLimits { row_limit: config.sql_row_limit, timeout: config.sql_timeout, ..config.sql.clone() };
+    let sql = Arc::new(SqlEngine::new(limits).expect("cannot start the SQL threads"));
     Router::new()
         .route("/v1/users/{user_id}/{view}", get(read_view))
         .route("/v1/sql", post(run_sql))
         .route("/v1/frontiers", get(frontiers))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { store, freshness, config })
+        .with_state(AppState { store, freshness, config, sql })
 }
 
 /// A read failure with a stable code.
@@ -133,10 +155,21 @@ fn arrow_response(
 
 async fn read_view(
     State(st): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path((user, route)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // No `Caller` (no auth middleware, as in the handler tests) is the trusted caller.
+    if let Some(Extension(c)) = &caller
+        && !c.may_read_user(&user)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "reading a user's views needs health:read for your own userId, or analytics",
+        ));
+    }
     let view = st.store.view_by_route(&route).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_VIEW", format!("no view is served at '{route}'"))
     })?;
@@ -262,11 +295,39 @@ struct SqlRequest {
     wait_ms: Option<u64>,
 }
 
+/// `POST /v1/sql`: `{"sql": …}` as `application/json`, run by the [`SqlEngine`] over the rows the
+/// caller may see (`health:read`: their own; `analytics`: all). Refusals: 403 `FORBIDDEN`, 415
+/// `UNSUPPORTED_MEDIA_TYPE`, 400 `INVALID_REQUEST` / `INVALID_SQL`, 413 `QUERY_TOO_LARGE`, 422
+/// `QUERY_TOO_EXPENSIVE` / `QUERY_FAILED`, 408 `QUERY_TIMEOUT`, 429 `TOO_MANY_QUERIES`.
 async fn run_sql(
     State(st): State<AppState>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    // No `Caller` (no auth middleware, as in the handler tests) is the trusted caller.
+    let visibility = match &caller {
+        Some(Extension(c)) => c.sql_visibility(),
+        None => Caller::trusted().sql_visibility(),
+    }
+    .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", "SQL needs the health:read or analytics scope"))?;
+    if !is_json(&headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "send the query as application/json: {\"sql\": \"...\"}",
+        ));
+    }
+    let limits = st.sql.limits();
+    // Room for the JSON escaping of a query of `max_sql_bytes`, and for the other fields.
+    let max_body = limits.max_sql_bytes.saturating_mul(2).saturating_add(4096);
+    let body = axum::body::to_bytes(body, max_body).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "QUERY_TOO_LARGE",
+            format!("the request body is larger than {max_body} bytes, or could not be read"),
+        )
+    })?;
     let req: SqlRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad("INVALID_REQUEST", format!("expected {{\"sql\": \"...\"}}: {e}")))?;
     if let (Some(min), Some(wait)) = (req.min_epoch, req.wait_ms) {
@@ -276,14 +337,10 @@ async fn run_sql(
             let _ = tokio::time::timeout_at(deadline, rx.wait_for(|e| *e >= min)).await;
         }
     }
-    let run = sql::run(&st.store, &req.sql, st.config.sql_row_limit);
-    let result = tokio::time::timeout(st.config.sql_timeout, run)
-        .await
-        .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, "QUERY_TIMEOUT", "the query exceeded its time limit"))?
-        .map_err(|e| match e {
-            sql::SqlError::Invalid(m) => ApiError::bad("INVALID_SQL", m),
-            sql::SqlError::Execution(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "QUERY_FAILED", m),
-        })?;
+    let result = match st.sql.run(st.store.clone(), req.sql, visibility).await {
+        Ok(r) => r,
+        Err(e) => return Ok(sql_refusal(e)),
+    };
     let latest = st.freshness.latest_epoch();
     if wants_arrow(&headers) {
         return arrow_response(
@@ -307,7 +364,39 @@ async fn run_sql(
     .into_response())
 }
 
-async fn frontiers(State(st): State<AppState>) -> Json<Value> {
+/// Whether the request says its body is JSON (`application/json` or `application/*+json`, any
+/// parameters).
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The response to a query the engine refused or could not run.
+fn sql_refusal(e: SqlError) -> Response {
+    let message = e.to_string();
+    let (status, code) = match e {
+        SqlError::Invalid(_) => (StatusCode::BAD_REQUEST, "INVALID_SQL"),
+        SqlError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "QUERY_TOO_LARGE"),
+        SqlError::TooExpensive(_) => (StatusCode::UNPROCESSABLE_ENTITY, "QUERY_TOO_EXPENSIVE"),
+        SqlError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "QUERY_TIMEOUT"),
+        SqlError::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_QUERIES"),
+        SqlError::Execution(_) => (StatusCode::UNPROCESSABLE_ENTITY, "QUERY_FAILED"),
+        SqlError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+    };
+    let mut response = ApiError::new(status, code, message).into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+async fn frontiers(State(st): State<AppState>, caller: Option<Extension<Caller>>) -> Result<Json<Value>, ApiError> {
+    if let Some(Extension(c)) = &caller
+        && !c.may_operate()
+    {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", "/v1/frontiers needs the ops scope"));
+    }
     let latest = st.freshness.latest_epoch();
     let now = SystemTime::now();
     let views: Vec<Value> = (0..st.store.len())
@@ -330,17 +419,36 @@ async fn frontiers(State(st): State<AppState>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({
+    Ok(Json(json!({
         "latestEpoch": latest,
         "durableEpoch": latest,
         "ready": st.store.is_ready(),
         "views": views,
         "sources": st.freshness.sources(),
         "sinks": st.freshness.sinks(),
-    }))
+    })))
 }
 
+/// `GET /healthz`: 200 `{"status": "ok"}` while every component runs; 503 `{"status": "failed",
+/// "failed": [...]}` once one has died (the process then exits after its grace period).
+async fn healthz(State(st): State<AppState>) -> Response {
+    let failed = st.freshness.failed_components();
+    if failed.is_empty() {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "failed", "failed": failed}))).into_response()
+    }
+}
+
+/// `GET /readyz`: 200 `{"status": "ready"}` once recovery has finished and every component runs;
+/// 503 `{"status": "recovering"}` before, 503 `{"status": "failed", "failed": [...]}` after a
+/// component died.
 async fn readyz(State(st): State<AppState>) -> Response {
+    let failed = st.freshness.failed_components();
+    if !failed.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "failed", "failed": failed})))
+            .into_response();
+    }
     if st.store.is_ready() {
         Json(json!({"status": "ready"})).into_response()
     } else {

@@ -1,81 +1,402 @@
 //! Read-only SQL over the current snapshots: one DataFusion table per view (DOMAIN.md §8 names),
-//! built from the snapshot's shards without copying them.
+//! built from the snapshot's shards without copying them, on a thread pool of its own and under
+//! limits.
+//!
+//! ```text
+//!  POST /v1/sql ─▶ SqlEngine::run: text ≤ max_sql_bytes, a permit (max_concurrent)
+//!                   └▶ task on the SQL runtime (`threads` workers, 16 MiB stacks), aborted at `timeout`
+//!                       ├▶ tables: every shard, or under RowVisibility::User(u) only u's shards
+//!                       ├▶ parse (nesting ≤ RECURSION_LIMIT), plan, guard values (sql/guard.rs)
+//!                       └▶ execute with a memory pool of memory_limit_bytes, no spilling;
+//!                           stop at row_limit rows or max_result_bytes (truncated)
+//! ```
+//!
+//! What bounds a query's memory: DataFusion's pool sees the state of aggregates (`string_agg`,
+//! `array_agg`, grouping tables), sorts, joins' build sides and repartitioning; [`guard`] bounds
+//! what the pool does not see (values built by scalar functions and `||`, constants repeated per
+//! row); the result is capped here. Still unbounded: operators that copy a value once per output
+//! row (a join, `unnest`, a window) multiply whatever value reaches them by their fan-out.
 
+mod guard;
+
+use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
-use datafusion::arrow::array::Array;
+use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::compute::kernels::cmp::eq;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
+use datafusion::common::config::ConfigNonZeroUsize;
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SessionStateBuilder, SessionStateDefaults};
+use datafusion::logical_expr::ScalarUDF;
+use datafusion::sql::sqlparser::parser::ParserError;
+use futures::StreamExt;
 use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
+use vitalflow_schemas::ViewDef;
+use vitalflow_schemas::auth::RowVisibility;
 
-use crate::snapshot::SnapshotStore;
+use crate::snapshot::{SnapshotStore, ViewSnapshot};
+use guard::{GuardRule, Guarded, ValueLimits};
+
+/// Deepest nesting of expressions and subqueries the SQL parser accepts (DataFusion's
+/// `sql_parser.recursion_limit`). Deeper queries are refused instead of overflowing a stack.
+pub const RECURSION_LIMIT: usize = 50;
+
+/// Stack of each SQL thread: planning and optimizing walk expression trees recursively, and a
+/// long chain such as `1+1+…+1` is a deep tree that the parser's nesting limit does not count.
+const STACK_BYTES: usize = 16 << 20;
+
+/// The column that makes a view per-user.
+const USER_COLUMN: &str = "user_id";
+
+/// Limits of `POST /v1/sql`. Byte figures count values: a string's length, 8 per number, a list's
+/// elements.
+#[derive(Clone, Debug)]
+pub struct SqlLimits {
+    /// Most rows a result returns; beyond it the result is cut and says `truncated: true`.
+    pub row_limit: usize,
+    /// Most bytes of values a result returns (16 MiB); beyond them the result is cut and says
+    /// `truncated: true`.
+    pub max_result_bytes: usize,
+    /// Longest a query may take, planning included (10 s); then its task is aborted and the
+    /// answer is 408 `QUERY_TIMEOUT`.
+    pub timeout: Duration,
+    /// Memory a query's operators may reserve (256 MiB) in DataFusion's pool, with spilling to
+    /// disk disabled; one function call may build a quarter of it. Beyond: 422
+    /// `QUERY_TOO_EXPENSIVE`.
+    pub memory_limit_bytes: usize,
+    /// Largest single value (string, binary, list) a function may build (1 MiB); larger: 422
+    /// `QUERY_TOO_EXPENSIVE`.
+    pub max_value_bytes: usize,
+    /// Queries running at once (4); beyond: 429 `TOO_MANY_QUERIES` with `Retry-After`.
+    pub max_concurrent: usize,
+    /// Worker threads of the SQL runtime (2), apart from the runtime that serves ingestion and
+    /// reads; also the partitions of each query.
+    pub threads: usize,
+    /// Longest SQL text accepted (64 KiB); longer: 413 `QUERY_TOO_LARGE`.
+    pub max_sql_bytes: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        SqlLimits {
+            row_limit: 10_000,
+            max_result_bytes: 16 << 20,
+            timeout: Duration::from_secs(10),
+            memory_limit_bytes: 256 << 20,
+            max_value_bytes: 1 << 20,
+            max_concurrent: 4,
+            threads: 2,
+            max_sql_bytes: 64 << 10,
+        }
+    }
+}
 
 /// A query's result and the freshness of the snapshots it read.
 pub struct SqlResult {
     pub batches: Vec<RecordBatch>,
-    pub schema: datafusion::arrow::datatypes::SchemaRef,
+    pub schema: SchemaRef,
     /// The smallest `asOfEpoch` among the views registered for the query.
     pub as_of: u64,
+    /// Whether rows were cut at `row_limit` or `max_result_bytes`.
     pub truncated: bool,
 }
 
-/// Why a query failed.
+/// Why a query was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
     /// Not a read-only query, or invalid SQL (the client's fault).
     #[error("{0}")]
     Invalid(String),
-    /// The engine failed while running a valid query.
+    /// The text is longer than `max_sql_bytes`, or nested deeper than [`RECURSION_LIMIT`].
+    #[error("{0}")]
+    TooLarge(String),
+    /// The query needs more memory or bigger values than its limits allow.
+    #[error("{0}")]
+    TooExpensive(String),
+    /// The query ran longer than `timeout` and was cancelled.
+    #[error("the query exceeded its time limit of {0:?}")]
+    Timeout(Duration),
+    /// `max_concurrent` queries are running; retrying later can help.
+    #[error("{0} queries are already running")]
+    Busy(usize),
+    /// The engine failed while running a valid query (division by zero, a bad cast).
     #[error("query failed: {0}")]
     Execution(String),
+    /// The query's task panicked: a fault of the engine, not of the query.
+    #[error("the query engine failed")]
+    Internal,
 }
 
-/// Runs `sql` over the current snapshots, returning at most `row_limit` rows.
-pub async fn run(store: &SnapshotStore, sql: &str, row_limit: usize) -> Result<SqlResult, SqlError> {
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+/// Runs SQL on a runtime of its own: `threads` workers with large stacks, at most
+/// `max_concurrent` queries, each under the [`SqlLimits`].
+pub struct SqlEngine {
+    /// `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    permits: Arc<Semaphore>,
+    limits: SqlLimits,
+    guard: Arc<GuardRule>,
+    /// DataFusion's scalar functions, each wrapped in a guard.
+    functions: Vec<Arc<ScalarUDF>>,
+}
+
+impl SqlEngine {
+    /// Starts the SQL runtime's threads.
+    ///
+    /// Errors: the OS refused to start a thread.
+    pub fn new(limits: SqlLimits) -> io::Result<SqlEngine> {
+        let threads = limits.threads.max(1);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .max_blocking_threads(threads)
+            .thread_name("vitalflow-sql")
+            .thread_stack_size(STACK_BYTES)
+            .enable_time()
+            .build()?;
+        let values = ValueLimits {
+            max_value: limits.max_value_bytes,
+            max_call: limits.memory_limit_bytes / 4,
+            // A projection repeats a constant once per row of a batch.
+            max_constant: limits.memory_limit_bytes / BATCH_ROWS,
+        };
+        let functions = SessionStateDefaults::default_scalar_functions()
+            .into_iter()
+            .map(|f| Guarded::wrap(f, values))
+            .collect();
+        Ok(SqlEngine {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+            permits: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
+            limits,
+            guard: Arc::new(GuardRule { limits: values }),
+            functions,
+        })
+    }
+
+    /// The limits queries run under.
+    pub fn limits(&self) -> &SqlLimits {
+        &self.limits
+    }
+
+    /// Runs `sql` over the current snapshots, seeing what `visibility` allows: under
+    /// [`RowVisibility::User`] every per-user view (one with a `user_id` column) holds only that
+    /// user's rows, so joins, subqueries and aggregates cannot reach other users; views without
+    /// `user_id` (reference data such as `products`) are whole.
+    pub async fn run(
+        &self,
+        store: Arc<SnapshotStore>,
+        sql: String,
+        visibility: RowVisibility,
+    ) -> Result<SqlResult, SqlError> {
+        if sql.len() > self.limits.max_sql_bytes {
+            return Err(SqlError::TooLarge(format!(
+                "the query has {} bytes; the limit is {}",
+                sql.len(),
+                self.limits.max_sql_bytes
+            )));
+        }
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| SqlError::Busy(self.limits.max_concurrent))?;
+        let query = Query {
+            limits: self.limits.clone(),
+            guard: self.guard.clone(),
+            functions: self.functions.clone(),
+        };
+        let task = {
+            let _runtime = self.handle.enter();
+            SpawnedTask::spawn(async move {
+                // Held until the task ends or, once aborted, stops at its next yield: a query that
+                // timed out keeps counting against `max_concurrent` while it still runs.
+                let _permit = permit;
+                query.execute(&store, &sql, &visibility).await
+            })
+        };
+        // Dropping the task (on timeout, or when the client goes away) aborts it.
+        match tokio::time::timeout(self.limits.timeout, task).await {
+            Err(_) => Err(SqlError::Timeout(self.limits.timeout)),
+            Ok(Err(_)) => Err(SqlError::Internal),
+            Ok(Ok(result)) => result,
+        }
+    }
+}
+
+impl Drop for SqlEngine {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks until its tasks stop, which is not allowed inside another
+        // runtime (the router is dropped inside one).
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// DataFusion's batch size, which the constant limit assumes.
+const BATCH_ROWS: usize = 8192;
+
+/// What one query's task needs.
+struct Query {
+    limits: SqlLimits,
+    guard: Arc<GuardRule>,
+    functions: Vec<Arc<ScalarUDF>>,
+}
+
+impl Query {
+    async fn execute(
+        self,
+        store: &SnapshotStore,
+        sql: &str,
+        visibility: &RowVisibility,
+    ) -> Result<SqlResult, SqlError> {
+        let ctx = self.context()?;
+        let as_of = register_views(&ctx, store, visibility, self.limits.threads.max(1))?;
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let df = ctx.sql_with_options(sql, options).await.map_err(classify)?;
+        let df = df.limit(0, Some(self.limits.row_limit.saturating_add(1))).map_err(classify)?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let stream = df.execute_stream().await.map_err(classify)?;
+        let (batches, truncated) = collect(stream, self.limits.row_limit, self.limits.max_result_bytes).await?;
+        Ok(SqlResult { batches, schema, as_of: if as_of == u64::MAX { 0 } else { as_of }, truncated })
+    }
+
+    /// A session with the guarded functions, a memory pool of its own and no disk.
+    fn context(&self) -> Result<SessionContext, SqlError> {
+        let mut config = SessionConfig::new()
+            .with_target_partitions(self.limits.threads.max(1))
+            .with_batch_size(BATCH_ROWS)
+            .with_information_schema(false);
+        let options = config.options_mut();
+        options.sql_parser.recursion_limit = ConfigNonZeroUsize::try_new(RECURSION_LIMIT).map_err(classify)?;
+        // The guards are rules: an error of theirs must stop the query, not be skipped.
+        options.optimizer.skip_failed_rules = false;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(self.limits.memory_limit_bytes)))
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .build_arc()
+            .map_err(classify)?;
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_scalar_functions(self.functions.clone())
+            .with_analyzer_rule(self.guard.clone())
+            .with_optimizer_rule(self.guard.clone())
+            .build();
+        Ok(SessionContext::new_with_state(state))
+    }
+}
+
+/// Registers one table per view with the rows `visibility` may see; returns the smallest
+/// `asOfEpoch` among them.
+fn register_views(
+    ctx: &SessionContext,
+    store: &SnapshotStore,
+    visibility: &RowVisibility,
+    partitions: usize,
+) -> Result<u64, SqlError> {
     let mut as_of = u64::MAX;
     for view in 0..store.len() {
         let def = store.def(view);
         let snap = store.snapshot(view);
         as_of = as_of.min(snap.as_of);
-        let batches = snap.batches();
-        let mut partitions: Vec<Vec<RecordBatch>> = vec![Vec::new(), Vec::new()];
-        for (i, b) in batches.into_iter().enumerate() {
-            partitions[i % 2].push(b);
+        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
+        for (i, b) in visible_batches(def, &snap, visibility)?.into_iter().enumerate() {
+            parts[i % partitions].push(b);
         }
-        let table =
-            MemTable::try_new(def.arrow_schema(), partitions).map_err(|e| SqlError::Execution(e.to_string()))?;
-        ctx.register_table(def.name, Arc::new(table)).map_err(|e| SqlError::Execution(e.to_string()))?;
+        let table = MemTable::try_new(def.arrow_schema(), parts).map_err(classify)?;
+        ctx.register_table(def.name, Arc::new(table)).map_err(classify)?;
     }
-    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-    let df = ctx.sql_with_options(sql, options).await.map_err(classify)?;
-    let df = df.limit(0, Some(row_limit.saturating_add(1))).map_err(classify)?;
-    let schema = Arc::new(df.schema().as_arrow().clone());
-    let mut batches = df.collect().await.map_err(classify)?;
-    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let truncated = total > row_limit;
-    if truncated {
-        let mut left = row_limit;
-        for b in &mut batches {
-            let take = b.num_rows().min(left);
-            *b = b.slice(0, take);
-            left -= take;
+    Ok(as_of)
+}
+
+/// The view's batches `visibility` may see: under `User(u)` only u's rows of a per-user view.
+fn visible_batches(
+    def: &ViewDef,
+    snap: &ViewSnapshot,
+    visibility: &RowVisibility,
+) -> Result<Vec<RecordBatch>, SqlError> {
+    let user = match visibility {
+        RowVisibility::All => return Ok(snap.batches()),
+        RowVisibility::User(user) => user,
+    };
+    match def.column_index(USER_COLUMN) {
+        None => Ok(snap.batches()),
+        // The first column shards the snapshot: the user's shard holds exactly their rows.
+        Some(0) => Ok(snap.user(user).map(|shard| vec![shard.batch.clone()]).unwrap_or_default()),
+        Some(col) => {
+            let wanted = StringArray::new_scalar(user.as_str());
+            snap.batches()
+                .into_iter()
+                .map(|b| {
+                    let keep = eq(b.column(col), &wanted).map_err(|e| SqlError::Execution(e.to_string()))?;
+                    filter_record_batch(&b, &keep).map_err(|e| SqlError::Execution(e.to_string()))
+                })
+                .collect()
         }
     }
-    Ok(SqlResult { batches, schema, as_of: if as_of == u64::MAX { 0 } else { as_of }, truncated })
+}
+
+/// Reads the stream until it ends or the result reaches `row_limit` rows or `max_bytes` bytes of
+/// values; returns the batches and whether rows were cut. Stopping early drops the stream, which
+/// stops the query.
+async fn collect(
+    mut stream: datafusion::execution::SendableRecordBatchStream,
+    row_limit: usize,
+    max_bytes: usize,
+) -> Result<(Vec<RecordBatch>, bool), SqlError> {
+    let (mut batches, mut rows, mut bytes) = (Vec::new(), 0usize, 0usize);
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(classify)?;
+        let (take, used) = rows_within(&batch, row_limit - rows, max_bytes - bytes);
+        rows += take;
+        bytes += used;
+        if take < batch.num_rows() {
+            if take > 0 {
+                batches.push(batch.slice(0, take));
+            }
+            return Ok((batches, true));
+        }
+        batches.push(batch);
+    }
+    Ok((batches, false))
+}
+
+/// How many leading rows of `batch` fit in `rows` rows and `bytes` bytes, and their bytes.
+fn rows_within(batch: &RecordBatch, rows: usize, bytes: usize) -> (usize, usize) {
+    let (mut taken, mut used) = (0, 0usize);
+    while taken < batch.num_rows().min(rows) {
+        let row: usize = batch.columns().iter().map(|c| guard::value_bytes(c.as_ref(), taken)).sum();
+        if used + row > bytes {
+            break;
+        }
+        used += row;
+        taken += 1;
+    }
+    (taken, used)
 }
 
 fn classify(e: DataFusionError) -> SqlError {
-    match e {
+    let root = e.find_root();
+    match root {
+        DataFusionError::ResourcesExhausted(m) => SqlError::TooExpensive(m.clone()),
+        DataFusionError::SQL(p, _) if matches!(**p, ParserError::RecursionLimitExceeded) => SqlError::TooLarge(format!(
+            "the query nests expressions or subqueries deeper than {RECURSION_LIMIT} levels"
+        )),
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
-        | DataFusionError::NotImplemented(_) => SqlError::Invalid(e.to_string()),
-        DataFusionError::Context(_, inner) => classify(*inner),
-        other => SqlError::Execution(other.to_string()),
+        | DataFusionError::NotImplemented(_) => SqlError::Invalid(root.to_string()),
+        _ => SqlError::Execution(e.to_string()),
     }
 }
 

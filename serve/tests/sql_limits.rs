@@ -1,0 +1,229 @@
+//! `POST /v1/sql` under its limits, through the router: refusals with stable codes, cancellation,
+//! the concurrency cap, result caps, and row visibility per caller.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use serde_json::{Value, json};
+use vitalflow_schemas::auth::Caller;
+use vitalflow_serve::ServeConfig;
+use vitalflow_serve::sql::SqlLimits;
+
+use common::{query, router, send, sql_request};
+
+/// Counts for long enough to outlast any timeout below, yielding between batches.
+const SLOW: &str = "SELECT count(*) AS n FROM generate_series(1, 1000000000000) a";
+
+fn config(limits: SqlLimits) -> ServeConfig {
+    ServeConfig { sql_row_limit: limits.row_limit, sql_timeout: limits.timeout, sql: limits, ..ServeConfig::default() }
+}
+
+fn code(body: &Value) -> &str {
+    body["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn plain_queries_and_value_functions_still_work() {
+    let app = router(ServeConfig::default());
+    let (status, body) = query(
+        &app,
+        "SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS l, 'a' || 'b' || 'c' AS c, \
+         concat_ws('-', 'x', 'y') AS w, regexp_replace('aaa', 'a', 'bb', 'g') AS g, \
+         array_to_string(range(1, 4), ',') AS s, cardinality(generate_series(1, 10)) AS n, \
+         replace('abc', 'b', 'xyz') AS p",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["rows"][0],
+        json!({"r": "ababab", "l": "007", "c": "abc", "w": "x-y", "g": "bbbbbb", "s": "1,2,3", "n": 10, "p": "axyzc"})
+    );
+    let (status, body) = query(&app, "SELECT user_id || ':' || steps AS k FROM steps ORDER BY k").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rows"].as_array().unwrap().len(), 5);
+    assert_eq!(body["rows"][0]["k"], json!("u1:100"));
+    // An unaliased `||` keeps the name DataFusion gives it.
+    let (status, body) = query(&app, "SELECT user_id || 'x' FROM steps LIMIT 1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["columns"], json!(["steps.user_id || Utf8(\"x\")"]));
+}
+
+#[tokio::test]
+async fn refusals_have_stable_codes() {
+    let app = router(ServeConfig::default());
+    let text = Request::post("/v1/sql")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(json!({"sql": "SELECT 1"}).to_string()))
+        .unwrap();
+    let (status, _, body) = send(&app, text).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"));
+    let bare = Request::post("/v1/sql").body(Body::from(json!({"sql": "SELECT 1"}).to_string())).unwrap();
+    let (status, _, _) = send(&app, bare).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let charset = Request::post("/v1/sql")
+        .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .body(Body::from(json!({"sql": "SELECT 1 AS one"}).to_string()))
+        .unwrap();
+    let (status, _, body) = send(&app, charset).await;
+    assert_eq!((status, &body["rows"]), (StatusCode::OK, &json!([{"one": 1}])));
+
+    let (status, body) = query(&app, "SELEC 1").await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "INVALID_SQL"));
+    let (status, body) = query(&app, "CREATE TABLE t (a INT)").await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "INVALID_SQL"));
+    let (status, body) = query(&app, "SELECT 1 / 0").await;
+    assert!(status.is_client_error(), "{status} {body}");
+
+    let (status, _, body) = send(&app, sql_request("SELECT 1", Some(Caller::from_claims("svc", "backend")))).await;
+    assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "FORBIDDEN"));
+
+    let long = format!("SELECT 1 {}", " ".repeat(70 << 10));
+    let (status, body) = query(&app, &long).await;
+    assert_eq!((status, code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "QUERY_TOO_LARGE"));
+}
+
+#[tokio::test]
+async fn deep_nesting_is_refused_not_a_crash() {
+    let app = router(ServeConfig::default());
+    let parens = format!("SELECT {}1{} AS x", "(".repeat(10_000), ")".repeat(10_000));
+    let (status, body) = query(&app, &parens).await;
+    assert_eq!((status, code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "QUERY_TOO_LARGE"), "{body}");
+
+    let subqueries = format!("SELECT {}1{} AS x", "(SELECT ".repeat(2_000), ")".repeat(2_000));
+    let (status, body) = query(&app, &subqueries).await;
+    assert_eq!((status, code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "QUERY_TOO_LARGE"), "{body}");
+
+    // A chain is a deep tree too, but the parser builds it in a loop: it is planned on the SQL
+    // threads' large stacks.
+    let chain = format!("SELECT 1{} AS x", "+1".repeat(5_000));
+    let (status, body) = query(&app, &chain).await;
+    assert_eq!((status, &body["rows"]), (StatusCode::OK, &json!([{"x": 5001}])), "{body}");
+    let chain = format!("SELECT 'a'{} AS x", "||'a'".repeat(5_000));
+    let (status, body) = query(&app, &chain).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rows"][0]["x"].as_str().map(str::len), Some(5_001));
+    let chain = format!("SELECT count(*) AS n FROM steps WHERE steps > 0{}", " AND steps > 0".repeat(3_000));
+    let (status, body) = query(&app, &chain).await;
+    assert_eq!((status, &body["rows"]), (StatusCode::OK, &json!([{"n": 5}])), "{body}");
+}
+
+#[tokio::test]
+async fn timeout_cancels_the_query_and_frees_its_thread() {
+    let limits = SqlLimits { timeout: Duration::from_millis(300), threads: 1, max_concurrent: 1, ..SqlLimits::default() };
+    let app = router(config(limits));
+    let started = Instant::now();
+    let (status, body) = query(&app, SLOW).await;
+    assert_eq!((status, code(&body)), (StatusCode::REQUEST_TIMEOUT, "QUERY_TIMEOUT"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The aborted task gives back its permit (max_concurrent = 1) only once it has stopped, and
+    // the next query needs the one SQL thread.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = query(&app, "SELECT count(*) AS n FROM steps").await;
+        if status == StatusCode::OK {
+            assert_eq!(body["rows"], json!([{"n": 5}]));
+            break;
+        }
+        assert_eq!((status, code(&body)), (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_QUERIES"));
+        assert!(Instant::now() < deadline, "the timed-out query still holds the SQL thread");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_queries_beyond_the_cap_get_429() {
+    let limits = SqlLimits { timeout: Duration::from_secs(30), threads: 1, max_concurrent: 1, ..SqlLimits::default() };
+    let app = router(config(limits));
+    let slow = tokio::spawn({
+        let app = app.clone();
+        async move { query(&app, SLOW).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, retry, body) = send(&app, sql_request("SELECT 1", None)).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(code(&body), "TOO_MANY_QUERIES");
+            assert_eq!(retry.as_deref(), Some("1"));
+            break;
+        }
+        // The slow query may not have taken its permit yet.
+        assert_eq!(status, StatusCode::OK);
+        assert!(Instant::now() < deadline, "the slow query never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A client that goes away cancels its query.
+    slow.abort();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while query(&app, "SELECT 1").await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "the abandoned query was not cancelled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn results_are_cut_at_the_row_and_byte_limits() {
+    let limits = SqlLimits { row_limit: 3, ..SqlLimits::default() };
+    let app = router(config(limits));
+    let (status, body) = query(&app, "SELECT value FROM generate_series(1, 100) ORDER BY value").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((body["rows"].as_array().unwrap().len(), &body["truncated"]), (3, &json!(true)));
+
+    let limits = SqlLimits { max_result_bytes: 1 << 20, ..SqlLimits::default() };
+    let app = router(config(limits));
+    let (status, body) = query(&app, "SELECT repeat('x', 10000) AS s FROM generate_series(1, 1000)").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["truncated"], json!(true));
+    assert_eq!(body["rows"].as_array().unwrap().len(), (1 << 20) / 10_000);
+    let (status, body) = query(&app, "SELECT value FROM generate_series(1, 100)").await;
+    assert_eq!((status, &body["truncated"]), (StatusCode::OK, &json!(false)));
+    assert_eq!(body["rows"].as_array().unwrap().len(), 100);
+}
+
+async fn rows_as(app: &axum::Router, sql: &str, caller: Option<Caller>) -> Vec<Value> {
+    let (status, _, body) = send(app, sql_request(sql, caller)).await;
+    assert_eq!(status, StatusCode::OK, "{sql}: {body}");
+    body["rows"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_user_sees_only_their_own_rows() {
+    let app = router(ServeConfig::default());
+    let u1 = || Some(Caller::from_claims("u1", "health:read"));
+    let analyst = || Some(Caller::from_claims("a", "analytics"));
+
+    let sql = "SELECT DISTINCT user_id FROM steps ORDER BY user_id";
+    assert_eq!(rows_as(&app, sql, u1()).await, vec![json!({"user_id": "u1"})]);
+    assert_eq!(rows_as(&app, sql, analyst()).await, vec![json!({"user_id": "u1"}), json!({"user_id": "u2"})]);
+    assert_eq!(rows_as(&app, sql, None).await.len(), 2, "no caller is the trusted caller");
+
+    let sql = "SELECT count(*) AS n, sum(steps) AS total FROM steps";
+    assert_eq!(rows_as(&app, sql, u1()).await, vec![json!({"n": 3, "total": 600})]);
+    assert_eq!(rows_as(&app, sql, analyst()).await, vec![json!({"n": 5, "total": 3600})]);
+
+    let sql = "SELECT count(*) AS n FROM steps WHERE user_id = 'u2'";
+    assert_eq!(rows_as(&app, sql, u1()).await, vec![json!({"n": 0})]);
+
+    let sql = "SELECT DISTINCT s.user_id AS a, x.user_id AS b FROM steps s CROSS JOIN sessions x ORDER BY a, b";
+    assert_eq!(rows_as(&app, sql, u1()).await, vec![json!({"a": "u1", "b": "u1"})]);
+    assert_eq!(rows_as(&app, sql, analyst()).await.len(), 4);
+
+    let sql = "SELECT count(*) AS n FROM sessions WHERE user_id IN (SELECT user_id FROM steps WHERE steps >= 1000)";
+    assert_eq!(rows_as(&app, sql, u1()).await, vec![json!({"n": 0})]);
+    assert_eq!(rows_as(&app, sql, analyst()).await, vec![json!({"n": 2})]);
+    let sql = "SELECT (SELECT max(steps) FROM steps) AS m";
+    assert_eq!(rows_as(&app, sql, u1()).await, vec![json!({"m": 300})]);
+
+    let sql = "SELECT user_id FROM steps UNION SELECT user_id FROM sessions ORDER BY user_id";
+    assert_eq!(rows_as(&app, sql, u1()).await, vec![json!({"user_id": "u1"})]);
+    assert_eq!(rows_as(&app, sql, analyst()).await.len(), 2);
+
+    // Reference data has no user_id: everyone sees all of it.
+    let sql = "SELECT count(*) AS n FROM products";
+    assert_eq!(rows_as(&app, sql, u1()).await, vec![json!({"n": 2})]);
+    // A user without rows sees empty views, not an error.
+    let sql = "SELECT count(*) AS n FROM steps";
+    assert_eq!(rows_as(&app, sql, Some(Caller::from_claims("u9", "health:read"))).await, vec![json!({"n": 0})]);
+}

@@ -583,6 +583,7 @@ fn spawn_server(args: &Args, dir: &std::path::Path, env: &[(&str, String)]) -> (
         .args(["serve", "--listen", "127.0.0.1:0", "--workers", &args.workers.to_string(), "--data-dir"])
         .arg(dir)
         .env("VITALFLOW_LOG", "warn")
+        .env("VITALFLOW_USER_RATE", "0") // a load driver, not a phone
         .envs(env.iter().cloned())
         .envs(args.views.iter().map(|v| ("VITALFLOW_VIEWS", v.clone())))
         .stdout(std::process::Stdio::piped())

@@ -443,3 +443,49 @@ pub fn mint(
     Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&secret)?)?)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_takes_suffixes() {
+        assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_ttl("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_ttl("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_ttl("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_ttl("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        for bad in ["", "0s", "1w", "h", "-1h", "1.5h"] {
+            assert!(parse_ttl(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn jwks_keeps_only_rs256_and_es256_signing_keys() {
+        let jwks = r#"{"keys": [
+            {"kty": "oct", "kid": "sym", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"},
+            {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
+            {"kty": "RSA", "kid": "ps", "alg": "PS256", "n": "AQAB", "e": "AQAB"},
+            {"kty": "EC", "kid": "p384", "crv": "P-384", "x": "AA", "y": "AA"},
+            {"kty": "RSA", "kid": "rs", "n": "AQAB", "e": "AQAB"}
+        ]}"#;
+        let keys = jwks_keys(jwks).unwrap();
+        let kept: Vec<(Option<&str>, Algorithm)> = keys.iter().map(|k| (k.kid.as_deref(), k.alg)).collect();
+        assert_eq!(kept, vec![(Some("rs"), Algorithm::RS256)]);
+        assert!(jwks_keys("[]").is_err());
+    }
+
+    #[test]
+    fn bearer_header_forms() {
+        let headers = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert_eq!(bearer(&HeaderMap::new()), Err(Rejection::Missing));
+        assert_eq!(bearer(&headers("Basic dTpw")), Err(Rejection::Missing));
+        assert_eq!(bearer(&headers("bearer abc")), Ok("abc"));
+        assert_eq!(bearer(&headers("Bearer  ")), Err(Rejection::Missing));
+        assert!(matches!(bearer(&headers("Bearer ")), Err(_)));
+    }
+}

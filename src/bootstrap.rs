@@ -116,6 +116,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
+    vitalflow_ingest::configure_limits(config.limits.clone());
     let store = Arc::new(
         Store::open(&config.data_dir)
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
@@ -277,9 +278,20 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Duration::from_millis(config.server.fatal_exit_grace_ms),
     ));
 
+    let sql = vitalflow_serve::sql::SqlLimits {
+        row_limit: config.sql_row_limit,
+        timeout: Duration::from_millis(config.sql_timeout_ms),
+        max_result_bytes: config.sql.max_result_bytes,
+        memory_limit_bytes: config.sql.memory_limit_bytes,
+        max_value_bytes: config.sql.max_value_bytes,
+        max_concurrent: config.sql.max_concurrent,
+        threads: config.sql.threads,
+        max_sql_bytes: config.sql.max_sql_bytes,
+    };
     let serve_config = ServeConfig {
-        sql_row_limit: config.sql_row_limit,
-        sql_timeout: Duration::from_millis(config.sql_timeout_ms),
+        sql_row_limit: sql.row_limit,
+        sql_timeout: sql.timeout,
+        sql,
         ..ServeConfig::default()
     };
     let freshness: Arc<dyn Freshness> = Arc::new(IngestFreshness {

@@ -31,6 +31,10 @@ pub struct Config {
     pub sources: Sources,
     /// `[server]`: connection, request and ingestion limits (README, "Limits").
     pub server: ServerLimits,
+    /// `[limits]`: input limits of ingestion (sizes and counts of request bodies).
+    pub limits: vitalflow_schemas::Limits,
+    /// `[sql]`: resources of one SQL query and of the SQL pool.
+    pub sql: SqlConfig,
     /// Where views go besides the read API (none by default).
     pub sinks: Sinks,
     /// `[auth]`: who may call the API (docs/security.md).
@@ -124,6 +128,8 @@ impl Default for Config {
             sources: Sources::default(),
             sinks: Sinks::default(),
             server: ServerLimits::default(),
+            limits: vitalflow_schemas::Limits::default(),
+            sql: SqlConfig::default(),
             auth: AuthConfig::default(),
         }
     }
@@ -343,6 +349,39 @@ fn is_loopback(listen: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// `[sql]`: see `vitalflow_serve::sql::SqlLimits` for what each bounds. The row limit and the
+/// timeout keep their top-level keys (`sql_row_limit`, `sql_timeout_ms`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqlConfig {
+    /// Bytes of values a result returns before it is cut (`truncated: true`).
+    pub max_result_bytes: usize,
+    /// Memory a query may reserve in DataFusion's pool (bytes); beyond: 422 `QUERY_TOO_EXPENSIVE`.
+    pub memory_limit_bytes: usize,
+    /// Largest value one SQL function may build (bytes); beyond: 422 `QUERY_TOO_EXPENSIVE`.
+    pub max_value_bytes: usize,
+    /// Queries running at once; beyond: 429 `TOO_MANY_QUERIES`.
+    pub max_concurrent: usize,
+    /// Threads of the SQL pool (apart from ingestion and reads).
+    pub threads: usize,
+    /// Longest SQL text (bytes); beyond: 413 `QUERY_TOO_LARGE`.
+    pub max_sql_bytes: usize,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        let d = vitalflow_serve::sql::SqlLimits::default();
+        SqlConfig {
+            max_result_bytes: d.max_result_bytes,
+            memory_limit_bytes: d.memory_limit_bytes,
+            max_value_bytes: d.max_value_bytes,
+            max_concurrent: d.max_concurrent,
+            threads: d.threads,
+            max_sql_bytes: d.max_sql_bytes,
+        }
+    }
+}
+
 /// `[server]`: what one process takes on before it refuses (each refusal has a stable code).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -383,8 +422,8 @@ impl Default for ServerLimits {
             request_timeout_ms: 60_000,
             writer_queue_bytes: 64 * 1024 * 1024,
             max_view_lag_epochs: 1_000,
-            user_requests_per_sec: 20,
-            user_burst: 40,
+            user_requests_per_sec: 50,
+            user_burst: 100,
             fatal_exit_grace_ms: 5_000,
             retention_days: 30,
         }

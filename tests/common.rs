@@ -21,6 +21,8 @@ impl Server {
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--workers", "2", "--data-dir"])
             .arg(data_dir)
             .env("VITALFLOW_LOG", "warn")
+            // Tests load users faster than a phone would; the rate limit has its own test.
+            .env("VITALFLOW_USER_RATE", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {
@@ -177,4 +179,21 @@ pub fn start_expecting_failure(data_dir: &Path, env: &[(&str, &str)]) -> (Option
     let stderr = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
     (status, stderr)
+}
+
+impl Server {
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The server's peak resident set size so far (`VmHWM`), in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    }
 }

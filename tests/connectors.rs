@@ -430,6 +430,21 @@ async fn postgres_sink_tables_equal_the_views_across_restarts() {
     let client = pg(&url).await;
     let e4 = assert_tables_equal_views(&server, &client).await;
     assert!(e4 >= during);
+
+    // Erasure (issue 11 §3): the sink tables hold none of the user's rows after the erasure epoch.
+    let r = server.client.delete(server.url(&format!("/v1/users/{user}"))).send().await.expect("DELETE");
+    assert_eq!(r.status().as_u16(), 200);
+    let erased: Value = r.json().await.expect("json");
+    let e5 = assert_tables_equal_views(&server, &client).await;
+    assert!(e5 >= erased["epoch"].as_u64().unwrap_or(u64::MAX));
+    for table in ["user_health_rollup_day", "user_session_impact_summary", "daily_rollups_by_source", "sessions"] {
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM \"{table}\" WHERE user_id = $1"), &[&user])
+            .await
+            .unwrap_or_else(|e| panic!("{table}: {e}"))
+            .get(0);
+        assert_eq!(n, 0, "{table} still holds rows of the erased user");
+    }
     assert!(server.stop());
 }
 

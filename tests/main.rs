@@ -9,6 +9,7 @@ mod domain;
 mod erasure;
 mod field;
 mod fitbit;
+mod hostile;
 mod restart;
 mod robustness;
 mod views;

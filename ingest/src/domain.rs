@@ -32,7 +32,7 @@ pub(crate) fn apply_domain(
     // G6 judges sessions against the moment the writer takes the request.
     let received_at_ms = chrono::Utc::now().timestamp_millis();
     for (index, raw) in req.changes.iter().enumerate() {
-        let change = match parse_change(raw, received_at_ms, &vitalflow_schemas::Limits::DEFAULT) {
+        let change = match parse_change(raw, received_at_ms, crate::limits()) {
             Ok(c) => c,
             Err(rej) => {
                 resp.rejected.push(RejectedItem { index, code: rej.code, message: rej.message, field: None });

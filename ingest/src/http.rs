@@ -85,6 +85,16 @@ fn check_field(name: &str, value: Option<&str>, limits: &Limits) -> Result<(), I
     }
 }
 
+/// A body is a JSON object. serde would also read a struct from an array of its fields in order
+/// (`["r-1", [...]]`), which would slip past the checks below that read the object by key.
+fn require_object(value: &Value) -> Result<(), IngestError> {
+    if value.is_object() {
+        Ok(())
+    } else {
+        Err(IngestError::bad_request("INVALID_REQUEST", "the body must be a JSON object"))
+    }
+}
+
 /// The length of the array `value[name]` is at most `max` (400 `code`); checked on the raw value,
 /// before anything is hashed or deserialized.
 fn check_count(value: &Value, name: &str, max: usize, code: &'static str) -> Result<(), IngestError> {
@@ -132,7 +142,7 @@ async fn batch_upsert(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let bytes = body.as_ref().map_or(0, Bytes::len);
-    let parsed = json_body(&headers, body, &Limits::DEFAULT).and_then(|v| parse_batch(v, &Limits::DEFAULT));
+    let parsed = json_body(&headers, body, crate::limits()).and_then(|v| parse_batch(v, crate::limits()));
     let (req, hash) = match parsed {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -158,7 +168,7 @@ async fn domain_changes(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let bytes = body.as_ref().map_or(0, Bytes::len);
-    let parsed = json_body(&headers, body, &Limits::DEFAULT).and_then(|v| parse_domain(v, &Limits::DEFAULT));
+    let parsed = json_body(&headers, body, crate::limits()).and_then(|v| parse_domain(v, crate::limits()));
     let (req, hash) = match parsed {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -178,6 +188,7 @@ async fn domain_changes(
 /// `INVALID_ID` (`requestId`, `userId`), `INVALID_ZONE` (`deviceTimeZone`), `FIELD_TOO_LONG`
 /// (`platform`). Per-sample checks happen later, in `validate_sample`.
 pub fn parse_batch(value: Value, limits: &Limits) -> Result<(BatchUpsertRequest, String), IngestError> {
+    require_object(&value)?;
     check_count(&value, "samples", limits.max_samples_per_batch, codes::TOO_MANY_SAMPLES)?;
     check_count(&value, "deletions", limits.max_deletions_per_batch, codes::TOO_MANY_DELETIONS)?;
     let hash = payload_hash(&value);
@@ -200,6 +211,7 @@ pub fn parse_batch(value: Value, limits: &Limits) -> Result<(BatchUpsertRequest,
 /// failures (400): `TOO_MANY_CHANGES`, `INVALID_REQUEST`, `INVALID_ID` (`requestId`); each change is
 /// checked later, by `parse_change`.
 pub fn parse_domain(value: Value, limits: &Limits) -> Result<(DomainChangesRequest, String), IngestError> {
+    require_object(&value)?;
     check_count(&value, "changes", limits.max_changes_per_request, codes::TOO_MANY_CHANGES)?;
     let hash = payload_hash(&value);
     let req: DomainChangesRequest = parse(value)?;
@@ -210,6 +222,7 @@ pub fn parse_domain(value: Value, limits: &Limits) -> Result<(DomainChangesReque
 /// A profile body checked as a whole (400): `INVALID_REQUEST` (shape), `INVALID_ZONE` (`timeZone`
 /// must be an IANA zone), `FIELD_TOO_LONG` (a `blockedMetrics` entry).
 pub fn parse_profile(value: Value, limits: &Limits) -> Result<ProfileRequest, IngestError> {
+    require_object(&value)?;
     let req: ProfileRequest = parse(value)?;
     if let Some(z) = req.time_zone.as_deref()
         && !matches!(Zone::parse(z), Some(Zone::Iana(_)))
@@ -263,7 +276,7 @@ async fn upsert_profile(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ProfileResponse>, IngestError> {
-    let req = parse_profile(json_body(&headers, body, &Limits::DEFAULT)?, &Limits::DEFAULT)?;
+    let req = parse_profile(json_body(&headers, body, crate::limits())?, crate::limits())?;
     check_id("userId", &user_id)?;
     authorize(
         caller,

@@ -328,7 +328,7 @@ impl Worker {
         if payload.len() > self.config.max_message_bytes {
             return Err("PAYLOAD_TOO_LARGE");
         }
-        let limits = &vitalflow_schemas::Limits::DEFAULT;
+        let limits = crate::limits();
         let parsed = parse_json(payload, limits).and_then(|value| {
             if m.topic() == self.config.domain_topic {
                 parse_domain(value, limits).map(|(r, h)| SourceBody::Domain(r, h))

@@ -25,5 +25,20 @@ pub use progress::IngestProgress;
 pub use store::Store;
 pub use writer::{Ingest, OnCommit, SourceBody, SourceOutcome};
 
+/// The input limits in force (issue 10 §2): set once by the binary from its configuration before
+/// ingestion starts; [`vitalflow_schemas::Limits::DEFAULT`] until then (and in tests).
+static LIMITS: std::sync::OnceLock<vitalflow_schemas::Limits> = std::sync::OnceLock::new();
+
+/// Sets the input limits for every ingestion path (HTTP, Kafka, the outbox). Only the first call
+/// counts; returns whether it did.
+pub fn configure_limits(limits: vitalflow_schemas::Limits) -> bool {
+    LIMITS.set(limits).is_ok()
+}
+
+/// The input limits in force.
+pub fn limits() -> &'static vitalflow_schemas::Limits {
+    LIMITS.get().unwrap_or(&vitalflow_schemas::Limits::DEFAULT)
+}
+
 #[cfg(test)]
 mod tests;

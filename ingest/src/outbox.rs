@@ -158,7 +158,7 @@ async fn run(
         let mut items = Vec::with_capacity(rows.len());
         let mut last = *position;
         let mut malformed = 0;
-        let limits = &vitalflow_schemas::Limits::DEFAULT;
+        let limits = crate::limits();
         for row in &rows {
             let id: i64 = row.get(0);
             let event_type: &str = row.get(1);

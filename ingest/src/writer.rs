@@ -58,9 +58,9 @@ pub struct IngestOptions {
     /// when not, nothing is committed and every request answers `503 UNAVAILABLE`.
     pub healthy: Arc<dyn Fn() -> bool + Send + Sync>,
     /// Sustained batch-upsert requests per second per user over HTTP (`429 RATE_LIMITED` above it;
-    /// Kafka and the outbox are not limited). Default 20; 0 turns the limit off.
+    /// Kafka and the outbox are not limited). Default 50; 0 turns the limit off.
     pub user_requests_per_sec: u32,
-    /// Requests a user may send at once above the sustained rate. Default 40.
+    /// Requests a user may send at once above the sustained rate. Default 100.
     pub user_burst: u32,
     /// Request records (idempotency, I1) and tombstones (I3) older than this are pruned. A replay
     /// older than the retention is a new request; a sample re-sent after its tombstone is pruned
@@ -78,8 +78,8 @@ impl Default for IngestOptions {
             max_lag_epochs: 1_000,
             visible_epoch: Arc::new(|| Epoch::MAX),
             healthy: Arc::new(|| true),
-            user_requests_per_sec: 20,
-            user_burst: 40,
+            user_requests_per_sec: 50,
+            user_burst: 100,
             retention: std::time::Duration::from_secs(30 * 86_400),
         }
     }
@@ -540,8 +540,11 @@ fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnComm
         }
         Err(err) => {
             tracing::error!(error = %err, "commit failed; the group's requests were not applied");
-            let message = err.to_string();
             let storage = matches!(err, IngestError::Storage(_));
+            let message = match err {
+                IngestError::Storage(m) | IngestError::Internal(m) => m,
+                other => other.to_string(),
+            };
             answer_all(group, || {
                 if storage { IngestError::Storage(message.clone()) } else { IngestError::Internal(message.clone()) }
             });
@@ -807,7 +810,7 @@ fn apply_batch(
         // G6 judges new samples against the moment the writer takes the request (recovery replays
         // stored rows and never comes here).
         received_at_ms: chrono::Utc::now().timestamp_millis(),
-        limits: &vitalflow_schemas::Limits::DEFAULT,
+        limits: crate::limits(),
     };
     let mut resp = BatchUpsertResponse { request_id: req.request_id.clone(), epoch, ..Default::default() };
     for (index, ws) in req.samples.iter().enumerate() {

@@ -31,12 +31,15 @@
 //! A failing case is shrunk and its seed appended to `tests/fuzz-regressions/fuzz.txt`, which is
 //! replayed first on every later run: commit it, and add an explicit test to [`regressions`].
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use axum::http::StatusCode;
 use chrono::{DateTime, FixedOffset, SecondsFormat};
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{FileFailurePersistence, RngAlgorithm, TestRng, TestRunner};
 use serde_json::{Map, Number, Value, json};
 use vitalflow_ingest::IngestError;
 use vitalflow_ingest::http::{parse_batch, parse_domain, parse_json, parse_profile};
@@ -124,10 +127,25 @@ const CHANGE_CODES: &[&str] = &[
     codes::FIELD_TOO_LONG,
 ];
 
+thread_local! {
+    /// Every outcome (code, or `accepted …`) this thread has seen: [`generators_reach_every_code`]
+    /// checks that the generators reach all of them.
+    static SEEN: RefCell<BTreeSet<String>> = const { RefCell::new(BTreeSet::new()) };
+}
+
+fn seen(outcome: &str) {
+    SEEN.with(|s| {
+        if !s.borrow().contains(outcome) {
+            s.borrow_mut().insert(outcome.to_owned());
+        }
+    });
+}
+
 /// The error is a 400 with a known request-level code.
 fn check_request_error(e: &IngestError) -> Result<(), TestCaseError> {
     match e {
         IngestError::Invalid { status, code, .. } => {
+            seen(code);
             prop_assert_eq!(*status, StatusCode::BAD_REQUEST, "{}", code);
             prop_assert!(REQUEST_CODES.contains(code), "unknown request code {}: {}", code, e);
             Ok(())
@@ -206,7 +224,7 @@ fn odd_char() -> impl Strategy<Value = char> {
     ]
 }
 
-fn odd_string() -> impl Strategy<Value = String> {
+fn odd_string() -> BoxedStrategy<String> {
     prop_oneof![
         4 => prop::sample::select(ODD_STRINGS).prop_map(str::to_owned),
         3 => prop::collection::vec(odd_char(), 0..12).prop_map(String::from_iter),
@@ -214,9 +232,10 @@ fn odd_string() -> impl Strategy<Value = String> {
         1 => (odd_char(), prop_oneof![Just(65usize), Just(129), Just(257), 0..20_000usize])
             .prop_map(|(c, n)| c.to_string().repeat(n)),
     ]
+    .boxed()
 }
 
-fn odd_number() -> impl Strategy<Value = Value> {
+fn odd_number() -> BoxedStrategy<Value> {
     prop_oneof![
         any::<i64>().prop_map(|n| json!(n)),
         any::<u64>().prop_map(|n| json!(n)),
@@ -240,10 +259,11 @@ fn odd_number() -> impl Strategy<Value = Value> {
             .prop_map(|n| Value::Number(Number::from(n))),
         Just(json!(u64::MAX)),
     ]
+    .boxed()
 }
 
 /// Any JSON value, nested up to a few levels.
-fn any_json() -> impl Strategy<Value = Value> {
+fn any_json() -> BoxedStrategy<Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
@@ -256,46 +276,115 @@ fn any_json() -> impl Strategy<Value = Value> {
             prop::collection::vec((odd_string(), inner), 0..6).prop_map(|kv| Value::Object(kv.into_iter().collect())),
         ]
     })
+    .boxed()
 }
 
-/// An instant as text: well-formed around the anchor, the G6 bounds, far past and future, with
-/// random precision and offsets; or an odd string.
-fn timestamp() -> impl Strategy<Value = String> {
-    let ms = prop_oneof![
+/// Instants around the anchor, around the G6 lower bound, across years 1–9999, and a few fixed
+/// edge cases.
+fn instant_ms() -> BoxedStrategy<i64> {
+    prop_oneof![
         4 => ANCHOR_MS - 400 * 86_400_000..ANCHOR_MS + 4 * 86_400_000,
         2 => MIN_PLAUSIBLE_MS - 2 * 86_400_000..MIN_PLAUSIBLE_MS + 2 * 86_400_000,
         1 => -62_135_596_800_000i64..253_402_300_799_999,
         1 => prop::sample::select(vec![0i64, -1, MIN_PLAUSIBLE_MS, MIN_PLAUSIBLE_MS - 1, ANCHOR_MS + MAX_FUTURE_MS,
             ANCHOR_MS + MAX_FUTURE_MS + 1, 2_147_483_647_000, 253_402_300_799_999]),
-    ];
+    ]
+    .boxed()
+}
+
+/// How an instant is written: (offset east of UTC in seconds, sub-second digits, `Z` for UTC).
+fn style() -> BoxedStrategy<(i32, usize, bool)> {
     let offset = prop_oneof![Just(0i32), -64_800..=64_800i32, prop::sample::select(vec![-14_400, 20_700, 49_500])];
-    let well_formed = (ms, offset, 0..4usize, any::<bool>()).prop_map(|(ms, off, precision, z)| {
-        let Some(utc) = DateTime::from_timestamp_millis(ms) else { return String::new() };
-        let precision =
-            [SecondsFormat::Secs, SecondsFormat::Millis, SecondsFormat::Micros, SecondsFormat::Nanos][precision];
-        match FixedOffset::east_opt(off) {
-            Some(tz) if off != 0 || !z => utc.with_timezone(&tz).to_rfc3339_opts(precision, false),
-            _ => utc.to_rfc3339_opts(precision, true),
-        }
+    (offset, 0..4usize, any::<bool>()).boxed()
+}
+
+/// `ms` as RFC 3339 text in `style`; empty when chrono cannot represent it.
+fn format_ms(ms: i64, (offset, precision, z): (i32, usize, bool)) -> String {
+    let Some(utc) = DateTime::from_timestamp_millis(ms) else { return String::new() };
+    let precision = [SecondsFormat::Secs, SecondsFormat::Millis, SecondsFormat::Micros, SecondsFormat::Nanos]
+        .get(precision)
+        .copied()
+        .unwrap_or(SecondsFormat::AutoSi);
+    match FixedOffset::east_opt(offset) {
+        Some(tz) if offset != 0 || !z => utc.with_timezone(&tz).to_rfc3339_opts(precision, false),
+        _ => utc.to_rfc3339_opts(precision, true),
+    }
+}
+
+/// An instant as text: well-formed (see [`instant_ms`], with random precision and offsets), or an
+/// odd string.
+fn timestamp() -> BoxedStrategy<String> {
+    prop_oneof![6 => (instant_ms(), style()).prop_map(|(ms, st)| format_ms(ms, st)), 1 => odd_string()].boxed()
+}
+
+/// `(startAt, endAt)`: mostly related (the end 0 to 24 h after the start, just past 24 h, or before
+/// it), so that generated samples get past G3 to the later checks; sometimes independent.
+fn interval_pair() -> BoxedStrategy<(Option<Value>, Option<Value>)> {
+    let delta = prop_oneof![
+        4 => 0..=MAX_SAMPLE_MS,
+        1 => prop::sample::select(vec![0, 1, MAX_SAMPLE_MS, MAX_SAMPLE_MS + 1, -1, i64::MAX / 2]),
+        1 => -86_400_000..0i64,
+    ];
+    let related = (instant_ms(), delta, style(), style()).prop_map(|(start, delta, s1, s2)| {
+        (Some(Value::String(format_ms(start, s1))), Some(Value::String(format_ms(start.saturating_add(delta), s2))))
     });
-    prop_oneof![6 => well_formed, 1 => odd_string()]
+    let independent = (field(timestamp().prop_map(Value::String)), field(timestamp().prop_map(Value::String)));
+    prop_oneof![5 => related, 1 => independent].boxed()
 }
 
 /// A JSON field that is usually well-typed and plausible, sometimes hostile, sometimes absent.
-fn field(plausible: impl Strategy<Value = Value> + 'static) -> impl Strategy<Value = Option<Value>> {
-    prop_oneof![6 => plausible.prop_map(Some), 1 => any_json().prop_map(Some), 1 => Just(None)]
+fn field(plausible: impl Strategy<Value = Value> + 'static) -> BoxedStrategy<Option<Value>> {
+    prop_oneof![6 => plausible.prop_map(Some), 1 => any_json().prop_map(Some), 1 => Just(None)].boxed()
 }
 
-fn id() -> impl Strategy<Value = Value> {
+/// Bodies come in two kinds. A *wild* body may have a wrong type or an unknown key anywhere, which
+/// mostly fails the whole request at the serde level. A *typed* body has the right JSON type in
+/// every field (with hostile content), so that it gets through to the per-item checks.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Wild,
+    Typed,
+}
+
+/// An optional field of a body of `kind`.
+fn opt(kind: Kind, plausible: impl Strategy<Value = Value> + 'static) -> BoxedStrategy<Option<Value>> {
+    match kind {
+        Kind::Wild => field(plausible),
+        Kind::Typed => prop_oneof![7 => plausible.prop_map(Some), 1 => Just(None)].boxed(),
+    }
+}
+
+/// A required field of a body of `kind`.
+fn req(kind: Kind, plausible: impl Strategy<Value = Value> + 'static) -> BoxedStrategy<Option<Value>> {
+    match kind {
+        Kind::Wild => field(plausible),
+        Kind::Typed => plausible.prop_map(Some).boxed(),
+    }
+}
+
+fn extra(kind: Kind) -> BoxedStrategy<Option<(String, Value)>> {
+    match kind {
+        Kind::Wild => extra_field(),
+        Kind::Typed => Just(None).boxed(),
+    }
+}
+
+fn kinds<T: std::fmt::Debug + 'static>(of: impl Fn(Kind) -> BoxedStrategy<T>) -> BoxedStrategy<T> {
+    prop_oneof![4 => of(Kind::Typed), 1 => of(Kind::Wild)].boxed()
+}
+
+fn id() -> BoxedStrategy<Value> {
     prop_oneof![
         6 => prop::sample::select(vec!["u1", "w", "r-1", "a", "p1", "s1", "東京-ü"]).prop_map(|s| json!(s)),
         2 => odd_string().prop_map(Value::String),
         1 => (Just("x"), 126..131usize).prop_map(|(c, n)| json!(c.repeat(n))),
     ]
+    .boxed()
 }
 
-fn text(options: &'static [&'static str]) -> impl Strategy<Value = Value> {
+fn text(options: &'static [&'static str]) -> BoxedStrategy<Value> {
     prop_oneof![4 => prop::sample::select(options).prop_map(|s| json!(s)), 1 => odd_string().prop_map(Value::String)]
+        .boxed()
 }
 
 const METRICS: &[&str] = &[
@@ -367,11 +456,11 @@ const SOURCE_CLASSES: &[&str] =
     &["manual", "watch", "ring", "band", "chest_strap", "phone", "other", "unknown", "Watch"];
 const ZONES: &[&str] = &["UTC", "America/New_York", "Europe/Berlin", "+05:45", "-04:00", "Z", "+1é1", "+99:99"];
 
-fn zone_value() -> impl Strategy<Value = Value> {
-    text(ZONES)
+fn zone_value() -> BoxedStrategy<Value> {
+    text(ZONES).boxed()
 }
 
-fn metadata() -> impl Strategy<Value = Value> {
+fn metadata() -> BoxedStrategy<Value> {
     let key = prop::sample::select(vec![
         "HKMetadataKeySyncVersion",
         "HKMetadataKeySyncIdentifier",
@@ -400,6 +489,7 @@ fn metadata() -> impl Strategy<Value = Value> {
         1 => any_json(),
         1 => (0..20_000usize).prop_map(|n| json!({"blob": "m".repeat(n)})),
     ]
+    .boxed()
 }
 
 fn object(fields: Vec<(&'static str, Option<Value>)>, extra: Option<(String, Value)>) -> Value {
@@ -410,19 +500,24 @@ fn object(fields: Vec<(&'static str, Option<Value>)>, extra: Option<(String, Val
     Value::Object(map)
 }
 
-fn extra_field() -> impl Strategy<Value = Option<(String, Value)>> {
-    prop_oneof![12 => Just(None), 1 => (odd_string(), any_json()).prop_map(Some)]
+fn extra_field() -> BoxedStrategy<Option<(String, Value)>> {
+    prop_oneof![12 => Just(None), 1 => (odd_string(), any_json()).prop_map(Some)].boxed()
 }
 
-fn sample() -> impl Strategy<Value = Value> {
+fn sample(k: Kind) -> BoxedStrategy<Value> {
     let value = prop_oneof![4 => (0.0..500.0f64).prop_map(|x| json!(x)), 2 => odd_number()];
+    let interval = match k {
+        Kind::Wild => interval_pair(),
+        // Both instants present and strings, whatever their content.
+        Kind::Typed => interval_pair().prop_map(|(s, e)| (as_text(s), as_text(e))).boxed(),
+    };
     (
-        (field(id()), field(id()), field(text(METRICS)), field(timestamp().prop_map(Value::String))),
-        (field(timestamp().prop_map(Value::String)), field(value), field(text(UNITS)), field(text(CATEGORIES))),
-        (field(text(SOURCE_CLASSES)), field(zone_value()), field(metadata()), extra_field()),
+        (req(k, id()), req(k, id()), req(k, text(METRICS)), interval),
+        (opt(k, value), opt(k, text(UNITS)), opt(k, text(CATEGORIES))),
+        (opt(k, text(SOURCE_CLASSES)), opt(k, zone_value()), opt(k, metadata()), extra(k)),
     )
         .prop_map(
-            |((source_id, record_id, metric, start), (end, value, unit, category), (class, zone, meta, extra))| {
+            |((source_id, record_id, metric, (start, end)), (value, unit, category), (class, zone, meta, extra))| {
                 object(
                     vec![
                         ("sourceId", source_id),
@@ -441,55 +536,83 @@ fn sample() -> impl Strategy<Value = Value> {
                 )
             },
         )
+        .boxed()
 }
 
-fn deletion() -> impl Strategy<Value = Value> {
-    (field(id()), field(id()), extra_field())
+/// A string field as a string: a non-string becomes the empty string.
+fn as_text(v: Option<Value>) -> Option<Value> {
+    Some(Value::String(v.and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()))
+}
+
+fn deletion(k: Kind) -> BoxedStrategy<Value> {
+    (req(k, id()), req(k, id()), extra(k))
         .prop_map(|(s, r, extra)| object(vec![("sourceId", s), ("sourceRecordId", r)], extra))
+        .boxed()
 }
 
-fn array_of(item: impl Strategy<Value = Value> + 'static) -> impl Strategy<Value = Value> {
-    prop_oneof![8 => prop::collection::vec(item, 0..6).prop_map(Value::Array), 1 => any_json()]
+fn array_of(item: impl Strategy<Value = Value> + 'static) -> BoxedStrategy<Value> {
+    prop_oneof![8 => prop::collection::vec(item, 0..6).prop_map(Value::Array), 1 => any_json()].boxed()
 }
 
-fn batch_body() -> impl Strategy<Value = Value> {
-    (
-        (field(id()), field(id()), field(zone_value()), field(text(&["healthkit", "health_connect", "fitbit"]))),
-        (field(array_of(sample())), field(array_of(deletion())), extra_field()),
-    )
-        .prop_map(|((request_id, user_id, zone, platform), (samples, deletions, extra))| {
-            object(
-                vec![
-                    ("requestId", request_id),
-                    ("userId", user_id),
-                    ("deviceTimeZone", zone),
-                    ("platform", platform),
-                    ("samples", samples),
-                    ("deletions", deletions),
-                ],
-                extra,
-            )
-        })
+/// An array in a body of `kind` (a typed body has an array there, never another type).
+fn list(k: Kind, item: impl Strategy<Value = Value> + 'static) -> BoxedStrategy<Value> {
+    match k {
+        Kind::Wild => array_of(item),
+        Kind::Typed => prop::collection::vec(item, 0..6).prop_map(Value::Array).boxed(),
+    }
 }
 
-fn change_data() -> impl Strategy<Value = Value> {
-    (
-        (field(id()), field(id()), field(id()), field(timestamp().prop_map(Value::String))),
+fn batch_body() -> BoxedStrategy<Value> {
+    kinds(|k| {
         (
-            field(prop_oneof![Just(Value::Null), timestamp().prop_map(Value::String)]),
-            field(prop_oneof![(0.0..10.0f64).prop_map(|x| json!(x)), odd_number()]),
-            field(zone_value()),
-            field(text(&["Espresso", "Coffee"])),
+            (
+                req(k, id()),
+                req(k, id()),
+                opt(k, zone_value()),
+                opt(k, text(&["healthkit", "health_connect", "fitbit"])),
+            ),
+            (opt(k, list(k, sample(k))), opt(k, list(k, deletion(k))), extra(k)),
+        )
+            .prop_map(|((request_id, user_id, zone, platform), (samples, deletions, extra))| {
+                object(
+                    vec![
+                        ("requestId", request_id),
+                        ("userId", user_id),
+                        ("deviceTimeZone", zone),
+                        ("platform", platform),
+                        ("samples", samples),
+                        ("deletions", deletions),
+                    ],
+                    extra,
+                )
+            })
+            .boxed()
+    })
+}
+
+fn change_data(k: Kind) -> BoxedStrategy<Value> {
+    (
+        (req(k, id()), req(k, id()), req(k, id()), interval_pair()),
+        (
+            prop::bool::weighted(0.3),
+            opt(k, prop_oneof![(0.0..10.0f64).prop_map(|x| json!(x)), odd_number()]),
+            opt(k, zone_value()),
+            opt(k, text(&["Espresso", "Coffee"])),
         ),
         (
-            field(text(&["drink", "food"])),
-            field(array_of(text(METRICS))),
-            field(any::<bool>().prop_map(Value::Bool)),
-            extra_field(),
+            opt(k, text(&["drink", "food"])),
+            opt(k, list(k, text(METRICS))),
+            opt(k, any::<bool>().prop_map(Value::Bool)),
+            extra(k),
         ),
     )
         .prop_map(
-            |((user, session, product, start), (end, quantity, zone, name), (category, blocked, allow, extra))| {
+            |(
+                (user, session, product, (start, end)),
+                (open, quantity, zone, name),
+                (category, blocked, allow, extra),
+            )| {
+                let end = if open { Some(Value::Null) } else { end };
                 object(
                     vec![
                         ("userId", user),
@@ -509,38 +632,48 @@ fn change_data() -> impl Strategy<Value = Value> {
                 )
             },
         )
+        .boxed()
 }
 
-fn change() -> impl Strategy<Value = Value> {
+fn change(k: Kind) -> BoxedStrategy<Value> {
     (
-        field(text(&["session", "product", "user", "planet"])),
-        field(text(&["upsert", "delete"])),
-        field(change_data()),
-        field(change_data()),
+        req(k, text(&["session", "product", "user", "planet"])),
+        req(k, text(&["upsert", "delete"])),
+        opt(k, change_data(k)),
+        opt(k, change_data(k)),
     )
         .prop_map(|(entity, op, data, key)| {
             object(vec![("entity", entity), ("op", op), ("data", data), ("key", key)], None)
         })
+        .boxed()
 }
 
-fn domain_body() -> impl Strategy<Value = Value> {
-    (field(id()), field(array_of(change())), extra_field())
-        .prop_map(|(request_id, changes, extra)| object(vec![("requestId", request_id), ("changes", changes)], extra))
+fn domain_body() -> BoxedStrategy<Value> {
+    kinds(|k| {
+        (req(k, id()), req(k, list(k, change(k))), extra(k))
+            .prop_map(|(request_id, changes, extra)| {
+                object(vec![("requestId", request_id), ("changes", changes)], extra)
+            })
+            .boxed()
+    })
 }
 
-fn profile_body() -> impl Strategy<Value = Value> {
-    (
-        field(prop_oneof![text(ZONES), text(&["Asia/Tokyo"])]),
-        field(any::<bool>().prop_map(Value::Bool)),
-        field(array_of(text(METRICS))),
-        extra_field(),
-    )
-        .prop_map(|(tz, allow, blocked, extra)| {
-            object(vec![("timeZone", tz), ("allowHealthDataUpload", allow), ("blockedMetrics", blocked)], extra)
-        })
+fn profile_body() -> BoxedStrategy<Value> {
+    kinds(|k| {
+        (
+            opt(k, prop_oneof![text(ZONES), text(&["Asia/Tokyo"])]),
+            opt(k, any::<bool>().prop_map(Value::Bool)),
+            opt(k, list(k, text(METRICS))),
+            extra(k),
+        )
+            .prop_map(|(tz, allow, blocked, extra)| {
+                object(vec![("timeZone", tz), ("allowHealthDataUpload", allow), ("blockedMetrics", blocked)], extra)
+            })
+            .boxed()
+    })
 }
 
-fn profile() -> impl Strategy<Value = Option<UserProfile>> {
+fn profile() -> BoxedStrategy<Option<UserProfile>> {
     prop::option::of(
         (prop::option::of(text(ZONES)), prop::bool::weighted(0.9), prop::collection::vec(text(METRICS), 0..3))
             .prop_map(|(tz, allow, blocked)| UserProfile {
@@ -550,6 +683,7 @@ fn profile() -> impl Strategy<Value = Option<UserProfile>> {
                 blocked_metrics: blocked.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
             }),
     )
+    .boxed()
 }
 
 /// When the server received the request: near the anchor, so that generated instants hit the G6
@@ -570,33 +704,32 @@ fn limits() -> impl Strategy<Value = &'static Limits> {
 /// delete, truncate), or wrapped in deep nesting.
 fn damaged(body: impl Strategy<Value = Value>) -> impl Strategy<Value = Vec<u8>> {
     let edit = (any::<prop::sample::Index>(), any::<u8>(), 0..4u8);
-    (body, prop::collection::vec(edit, 0..4), prop_oneof![8 => Just(0usize), 1 => 1..200usize]).prop_map(
-        |(v, edits, nesting)| {
-            let mut bytes = serde_json::to_vec(&v).unwrap_or_default();
-            for (at, byte, kind) in edits {
-                if bytes.is_empty() {
-                    bytes.push(byte);
-                    continue;
-                }
-                let i = at.index(bytes.len());
-                match kind {
-                    0 => bytes[i] = byte,
-                    1 => bytes.insert(i, byte),
-                    2 => {
-                        bytes.remove(i);
-                    }
-                    _ => bytes.truncate(i),
-                }
+    let edits = prop_oneof![6 => Just(Vec::new()), 1 => prop::collection::vec(edit, 1..4)];
+    (body, edits, prop_oneof![12 => Just(0usize), 1 => 1..200usize]).prop_map(|(v, edits, nesting)| {
+        let mut bytes = serde_json::to_vec(&v).unwrap_or_default();
+        for (at, byte, kind) in edits {
+            if bytes.is_empty() {
+                bytes.push(byte);
+                continue;
             }
-            if nesting > 0 {
-                let mut wrapped = b"{\"a\":".repeat(nesting);
-                wrapped.extend_from_slice(&bytes);
-                wrapped.extend(std::iter::repeat_n(b'}', nesting));
-                bytes = wrapped;
+            let i = at.index(bytes.len());
+            match kind {
+                0 => bytes[i] = byte,
+                1 => bytes.insert(i, byte),
+                2 => {
+                    bytes.remove(i);
+                }
+                _ => bytes.truncate(i),
             }
-            bytes
-        },
-    )
+        }
+        if nesting > 0 {
+            let mut wrapped = b"{\"a\":".repeat(nesting);
+            wrapped.extend_from_slice(&bytes);
+            wrapped.extend(std::iter::repeat_n(b'}', nesting));
+            bytes = wrapped;
+        }
+        bytes
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -633,6 +766,7 @@ fn run_batch(
     for ws in &req.samples {
         match validate_sample(ws, &ctx) {
             Ok(stored) => {
+                seen("accepted sample");
                 let s = &stored.sample;
                 prop_assert!(s.start_ms >= MIN_PLAUSIBLE_MS, "{}", s.start_ms);
                 prop_assert!(s.end_ms >= s.start_ms && s.end_ms - s.start_ms <= MAX_SAMPLE_MS);
@@ -647,7 +781,10 @@ fn run_batch(
                 let _ = split::day_pieces(s.start_ms, s.end_ms, s.zone);
                 let _ = s.zone.start_of_day(s.zone.local_date(s.end_ms));
             }
-            Err(rej) => prop_assert!(SAMPLE_CODES.contains(&rej.code.as_str()), "unknown sample code {:?}", rej),
+            Err(rej) => {
+                seen(&rej.code);
+                prop_assert!(SAMPLE_CODES.contains(&rej.code.as_str()), "unknown sample code {:?}", rej);
+            }
         }
     }
     Ok(())
@@ -669,6 +806,7 @@ fn run_domain(
     for raw in &req.changes {
         match parse_change(raw, received_at_ms, limits) {
             Ok(DomainChange::UpsertSession(w)) => {
+                seen("accepted session");
                 prop_assert!(w.start_ms >= MIN_PLAUSIBLE_MS);
                 prop_assert!(w.start_ms <= received_at_ms.saturating_add(MAX_FUTURE_MS));
                 prop_assert!(
@@ -679,14 +817,19 @@ fn run_domain(
                 let _ = s.zone.local(s.start_ms);
             }
             Ok(DomainChange::UpsertProduct(p)) => {
+                seen("accepted product");
                 prop_assert!(p.name.len() <= limits.max_field_bytes);
                 prop_assert!(p.category.as_deref().is_none_or(|c| c.len() <= limits.max_field_bytes));
             }
             Ok(DomainChange::UpsertUser(u)) => {
+                seen("accepted user");
                 prop_assert!(u.time_zone.as_deref().is_none_or(|z| matches!(Zone::parse(z), Some(Zone::Iana(_)))));
             }
             Ok(_) => {}
-            Err(rej) => prop_assert!(CHANGE_CODES.contains(&rej.code.as_str()), "unknown change code {:?}", rej),
+            Err(rej) => {
+                seen(&format!("change {}", rej.code));
+                prop_assert!(CHANGE_CODES.contains(&rej.code.as_str()), "unknown change code {:?}", rej);
+            }
         }
     }
     Ok(())
@@ -696,6 +839,7 @@ fn run_domain(
 fn run_profile(bytes: &[u8], limits: &Limits) -> Result<(), TestCaseError> {
     match parse_json(bytes, limits).and_then(|v| parse_profile(v, limits)) {
         Ok(req) => {
+            seen("accepted profile");
             prop_assert!(req.time_zone.as_deref().is_none_or(|z| matches!(Zone::parse(z), Some(Zone::Iana(_)))));
             prop_assert!(req.blocked_metrics.iter().all(|m| m.len() <= limits.max_field_bytes));
             Ok(())
@@ -797,6 +941,39 @@ proptest! {
             Err(rej) => prop_assert!([codes::UNIT_UNSUPPORTED, codes::OUT_OF_RANGE].contains(&rej.code.as_str())),
         }
     }
+}
+
+/// The generators are worth their cases only if they reach every outcome: each request code, each
+/// sample code, each change code, and acceptance. A fixed seed keeps this test deterministic.
+#[test]
+fn generators_reach_every_code() {
+    const N: usize = 3_000;
+    let mut runner =
+        TestRunner::new_with_rng(ProptestConfig::default(), TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    SEEN.with(|s| s.borrow_mut().clear());
+    let batches = (damaged(batch_body()), limits(), profile(), received_at());
+    let domains = (damaged(domain_body()), limits(), profile(), received_at());
+    let profiles = (damaged(profile_body()), limits());
+    for _ in 0..N {
+        let (bytes, limits, profile, received) = batches.new_tree(&mut runner).expect("batch").current();
+        run_batch(&bytes, limits, profile.as_ref(), received).expect("batch case");
+        let (bytes, limits, profile, received) = domains.new_tree(&mut runner).expect("domain").current();
+        run_domain(&bytes, limits, profile.as_ref(), received).expect("domain case");
+        let (bytes, limits) = profiles.new_tree(&mut runner).expect("profile").current();
+        run_profile(&bytes, limits).expect("profile case");
+    }
+    let seen = SEEN.with(|s| s.borrow().clone());
+    let want = REQUEST_CODES
+        .iter()
+        .chain(SAMPLE_CODES)
+        .map(|c| (*c).to_owned())
+        .chain(CHANGE_CODES.iter().map(|c| format!("change {c}")))
+        .chain(
+            ["accepted sample", "accepted session", "accepted product", "accepted user", "accepted profile"]
+                .map(str::to_owned),
+        );
+    let missing: Vec<String> = want.filter(|w| !seen.contains(w)).collect();
+    assert!(missing.is_empty(), "never reached in {N} cases: {missing:?}");
 }
 
 /// A well-formed sample body anchored at `ANCHOR_MS`, for the explicit tests.
@@ -966,6 +1143,23 @@ mod regressions {
         // Brackets inside strings do not count.
         let quoted = format!("{{\"a\":\"{}\"}}", "[".repeat(1_000));
         assert!(parse_json(quoted.as_bytes(), &Limits::DEFAULT).is_ok());
+    }
+
+    /// Found by `any_json_bodies`: serde reads a struct from an array of its fields, so
+    /// `["r-1", [null, null, null, null]]` was a domain request with 4 changes that the count limit,
+    /// which reads `changes` by key, did not see.
+    #[test]
+    fn bodies_must_be_objects() {
+        let tight = Limits { max_changes_per_request: 3, max_samples_per_batch: 1, ..Limits::DEFAULT };
+        let domain = json!(["r-1", [null, null, null, null]]);
+        assert_eq!(parse_domain(domain, &tight).map(|_| ()).map_err(|e| e.code()), Err("INVALID_REQUEST"));
+        let batch = json!(["r-1", "u1", null, null, [good_sample(), good_sample()], []]);
+        assert_eq!(parse_batch(batch, &tight).map(|_| ()).map_err(|e| e.code()), Err("INVALID_REQUEST"));
+        let profile = json!(["Asia/Tokyo", true, []]);
+        assert_eq!(parse_profile(profile, &tight).map(|_| ()).map_err(|e| e.code()), Err("INVALID_REQUEST"));
+        for v in [json!(null), json!(1), json!("x"), json!([])] {
+            assert_eq!(parse_batch(v, &tight).map(|_| ()).map_err(|e| e.code()), Err("INVALID_REQUEST"));
+        }
     }
 
     #[test]

@@ -79,6 +79,18 @@ struct AppState {
     freshness: Arc<dyn Freshness>,
     config: ServeConfig,
     sql: Arc<SqlEngine>,
+    /// Reads waiting with `waitMs` ([`MAX_WAITERS`] at most).
+    waiters: Arc<tokio::sync::Semaphore>,
+}
+
+/// Reads that may wait (`waitMs`) at once; more are refused with 429 `TOO_MANY_WAITERS`.
+pub const MAX_WAITERS: usize = 1024;
+
+/// A place among the `waitMs` waiters, or 429 `TOO_MANY_WAITERS`.
+fn wait_permit(st: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    st.waiters.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_WAITERS", "too many reads are waiting; retry later")
+    })
 }
 
 /// The read routes.
@@ -94,7 +106,7 @@ pub fn router(store: Arc<SnapshotStore>, freshness: Arc<dyn Freshness>, config: 
         .route("/v1/frontiers", get(frontiers))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { store, freshness, config, sql })
+        .with_state(AppState { store, freshness, config, sql, waiters: Arc::new(tokio::sync::Semaphore::new(MAX_WAITERS)) })
 }
 
 /// A read failure with a stable code.
@@ -211,7 +223,10 @@ async fn read_view(
         row_date(r, i, zone).is_some_and(|d| from.is_none_or(|f| d >= f) && to.is_none_or(|t| d <= t))
     };
 
-    if let (Some(min), Some(wait)) = (min_epoch, wait_ms) {
+    if let (Some(min), Some(wait)) = (min_epoch, wait_ms)
+        && st.store.snapshot(view).as_of < min
+    {
+        let _permit = wait_permit(&st)?;
         let mut rx = st.store.watch(view);
         let wait = Duration::from_millis(wait).min(st.config.max_wait);
         let _ = tokio::time::timeout(wait, rx.wait_for(|e| *e >= min)).await;
@@ -332,6 +347,7 @@ async fn run_sql(
         .map_err(|e| ApiError::bad("INVALID_REQUEST", format!("expected {{\"sql\": \"...\"}}: {e}")))?;
     if let (Some(min), Some(wait)) = (req.min_epoch, req.wait_ms) {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait).min(st.config.max_wait);
+        let _permit = wait_permit(&st)?;
         for view in 0..st.store.len() {
             let mut rx = st.store.watch(view);
             let _ = tokio::time::timeout_at(deadline, rx.wait_for(|e| *e >= min)).await;

@@ -1,0 +1,132 @@
+//! Issue 10 §5: hostile input over a real server. Each case is refused with its stable code (a
+//! 4xx, or a rejection inside a 200), the process stays up and within its memory budget, and
+//! afterwards a valid request succeeds and the views advance.
+
+use serde_json::{Value, json};
+
+use crate::common::{Server, UPSERT, batch, steps, temp_dir};
+
+fn sample_with(field: &str, value: Value) -> Value {
+    let mut s = steps("a", "watch", "2024-06-01T10:00:00Z", "2024-06-01T10:30:00Z", 10.0);
+    s[field] = value;
+    s
+}
+
+/// The codes of a 200 response's rejected items.
+fn rejected(resp: &Value) -> Vec<String> {
+    resp["rejected"]
+        .as_array()
+        .map(|a| a.iter().map(|r| r["code"].as_str().unwrap_or("").to_owned()).collect())
+        .unwrap_or_default()
+}
+
+async fn post_raw(server: &Server, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    let r = server
+        .client
+        .post(server.url(path))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_is_refused_with_stable_codes_and_the_server_goes_on() {
+    let dir = temp_dir();
+    let server = Server::start(dir.path());
+    server.ready().await;
+    let mut n = 0;
+    let mut id = || {
+        n += 1;
+        format!("h-{n}")
+    };
+
+    // Zones: a multi-byte character where an offset digit belongs, an out-of-range offset, 10 kB.
+    let long_zone = "A".repeat(10_000);
+    for zone in ["+1é1", "+99:99", long_zone.as_str()] {
+        let (status, resp) = server.post(UPSERT, &batch(&id(), "u1", vec![sample_with("zoneId", json!(zone))])).await;
+        assert_eq!(status, 200, "sample zone {zone:.20}: {resp}");
+        assert_eq!(rejected(&resp), vec!["INVALID_ZONE"], "sample zone {zone:.20}");
+        let mut b = batch(&id(), "u1", vec![steps("a", "watch", "2024-06-01T10:00:00Z", "2024-06-01T10:30:00Z", 1.0)]);
+        b["deviceTimeZone"] = json!(zone);
+        let (status, resp) = server.post(UPSERT, &b).await;
+        assert_eq!((status, resp["code"].clone()), (400, json!("INVALID_ZONE")), "device zone {zone:.20}");
+        let session = json!({"requestId": id(), "changes": [{"entity": "session", "op": "upsert", "data": {
+            "userId": "u1", "sessionId": "s1", "productId": "p1", "startAt": "2024-06-01T12:00:00Z",
+            "endAt": "2024-06-01T12:10:00Z", "quantity": 1.0, "zoneId": zone}}]});
+        let (status, resp) = server.post("/v1/domain/changes", &session).await;
+        assert_eq!(status, 200, "session zone {zone:.20}: {resp}");
+        assert_eq!(rejected(&resp), vec!["INVALID_ZONE"], "session zone {zone:.20}");
+        let (status, resp) = server.post("/v1/users/u1/profile", &json!({"timeZone": zone})).await;
+        assert_eq!((status, resp["code"].clone()), (400, json!("INVALID_ZONE")), "profile zone {zone:.20}");
+    }
+
+    // Implausible instants (DOMAIN.md G6): decades ahead, and epoch zero.
+    let future = steps("f", "watch", "2090-01-01T00:00:00Z", "2090-01-01T00:10:00Z", 5.0);
+    let epoch_zero = steps("z", "watch", "1970-01-01T00:00:00Z", "1970-01-01T00:10:00Z", 5.0);
+    let (status, resp) = server.post(UPSERT, &batch(&id(), "u1", vec![future, epoch_zero])).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(rejected(&resp), vec!["FUTURE_TIMESTAMP", "INVALID_TIMESTAMP"]);
+    let session = json!({"requestId": id(), "changes": [{"entity": "session", "op": "upsert", "data": {
+        "userId": "u1", "sessionId": "s2", "productId": "p1", "startAt": "2090-06-01T12:00:00Z", "quantity": 1.0}}]});
+    let (status, resp) = server.post("/v1/domain/changes", &session).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(rejected(&resp), vec!["FUTURE_TIMESTAMP"]);
+
+    // Valid JSON nested 100 levels deep.
+    let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+    let body = format!(r#"{{"requestId": "{}", "userId": "u1", "samples": [{{"metadata": {deep}}}]}}"#, id());
+    let (status, resp) = post_raw(&server, UPSERT, "application/json", body.into_bytes()).await;
+    assert_eq!((status, resp["code"].clone()), (400, json!("JSON_TOO_DEEP")), "{resp}");
+
+    // 100,000 samples in one batch.
+    let many = format!(r#"{{"requestId": "{}", "userId": "u1", "samples": [{}]}}"#, id(), vec!["{}"; 100_000].join(","));
+    let (status, resp) = post_raw(&server, UPSERT, "application/json", many.into_bytes()).await;
+    assert_eq!((status, resp["code"].clone()), (400, json!("TOO_MANY_SAMPLES")), "{resp}");
+
+    // An 8 MiB metadata: beyond the body limit. A 100 kB one: the sample alone is rejected.
+    let huge = batch(&id(), "u1", vec![sample_with("metadata", json!({"blob": "x".repeat(8 << 20)}))]);
+    let (status, resp) = server.post(UPSERT, &huge).await;
+    assert_eq!((status, resp["code"].clone()), (413, json!("PAYLOAD_TOO_LARGE")), "{resp}");
+    let big = batch(&id(), "u1", vec![sample_with("metadata", json!({"blob": "x".repeat(100_000)}))]);
+    let (status, resp) = server.post(UPSERT, &big).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(rejected(&resp), vec!["METADATA_TOO_LARGE"]);
+
+    // Control characters in identifiers; an overlong platform.
+    let (status, resp) = server.post(UPSERT, &batch(&id(), "u\u{0}1", vec![])).await;
+    assert_eq!((status, resp["code"].clone()), (400, json!("INVALID_ID")), "{resp}");
+    let (status, resp) = server.post(UPSERT, &batch(&id(), "u1", vec![sample_with("sourceId", json!("w\u{7}"))])).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(rejected(&resp), vec!["INVALID_ID"]);
+    let mut b = batch(&id(), "u1", vec![]);
+    b["platform"] = json!("p".repeat(10_000));
+    let (status, resp) = server.post(UPSERT, &b).await;
+    assert_eq!((status, resp["code"].clone()), (400, json!("FIELD_TOO_LONG")), "{resp}");
+
+    // SQL that would build gigabytes is refused, and the process stays within its budget.
+    let heavy = "SELECT length(string_agg(repeat('x', 1000), '')) FROM generate_series(1, 2000000)";
+    let (status, resp) = server.sql(heavy).await;
+    assert!((400..500).contains(&status), "{status} {resp}");
+    assert_eq!(resp["code"], json!("QUERY_TOO_EXPENSIVE"), "{resp}");
+    let peak = server.peak_rss_bytes();
+    assert!(peak < 1536 << 20, "peak RSS {} MiB during hostile input", peak >> 20);
+    let (status, resp) = post_raw(&server, "/v1/sql", "text/plain", b"SELECT 1".to_vec()).await;
+    assert_eq!((status, resp["code"].clone()), (415, json!("UNSUPPORTED_MEDIA_TYPE")), "{resp}");
+
+    // Still healthy; a valid request succeeds and the views advance.
+    assert_eq!(server.get("/readyz").await.0, 200);
+    let (status, ok) = server
+        .post(UPSERT, &batch(&id(), "u1", vec![steps("ok", "watch", "2024-06-01T10:00:00Z", "2024-06-01T10:30:00Z", 42.0)]))
+        .await;
+    assert_eq!(status, 200, "{ok}");
+    assert_eq!(ok["accepted"], json!(1));
+    let epoch = ok["epoch"].as_u64().expect("epoch");
+    let (status, read) = server.get(&format!("/v1/users/u1/daily-rollups?metric=steps&minEpoch={epoch}&waitMs=20000")).await;
+    assert_eq!(status, 200);
+    assert_eq!(read["pending"], json!(false), "{read}");
+    assert_eq!(read["rows"][0]["sum"], json!(42.0), "{read}");
+}

@@ -68,7 +68,7 @@ pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch
             // The group is sorted by stream, so the first present entry belongs to the best stream.
             let Some(winner) = input.iter().find(|(_, r)| *r > 0).map(|(e, _)| &e.0) else { return };
             for ((stream, record, day, share), r) in input {
-                if stream.1 == winner.1 && *r > 0 {
+                if stream == winner && *r > 0 {
                     output.push(((*day, stream.1.clone(), record.clone(), *share), *r));
                 }
             }

@@ -37,14 +37,21 @@ fn body() -> Value {
 fn parsing(c: &mut Criterion) {
     let bytes = serde_json::to_vec(&body()).unwrap_or_default();
     c.bench_function("parse_and_hash_500_sample_batch", |b| {
-        b.iter(|| parse_json(black_box(&bytes)).and_then(parse_batch).map(|(r, h)| (r.samples.len(), h)))
+        let limits = vitalflow_schemas::Limits::default();
+        b.iter(|| {
+            parse_json(black_box(&bytes), &limits).and_then(|v| parse_batch(v, &limits)).map(|(r, h)| (r.samples.len(), h))
+        })
     });
-    let (req, _) = parse_batch(body()).unwrap_or_else(|e| panic!("{e}"));
+    let limits = vitalflow_schemas::Limits::default();
+    let (req, _) = parse_batch(body(), &limits).unwrap_or_else(|e| panic!("{e}"));
     let ctx = RequestContext {
         user_id: "user-1",
         platform: Some("healthkit"),
         device_zone: Zone::parse("America/New_York"),
         profile: None,
+        // The benchmark's samples are from 2024: judged as if received then (G6).
+        received_at_ms: 1_717_500_000_000,
+        limits: &limits,
     };
     c.bench_function("validate_500_samples_units_and_zones", |b| {
         b.iter(|| req.samples.iter().filter(|s| validate_sample(black_box(s), &ctx).is_ok()).count())

@@ -424,10 +424,8 @@ pub fn mint(
     if sub.is_empty() {
         bail!("--sub must not be empty");
     }
-    let unknown: Vec<&str> = scope
-        .split_ascii_whitespace()
-        .filter(|s| vitalflow_schemas::auth::Scope::parse(s).is_none())
-        .collect();
+    let unknown: Vec<&str> =
+        scope.split_ascii_whitespace().filter(|s| vitalflow_schemas::auth::Scope::parse(s).is_none()).collect();
     if !unknown.is_empty() {
         bail!("unknown scope(s) {unknown:?}; known: health:write health:read backend analytics ops");
     }
@@ -442,7 +440,6 @@ pub fn mint(
     }
     Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&secret)?)?)
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -486,6 +483,6 @@ mod tests {
         assert_eq!(bearer(&headers("Basic dTpw")), Err(Rejection::Missing));
         assert_eq!(bearer(&headers("bearer abc")), Ok("abc"));
         assert_eq!(bearer(&headers("Bearer  ")), Err(Rejection::Missing));
-        assert!(matches!(bearer(&headers("Bearer ")), Err(_)));
+        assert!(bearer(&headers("Bearer ")).is_err());
     }
 }

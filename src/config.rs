@@ -99,7 +99,6 @@ impl AuthConfig {
     }
 }
 
-
 /// `[sources.*]`: each is off unless configured.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

@@ -84,9 +84,17 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The SQL engine's debug logs print the parsed query and its plans, literals included (user
+    // ids, values): capped at info whatever VITALFLOW_LOG says (docs/security.md, "What is logged").
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VITALFLOW_LOG")
+        .unwrap_or_else(|_| "info".into())
+        .add_directive("sqlparser=info".parse().expect("a valid directive"))
+        .add_directive("datafusion=info".parse().expect("a valid directive"));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VITALFLOW_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal; log collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Serve {

@@ -107,7 +107,13 @@ fn key_files(dir: &Path) -> (String, String) {
 }
 
 /// `method path` with an optional bearer token and JSON body: (status, WWW-Authenticate, body).
-async fn call(server: &Server, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, String, Value) {
+async fn call(
+    server: &Server,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, String, Value) {
     let mut req = match method {
         "GET" => server.client.get(server.url(path)),
         "POST" => server.client.post(server.url(path)),
@@ -122,12 +128,7 @@ async fn call(server: &Server, method: &str, path: &str, token: Option<&str>, bo
     }
     let resp = req.send().await.expect("request");
     let status = resp.status().as_u16();
-    let challenge = resp
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let challenge = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     (status, challenge, resp.json().await.unwrap_or(Value::Null))
 }
 
@@ -144,7 +145,9 @@ const ROUTES: [Route; 8] = [
         name: "batch-upsert",
         method: "POST",
         path: UPSERT,
-        body: Some(|rid| batch(rid, "u1", vec![steps(rid, "watch", "2024-06-01T10:00:00Z", "2024-06-01T10:01:00Z", 10.0)])),
+        body: Some(|rid| {
+            batch(rid, "u1", vec![steps(rid, "watch", "2024-06-01T10:00:00Z", "2024-06-01T10:01:00Z", 10.0)])
+        }),
     },
     Route {
         name: "domain changes",
@@ -192,9 +195,19 @@ async fn every_route_answers_each_caller_as_its_scopes_allow() {
     let mut early = claims("u1", "health:write health:read analytics backend ops");
     early["nbf"] = json!(now() + 3600);
     let all = "health:write health:read analytics backend ops";
-    let other_key = sign(&claims("u1", all), Algorithm::HS256, None, &EncodingKey::from_secret(b"another secret of thirty-two bytes or more").expect("key"));
+    let other_key = sign(
+        &claims("u1", all),
+        Algorithm::HS256,
+        None,
+        &EncodingKey::from_secret(b"another secret of thirty-two bytes or more").expect("key"),
+    );
     // Algorithm confusion: HS256 "signed" with the RSA public key as the HMAC secret.
-    let confused = sign(&claims("u1", all), Algorithm::HS256, Some("rsa-1"), &EncodingKey::from_secret(RSA_PUBLIC.as_bytes()).expect("key"));
+    let confused = sign(
+        &claims("u1", all),
+        Algorithm::HS256,
+        Some("rsa-1"),
+        &EncodingKey::from_secret(RSA_PUBLIC.as_bytes()).expect("key"),
+    );
     let minted = Command::new(env!("CARGO_BIN_EXE_vitalflow"))
         .args(["token", "--secret-file", &secret, "--sub", "u1", "--scope", "health:read", "--ttl", "5m"])
         .output()
@@ -212,16 +225,40 @@ async fn every_route_answers_each_caller_as_its_scopes_allow() {
         Who { name: "another key", token: Some(other_key), expect: [U, U, U, U, U, U, 200, 200] },
         Who { name: "alg none", token: Some(alg_none(&claims("u1", all))), expect: [U, U, U, U, U, U, 200, 200] },
         Who { name: "HS256 with the RSA key", token: Some(confused), expect: [U, U, U, U, U, U, 200, 200] },
-        Who { name: "RS256 by the EC kid", token: Some(rs256(&claims("u1", all), "ec-1")), expect: [U, U, U, U, U, U, 200, 200] },
+        Who {
+            name: "RS256 by the EC kid",
+            token: Some(rs256(&claims("u1", all), "ec-1")),
+            expect: [U, U, U, U, U, U, 200, 200],
+        },
         Who { name: "garbage", token: Some("not.a.jwt".into()), expect: [U, U, U, U, U, U, 200, 200] },
-        Who { name: "health:write u1", token: Some(hs256(&claims("u1", "health:write"))), expect: [200, F, 200, F, F, F, 200, 200] },
-        Who { name: "health:read u1", token: Some(hs256(&claims("u1", "health:read"))), expect: [F, F, F, 200, 200, F, 200, 200] },
-        Who { name: "backend", token: Some(hs256(&claims("svc", "backend"))), expect: [200, 200, 200, F, F, F, 200, 200] },
-        Who { name: "analytics", token: Some(hs256(&claims("a", "analytics"))), expect: [F, F, F, 200, 200, F, 200, 200] },
+        Who {
+            name: "health:write u1",
+            token: Some(hs256(&claims("u1", "health:write"))),
+            expect: [200, F, 200, F, F, F, 200, 200],
+        },
+        Who {
+            name: "health:read u1",
+            token: Some(hs256(&claims("u1", "health:read"))),
+            expect: [F, F, F, 200, 200, F, 200, 200],
+        },
+        Who {
+            name: "backend",
+            token: Some(hs256(&claims("svc", "backend"))),
+            expect: [200, 200, 200, F, F, F, 200, 200],
+        },
+        Who {
+            name: "analytics",
+            token: Some(hs256(&claims("a", "analytics"))),
+            expect: [F, F, F, 200, 200, F, 200, 200],
+        },
         Who { name: "ops", token: Some(hs256(&claims("o", "ops"))), expect: [F, F, F, F, F, 200, 200, 200] },
         Who { name: "no scope", token: Some(hs256(&claims("u1", ""))), expect: [F, F, F, F, F, F, 200, 200] },
         // u2's own read rights give SQL over u2's rows, nothing of u1.
-        Who { name: "u2 (another user)", token: Some(hs256(&claims("u2", "health:write health:read"))), expect: [F, F, F, F, 200, F, 200, 200] },
+        Who {
+            name: "u2 (another user)",
+            token: Some(hs256(&claims("u2", "health:write health:read"))),
+            expect: [F, F, F, F, 200, F, 200, 200],
+        },
         Who { name: "RS256 u1", token: Some(rs256(&u1, "rsa-1")), expect: [200, F, 200, 200, 200, F, 200, 200] },
         Who { name: "ES256 u1", token: Some(es256(&u1, "ec-1")), expect: [200, F, 200, 200, 200, F, 200, 200] },
         Who { name: "token subcommand", token: Some(minted), expect: [F, F, F, 200, 200, F, 200, 200] },
@@ -230,9 +267,11 @@ async fn every_route_answers_each_caller_as_its_scopes_allow() {
     for (ci, who) in callers.iter().enumerate() {
         for (ri, route) in ROUTES.iter().enumerate() {
             let body = route.body.map(|b| b(&format!("m-{ci}-{ri}")));
-            let (status, challenge, resp) = call(&server, route.method, route.path, who.token.as_deref(), body.as_ref()).await;
+            let (status, challenge, resp) =
+                call(&server, route.method, route.path, who.token.as_deref(), body.as_ref()).await;
             if status != who.expect[ri] {
-                failures.push(format!("{} on {}: {status}, expected {} ({resp})", who.name, route.name, who.expect[ri]));
+                failures
+                    .push(format!("{} on {}: {status}, expected {} ({resp})", who.name, route.name, who.expect[ri]));
                 continue;
             }
             match status {
@@ -242,7 +281,9 @@ async fn every_route_answers_each_caller_as_its_scopes_allow() {
                         failures.push(format!("{} on {}: challenge '{challenge}', body {resp}", who.name, route.name));
                     }
                 }
-                403 if resp["code"] != "FORBIDDEN" => failures.push(format!("{} on {}: body {resp}", who.name, route.name)),
+                403 if resp["code"] != "FORBIDDEN" => {
+                    failures.push(format!("{} on {}: body {resp}", who.name, route.name))
+                }
                 _ => {}
             }
         }
@@ -276,7 +317,10 @@ async fn request_ids_belong_to_their_user_and_forbidden_writes_leave_nothing() {
     let (status, _, resp) = call(&server, "POST", UPSERT, Some(&a), Some(&b_body)).await;
     assert_eq!((status, resp["code"].as_str()), (403, Some("FORBIDDEN")), "{resp}");
     let (status, _, again) = call(&server, "POST", UPSERT, Some(&b), Some(&b_body)).await;
-    assert_eq!((status, again["replayed"].as_bool(), again["epoch"].clone()), (200, Some(true), b_resp["epoch"].clone()));
+    assert_eq!(
+        (status, again["replayed"].as_bool(), again["epoch"].clone()),
+        (200, Some(true), b_resp["epoch"].clone())
+    );
 
     // A forbidden batch is refused before the writer: its requestId is not recorded for user-b,
     // so B can use it with another payload.
@@ -320,8 +364,9 @@ fn run_briefly(args: &[&str], env: &[(&str, &str)], within: Duration) -> Option<
 fn auth_none_refuses_a_non_loopback_address() {
     let dir = temp_dir();
     let data = dir.path().display().to_string();
-    let (ok, stderr) = run_briefly(&["serve", "--listen", "0.0.0.0:0", "--data-dir", &data], &[], Duration::from_secs(30))
-        .expect("vitalflow must refuse to start, not serve");
+    let (ok, stderr) =
+        run_briefly(&["serve", "--listen", "0.0.0.0:0", "--data-dir", &data], &[], Duration::from_secs(30))
+            .expect("vitalflow must refuse to start, not serve");
     assert!(!ok, "non-zero exit");
     assert!(stderr.contains("without authentication") && stderr.contains("VITALFLOW_AUTH_JWT_SECRET_FILE"), "{stderr}");
     // An explicit mode none does not get around it either.
@@ -337,7 +382,15 @@ fn auth_none_refuses_a_non_loopback_address() {
     let short = keys.path().join("short");
     std::fs::write(&short, "tooshort").expect("write");
     let (ok, stderr) = run_briefly(
-        &["serve", "--listen", "127.0.0.1:0", "--data-dir", &data, "--auth-jwt-secret-file", &short.display().to_string()],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data,
+            "--auth-jwt-secret-file",
+            &short.display().to_string(),
+        ],
         &[],
         Duration::from_secs(30),
     )
@@ -353,7 +406,12 @@ async fn only_audit_lines_name_a_user() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vitalflow"))
         .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1", "--data-dir"])
         .arg(dir.path())
-        .env("VITALFLOW_LOG", "debug")
+        // vitalflow's own crates at debug: none of their lines may name a user. (DataFusion's and
+        // sqlparser's debug output prints query plans, literals included: docs/security.md.)
+        .env(
+            "VITALFLOW_LOG",
+            "info,vitalflow=debug,vitalflow_ingest=debug,vitalflow_serve=debug,vitalflow_dataflows=debug",
+        )
         .env("VITALFLOW_AUTH_JWT_SECRET_FILE", &secret)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -383,9 +441,21 @@ async fn only_audit_lines_name_a_user() {
     let body = batch("audit-1", user, vec![steps("r1", "watch", "2024-06-01T10:00:00Z", "2024-06-01T10:01:00Z", 3.0)]);
     let r = client.post(format!("{base}{UPSERT}")).bearer_auth(&token).json(&body).send().await.expect("upsert");
     assert_eq!(r.status(), 200);
-    let r = client.post(format!("{base}/v1/users/{user}/profile")).bearer_auth(&token).json(&json!({"timeZone": "UTC"})).send().await.expect("profile");
+    let r = client
+        .post(format!("{base}/v1/users/{user}/profile"))
+        .bearer_auth(&token)
+        .json(&json!({"timeZone": "UTC"}))
+        .send()
+        .await
+        .expect("profile");
     assert_eq!(r.status(), 200);
-    let r = client.post(format!("{base}/v1/sql")).bearer_auth(&token).json(&json!({"sql": "SELECT 'secret-literal' AS x"})).send().await.expect("sql");
+    let r = client
+        .post(format!("{base}/v1/sql"))
+        .bearer_auth(&token)
+        .json(&json!({"sql": "SELECT 'secret-literal' AS x"}))
+        .send()
+        .await
+        .expect("sql");
     assert!(r.status().is_success(), "{}", r.status());
     let r = client.get(format!("{base}/v1/users/{user}/daily-rollups")).send().await.expect("unauthenticated read");
     assert_eq!(r.status(), 401);
@@ -397,11 +467,35 @@ async fn only_audit_lines_name_a_user() {
     let is_audit = |l: &str| l.contains(" audit:");
     let audit: Vec<&String> = lines.iter().filter(|l| is_audit(l)).collect();
     assert!(
-        audit.iter().any(|l| l.contains(user) && l.contains("/v1/health/samples/batch-upsert") && l.contains("audit-1") && l.contains("status=200")),
+        audit.iter().any(|l| l.contains(user)
+            && l.contains("/v1/health/samples/batch-upsert")
+            && l.contains("audit-1")
+            && l.contains("status=200")),
         "{audit:#?}"
     );
     assert!(audit.iter().any(|l| l.contains("/v1/users/{user_id}/profile")), "route templates, not paths: {audit:#?}");
     assert!(audit.iter().any(|l| l.contains("/v1/sql")), "{audit:#?}");
-    let leaks: Vec<&String> = lines.iter().filter(|l| (l.contains(user) && !is_audit(l)) || l.contains("secret-literal")).collect();
+    let leaks: Vec<&String> =
+        lines.iter().filter(|l| (l.contains(user) && !is_audit(l)) || l.contains("secret-literal")).collect();
     assert!(leaks.is_empty(), "log lines naming the user or SQL text outside audit lines: {leaks:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_come_from_a_jwks_url() {
+    // The identity provider: a JWKS document over HTTP on loopback.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/.well-known/jwks.json", listener.local_addr().expect("addr"));
+    let app = axum::Router::new().route("/.well-known/jwks.json", axum::routing::get(|| async { JWKS }));
+    let provider = tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = temp_dir();
+    let server = Server::start_with(dir.path(), &[("VITALFLOW_AUTH_JWKS_URL", url.as_str())]);
+    server.ready().await;
+    let read = "/v1/users/u1/daily-rollups";
+    let u1 = claims("u1", "health:read");
+    assert_eq!(call(&server, "GET", read, Some(&rs256(&u1, "rsa-1")), None).await.0, 200);
+    assert_eq!(call(&server, "GET", read, Some(&es256(&u1, "ec-1")), None).await.0, 200);
+    // No secret is configured: HS256 is refused, whatever it is signed with.
+    assert_eq!(call(&server, "GET", read, Some(&hs256(&u1)), None).await.0, 401);
+    assert!(server.stop(), "clean exit");
+    provider.abort();
 }

@@ -146,11 +146,11 @@ async fn startup_fails_closed_on_a_corrupt_store_or_an_unknown_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_answered_not_absorbed() {
     let dir = temp_dir();
-    // A queue budget smaller than one body: that body can never be queued (OVERLOADED); and a
+    // A queue budget that holds one small body but not the 5-sample one (OVERLOADED); and a
     // per-user rate of 1 request/s with a burst of 2.
     let server = Server::start_with(
         dir.path(),
-        &[("VITALFLOW_WRITER_QUEUE_BYTES", "300"), ("VITALFLOW_USER_RATE", "1"), ("VITALFLOW_USER_BURST", "2")],
+        &[("VITALFLOW_WRITER_QUEUE_BYTES", "600"), ("VITALFLOW_USER_RATE", "1"), ("VITALFLOW_USER_BURST", "2")],
     );
     server.ready().await;
     let big = batch(

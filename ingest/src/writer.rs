@@ -452,8 +452,9 @@ type Applied = (Vec<Outcome>, bool, Vec<Change>, BTreeSet<String>);
 
 /// Answers every command of `group` with the same error.
 fn answer_all(group: Vec<Queued>, err: impl Fn() -> IngestError) {
-    for q in group {
-        match q.command {
+    let commands: Vec<Command> = group.into_iter().map(|q| q.command).collect();
+    for command in commands {
+        match command {
             Command::Batch { reply, .. } => {
                 let _ = reply.send(Err(err()));
             }
@@ -510,11 +511,14 @@ fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnComm
                     tracing::error!(epoch, "the dataflow did not take a committed epoch; answering 503");
                 }
             }
-            for (index, (q, outcome)) in group.into_iter().zip(outcomes).enumerate() {
+            // The queue's byte budget is released before the answers go out, so that a client's
+            // next request never finds its own previous body still counted.
+            let commands: Vec<Command> = group.into_iter().map(|q| q.command).collect();
+            for (index, (command, outcome)) in commands.into_iter().zip(outcomes).enumerate() {
                 let failed = |i: usize| poisoned.contains(&(index, i));
                 let internal = || IngestError::Internal("the request failed inside the writer".into());
                 let unavailable = || IngestError::Unavailable;
-                match (q.command, outcome) {
+                match (command, outcome) {
                     (Command::Batch { reply, .. }, Outcome::Batch(r)) => {
                         let r = if failed(0) { Err(internal()) } else if visible { r } else { Err(unavailable()) };
                         let _ = reply.send(r);

@@ -8,8 +8,8 @@
 //!
 //! Kafka joins when `KAFKA_BROKERS` is set (`.ci/services.sh start` sets it); otherwise HTTP alone.
 //!
-//! Each sample is a distinct `steps` sample of value 1 in its own 15-minute slice, under its own
-//! `sourceId` per writer path, so that `daily_rollups_by_source` counts samples one for one. An
+//! Each sample is a distinct `steps` sample of value 1 (a minute apart), under its own `sourceId`
+//! per writer path, so that `daily_rollups_by_source` (unmerged) counts samples one for one. An
 //! HTTP sample is *acknowledged* when its batch got a 200; a Kafka sample when the broker accepted
 //! its record (the store must then apply it exactly once, whatever crashes follow). After every
 //! restart, for each (user, source): acknowledged ≤ visible count ≤ sent, and visible sum ==
@@ -85,18 +85,19 @@ fn spawn(dir: &std::path::Path, brokers: Option<&str>, topic: &str) -> (Child, S
 }
 
 fn body(request_id: &str, user: &str, source: &str, first_slice: u64, n: u64) -> Value {
-    // 2024-06-01T00:00:00Z + slice × 15 min; every sample its own slice, value 1.
-    let base = 1_717_200_000_000_i64;
+    // 2024-01-01T00:00:00Z + slot × 1 min: distinct, 30 s long, value 1, far from the future
+    // (DOMAIN.md G6) however many cycles run.
+    let base = 1_704_067_200_000_i64;
     let samples: Vec<Value> = (0..n)
         .map(|i| {
-            let start = base + i64::try_from((first_slice + i) * 900_000).unwrap_or(0);
+            let start = base + i64::try_from((first_slice + i) * 60_000).unwrap_or(0);
             let iso = |ms: i64| {
                 chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
                     .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
                     .unwrap_or_default()
             };
             json!({"sourceId": source, "sourceRecordId": format!("{}", first_slice + i), "metric": "steps",
-                   "startAt": iso(start), "endAt": iso(start + 60_000), "value": 1, "unit": "count",
+                   "startAt": iso(start), "endAt": iso(start + 30_000), "value": 1, "unit": "count",
                    "sourceClass": "watch"})
         })
         .collect();
@@ -229,6 +230,9 @@ fn main() {
                     if let Ok(r) = client.post(format!("{base}/v1/health/samples/batch-upsert")).json(&b).send().await
                         && r.status() == 200
                     {
+                        // Acknowledged: the samples the 200 says were accepted.
+                        let accepted = r.json::<Value>().await.ok().and_then(|v| v["accepted"].as_u64()).unwrap_or(0);
+                        assert_eq!(accepted, n, "every soak sample is valid and new");
                         ledger.lock().acked.entry((user, source)).and_modify(|s| *s += n).or_insert(n);
                     }
                 }

@@ -288,12 +288,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         threads: config.sql.threads,
         max_sql_bytes: config.sql.max_sql_bytes,
     };
-    let serve_config = ServeConfig {
-        sql_row_limit: sql.row_limit,
-        sql_timeout: sql.timeout,
-        sql,
-        ..ServeConfig::default()
-    };
+    let serve_config = ServeConfig { sql, ..ServeConfig::default() };
     let freshness: Arc<dyn Freshness> = Arc::new(IngestFreshness {
         progress: progress.clone(),
         components: components.clone(),
@@ -302,7 +297,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         sink: sink.as_ref().map(|(s, _)| s.clone()),
     });
     let mut app = vitalflow_ingest::http::router(ingest.clone(), config.max_body_bytes)
-        .merge(vitalflow_serve::http::router(snapshots.clone(), freshness, serve_config))
+        .merge(vitalflow_serve::http::router(snapshots.clone(), freshness, serve_config)?)
         .route("/metrics", axum::routing::get(move |caller| metrics_endpoint(caller, prometheus.clone())));
     if std::env::var_os("VITALFLOW_FAULT_INJECTION").is_some_and(|v| v == "1") {
         tracing::warn!("fault injection is enabled (VITALFLOW_FAULT_INJECTION=1): test use only");

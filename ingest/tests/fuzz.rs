@@ -771,7 +771,7 @@ fn run_batch(
                 prop_assert!(s.start_ms >= MIN_PLAUSIBLE_MS, "{}", s.start_ms);
                 prop_assert!(s.end_ms >= s.start_ms && s.end_ms - s.start_ms <= MAX_SAMPLE_MS);
                 prop_assert!(s.end_ms <= received_at_ms.saturating_add(MAX_FUTURE_MS));
-                prop_assert!(s.value.is_none_or(|v| v.0.is_finite()), "{:?}", s.value);
+                prop_assert!(s.value.is_none_or(|v| v.0.abs() <= metric::MAX_ABS_VALUE), "{:?}", s.value);
                 prop_assert!(stored.metadata.len() <= limits.max_metadata_bytes);
                 prop_assert!(valid_id(&s.source_id) && valid_id(&s.source_record_id));
                 // What the views do with it must not panic either.
@@ -812,7 +812,7 @@ fn run_domain(
                 prop_assert!(
                     w.end_ms.is_none_or(|e| e >= MIN_PLAUSIBLE_MS && e <= received_at_ms.saturating_add(MAX_FUTURE_MS))
                 );
-                prop_assert!(w.quantity.is_finite() && w.quantity >= 0.0);
+                prop_assert!((0.0..=metric::MAX_ABS_VALUE).contains(&w.quantity), "{}", w.quantity);
                 let s = w.resolve(profile);
                 let _ = s.zone.local(s.start_ms);
             }
@@ -937,7 +937,7 @@ proptest! {
                         platform in prop::sample::select(vec![Platform::HealthKit, Platform::HealthConnect, Platform::Unknown])) {
         let Some(m) = Metric::parse(metric) else { return Err(TestCaseError::fail("catalogue")) };
         match metric::normalize(m, &unit, value, platform).and_then(|v| metric::check_range(m, v).map(|()| v)) {
-            Ok(v) => prop_assert!(v.is_finite()),
+            Ok(v) => prop_assert!(v.abs() <= metric::MAX_ABS_VALUE, "{}", v),
             Err(rej) => prop_assert!([codes::UNIT_UNSUPPORTED, codes::OUT_OF_RANGE].contains(&rej.code.as_str())),
         }
     }
@@ -1119,6 +1119,25 @@ mod regressions {
         s["metric"] = json!("distance");
         s["unit"] = json!("mi");
         assert_eq!(sample_code(s), codes::OUT_OF_RANGE);
+    }
+
+    /// Found by `batch_bodies`: a respiratory rate of 1e308 count/min (no range of its own) was
+    /// accepted, and its C1 share over 2 ms (`v × 2 / 2`) was infinite. Values are now bounded by
+    /// `MAX_ABS_VALUE` (1e9 in the canonical unit), session quantities likewise.
+    #[test]
+    fn huge_finite_values_are_out_of_range() {
+        let mut s = with("value", json!(1e308));
+        s["metric"] = json!("respiratory_rate");
+        s["unit"] = json!("count/min");
+        s["startAt"] = json!("2024-11-27T00:00:00+00:00");
+        s["endAt"] = json!("2024-11-26T20:00:00.002-04:00");
+        assert_eq!(sample_code(s.clone()), codes::OUT_OF_RANGE);
+        s["value"] = json!(14);
+        assert_eq!(sample_code(s), "");
+        let session = json!({"entity": "session", "op": "upsert", "data": {"userId": "u1", "sessionId": "s1",
+            "productId": "p1", "startAt": "2025-12-31T08:00:00Z", "quantity": 1e308}});
+        let code = parse_change(&session, ANCHOR_MS, &Limits::DEFAULT).err().map(|r| r.code);
+        assert_eq!(code.as_deref(), Some(codes::OUT_OF_RANGE));
     }
 
     #[test]

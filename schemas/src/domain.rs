@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::error::{Rejection, codes, quote};
 use crate::limits::{Limits, field_fits};
+use crate::metric::MAX_ABS_VALUE;
 use crate::ordf64::OrdF64;
 use crate::record::UserProfile;
 use crate::time::{Implausible, check_plausible, parse_instant};
@@ -169,8 +170,8 @@ pub fn parse_change(change: &Value, received_at_ms: i64, limits: &Limits) -> Res
                 None => 1.0,
                 Some(q) => q
                     .as_f64()
-                    .filter(|q| q.is_finite() && *q >= 0.0)
-                    .ok_or_else(|| Rejection::new(codes::OUT_OF_RANGE, "quantity must be a non-negative number"))?,
+                    .filter(|q| (0.0..=MAX_ABS_VALUE).contains(q))
+                    .ok_or_else(|| Rejection::new(codes::OUT_OF_RANGE, "quantity must be a number from 0 to 1e9"))?,
             };
             let zone = match field(data, "zoneId") {
                 None => None,
@@ -337,7 +338,9 @@ mod tests {
         assert_eq!(code(with(ok.clone(), "zoneId", json!(5))), codes::INVALID_ZONE);
         assert_eq!(code(with(ok.clone(), "quantity", json!(-1))), codes::OUT_OF_RANGE);
         assert_eq!(code(with(ok.clone(), "quantity", json!("1"))), codes::OUT_OF_RANGE);
-        assert!(parse(&with(ok.clone(), "quantity", json!(u64::MAX))).is_ok());
+        assert_eq!(code(with(ok.clone(), "quantity", json!(u64::MAX))), codes::OUT_OF_RANGE);
+        assert_eq!(code(with(ok.clone(), "quantity", json!(1e308))), codes::OUT_OF_RANGE);
+        assert!(parse(&with(ok.clone(), "quantity", json!(1e9))).is_ok());
         assert_eq!(code(with(ok.clone(), "sessionId", json!("a\u{0}b"))), codes::INVALID_ID);
         assert_eq!(code(with(ok.clone(), "productId", json!("x".repeat(129)))), codes::INVALID_ID);
         assert_eq!(code(with(ok.clone(), "startAt", json!(1_717_200_000_000_i64))), codes::INVALID_TIMESTAMP);

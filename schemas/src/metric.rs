@@ -185,11 +185,20 @@ fn is_molar_glucose(unit: &str) -> bool {
         .is_some_and(|mass| !mass.is_empty() && !mass.contains(['<', '>']))
 }
 
-/// Range checks after normalization (§1.4).
+/// The largest magnitude of a value in its canonical unit [OURS, issue 10]. No metric comes near it
+/// (a billion steps, metres, kcal…), and below it the views' sums, C1 shares (`v × overlap`, with
+/// an overlap of up to 8.64e7 ms) and Welford statistics stay finite; a value near `f64::MAX` would
+/// turn them into infinities.
+pub const MAX_ABS_VALUE: f64 = 1e9;
+
+/// Range checks after normalization (§1.4), and the bound [`MAX_ABS_VALUE`].
 pub fn check_range(metric: Metric, value: f64) -> Result<(), Rejection> {
     let out = |what: &str| Err(Rejection::new(codes::OUT_OF_RANGE, format!("{} value {value} {what}", metric.key())));
     if !value.is_finite() {
         return out("is not a finite number");
+    }
+    if value.abs() > MAX_ABS_VALUE {
+        return out("is implausibly large (more than 1e9 in the canonical unit)");
     }
     if metric.kind() == ValueKind::Cumulative && value < 0.0 {
         return out("is negative");
@@ -279,5 +288,10 @@ mod tests {
         assert!(check_range(Metric::Spo2, 100.5).is_err());
         assert!(check_range(Metric::BodyTemperature, -5.0).is_ok());
         assert!(check_range(Metric::Steps, f64::NAN).is_err());
+        assert!(check_range(Metric::Steps, f64::INFINITY).is_err());
+        assert!(check_range(Metric::Steps, MAX_ABS_VALUE).is_ok());
+        assert!(check_range(Metric::RespiratoryRate, 1e308).is_err());
+        assert!(check_range(Metric::BodyTemperature, -1e10).is_err());
+        assert!(check_range(Metric::Distance, 1.7e308 * 1609.344).is_err());
     }
 }

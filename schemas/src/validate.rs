@@ -461,7 +461,14 @@ mod tests {
         b["unit"] = json!("km");
         assert_eq!(code(validate_sample(&wire(b.clone()), &c)), codes::OUT_OF_RANGE);
         b["unit"] = json!("m");
+        assert_eq!(code(validate_sample(&wire(b.clone()), &c)), codes::OUT_OF_RANGE);
+        b["value"] = json!(1e9);
         assert!(validate_sample(&wire(b.clone()), &c).is_ok());
+        let mut r = base();
+        r["metric"] = json!("respiratory_rate");
+        r["unit"] = json!("count/min");
+        r["value"] = json!(1e308);
+        assert_eq!(code(validate_sample(&wire(r), &c)), codes::OUT_OF_RANGE);
         let mut t = base();
         t["metric"] = json!("body_temperature");
         t["unit"] = json!("degF");

@@ -53,23 +53,13 @@ pub trait Freshness: Send + Sync {
 pub struct ServeConfig {
     /// `POST /v1/sql`: rows, bytes, time, memory, concurrency and threads.
     pub sql: SqlLimits,
-    /// Deprecated: overrides `sql.row_limit` until the binary sets `sql` (removed next).
-    pub sql_row_limit: usize,
-    /// Deprecated: overrides `sql.timeout` until the binary sets `sql` (removed next).
-    pub sql_timeout: Duration,
     /// Longest `waitMs` honoured.
     pub max_wait: Duration,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        let sql = SqlLimits::default();
-        ServeConfig {
-            sql_row_limit: sql.row_limit,
-            sql_timeout: sql.timeout,
-            sql,
-            max_wait: Duration::from_secs(30),
-        }
+        ServeConfig { sql: SqlLimits::default(), max_wait: Duration::from_secs(30) }
     }
 }
 
@@ -93,20 +83,23 @@ fn wait_permit(st: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiEr
     })
 }
 
-/// The read routes.
+/// The read routes, with the SQL engine's threads started.
 ///
-/// # Panics
-/// If the OS refuses to start the SQL threads.
-pub fn router(store: Arc<SnapshotStore>, freshness: Arc<dyn Freshness>, config: ServeConfig) -> Router {
-    let limits = SqlLimits { row_limit: config.sql_row_limit, timeout: config.sql_timeout, ..config.sql.clone() };
-    let sql = Arc::new(SqlEngine::new(limits).expect("cannot start the SQL threads"));
-    Router::new()
+/// Errors: the OS refused to start a SQL thread.
+pub fn router(
+    store: Arc<SnapshotStore>,
+    freshness: Arc<dyn Freshness>,
+    config: ServeConfig,
+) -> std::io::Result<Router> {
+    let sql = Arc::new(SqlEngine::new(config.sql.clone())?);
+    let waiters = Arc::new(tokio::sync::Semaphore::new(MAX_WAITERS));
+    Ok(Router::new()
         .route("/v1/users/{user_id}/{view}", get(read_view))
         .route("/v1/sql", post(run_sql))
         .route("/v1/frontiers", get(frontiers))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { store, freshness, config, sql, waiters: Arc::new(tokio::sync::Semaphore::new(MAX_WAITERS)) })
+        .with_state(AppState { store, freshness, config, sql, waiters }))
 }
 
 /// A read failure with a stable code.
@@ -313,9 +306,35 @@ struct SqlRequest {
 /// `POST /v1/sql`: `{"sql": …}` as `application/json`, run by the [`SqlEngine`] over the rows the
 /// caller may see (`health:read`: their own; `analytics`: all). Refusals: 403 `FORBIDDEN`, 415
 /// `UNSUPPORTED_MEDIA_TYPE`, 400 `INVALID_REQUEST` / `INVALID_SQL`, 413 `QUERY_TOO_LARGE`, 422
-/// `QUERY_TOO_EXPENSIVE` / `QUERY_FAILED`, 408 `QUERY_TIMEOUT`, 429 `TOO_MANY_QUERIES`.
+/// `QUERY_TOO_EXPENSIVE` / `QUERY_FAILED`, 408 `QUERY_TIMEOUT`, 429 `TOO_MANY_QUERIES` /
+/// `TOO_MANY_WAITERS` (with `Retry-After`), 500 `INTERNAL`. Counted in
+/// `vitalflow_sql_queries_total{code}` (`OK` or the refusal) and `vitalflow_sql_refusals_total{code}`.
 async fn run_sql(
     State(st): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let (mut response, code) = match answer_sql(st, caller, headers, body).await {
+        Ok(r) => (r, "OK"),
+        Err(e) => {
+            let code = e.code;
+            (e.into_response(), code)
+        }
+    };
+    metrics::counter!("vitalflow_sql_queries_total", "code" => code).increment(1);
+    if code != "OK" {
+        metrics::counter!("vitalflow_sql_refusals_total", "code" => code).increment(1);
+    }
+    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// The answer to one `POST /v1/sql`, or why not.
+async fn answer_sql(
+    st: AppState,
     caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: axum::body::Body,
@@ -353,10 +372,7 @@ async fn run_sql(
             let _ = tokio::time::timeout_at(deadline, rx.wait_for(|e| *e >= min)).await;
         }
     }
-    let result = match st.sql.run(st.store.clone(), req.sql, visibility).await {
-        Ok(r) => r,
-        Err(e) => return Ok(sql_refusal(e)),
-    };
+    let result = st.sql.run(st.store.clone(), req.sql, visibility).await.map_err(sql_error)?;
     let latest = st.freshness.latest_epoch();
     if wants_arrow(&headers) {
         return arrow_response(
@@ -388,8 +404,8 @@ fn is_json(headers: &HeaderMap) -> bool {
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// The response to a query the engine refused or could not run.
-fn sql_refusal(e: SqlError) -> Response {
+/// A query the engine refused or could not run, with its stable code.
+fn sql_error(e: SqlError) -> ApiError {
     let message = e.to_string();
     let (status, code) = match e {
         SqlError::Invalid(_) => (StatusCode::BAD_REQUEST, "INVALID_SQL"),
@@ -400,11 +416,7 @@ fn sql_refusal(e: SqlError) -> Response {
         SqlError::Execution(_) => (StatusCode::UNPROCESSABLE_ENTITY, "QUERY_FAILED"),
         SqlError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
     };
-    let mut response = ApiError::new(status, code, message).into_response();
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
+    ApiError::new(status, code, message)
 }
 
 async fn frontiers(State(st): State<AppState>, caller: Option<Extension<Caller>>) -> Result<Json<Value>, ApiError> {

@@ -4,9 +4,10 @@
 //!
 //! ```text
 //!  POST /v1/sql ─▶ SqlEngine::run: text ≤ max_sql_bytes, a permit (max_concurrent)
-//!                   └▶ task on the SQL runtime (`threads` workers, 16 MiB stacks), aborted at `timeout`
+//!                   └▶ task on the SQL runtime (`threads` workers, 64 MiB stacks), aborted at `timeout`
 //!                       ├▶ tables: every shard, or under RowVisibility::User(u) only u's shards
-//!                       ├▶ parse (nesting ≤ RECURSION_LIMIT), plan, guard values (sql/guard.rs)
+//!                       ├▶ parse (nesting ≤ RECURSION_LIMIT), check the shape (sql/shape.rs),
+//!                       │   plan, guard values (sql/guard.rs)
 //!                       └▶ execute with a memory pool of memory_limit_bytes, no spilling;
 //!                           stop at row_limit rows or max_result_bytes (truncated)
 //! ```
@@ -16,8 +17,14 @@
 //! what the pool does not see (values built by scalar functions and `||`, constants repeated per
 //! row); the result is capped here. Still unbounded: operators that copy a value once per output
 //! row (a join, `unnest`, a window) multiply whatever value reaches them by their fan-out.
+//!
+//! What bounds a query's time: execution yields between batches, so aborting the task at
+//! `timeout` stops it. Planning does not yield; [`shape`] keeps plans small enough to plan in
+//! well under a second, and one scalar function call (a `levenshtein` of two 1 MiB strings) runs
+//! to its end, holding its thread and its permit.
 
 mod guard;
+mod shape;
 
 use std::io;
 use std::sync::Arc;
@@ -53,9 +60,11 @@ use guard::{GuardRule, Guarded, ValueLimits};
 /// `sql_parser.recursion_limit`). Deeper queries are refused instead of overflowing a stack.
 pub const RECURSION_LIMIT: usize = 50;
 
-/// Stack of each SQL thread: planning and optimizing walk expression trees recursively, and a
-/// long chain such as `1+1+…+1` is a deep tree that the parser's nesting limit does not count.
-const STACK_BYTES: usize = 16 << 20;
+pub use shape::{MAX_EXPRESSION_DEPTH, MAX_RELATIONS};
+
+/// Stack of each SQL thread (reserved, touched only as used). Planning recurses over plans and
+/// expressions; at the shape limits (sql/shape.rs) a debug build uses under a quarter of it.
+const STACK_BYTES: usize = 64 << 20;
 
 /// The column that makes a view per-user.
 const USER_COLUMN: &str = "user_id";
@@ -119,7 +128,8 @@ pub enum SqlError {
     /// Not a read-only query, or invalid SQL (the client's fault).
     #[error("{0}")]
     Invalid(String),
-    /// The text is longer than `max_sql_bytes`, or nested deeper than [`RECURSION_LIMIT`].
+    /// The text is longer than `max_sql_bytes`, nested deeper than [`RECURSION_LIMIT`], or its
+    /// plan would exceed [`MAX_EXPRESSION_DEPTH`] or [`MAX_RELATIONS`].
     #[error("{0}")]
     TooLarge(String),
     /// The query needs more memory or bigger values than its limits allow.
@@ -171,10 +181,8 @@ impl SqlEngine {
             // A projection repeats a constant once per row of a batch.
             max_constant: limits.memory_limit_bytes / BATCH_ROWS,
         };
-        let functions = SessionStateDefaults::default_scalar_functions()
-            .into_iter()
-            .map(|f| Guarded::wrap(f, values))
-            .collect();
+        let functions =
+            SessionStateDefaults::default_scalar_functions().into_iter().map(|f| Guarded::wrap(f, values)).collect();
         Ok(SqlEngine {
             handle: runtime.handle().clone(),
             runtime: Some(runtime),
@@ -207,12 +215,9 @@ impl SqlEngine {
                 self.limits.max_sql_bytes
             )));
         }
-        let permit = self.permits.clone().try_acquire_owned().map_err(|_| SqlError::Busy(self.limits.max_concurrent))?;
-        let query = Query {
-            limits: self.limits.clone(),
-            guard: self.guard.clone(),
-            functions: self.functions.clone(),
-        };
+        let permit =
+            self.permits.clone().try_acquire_owned().map_err(|_| SqlError::Busy(self.limits.max_concurrent))?;
+        let query = Query { limits: self.limits.clone(), guard: self.guard.clone(), functions: self.functions.clone() };
         let task = {
             let _runtime = self.handle.enter();
             SpawnedTask::spawn(async move {
@@ -260,8 +265,14 @@ impl Query {
     ) -> Result<SqlResult, SqlError> {
         let ctx = self.context()?;
         let as_of = register_views(&ctx, store, visibility, self.limits.threads.max(1))?;
+        let state = ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect).map_err(classify)?;
+        shape::check(&statement).map_err(SqlError::Invalid)?.map_err(SqlError::TooLarge)?;
+        let plan = state.statement_to_plan(statement).await.map_err(classify)?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let df = ctx.sql_with_options(sql, options).await.map_err(classify)?;
+        options.verify_plan(&plan).map_err(classify)?;
+        let df = ctx.execute_logical_plan(plan).await.map_err(classify)?;
         let df = df.limit(0, Some(self.limits.row_limit.saturating_add(1))).map_err(classify)?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let stream = df.execute_stream().await.map_err(classify)?;
@@ -389,9 +400,9 @@ fn classify(e: DataFusionError) -> SqlError {
     let root = e.find_root();
     match root {
         DataFusionError::ResourcesExhausted(m) => SqlError::TooExpensive(m.clone()),
-        DataFusionError::SQL(p, _) if matches!(**p, ParserError::RecursionLimitExceeded) => SqlError::TooLarge(format!(
-            "the query nests expressions or subqueries deeper than {RECURSION_LIMIT} levels"
-        )),
+        DataFusionError::SQL(p, _) if matches!(**p, ParserError::RecursionLimitExceeded) => SqlError::TooLarge(
+            format!("the query nests expressions or subqueries deeper than {RECURSION_LIMIT} levels"),
+        ),
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)

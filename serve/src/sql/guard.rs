@@ -241,9 +241,10 @@ fn guard_plan(plan: LogicalPlan, limits: ValueLimits, wrap_concat: bool) -> Resu
 
 fn guard_expr(expr: Expr, limits: ValueLimits, wrap_concat: bool) -> Result<Transformed<Expr>> {
     expr.transform_up(|e| match e {
-        Expr::ScalarFunction(f) if !is_guarded(&f.func) => Ok(Transformed::yes(Expr::ScalarFunction(
-            ScalarFunction { func: Guarded::wrap(f.func, limits), args: f.args },
-        ))),
+        Expr::ScalarFunction(f) if !is_guarded(&f.func) => Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction {
+            func: Guarded::wrap(f.func, limits),
+            args: f.args,
+        }))),
         Expr::BinaryExpr(b) if wrap_concat && b.op == Operator::StringConcat => {
             Ok(Transformed::yes(checked(Expr::BinaryExpr(b), limits)))
         }
@@ -420,9 +421,9 @@ impl Args<'_> {
     /// Argument `i`'s string in row `r`, if it is a non-null string.
     fn str(&self, i: usize, r: usize) -> Option<&str> {
         match self.args.get(i)? {
-            ColumnarValue::Scalar(
-                ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s),
-            ) => s.as_deref(),
+            ColumnarValue::Scalar(ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s)) => {
+                s.as_deref()
+            }
             ColumnarValue::Array(a) if r < a.len() && a.is_valid(r) => match a.data_type() {
                 DataType::Utf8 => Some(a.as_string::<i32>().value(r)),
                 DataType::LargeUtf8 => Some(a.as_string::<i64>().value(r)),
@@ -463,7 +464,8 @@ fn range_elements(args: &[ColumnarValue], rows: usize) -> Result<Vec<usize>> {
             let steps = args[2].to_array(rows)?;
             let steps: Vec<i128> = match steps.data_type() {
                 DataType::Interval(_) => {
-                    let steps = cast(&steps, &DataType::Interval(datafusion::arrow::datatypes::IntervalUnit::MonthDayNano))?;
+                    let steps =
+                        cast(&steps, &DataType::Interval(datafusion::arrow::datatypes::IntervalUnit::MonthDayNano))?;
                     let steps = steps.as_primitive::<IntervalMonthDayNanoType>();
                     (0..rows)
                         .map(|r| {
@@ -472,7 +474,9 @@ fn range_elements(args: &[ColumnarValue], rows: usize) -> Result<Vec<usize>> {
                             }
                             let (months, days, ns) = IntervalMonthDayNanoType::to_parts(steps.value(r));
                             // A month is at least 28 days: the estimate errs toward more elements.
-                            i128::from(months).abs() * 28 * DAY_NS + i128::from(days).abs() * DAY_NS + i128::from(ns).abs()
+                            i128::from(months).abs() * 28 * DAY_NS
+                                + i128::from(days).abs() * DAY_NS
+                                + i128::from(ns).abs()
                         })
                         .collect()
                 }
@@ -533,7 +537,9 @@ pub(crate) fn array_bytes(array: &dyn Array) -> usize {
 /// Bytes of a constant's value.
 pub(crate) fn scalar_bytes(v: &ScalarValue) -> usize {
     match v {
-        ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => s.as_ref().map_or(0, String::len),
+        ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {
+            s.as_ref().map_or(0, String::len)
+        }
         ScalarValue::Binary(b)
         | ScalarValue::LargeBinary(b)
         | ScalarValue::BinaryView(b)

@@ -77,7 +77,7 @@ pub fn store() -> Arc<SnapshotStore> {
 }
 
 pub fn router(config: ServeConfig) -> Router {
-    vitalflow_serve::http::router(store(), Arc::new(Fixed), config)
+    vitalflow_serve::http::router(store(), Arc::new(Fixed), config).unwrap()
 }
 
 /// A `POST /v1/sql` request with a JSON body.

@@ -96,6 +96,11 @@ async fn hostile_input_is_refused_with_stable_codes_and_the_server_goes_on() {
     assert_eq!(status, 200, "{resp}");
     assert_eq!(rejected(&resp), vec!["METADATA_TOO_LARGE"]);
 
+    // A profile has its own, smaller body limit.
+    let blocked: Vec<String> = (0..2000).map(|i| format!("metric-{i:040}")).collect();
+    let (status, resp) = server.post("/v1/users/u1/profile", &json!({"blockedMetrics": blocked})).await;
+    assert_eq!((status, resp["code"].clone()), (413, json!("PAYLOAD_TOO_LARGE")), "{resp}");
+
     // Control characters in identifiers; an overlong platform.
     let (status, resp) = server.post(UPSERT, &batch(&id(), "u\u{0}1", vec![])).await;
     assert_eq!((status, resp["code"].clone()), (400, json!("INVALID_ID")), "{resp}");

@@ -21,6 +21,9 @@ use vitalflow_schemas::{Limits, UserProfile, Zone};
 use crate::error::IngestError;
 use crate::writer::Ingest;
 
+/// Body limit of `POST /v1/users/{userId}/profile`: 64 KiB (413 `PAYLOAD_TOO_LARGE` beyond).
+pub const PROFILE_MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// Default request body limit: 8 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
@@ -28,7 +31,11 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub fn router(ingest: Ingest, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/health/samples/batch-upsert", post(batch_upsert))
-        .route("/v1/users/{user_id}/profile", post(upsert_profile))
+        // A profile is a few fields: its own, smaller body limit.
+        .route(
+            "/v1/users/{user_id}/profile",
+            post(upsert_profile).layer(DefaultBodyLimit::max(PROFILE_MAX_BODY_BYTES.min(max_body_bytes))),
+        )
         .route("/v1/domain/changes", post(domain_changes))
         .route("/v1/users/{user_id}", axum::routing::delete(erase_user))
         .layer(DefaultBodyLimit::max(max_body_bytes))

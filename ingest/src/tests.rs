@@ -155,3 +155,38 @@ proptest! {
         prop_assert_eq!(store.last_epoch().expect("epoch"), last_epoch);
     }
 }
+
+/// Retention: request records and tombstones older than the cutoff are pruned, so a replay after
+/// the retention is a new request and a re-sent deleted sample is accepted again.
+#[test]
+fn retention_prunes_request_records_and_tombstones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let progress = Arc::new(IngestProgress::default());
+    let (ingest, writer) = Ingest::start(
+        store.clone(),
+        progress,
+        Box::new(|| Ok(())),
+        Box::new(|_| true),
+        crate::writer::IngestOptions::default(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let body = json!({"requestId": "r-1", "userId": "u1", "samples": [sample_json(1, 10, None)],
+                      "deletions": [{"sourceId": "watch", "sourceRecordId": "gone"}]});
+    let req: BatchUpsertRequest = serde_json::from_value(body.clone()).expect("request");
+    rt.block_on(async {
+        let first = ingest.batch_upsert(req.clone(), payload_hash(&body), 1).await.expect("upsert");
+        assert!(!first.replayed);
+        let again = ingest.batch_upsert(req.clone(), payload_hash(&body), 1).await.expect("replay");
+        assert!(again.replayed, "within the retention a replay answers the stored response");
+        // Nothing is older than the epoch of time: nothing pruned.
+        assert_eq!(crate::writer::prune(&store, 0).expect("prune"), 0);
+        // Everything is older than the end of time: the request record and the tombstone go.
+        assert_eq!(crate::writer::prune(&store, i64::MAX).expect("prune"), 2);
+        let after = ingest.batch_upsert(req, payload_hash(&body), 1).await.expect("after retention");
+        assert!(!after.replayed, "past the retention the request is new");
+        assert_eq!((after.accepted, after.unchanged), (0, 1), "its sample is unchanged, not doubled");
+    });
+    drop(ingest);
+    writer.join().expect("writer");
+}

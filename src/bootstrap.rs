@@ -271,12 +271,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::info!(epoch = recovered_epoch, "recovery finished; ready");
         })
     };
-    let supervisor = tokio::spawn(supervise(
-        components.clone(),
-        snapshots.clone(),
-        progress.clone(),
-        Duration::from_millis(config.server.fatal_exit_grace_ms),
-    ));
 
     let sql = vitalflow_serve::sql::SqlLimits {
         row_limit: config.sql_row_limit,
@@ -296,6 +290,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         outbox: outbox.as_ref().map(|(s, _)| s.clone()),
         sink: sink.as_ref().map(|(s, _)| s.clone()),
     });
+    let supervisor = tokio::spawn(supervise(
+        components.clone(),
+        snapshots.clone(),
+        freshness.clone(),
+        Duration::from_millis(config.server.fatal_exit_grace_ms),
+    ));
     let mut app = vitalflow_ingest::http::router(ingest.clone(), config.max_body_bytes)
         .merge(vitalflow_serve::http::router(snapshots.clone(), freshness, serve_config)?)
         .route("/metrics", axum::routing::get(move |caller| metrics_endpoint(caller, prometheus.clone())));
@@ -364,7 +364,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// turns `/readyz` and `/healthz` to 503 at once (and ingestion answers 503); after `grace` the
 /// process exits with [`EXIT_COMPONENT_FAILED`] so that a supervisor restarts it (recovery
 /// rebuilds every view from the store).
-async fn supervise(components: Arc<Components>, snapshots: Arc<SnapshotStore>, progress: Arc<IngestProgress>, grace: Duration) {
+async fn supervise(
+    components: Arc<Components>,
+    snapshots: Arc<SnapshotStore>,
+    freshness: Arc<dyn Freshness>,
+    grace: Duration,
+) {
     let mut failing_since: Option<std::time::Instant> = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -377,8 +382,9 @@ async fn supervise(components: Arc<Components>, snapshots: Arc<SnapshotStore>, p
         ] {
             metrics::gauge!("vitalflow_component_up", "component" => name).set(if up { 1.0 } else { 0.0 });
         }
-        let latest = progress.latest_epoch();
+        let latest = freshness.latest_epoch();
         metrics::gauge!("vitalflow_epoch_latest").set(latest as f64);
+        connector_gauges(&freshness.sources(), &freshness.sinks());
         metrics::gauge!("vitalflow_epoch_durable").set(latest as f64);
         metrics::gauge!("vitalflow_writer_queue_bytes").set(components.ingest.queued_bytes() as f64);
         let now = SystemTime::now();
@@ -389,7 +395,7 @@ async fn supervise(components: Arc<Components>, snapshots: Arc<SnapshotStore>, p
             let lag = if as_of >= latest {
                 0.0
             } else {
-                progress
+                freshness
                     .committed_at(as_of + 1)
                     .and_then(|t| now.duration_since(t).ok())
                     .map_or(0.0, |d| d.as_secs_f64())
@@ -415,6 +421,30 @@ async fn supervise(components: Arc<Components>, snapshots: Arc<SnapshotStore>, p
             eprintln!("vitalflow: component failed: {}", failed.join(", "));
             std::process::exit(EXIT_COMPONENT_FAILED);
         }
+    }
+}
+
+/// Connector positions and lag as gauges (from what `/v1/frontiers` shows): Kafka partitions
+/// (labels `topic`, `partition`), the outbox, and each Postgres sink view's lag in epochs.
+fn connector_gauges(sources: &serde_json::Value, sinks: &serde_json::Value) {
+    for p in sources["kafka"]["partitions"].as_array().into_iter().flatten() {
+        let labels = [
+            ("topic", p["topic"].as_str().unwrap_or("").to_owned()),
+            ("partition", p["partition"].as_i64().unwrap_or(-1).to_string()),
+        ];
+        let num = |k: &str| p[k].as_f64().unwrap_or(0.0);
+        metrics::gauge!("vitalflow_kafka_stored_offset", &labels).set(num("storedOffset"));
+        metrics::gauge!("vitalflow_kafka_high_watermark", &labels).set(num("highWatermark"));
+        metrics::gauge!("vitalflow_kafka_lag_records", &labels).set(num("lag"));
+    }
+    let outbox = &sources["postgresOutbox"];
+    if outbox.is_object() {
+        metrics::gauge!("vitalflow_outbox_stored_id").set(outbox["storedId"].as_f64().unwrap_or(0.0));
+        metrics::gauge!("vitalflow_outbox_lag_rows").set(outbox["lag"].as_f64().unwrap_or(0.0));
+    }
+    for v in sinks["postgres"]["views"].as_array().into_iter().flatten() {
+        let view = v["name"].as_str().unwrap_or("").to_owned();
+        metrics::gauge!("vitalflow_sink_lag_epochs", "view" => view).set(v["lagEpochs"].as_f64().unwrap_or(0.0));
     }
 }
 

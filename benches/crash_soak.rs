@@ -138,7 +138,8 @@ async fn settle(client: &reqwest::Client, base: &str, kafka_records: usize) {
 
 /// acknowledged ≤ visible ≤ sent for every (user, source), and no sample counted twice.
 async fn verify(client: &reqwest::Client, base: &str, ledger: &Mutex<Ledger>, cycle: usize) {
-    let sql = "SELECT user_id, source_id, sum(count) AS n, sum(sum) AS total FROM daily_rollups_by_source GROUP BY 1, 2";
+    let sql =
+        "SELECT user_id, source_id, sum(count) AS n, sum(sum) AS total FROM daily_rollups_by_source GROUP BY 1, 2";
     let check: Value = client
         .post(format!("{base}/v1/sql"))
         .json(&json!({ "sql": sql }))
@@ -150,7 +151,8 @@ async fn verify(client: &reqwest::Client, base: &str, ledger: &Mutex<Ledger>, cy
         .expect("json");
     let mut visible: BTreeMap<(String, String), (u64, f64)> = BTreeMap::new();
     for row in check["rows"].as_array().cloned().unwrap_or_default() {
-        let key = (row["user_id"].as_str().unwrap_or("").to_owned(), row["source_id"].as_str().unwrap_or("").to_owned());
+        let key =
+            (row["user_id"].as_str().unwrap_or("").to_owned(), row["source_id"].as_str().unwrap_or("").to_owned());
         visible.insert(key, (row["n"].as_u64().unwrap_or(0), row["total"].as_f64().unwrap_or(-1.0)));
     }
     let l = ledger.lock();
@@ -168,7 +170,8 @@ fn create_topic(brokers: &str, topic: &str) {
         rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     for t in [topic.to_owned(), format!("{topic}.domain")] {
-        let r = rt.block_on(admin.create_topics(&[NewTopic::new(&t, 3, TopicReplication::Fixed(1))], &AdminOptions::new()));
+        let r =
+            rt.block_on(admin.create_topics(&[NewTopic::new(&t, 3, TopicReplication::Fixed(1))], &AdminOptions::new()));
         for x in r.expect("create topic") {
             x.expect("topic created");
         }
@@ -254,7 +257,8 @@ fn main() {
                     let (user, source) = (format!("u{u}"), "kafka".to_owned());
                     ledger.lock().sent.entry((user.clone(), source.clone())).and_modify(|s| *s += n).or_insert(n);
                     let payload = body(&format!("k-{id}"), &user, &source, slice, n).to_string();
-                    let record = rdkafka::producer::FutureRecord::to(&topic).key(user.as_str()).payload(payload.as_str());
+                    let record =
+                        rdkafka::producer::FutureRecord::to(&topic).key(user.as_str()).payload(payload.as_str());
                     producer.send(record, Duration::from_secs(60)).await.expect("delivered");
                     ledger.lock().acked.entry((user, source)).and_modify(|s| *s += n).or_insert(n);
                 }

@@ -39,7 +39,9 @@ fn parsing(c: &mut Criterion) {
     c.bench_function("parse_and_hash_500_sample_batch", |b| {
         let limits = vitalflow_schemas::Limits::default();
         b.iter(|| {
-            parse_json(black_box(&bytes), &limits).and_then(|v| parse_batch(v, &limits)).map(|(r, h)| (r.samples.len(), h))
+            parse_json(black_box(&bytes), &limits)
+                .and_then(|v| parse_batch(v, &limits))
+                .map(|(r, h)| (r.samples.len(), h))
         })
     });
     let limits = vitalflow_schemas::Limits::default();

@@ -308,10 +308,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let app = app
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .layer(axum::middleware::from_fn_with_state(auth, crate::auth::authenticate))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(RequestLimits::new(&config.server)),
-            limit_requests,
-        ))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(RequestLimits::new(&config.server)), limit_requests))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             metrics::counter!("vitalflow_panics_caught_total", "component" => "http").increment(1);
             json_error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error")
@@ -543,13 +540,25 @@ fn recover(store: &Store, runtime: &Mutex<Runtime>, epoch: Epoch) -> Result<(), 
             rt.push_changes(epoch, chunk.into_iter().map(|s| Change::Sample(s, 1)).collect()).map_err(|e| e.to_string())
         })
         .map_err(|e| format!("cannot read the stored samples: {e}"))?;
-    let mut changes: Vec<Change> =
-        store.profiles().map_err(|e| format!("cannot read the stored profiles: {e}"))?.into_iter().map(|p| Change::Profile(p, 1)).collect();
+    let mut changes: Vec<Change> = store
+        .profiles()
+        .map_err(|e| format!("cannot read the stored profiles: {e}"))?
+        .into_iter()
+        .map(|p| Change::Profile(p, 1))
+        .collect();
     changes.extend(
-        store.sessions().map_err(|e| format!("cannot read the stored sessions: {e}"))?.into_iter().map(|s| Change::Session(s, 1)),
+        store
+            .sessions()
+            .map_err(|e| format!("cannot read the stored sessions: {e}"))?
+            .into_iter()
+            .map(|s| Change::Session(s, 1)),
     );
     changes.extend(
-        store.products().map_err(|e| format!("cannot read the stored products: {e}"))?.into_iter().map(|p| Change::Product(p, 1)),
+        store
+            .products()
+            .map_err(|e| format!("cannot read the stored products: {e}"))?
+            .into_iter()
+            .map(|p| Change::Product(p, 1)),
     );
     rt.push_changes(epoch, changes).map_err(|e| e.to_string())?;
     rt.advance(epoch + 1).map_err(|e| e.to_string())?;

@@ -431,7 +431,11 @@ impl Default for ServerLimits {
 
 impl ServerLimits {
     fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-        fn num<T: std::str::FromStr>(env: &impl Fn(&str) -> Option<String>, key: &str, into: &mut T) -> anyhow::Result<()> {
+        fn num<T: std::str::FromStr>(
+            env: &impl Fn(&str) -> Option<String>,
+            key: &str,
+            into: &mut T,
+        ) -> anyhow::Result<()> {
             if let Some(v) = env(key) {
                 *into = v.trim().parse().map_err(|_| anyhow::anyhow!("{key} must be a non-negative integer"))?;
             }

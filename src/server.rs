@@ -60,7 +60,8 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        metrics::gauge!("vitalflow_http_connections").set((limits.max_connections - permits.available_permits()) as f64);
+        metrics::gauge!("vitalflow_http_connections")
+            .set((limits.max_connections - permits.available_permits()) as f64);
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {

@@ -83,7 +83,8 @@ async fn hostile_input_is_refused_with_stable_codes_and_the_server_goes_on() {
     assert_eq!((status, resp["code"].clone()), (400, json!("JSON_TOO_DEEP")), "{resp}");
 
     // 100,000 samples in one batch.
-    let many = format!(r#"{{"requestId": "{}", "userId": "u1", "samples": [{}]}}"#, id(), vec!["{}"; 100_000].join(","));
+    let many =
+        format!(r#"{{"requestId": "{}", "userId": "u1", "samples": [{}]}}"#, id(), vec!["{}"; 100_000].join(","));
     let (status, resp) = post_raw(&server, UPSERT, "application/json", many.into_bytes()).await;
     assert_eq!((status, resp["code"].clone()), (400, json!("TOO_MANY_SAMPLES")), "{resp}");
 
@@ -125,12 +126,16 @@ async fn hostile_input_is_refused_with_stable_codes_and_the_server_goes_on() {
     // Still healthy; a valid request succeeds and the views advance.
     assert_eq!(server.get("/readyz").await.0, 200);
     let (status, ok) = server
-        .post(UPSERT, &batch(&id(), "u1", vec![steps("ok", "watch", "2024-06-01T10:00:00Z", "2024-06-01T10:30:00Z", 42.0)]))
+        .post(
+            UPSERT,
+            &batch(&id(), "u1", vec![steps("ok", "watch", "2024-06-01T10:00:00Z", "2024-06-01T10:30:00Z", 42.0)]),
+        )
         .await;
     assert_eq!(status, 200, "{ok}");
     assert_eq!(ok["accepted"], json!(1));
     let epoch = ok["epoch"].as_u64().expect("epoch");
-    let (status, read) = server.get(&format!("/v1/users/u1/daily-rollups?metric=steps&minEpoch={epoch}&waitMs=20000")).await;
+    let (status, read) =
+        server.get(&format!("/v1/users/u1/daily-rollups?metric=steps&minEpoch={epoch}&waitMs=20000")).await;
     assert_eq!(status, 200);
     assert_eq!(read["pending"], json!(false), "{read}");
     assert_eq!(read["rows"][0]["sum"], json!(42.0), "{read}");

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use vitalflow_schemas::Epoch;
@@ -151,7 +151,8 @@ impl KafkaSource {
             })
             .collect();
         let shared = Arc::new(Mutex::new(stored.clone()));
-        let consumer: BaseConsumer<StoreOffsets> = client.create_with_context(StoreOffsets { stored: shared.clone() })?;
+        let consumer: BaseConsumer<StoreOffsets> =
+            client.create_with_context(StoreOffsets { stored: shared.clone() })?;
         consumer.subscribe(&[&config.samples_topic, &config.domain_topic])?;
         let mut producer_config = ClientConfig::new();
         producer_config.set("bootstrap.servers", &config.brokers).set("message.timeout.ms", "30000");
@@ -210,11 +211,13 @@ impl ConsumerContext for StoreOffsets {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let parts: Vec<Partition> = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+                let parts: Vec<Partition> =
+                    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
                 {
                     let stored = self.stored.lock();
                     for (topic, partition) in &parts {
-                        let offset = stored.get(&(topic.clone(), *partition)).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                        let offset =
+                            stored.get(&(topic.clone(), *partition)).map_or(Offset::Beginning, |o| Offset::Offset(*o));
                         if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
                             tracing::error!(error = %e, "cannot set a partition's start offset");
                         }
@@ -224,7 +227,11 @@ impl ConsumerContext for StoreOffsets {
                 if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
             }
             other => {
                 tracing::error!(error = ?other, "kafka rebalance error");

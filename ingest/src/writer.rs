@@ -25,8 +25,8 @@ use crate::domain::apply_domain;
 use crate::error::IngestError;
 use crate::progress::IngestProgress;
 use crate::store::{
-    EPOCH_KEY, META, PRODUCTS, PROFILES, REQUESTS, RequestRecord, SAMPLES, SESSIONS, SOURCE_POSITIONS, Store,
-    TOMBSTONES, USER_EPOCHS, decode_sample, encode_sample, REQUEST_TIMES, TOMBSTONE_TIMES,
+    EPOCH_KEY, META, PRODUCTS, PROFILES, REQUEST_TIMES, REQUESTS, RequestRecord, SAMPLES, SESSIONS, SOURCE_POSITIONS,
+    Store, TOMBSTONE_TIMES, TOMBSTONES, USER_EPOCHS, decode_sample, encode_sample,
 };
 
 /// Called after each commit, in epoch order, with everything the commit changed. Returns whether
@@ -320,7 +320,8 @@ impl Ingest {
         match limiter.check_key(&user_id.to_owned()) {
             Ok(()) => Ok(()),
             Err(not_until) => {
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+                let wait =
+                    not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
                 Err(IngestError::RateLimited { retry_after_secs: wait.as_secs().saturating_add(1) })
             }
         }
@@ -409,10 +410,12 @@ pub(crate) fn prune(store: &Store, cutoff_ms: i64) -> Result<usize, redb::Error>
         let old: Vec<(i64, String, String)> = times
             .range((i64::MIN, "", "")..(cutoff_ms, "", ""))?
             .take(PRUNE_BATCH)
-            .map(|e| e.map(|(k, _)| {
-                let (t, scope, id) = k.value();
-                (t, scope.to_owned(), id.to_owned())
-            }))
+            .map(|e| {
+                e.map(|(k, _)| {
+                    let (t, scope, id) = k.value();
+                    (t, scope.to_owned(), id.to_owned())
+                })
+            })
             .collect::<Result<_, _>>()?;
         for (t, scope, id) in &old {
             times.remove((*t, scope.as_str(), id.as_str()))?;
@@ -424,10 +427,12 @@ pub(crate) fn prune(store: &Store, cutoff_ms: i64) -> Result<usize, redb::Error>
         let old: Vec<(i64, String, String, String)> = times
             .range((i64::MIN, "", "", "")..(cutoff_ms, "", "", ""))?
             .take(PRUNE_BATCH)
-            .map(|e| e.map(|(k, _)| {
-                let (t, u, s, r) = k.value();
-                (t, u.to_owned(), s.to_owned(), r.to_owned())
-            }))
+            .map(|e| {
+                e.map(|(k, _)| {
+                    let (t, u, s, r) = k.value();
+                    (t, u.to_owned(), s.to_owned(), r.to_owned())
+                })
+            })
             .collect::<Result<_, _>>()?;
         for (t, u, s, r) in &old {
             times.remove((*t, u.as_str(), s.as_str(), r.as_str()))?;
@@ -520,19 +525,43 @@ fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnComm
                 let unavailable = || IngestError::Unavailable;
                 match (command, outcome) {
                     (Command::Batch { reply, .. }, Outcome::Batch(r)) => {
-                        let r = if failed(0) { Err(internal()) } else if visible { r } else { Err(unavailable()) };
+                        let r = if failed(0) {
+                            Err(internal())
+                        } else if visible {
+                            r
+                        } else {
+                            Err(unavailable())
+                        };
                         let _ = reply.send(r);
                     }
                     (Command::Profile { reply, .. }, Outcome::Profile(r)) => {
-                        let r = if failed(0) { Err(internal()) } else if visible { r } else { Err(unavailable()) };
+                        let r = if failed(0) {
+                            Err(internal())
+                        } else if visible {
+                            r
+                        } else {
+                            Err(unavailable())
+                        };
                         let _ = reply.send(r);
                     }
                     (Command::Domain { reply, .. }, Outcome::Domain(r)) => {
-                        let r = if failed(0) { Err(internal()) } else if visible { r } else { Err(unavailable()) };
+                        let r = if failed(0) {
+                            Err(internal())
+                        } else if visible {
+                            r
+                        } else {
+                            Err(unavailable())
+                        };
                         let _ = reply.send(r);
                     }
                     (Command::Erase { reply, .. }, Outcome::Erase(r)) => {
-                        let r = if failed(0) { Err(internal()) } else if visible { r } else { Err(unavailable()) };
+                        let r = if failed(0) {
+                            Err(internal())
+                        } else if visible {
+                            r
+                        } else {
+                            Err(unavailable())
+                        };
                         let _ = reply.send(r);
                     }
                     (Command::Source { reply, .. }, Outcome::Source(r)) => {

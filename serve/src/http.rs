@@ -474,8 +474,7 @@ async fn healthz(State(st): State<AppState>) -> Response {
 async fn readyz(State(st): State<AppState>) -> Response {
     let failed = st.freshness.failed_components();
     if !failed.is_empty() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "failed", "failed": failed})))
-            .into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "failed", "failed": failed}))).into_response();
     }
     if st.store.is_ready() {
         Json(json!({"status": "ready"})).into_response()

@@ -520,52 +520,32 @@ fn commit_group(store: &Store, progress: &IngestProgress, on_commit: &mut OnComm
             // next request never finds its own previous body still counted.
             let commands: Vec<Command> = group.into_iter().map(|q| q.command).collect();
             for (index, (command, outcome)) in commands.into_iter().zip(outcomes).enumerate() {
-                let failed = |i: usize| poisoned.contains(&(index, i));
-                let internal = || IngestError::Internal("the request failed inside the writer".into());
-                let unavailable = || IngestError::Unavailable;
+                // A poisoned request fails alone; a batch the dataflow did not take is not acknowledged.
+                let poisoned_here = poisoned.contains(&(index, 0));
+                fn settle<T>(r: Result<T, IngestError>, poisoned: bool, visible: bool) -> Result<T, IngestError> {
+                    if poisoned {
+                        Err(IngestError::Internal("the request failed inside the writer".into()))
+                    } else if visible {
+                        r
+                    } else {
+                        Err(IngestError::Unavailable)
+                    }
+                }
                 match (command, outcome) {
                     (Command::Batch { reply, .. }, Outcome::Batch(r)) => {
-                        let r = if failed(0) {
-                            Err(internal())
-                        } else if visible {
-                            r
-                        } else {
-                            Err(unavailable())
-                        };
-                        let _ = reply.send(r);
+                        let _ = reply.send(settle(r, poisoned_here, visible));
                     }
                     (Command::Profile { reply, .. }, Outcome::Profile(r)) => {
-                        let r = if failed(0) {
-                            Err(internal())
-                        } else if visible {
-                            r
-                        } else {
-                            Err(unavailable())
-                        };
-                        let _ = reply.send(r);
+                        let _ = reply.send(settle(r, poisoned_here, visible));
                     }
                     (Command::Domain { reply, .. }, Outcome::Domain(r)) => {
-                        let r = if failed(0) {
-                            Err(internal())
-                        } else if visible {
-                            r
-                        } else {
-                            Err(unavailable())
-                        };
-                        let _ = reply.send(r);
+                        let _ = reply.send(settle(r, poisoned_here, visible));
                     }
                     (Command::Erase { reply, .. }, Outcome::Erase(r)) => {
-                        let r = if failed(0) {
-                            Err(internal())
-                        } else if visible {
-                            r
-                        } else {
-                            Err(unavailable())
-                        };
-                        let _ = reply.send(r);
+                        let _ = reply.send(settle(r, poisoned_here, visible));
                     }
                     (Command::Source { reply, .. }, Outcome::Source(r)) => {
-                        let _ = reply.send(if visible { Ok(r) } else { Err(unavailable()) });
+                        let _ = reply.send(if visible { Ok(r) } else { Err(IngestError::Unavailable) });
                     }
                     _ => {}
                 }

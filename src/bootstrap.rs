@@ -112,7 +112,7 @@ impl Freshness for IngestFreshness {
 }
 
 /// Runs vitalflow until SIGINT or SIGTERM.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> anyhow::Result<()> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
@@ -319,14 +319,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, workers = config.workers, data_dir = %config.data_dir.display(), "vitalflow serving");
-    println!("vitalflow listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("vitalflow listening on {scheme}://{addr}");
 
     let limits = crate::server::ConnLimits {
         max_connections: config.server.max_connections,
         header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
         drain_timeout: Duration::from_secs(30),
     };
-    crate::server::serve(listener, app, limits, shutdown_signal()).await;
+    crate::server::serve(listener, app, tls, limits, shutdown_signal()).await;
     tracing::info!("HTTP drained; flushing");
     components.stopping.store(true, Ordering::SeqCst);
     supervisor.abort();

@@ -39,6 +39,20 @@ pub struct Config {
     pub sinks: Sinks,
     /// `[auth]`: who may call the API (docs/security.md).
     pub auth: AuthConfig,
+    /// `[tls]`: serve HTTPS instead of plain HTTP (docs/security.md).
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: a certificate chain and its private key, both PEM files. Both set: the listener
+/// speaks only HTTPS (TLS 1.2 and 1.3 through rustls, ALPN `h2` and `http/1.1`); both absent: plain
+/// HTTP; one alone is a configuration error.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate first, then any intermediates.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
 }
 
 /// `auth.mode`.
@@ -130,6 +144,7 @@ impl Default for Config {
             limits: vitalflow_schemas::Limits::default(),
             sql: SqlConfig::default(),
             auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -150,6 +165,10 @@ pub struct Overrides {
     pub auth_jwks_file: Option<PathBuf>,
     pub auth_issuer: Option<String>,
     pub auth_audience: Option<String>,
+    /// `tls.cert_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// `tls.key_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -183,6 +202,12 @@ impl Config {
         c.connector_env(&env)?;
         c.server.apply_env(&env)?;
         c.auth_env(&env)?;
+        if let Some(v) = env("VITALFLOW_TLS_CERT_FILE") {
+            c.tls.cert_file = Some(v.into());
+        }
+        if let Some(v) = env("VITALFLOW_TLS_KEY_FILE") {
+            c.tls.key_file = Some(v.into());
+        }
         if let Some(v) = &flags.data_dir {
             c.data_dir = v.clone();
         }
@@ -214,6 +239,15 @@ impl Config {
         }
         if let Some(v) = &flags.auth_audience {
             c.auth.audience = Some(v.clone());
+        }
+        if let Some(v) = &flags.tls_cert_file {
+            c.tls.cert_file = Some(v.clone());
+        }
+        if let Some(v) = &flags.tls_key_file {
+            c.tls.key_file = Some(v.clone());
+        }
+        if c.tls.cert_file.is_some() != c.tls.key_file.is_some() {
+            bail!("TLS needs both tls.cert_file and tls.key_file (or neither, for plain HTTP)");
         }
         if c.workers == 0 {
             bail!("workers must be at least 1");

@@ -5,6 +5,7 @@ mod auth;
 mod bootstrap;
 mod config;
 mod server;
+mod tls;
 
 use std::path::PathBuf;
 
@@ -59,6 +60,12 @@ enum Command {
         /// Require this `aud` claim.
         #[arg(long)]
         auth_audience: Option<String>,
+        /// Serve HTTPS with this PEM certificate chain (with `--tls-key-file`).
+        #[arg(long)]
+        tls_cert_file: Option<PathBuf>,
+        /// The PEM private key of `--tls-cert-file`.
+        #[arg(long)]
+        tls_key_file: Option<PathBuf>,
     },
     /// Print an HS256 token signed with the secret in `--secret-file`.
     Token {
@@ -109,6 +116,8 @@ fn main() -> anyhow::Result<()> {
             auth_jwks_file,
             auth_issuer,
             auth_audience,
+            tls_cert_file,
+            tls_key_file,
         } => {
             let flags = Overrides {
                 config,
@@ -122,11 +131,15 @@ fn main() -> anyhow::Result<()> {
                 auth_jwks_file,
                 auth_issuer,
                 auth_audience,
+                tls_cert_file,
+                tls_key_file,
             };
             let config = Config::load(&flags, |k| std::env::var(k).ok())?;
             auth::check_key_files(&config.auth)?;
+            // Before the store opens: a bad certificate or key stops startup with its reason.
+            let tls = tls::acceptor(&config.tls)?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(bootstrap::serve(config))
+            rt.block_on(bootstrap::serve(config, tls))
         }
         Command::Token { secret_file, sub, scope, ttl, issuer, audience } => {
             let ttl = auth::parse_ttl(&ttl)?;

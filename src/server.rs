@@ -2,7 +2,8 @@
 //! offer — a cap on open connections, a header read timeout (a client that trickles its headers
 //! cannot hold a connection), HTTP/1 and HTTP/2 — and graceful shutdown that drains in-flight
 //! requests. Request and body timeouts and the in-flight cap are tower layers on the router
-//! (see `bootstrap`).
+//! (see `bootstrap`). With `[tls]` each connection first completes a rustls handshake, bounded by
+//! the same header read timeout, on its own task (a slow handshake never holds the accept loop).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// Connection-level limits.
@@ -27,10 +29,12 @@ pub struct ConnLimits {
     pub drain_timeout: Duration,
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains open connections.
+/// Serves `app` on `listener` (HTTPS when `tls` is set) until `shutdown` resolves, then drains
+/// open connections.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<TlsAcceptor>,
     limits: ConnLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -67,12 +71,37 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             app.clone().oneshot(req.map(axum::body::Body::new))
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        match tls.clone() {
+            None => {
+                tokio::spawn(async move {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                let handshake_timeout = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            metrics::counter!("vitalflow_http_tls_handshake_failures_total").increment(1);
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics::counter!("vitalflow_http_tls_handshake_failures_total").increment(1);
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                    drop(permit);
+                });
+            }
+        }
     }
     tokio::select! {
         () = graceful.shutdown() => {}

@@ -33,8 +33,14 @@ impl Server {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read the listen line");
         let base = line.trim().rsplit(' ').next().expect("address").to_owned();
-        assert!(base.starts_with("http://"), "unexpected first line: {line}");
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().expect("client");
+        assert!(base.starts_with("http://") || base.starts_with("https://"), "unexpected first line: {line}");
+        let mut client = reqwest::Client::builder().timeout(Duration::from_secs(120));
+        // Over HTTPS the client trusts the test certificate the server was started with.
+        if let Some((_, cert)) = env.iter().find(|(k, _)| *k == "VITALFLOW_TLS_CERT_FILE") {
+            let pem = std::fs::read(cert).expect("the test certificate");
+            client = client.add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("a PEM certificate"));
+        }
+        let client = client.build().expect("client");
         Server { child: Some(child), base, client }
     }
 

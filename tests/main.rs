@@ -12,4 +12,5 @@ mod fitbit;
 mod hostile;
 mod restart;
 mod robustness;
+mod tls;
 mod views;

@@ -119,6 +119,7 @@ async fn ready(client: &reqwest::Client, base: &str) {
 /// Waits until the Kafka source has stored every produced record and every view reflects the
 /// newest epoch.
 async fn settle(client: &reqwest::Client, base: &str, kafka_records: usize) {
+    let mut last = Value::Null;
     for _ in 0..6000 {
         let f: Value = match client.get(format!("{base}/v1/frontiers")).send().await {
             Ok(r) => r.json().await.unwrap_or(Value::Null),
@@ -131,9 +132,10 @@ async fn settle(client: &reqwest::Client, base: &str, kafka_records: usize) {
         if views && stored as usize >= kafka_records {
             return;
         }
+        last = f;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("the views did not settle");
+    panic!("the views did not settle: {kafka_records} Kafka records produced; /v1/frontiers: {last}");
 }
 
 /// acknowledged ≤ visible ≤ sent for every (user, source), and no sample counted twice.

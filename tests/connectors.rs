@@ -557,3 +557,114 @@ async fn postgres_sink_never_touches_a_table_it_did_not_create() {
     assert_eq!(rows.len(), 1, "the backend's rows are untouched");
     assert!(server.stop());
 }
+
+/// Sum of every steps value the server's views hold (`None` while SQL is not answering).
+async fn steps_total(server: &Server) -> Option<f64> {
+    let (status, body) = server.sql("SELECT sum(sum) AS total FROM daily_rollups_by_source").await;
+    if status != 200 {
+        return None;
+    }
+    Some(body["rows"][0]["total"].as_f64().unwrap_or(0.0))
+}
+
+async fn wait_total(server: &Server, secs: u64, what: &str, done: impl Fn(f64) -> bool) -> f64 {
+    let start = Instant::now();
+    loop {
+        let total = steps_total(server).await.unwrap_or(-1.0);
+        if done(total) {
+            return total;
+        }
+        assert!(start.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}: total {total}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Produces one batch-upsert record per user (keyed by user, so spread over the partitions), one
+/// steps sample each with a distinct value; returns the sum of the values.
+async fn produce_round(p: &FutureProducer, topic: &str, round: u32) -> f64 {
+    let mut total = 0.0;
+    for u in 0..8_u32 {
+        let user = format!("hand-u{u}");
+        let value = f64::from(round * 100 + u + 1);
+        total += value;
+        let hour = 8 + round;
+        let sample = crate::common::steps(
+            &format!("r{round}-{u}"),
+            "com.example.watch",
+            &format!("2024-03-04T{hour:02}:00:00Z"),
+            &format!("2024-03-04T{hour:02}:30:00Z"),
+            value,
+        );
+        let body = crate::common::batch(&format!("hand-{round}-{u}"), &user, vec![sample]);
+        produce(p, topic, &user, body.to_string().as_bytes()).await;
+    }
+    total
+}
+
+/// Issue 10 §3: on every partition assignment the consumer starts at the offset stored with the
+/// rows, not at the group's committed offset. A new data directory in an existing group reads the
+/// topic from the beginning; a partition that comes back from a second instance (which consumed and
+/// committed further in its own store) resumes where this instance's store stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_assignment_starts_at_the_store_not_the_group() {
+    let Some(brokers) = service("KAFKA_BROKERS") else { return };
+    let samples_topic = unique("handover");
+    let domain_topic = unique("handover_domain");
+    create_topics(&brokers, &[(&samples_topic, 2), (&domain_topic, 1)]).await;
+    let group = unique("handover_group");
+    let env = [
+        ("VITALFLOW_KAFKA_BROKERS", brokers.as_str()),
+        ("VITALFLOW_KAFKA_GROUP_ID", group.as_str()),
+        ("VITALFLOW_KAFKA_SAMPLES_TOPIC", samples_topic.as_str()),
+        ("VITALFLOW_KAFKA_DOMAIN_TOPIC", domain_topic.as_str()),
+        ("VITALFLOW_KAFKA_PROPERTIES", "session.timeout.ms=6000,heartbeat.interval.ms=500"),
+    ];
+    let p = producer(&brokers);
+    let first = produce_round(&p, &samples_topic, 0).await;
+
+    // Instance A consumes the first round; the group's committed offsets follow its store.
+    let (dir_a, dir_b) = (temp_dir(), temp_dir());
+    let a = Server::start_with(dir_a.path(), &env);
+    a.ready().await;
+    wait_total(&a, 120, "A to consume the first round", |t| (t - first).abs() < 1e-9).await;
+    assert!(a.stop());
+
+    // Instance B, a new data directory in the same group: the group says "at the end", the store
+    // says "nothing yet"; the store wins and B reads the first round too.
+    let b = Server::start_with(dir_b.path(), &env);
+    b.ready().await;
+    wait_total(&b, 120, "a new data directory to read the topic from the beginning", |t| (t - first).abs() < 1e-9)
+        .await;
+
+    // A joins again: the two share the partitions. Once B holds one, a second round is produced;
+    // B consumes its share and commits it to the group, then leaves.
+    let a = Server::start_with(dir_a.path(), &env);
+    a.ready().await;
+    let start = Instant::now();
+    loop {
+        // A holds a partition once its status lists a high watermark refreshed for it.
+        let f = frontiers(&a).await;
+        let held = f["sources"]["kafka"]["partitions"].as_array().is_some_and(|ps| {
+            ps.iter().any(|p| p["topic"] == json!(samples_topic) && p["highWatermark"].as_i64().unwrap_or(0) > 0)
+        });
+        if held {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "A never got a partition: {f}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Give the rebalance time to settle on both sides before the second round.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = produce_round(&p, &samples_topic, 1).await;
+    wait_total(&b, 120, "B to consume part of the second round", |t| t > first + 1e-9).await;
+    wait_total(&a, 120, "A to consume part of the second round", |t| t > first + 1e-9).await;
+    assert!(b.stop());
+
+    // B's partition comes back to A: A resumes at its own stored offset (behind the group's) and
+    // ends with both rounds exactly, nothing skipped, nothing twice.
+    let total = wait_total(&a, 180, "A to hold both rounds", |t| (t - (first + second)).abs() < 1e-9).await;
+    assert!((total - (first + second)).abs() < 1e-9);
+    let (_, rows) = a.sql("SELECT count(*) AS n FROM daily_rollups_by_source WHERE user_id LIKE 'hand-u%'").await;
+    assert_eq!(rows["rows"][0]["n"], json!(8), "{rows}");
+    assert!(a.stop());
+}

@@ -271,6 +271,10 @@ impl Config {
             self.auth.jwks_url = Some(v);
             self.auth.mode = Some(AuthMode::Jwt);
         }
+        if let Some(v) = env("VITALFLOW_AUTH_JWKS_REFRESH_SECS") {
+            self.auth.jwks_refresh_secs =
+                v.parse().context("VITALFLOW_AUTH_JWKS_REFRESH_SECS must be a number of seconds")?;
+        }
         if let Some(v) = env("VITALFLOW_AUTH_ISSUER") {
             self.auth.issuer = Some(v);
         }

@@ -499,3 +499,74 @@ async fn keys_come_from_a_jwks_url() {
     assert!(server.stop(), "clean exit");
     provider.abort();
 }
+
+/// The JWKS document with only the keys whose `kid` is in `kids`.
+fn jwks_with(kids: &[&str]) -> String {
+    let all: Value = serde_json::from_str(JWKS).expect("JWKS");
+    let keys: Vec<Value> = all["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| kids.iter().any(|kid| k["kid"] == json!(kid)))
+        .cloned()
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+/// The provider rotates its keys: a periodic refresh picks the new key up and drops the old one;
+/// a refresh that fails keeps the keys the server has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_url_refresh_follows_a_key_rotation_and_survives_a_failed_fetch() {
+    // The provider's current answer: a JWKS document, or `None` for a 500. Counts its fetches.
+    let document: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(Some(jwks_with(&["rsa-1"]))));
+    let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/.well-known/jwks.json", listener.local_addr().expect("addr"));
+    let (doc, count) = (document.clone(), fetches.clone());
+    let app = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let (doc, count) = (doc.clone(), count.clone());
+            async move {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                match doc.lock().expect("lock").clone() {
+                    Some(d) => (axum::http::StatusCode::OK, d),
+                    None => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, String::new()),
+                }
+            }
+        }),
+    );
+    let provider = tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = temp_dir();
+    let server = Server::start_with(
+        dir.path(),
+        &[("VITALFLOW_AUTH_JWKS_URL", url.as_str()), ("VITALFLOW_AUTH_JWKS_REFRESH_SECS", "10")],
+    );
+    server.ready().await;
+    let read = "/v1/users/u1/daily-rollups";
+    let u1 = claims("u1", "health:read");
+    let (old_key, new_key) = (rs256(&u1, "rsa-1"), es256(&u1, "ec-1"));
+    assert_eq!(call(&server, "GET", read, Some(&old_key), None).await.0, 200);
+    assert_eq!(call(&server, "GET", read, Some(&new_key), None).await.0, 401, "ec-1 is not published yet");
+
+    // Rotation: the provider now publishes ec-1 only.
+    *document.lock().expect("lock") = Some(jwks_with(&["ec-1"]));
+    let start = Instant::now();
+    while call(&server, "GET", read, Some(&new_key), None).await.0 != 200 {
+        assert!(start.elapsed() < Duration::from_secs(90), "the rotated key was never picked up");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(call(&server, "GET", read, Some(&old_key), None).await.0, 401, "the dropped key still verifies");
+
+    // The provider fails: once a refresh has hit the failure, the keys are still the last good ones.
+    *document.lock().expect("lock") = None;
+    let seen = fetches.load(std::sync::atomic::Ordering::SeqCst);
+    let start = Instant::now();
+    while fetches.load(std::sync::atomic::Ordering::SeqCst) <= seen {
+        assert!(start.elapsed() < Duration::from_secs(90), "no refresh after the provider failed");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(call(&server, "GET", read, Some(&new_key), None).await.0, 200, "a failed refresh dropped the keys");
+    assert!(server.stop(), "clean exit");
+    provider.abort();
+}

@@ -76,7 +76,9 @@ fn spawn(dir: &std::path::Path, brokers: Option<&str>, topic: &str) -> (Child, S
         c.env("VITALFLOW_KAFKA_BROKERS", b)
             .env("VITALFLOW_KAFKA_SAMPLES_TOPIC", topic)
             .env("VITALFLOW_KAFKA_DOMAIN_TOPIC", format!("{topic}.domain"))
-            .env("VITALFLOW_KAFKA_GROUP_ID", format!("{topic}.group"));
+            .env("VITALFLOW_KAFKA_GROUP_ID", format!("{topic}.group"))
+            // A killed member holds its partitions until its session times out: keep that short.
+            .env("VITALFLOW_KAFKA_PROPERTIES", "session.timeout.ms=6000,heartbeat.interval.ms=1000");
     }
     let mut child = c.spawn().expect("spawn vitalflow");
     let mut line = String::new();

@@ -24,7 +24,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgo
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use parking_lot::RwLock;
 use serde::Deserialize;
-use vitalflow_ingest::http::AuditRequestId;
+use vitalflow_ingest::http::{AuditRequestId, AuditUser};
 use vitalflow_schemas::auth::Caller;
 use vitalflow_schemas::wire::ErrorBody;
 
@@ -279,6 +279,7 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
             route = route.as_deref().unwrap_or("(unmatched)"),
             status = resp.status().as_u16(),
             request_id = resp.extensions().get::<AuditRequestId>().map(|r| r.0.as_str()),
+            user = resp.extensions().get::<AuditUser>().map(|u| u.0.as_str()),
             "api call"
         );
     }

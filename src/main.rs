@@ -92,16 +92,25 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     // The SQL engine's debug logs print the parsed query and its plans, literals included (user
-    // ids, values): capped at info whatever VITALFLOW_LOG says (docs/security.md, "What is logged").
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VITALFLOW_LOG")
-        .unwrap_or_else(|_| "info".into())
-        .add_directive("sqlparser=info".parse().expect("a valid directive"))
-        .add_directive("datafusion=info".parse().expect("a valid directive"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal; log collectors get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    // ids, values): capped at info whatever VITALFLOW_LOG says, even for a more specific target
+    // such as `sqlparser::parser=debug` (docs/security.md, "What is logged").
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, filter};
+    let wanted = tracing_subscriber::EnvFilter::try_from_env("VITALFLOW_LOG").unwrap_or_else(|_| "info".into());
+    let sql_engine_capped = filter::filter_fn(|meta| {
+        let t = meta.target();
+        !(t.starts_with("sqlparser") || t.starts_with("datafusion")) || *meta.level() <= tracing::Level::INFO
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colours only for a person at a terminal; log collectors get plain text.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(wanted)
+                .with_filter(sql_engine_capped),
+        )
         .init();
     match Cli::parse().command {
         Command::Serve {

@@ -120,6 +120,11 @@ fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, IngestError>
 #[derive(Clone, Debug)]
 pub struct AuditRequestId(pub String);
 
+/// Set on the response of a write: the user whose data it wrote or erased, for the audit line
+/// (docs/security.md, "What is logged": who wrote or erased whom).
+#[derive(Clone, Debug)]
+pub struct AuditUser(pub String);
+
 /// 403 `FORBIDDEN` unless the caller passes `allowed`. No `Caller` (no auth middleware, as in the
 /// handler tests) is the trusted caller.
 fn authorize(
@@ -135,10 +140,24 @@ fn authorize(
     }
 }
 
-/// `result` as a response that names `request_id` for the audit line.
-fn with_request_id(result: Result<impl IntoResponse, IngestError>, request_id: String) -> Response {
+/// `result` as a response that names `request_id` (and the user written, if one) for the audit line.
+fn with_request_id(
+    result: Result<impl IntoResponse, IngestError>,
+    request_id: String,
+    user: Option<String>,
+) -> Response {
     let mut resp = result.into_response();
     resp.extensions_mut().insert(AuditRequestId(request_id));
+    if let Some(u) = user {
+        resp.extensions_mut().insert(AuditUser(u));
+    }
+    resp
+}
+
+/// `result` as a response that names the user written or erased for the audit line.
+fn with_audit_user(result: Result<impl IntoResponse, IngestError>, user: String) -> Response {
+    let mut resp = result.into_response();
+    resp.extensions_mut().insert(AuditUser(user));
     resp
 }
 
@@ -155,6 +174,7 @@ async fn batch_upsert(
         Err(e) => return e.into_response(),
     };
     let request_id = req.request_id.clone();
+    let user = req.user_id.clone();
     // Decided before the writer sees the request: nothing of a forbidden batch is stored, and its
     // requestId is not recorded.
     let result = match authorize(
@@ -165,7 +185,7 @@ async fn batch_upsert(
         Ok(()) => ingest.batch_upsert(req, hash, bytes).await.map(Json),
         Err(e) => Err(e),
     };
-    with_request_id(result, request_id)
+    with_request_id(result, request_id, Some(user))
 }
 
 async fn domain_changes(
@@ -185,7 +205,7 @@ async fn domain_changes(
         Ok(()) => ingest.domain_changes(req, hash, bytes).await.map(Json),
         Err(e) => Err(e),
     };
-    with_request_id(result, request_id)
+    with_request_id(result, request_id, None)
 }
 
 /// A batch-upsert body checked at the request level, with its payload hash. Every path (HTTP,
@@ -282,8 +302,19 @@ async fn upsert_profile(
     Path(user_id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let user = user_id.clone();
+    with_audit_user(write_profile(ingest, caller, user_id, &headers, body).await, user)
+}
+
+async fn write_profile(
+    ingest: Ingest,
+    caller: Option<Extension<Caller>>,
+    user_id: String,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ProfileResponse>, IngestError> {
-    let req = parse_profile(json_body(&headers, body, crate::limits())?, crate::limits())?;
+    let req = parse_profile(json_body(headers, body, crate::limits())?, crate::limits())?;
     check_id("userId", &user_id)?;
     authorize(
         caller,
@@ -308,6 +339,15 @@ async fn erase_user(
     State(ingest): State<Ingest>,
     caller: Option<axum::Extension<vitalflow_schemas::auth::Caller>>,
     Path(user_id): Path<String>,
+) -> Response {
+    let user = user_id.clone();
+    with_audit_user(erase(ingest, caller, user_id).await, user)
+}
+
+async fn erase(
+    ingest: Ingest,
+    caller: Option<axum::Extension<vitalflow_schemas::auth::Caller>>,
+    user_id: String,
 ) -> Result<Json<crate::writer::ErasureResponse>, IngestError> {
     check_id("userId", &user_id)?;
     let caller = caller.map_or_else(vitalflow_schemas::auth::Caller::trusted, |c| c.0);
@@ -320,7 +360,7 @@ async fn erase_user(
     }
     let response = ingest.erase_user(user_id).await?;
     metrics::counter!("vitalflow_erasures_total").increment(1);
-    // The audit middleware records who erased whom; this line names no user.
+    // The audit line (target `audit`) records who erased whom; this line names no user.
     tracing::info!(epoch = response.epoch, samples = response.deleted.samples, "user erased");
     Ok(Json(response))
 }

@@ -23,6 +23,12 @@ pub(crate) const REQUEST_TIMES: TableDefinition<(i64, &str, &str), ()> = TableDe
 /// `(storedAtMs, userId, sourceId, sourceRecordId)` → (): tombstones by age, for retention.
 pub(crate) const TOMBSTONE_TIMES: TableDefinition<(i64, &str, &str, &str), ()> =
     TableDefinition::new("tombstone_times");
+/// `(scope, requestId)` → `storedAtMs` of its entry in [`REQUEST_TIMES`]: lets erasure find the
+/// entry, and lets pruning tell a stale entry from the current one of a re-recorded request.
+pub(crate) const REQUEST_STAMPS: TableDefinition<(&str, &str), i64> = TableDefinition::new("request_stamps");
+/// `(userId, sourceId, sourceRecordId)` → `storedAtMs` of its entry in [`TOMBSTONE_TIMES`] (as
+/// [`REQUEST_STAMPS`]).
+pub(crate) const TOMBSTONE_STAMPS: TableDefinition<(&str, &str, &str), i64> = TableDefinition::new("tombstone_stamps");
 /// `(userId, sessionId)` → JSON `Session`.
 pub(crate) const SESSIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("sessions");
 /// `productId` → JSON `Product`.
@@ -115,6 +121,8 @@ impl Store {
             txn.open_table(REQUESTS)?;
             txn.open_table(REQUEST_TIMES)?;
             txn.open_table(TOMBSTONE_TIMES)?;
+            txn.open_table(REQUEST_STAMPS)?;
+            txn.open_table(TOMBSTONE_STAMPS)?;
             txn.open_table(PROFILES)?;
             txn.open_table(SESSIONS)?;
             txn.open_table(PRODUCTS)?;

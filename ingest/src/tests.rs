@@ -190,3 +190,78 @@ fn retention_prunes_request_records_and_tombstones() {
     drop(ingest);
     writer.join().expect("writer");
 }
+
+/// Every row of `table` whose key names `user` (as a whole key part).
+fn rows_naming(store: &Store, user: &str) -> Vec<String> {
+    use redb::{ReadableDatabase, ReadableTable};
+    let txn = store.db.begin_read().expect("read");
+    let mut out = Vec::new();
+    for e in txn.open_table(crate::store::REQUEST_TIMES).expect("t").iter().expect("iter") {
+        let (k, _) = e.expect("row");
+        if k.value().1 == user {
+            out.push(format!("request_times {:?}", k.value()));
+        }
+    }
+    for e in txn.open_table(crate::store::TOMBSTONE_TIMES).expect("t").iter().expect("iter") {
+        let (k, _) = e.expect("row");
+        if k.value().1 == user {
+            out.push(format!("tombstone_times {:?}", k.value()));
+        }
+    }
+    for e in txn.open_table(crate::store::REQUEST_STAMPS).expect("t").iter().expect("iter") {
+        let (k, _) = e.expect("row");
+        if k.value().0 == user {
+            out.push(format!("request_stamps {:?}", k.value()));
+        }
+    }
+    for e in txn.open_table(crate::store::TOMBSTONE_STAMPS).expect("t").iter().expect("iter") {
+        let (k, _) = e.expect("row");
+        if k.value().0 == user {
+            out.push(format!("tombstone_stamps {:?}", k.value()));
+        }
+    }
+    if txn.open_table(crate::store::USER_EPOCHS).expect("t").get(user).expect("get").is_some() {
+        out.push("user_epochs".into());
+    }
+    out
+}
+
+/// Issue 11 §3: erasure leaves no retention index entry and no per-user epoch naming the user;
+/// a user who comes back is recorded anew.
+#[test]
+fn erasure_leaves_no_index_row_naming_the_user() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let progress = Arc::new(IngestProgress::default());
+    let (ingest, writer) = Ingest::start(
+        store.clone(),
+        progress,
+        Box::new(|| Ok(())),
+        Box::new(|_| true),
+        crate::writer::IngestOptions::default(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let body = json!({"requestId": "r-1", "userId": "u2", "samples": [sample_json(1, 10, None)],
+                      "deletions": [{"sourceId": "watch", "sourceRecordId": "gone"}]});
+    let req: BatchUpsertRequest = serde_json::from_value(body.clone()).expect("request");
+    let other = json!({"requestId": "r-1", "userId": "u1", "samples": [sample_json(2, 10, None)]});
+    let other_req: BatchUpsertRequest = serde_json::from_value(other.clone()).expect("request");
+    rt.block_on(async {
+        ingest.batch_upsert(req.clone(), payload_hash(&body), 1).await.expect("upsert");
+        ingest.batch_upsert(other_req, payload_hash(&other), 1).await.expect("upsert");
+        assert!(!rows_naming(&store, "u2").is_empty(), "the index names the user before the erasure");
+        let erased = ingest.erase_user("u2".into()).await.expect("erase");
+        assert_eq!((erased.deleted.requests, erased.deleted.tombstones), (1, 1));
+        assert_eq!(rows_naming(&store, "u2"), Vec::<String>::new());
+        assert!(!rows_naming(&store, "u1").is_empty(), "the other user is untouched");
+
+        // The user comes back with the same requestId: recorded anew, pruned only by its own entry.
+        let back = ingest.batch_upsert(req.clone(), payload_hash(&body), 1).await.expect("upsert");
+        assert!(!back.replayed);
+        assert!(rows_naming(&store, "u2").contains(&"user_epochs".to_owned()));
+        let again = ingest.batch_upsert(req, payload_hash(&body), 1).await.expect("replay");
+        assert!(again.replayed, "the new record answers replays");
+    });
+    drop(ingest);
+    writer.join().expect("writer");
+}

@@ -25,8 +25,8 @@ use crate::domain::apply_domain;
 use crate::error::IngestError;
 use crate::progress::IngestProgress;
 use crate::store::{
-    EPOCH_KEY, META, PRODUCTS, PROFILES, REQUEST_TIMES, REQUESTS, RequestRecord, SAMPLES, SESSIONS, SOURCE_POSITIONS,
-    Store, TOMBSTONE_TIMES, TOMBSTONES, USER_EPOCHS, decode_sample, encode_sample,
+    EPOCH_KEY, META, PRODUCTS, PROFILES, REQUEST_STAMPS, REQUEST_TIMES, REQUESTS, RequestRecord, SAMPLES, SESSIONS,
+    SOURCE_POSITIONS, Store, TOMBSTONE_STAMPS, TOMBSTONE_TIMES, TOMBSTONES, USER_EPOCHS, decode_sample, encode_sample,
 };
 
 /// Called after each commit, in epoch order, with everything the commit changed. Returns whether
@@ -373,6 +373,8 @@ pub(crate) struct Tables<'t> {
     pub tombstones: Table<'t, (&'static str, &'static str, &'static str), u64>,
     pub tombstone_times: Table<'t, (i64, &'static str, &'static str, &'static str), ()>,
     pub request_times: Table<'t, (i64, &'static str, &'static str), ()>,
+    pub tombstone_stamps: Table<'t, (&'static str, &'static str, &'static str), i64>,
+    pub request_stamps: Table<'t, (&'static str, &'static str), i64>,
     pub requests: Table<'t, (&'static str, &'static str), &'static [u8]>,
     pub profiles: Table<'t, &'static str, &'static [u8]>,
     pub sessions: Table<'t, (&'static str, &'static str), &'static [u8]>,
@@ -383,7 +385,28 @@ impl Tables<'_> {
     /// Stores a request record (I1) and indexes it by time for retention.
     pub(crate) fn record_request(&mut self, scope: &str, request_id: &str, bytes: &[u8]) -> Result<(), redb::Error> {
         self.requests.insert((scope, request_id), bytes)?;
-        self.request_times.insert((now_ms(), scope, request_id), ())?;
+        let now = now_ms();
+        if let Some(old) = self.request_stamps.insert((scope, request_id), now)? {
+            self.request_times.remove((old.value(), scope, request_id))?;
+        }
+        self.request_times.insert((now, scope, request_id), ())?;
+        Ok(())
+    }
+
+    /// Stores a tombstone (DOMAIN.md I3) at `epoch` and indexes it by time for retention.
+    pub(crate) fn record_tombstone(
+        &mut self,
+        user: &str,
+        source: &str,
+        record: &str,
+        epoch: Epoch,
+    ) -> Result<(), redb::Error> {
+        self.tombstones.insert((user, source, record), epoch)?;
+        let now = now_ms();
+        if let Some(old) = self.tombstone_stamps.insert((user, source, record), now)? {
+            self.tombstone_times.remove((old.value(), user, source, record))?;
+        }
+        self.tombstone_times.insert((now, user, source, record), ())?;
         Ok(())
     }
 }
@@ -417,9 +440,17 @@ pub(crate) fn prune(store: &Store, cutoff_ms: i64) -> Result<usize, redb::Error>
                 })
             })
             .collect::<Result<_, _>>()?;
+        let mut stamps = txn.open_table(REQUEST_STAMPS)?;
         for (t, scope, id) in &old {
             times.remove((*t, scope.as_str(), id.as_str()))?;
-            requests.remove((scope.as_str(), id.as_str()))?;
+            // Only the current entry of a request removes its record: an older entry of a
+            // request recorded again since (after an erasure) must not cut the new one short.
+            // Records from before stamps existed have none and go with their entry.
+            let current = stamps.get((scope.as_str(), id.as_str()))?.map(|v| v.value());
+            if current.is_none_or(|c| c == *t) {
+                requests.remove((scope.as_str(), id.as_str()))?;
+                stamps.remove((scope.as_str(), id.as_str()))?;
+            }
         }
         removed += old.len();
         let mut times = txn.open_table(TOMBSTONE_TIMES)?;
@@ -434,9 +465,14 @@ pub(crate) fn prune(store: &Store, cutoff_ms: i64) -> Result<usize, redb::Error>
                 })
             })
             .collect::<Result<_, _>>()?;
+        let mut stamps = txn.open_table(TOMBSTONE_STAMPS)?;
         for (t, u, s, r) in &old {
             times.remove((*t, u.as_str(), s.as_str(), r.as_str()))?;
-            tombstones.remove((u.as_str(), s.as_str(), r.as_str()))?;
+            let current = stamps.get((u.as_str(), s.as_str(), r.as_str()))?.map(|v| v.value());
+            if current.is_none_or(|c| c == *t) {
+                tombstones.remove((u.as_str(), s.as_str(), r.as_str()))?;
+                stamps.remove((u.as_str(), s.as_str(), r.as_str()))?;
+            }
         }
         removed += old.len();
     }
@@ -584,6 +620,7 @@ fn apply_group(
 ) -> Result<Applied, IngestError> {
     let mut changes = Vec::new();
     let mut users = BTreeSet::new();
+    let mut erased: BTreeSet<String> = BTreeSet::new();
     let txn = store.db.begin_write().map_err(storage)?;
     let mut wrote = false;
     let mut outcomes = Vec::with_capacity(group.len());
@@ -593,6 +630,8 @@ fn apply_group(
             tombstones: txn.open_table(TOMBSTONES).map_err(storage)?,
             tombstone_times: txn.open_table(TOMBSTONE_TIMES).map_err(storage)?,
             request_times: txn.open_table(REQUEST_TIMES).map_err(storage)?,
+            tombstone_stamps: txn.open_table(TOMBSTONE_STAMPS).map_err(storage)?,
+            request_stamps: txn.open_table(REQUEST_STAMPS).map_err(storage)?,
             requests: txn.open_table(REQUESTS).map_err(storage)?,
             profiles: txn.open_table(PROFILES).map_err(storage)?,
             sessions: txn.open_table(SESSIONS).map_err(storage)?,
@@ -638,6 +677,7 @@ fn apply_group(
                     }
                     let deleted = apply_erase(&mut t, user_id, &mut changes)?;
                     users.insert(user_id.clone());
+                    erased.insert(user_id.clone());
                     wrote = true;
                     outcomes.push(Outcome::Erase(Ok(ErasureResponse { user_id: user_id.clone(), epoch, deleted })));
                 }
@@ -693,7 +733,13 @@ fn apply_group(
             meta.insert(EPOCH_KEY, epoch).map_err(storage)?;
             let mut user_epochs = txn.open_table(USER_EPOCHS).map_err(storage)?;
             for u in &users {
-                user_epochs.insert(u.as_str(), epoch).map_err(storage)?;
+                // An erased user with nothing stored since leaves no row naming them (issue 11
+                // §3); the in-memory progress still learns the erasure epoch (`users`).
+                if erased.contains(u) && !user_has_records(&t, u).map_err(storage)? {
+                    user_epochs.remove(u.as_str()).map_err(storage)?;
+                } else {
+                    user_epochs.insert(u.as_str(), epoch).map_err(storage)?;
+                }
             }
         }
     }
@@ -708,6 +754,20 @@ fn apply_group(
 
 fn storage(e: impl Into<redb::Error>) -> IngestError {
     IngestError::Storage(e.into().to_string())
+}
+
+/// Whether any row of `user` is stored (after an erasure in the same group: a re-upload).
+fn user_has_records(t: &Tables<'_>, user: &str) -> Result<bool, redb::Error> {
+    let first_is_user = |k: Option<&str>| k == Some(user);
+    let sample = t.samples.range((user, "", "")..)?.next().transpose()?;
+    let tomb = t.tombstones.range((user, "", "")..)?.next().transpose()?;
+    let session = t.sessions.range((user, "")..)?.next().transpose()?;
+    let request = t.requests.range((user, "")..)?.next().transpose()?;
+    Ok(first_is_user(sample.as_ref().map(|(k, _)| k.value().0))
+        || first_is_user(tomb.as_ref().map(|(k, _)| k.value().0))
+        || first_is_user(session.as_ref().map(|(k, _)| k.value().0))
+        || first_is_user(request.as_ref().map(|(k, _)| k.value().0))
+        || t.profiles.get(user)?.is_some())
 }
 
 /// Removes every record of `user_id` (samples, tombstones, sessions, profile, request records)
@@ -742,6 +802,9 @@ fn apply_erase(t: &mut Tables<'_>, user_id: &str, changes: &mut Vec<Change>) -> 
     }
     for (source, record) in &keys {
         t.tombstones.remove((user, source.as_str(), record.as_str()))?;
+        if let Some(at) = t.tombstone_stamps.remove((user, source.as_str(), record.as_str()))? {
+            t.tombstone_times.remove((at.value(), user, source.as_str(), record.as_str()))?;
+        }
     }
     counts.tombstones = keys.len() as u64;
     let mut ids: Vec<String> = Vec::new();
@@ -771,6 +834,9 @@ fn apply_erase(t: &mut Tables<'_>, user_id: &str, changes: &mut Vec<Change>) -> 
     }
     for id in &ids {
         t.requests.remove((user, id.as_str()))?;
+        if let Some(at) = t.request_stamps.remove((user, id.as_str()))? {
+            t.request_times.remove((at.value(), user, id.as_str()))?;
+        }
     }
     counts.requests = ids.len() as u64;
     if let Some(old) = t.profiles.remove(user)? {
@@ -864,8 +930,7 @@ fn apply_batch(
             continue;
         }
         let key = (user, d.source_id.as_str(), d.source_record_id.as_str());
-        t.tombstones.insert(key, epoch)?;
-        t.tombstone_times.insert((now_ms(), user, d.source_id.as_str(), d.source_record_id.as_str()), ())?;
+        t.record_tombstone(user, d.source_id.as_str(), d.source_record_id.as_str(), epoch)?;
         let removed = t.samples.remove(key)?.and_then(|v| decode_sample(v.value()));
         if let Some(old) = removed {
             changes.push(Change::Sample(old.sample, -1));

@@ -272,8 +272,14 @@ impl Query {
         let plan = state.statement_to_plan(statement).await.map_err(classify)?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         options.verify_plan(&plan).map_err(classify)?;
+        // EXPLAIN must stay the plan's root; its output is a few rows anyway.
+        let explain = matches!(
+            plan,
+            datafusion::logical_expr::LogicalPlan::Explain(_) | datafusion::logical_expr::LogicalPlan::Analyze(_)
+        );
         let df = ctx.execute_logical_plan(plan).await.map_err(classify)?;
-        let df = df.limit(0, Some(self.limits.row_limit.saturating_add(1))).map_err(classify)?;
+        let df =
+            if explain { df } else { df.limit(0, Some(self.limits.row_limit.saturating_add(1))).map_err(classify)? };
         let schema = Arc::new(df.schema().as_arrow().clone());
         let stream = df.execute_stream().await.map_err(classify)?;
         let (batches, truncated) = collect(stream, self.limits.row_limit, self.limits.max_result_bytes).await?;

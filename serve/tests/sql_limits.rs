@@ -248,3 +248,18 @@ async fn a_user_sees_only_their_own_rows() {
     let sql = "SELECT count(*) AS n FROM steps";
     assert_eq!(rows_as(&app, sql, Some(Caller::from_claims("u9", "health:read"))).await, vec![json!({"n": 0})]);
 }
+
+#[tokio::test]
+async fn explain_answers_a_plan_and_explain_analyze_runs_under_the_visibility() {
+    let app = router(ServeConfig::default());
+    let (status, body) = query(&app, "EXPLAIN SELECT count(*) FROM steps").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rows = body["rows"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r["plan_type"] == json!("logical_plan")), "{body}");
+    let u1 = || Some(Caller::from_claims("u1", "health:read"));
+    let rows = rows_as(&app, "EXPLAIN ANALYZE SELECT user_id FROM steps WHERE steps > 0", u1()).await;
+    assert!(!rows.is_empty());
+    // The plan's scan sees the caller's rows only (3 of the 5).
+    let text = rows.iter().map(|r| r.to_string()).collect::<String>();
+    assert!(text.contains("output_rows=3") && !text.contains("output_rows=5"), "{text}");
+}

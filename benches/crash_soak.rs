@@ -65,19 +65,28 @@ struct Ledger {
     acked: BTreeMap<(String, String), u64>,
 }
 
-fn spawn(dir: &std::path::Path, brokers: Option<&str>, topic: &str) -> (Child, String) {
+fn spawn(dir: &std::path::Path, brokers: Option<&str>, topic: &str, restart: usize) -> (Child, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vitalflow"));
     c.args(["serve", "--listen", "127.0.0.1:0", "--workers", "2", "--data-dir"])
         .arg(dir)
-        .env("VITALFLOW_LOG", "error")
+        .env("VITALFLOW_LOG", std::env::var("VITALFLOW_LOG").unwrap_or_else(|_| "error".into()))
         .env("VITALFLOW_USER_RATE", "0")
         .stdout(Stdio::piped());
+    // SOAK_LOG: append every server's stderr to this file (to see what a failed cycle did).
+    if let Some(path) = std::env::var_os("SOAK_LOG") {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("SOAK_LOG file");
+        c.stderr(log);
+    }
     if let Some(b) = brokers {
         c.env("VITALFLOW_KAFKA_BROKERS", b)
             .env("VITALFLOW_KAFKA_SAMPLES_TOPIC", topic)
             .env("VITALFLOW_KAFKA_DOMAIN_TOPIC", format!("{topic}.domain"))
-            .env("VITALFLOW_KAFKA_GROUP_ID", format!("{topic}.group"))
-            // A killed member holds its partitions until its session times out: keep that short.
+            // A consumer group per restart: tansu 0.6 does not expire members killed with -9, so
+            // in one group they pile up and the range assignor hands a restarted instance no
+            // partition (seen: "partitions assigned ... partitions=0" after ~20 kills). A fresh
+            // group has no committed offsets at all, so every cycle checks that consumption
+            // starts at the offsets stored with the rows (issue 10 §3), not at the group's.
+            .env("VITALFLOW_KAFKA_GROUP_ID", format!("{topic}.group.{restart}"))
             .env("VITALFLOW_KAFKA_PROPERTIES", "session.timeout.ms=6000,heartbeat.interval.ms=1000");
     }
     let mut child = c.spawn().expect("spawn vitalflow");
@@ -207,7 +216,7 @@ fn main() {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
     let mut request = 0_u64;
     for cycle in 0..args.cycles {
-        let (mut child, base) = spawn(dir.path(), brokers.as_deref(), &topic);
+        let (mut child, base) = spawn(dir.path(), brokers.as_deref(), &topic, cycle);
         rt.block_on(ready(&client, &base));
         // Check what the previous cycles left: acknowledged ⊆ visible ⊆ sent, each counted once.
         rt.block_on(settle(&client, &base, kafka_records));
@@ -277,7 +286,7 @@ fn main() {
         eprintln!("cycle {}/{}: killed after {} ms", cycle + 1, args.cycles, kill_after.as_millis());
     }
     // A last restart checks the last cycle's writes.
-    let (mut child, base) = spawn(dir.path(), brokers.as_deref(), &topic);
+    let (mut child, base) = spawn(dir.path(), brokers.as_deref(), &topic, args.cycles);
     rt.block_on(ready(&client, &base));
     rt.block_on(settle(&client, &base, kafka_records));
     rt.block_on(verify(&client, &base, &ledger, args.cycles));

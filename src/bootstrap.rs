@@ -113,7 +113,11 @@ impl Freshness for IngestFreshness {
 
 /// Runs vitalflow until SIGINT or SIGTERM.
 pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> anyhow::Result<()> {
+    // Latencies as Prometheus histograms (buckets from 1 ms to 60 s), not summaries: they
+    // aggregate across instances and give quantiles over any window.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+        .context("histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     vitalflow_ingest::configure_limits(config.limits.clone());
@@ -385,6 +389,7 @@ async fn supervise(
         connector_gauges(&freshness.sources(), &freshness.sinks());
         metrics::gauge!("vitalflow_epoch_durable").set(latest as f64);
         metrics::gauge!("vitalflow_writer_queue_bytes").set(components.ingest.queued_bytes() as f64);
+        metrics::gauge!("vitalflow_writer_queue_requests").set(components.ingest.queued_requests() as f64);
         let now = SystemTime::now();
         for v in 0..snapshots.len() {
             let name = snapshots.def(v).name;
@@ -501,6 +506,41 @@ impl RequestLimits {
     }
 }
 
+/// An error the framework answered itself (a path that is not UTF-8, a wrong method, a body
+/// over the limit) in plain text: the same answer as JSON with a stable code, like every other
+/// refusal.
+async fn with_json_error_body(response: axum::response::Response) -> axum::response::Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::BAD_REQUEST => "INVALID_REQUEST",
+        StatusCode::NOT_FOUND => "NOT_FOUND",
+        StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
+        StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "UNSUPPORTED_MEDIA_TYPE",
+        StatusCode::REQUEST_TIMEOUT => "REQUEST_TIMEOUT",
+        _ if status.is_server_error() => "INTERNAL",
+        _ => "INVALID_REQUEST",
+    };
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_owned();
+    let message = if message.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { message };
+    let mut r = json_error(status, code, &message);
+    for name in [axum::http::header::ALLOW, axum::http::header::RETRY_AFTER, axum::http::header::WWW_AUTHENTICATE] {
+        if let Some(v) = parts.headers.get(&name) {
+            r.headers_mut().insert(name, v.clone());
+        }
+    }
+    r
+}
+
 async fn limit_requests(
     axum::extract::State(limits): axum::extract::State<Arc<RequestLimits>>,
     req: axum::extract::Request,
@@ -511,7 +551,21 @@ async fn limit_requests(
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let started = std::time::Instant::now();
-    let response = match limits.in_flight.clone().try_acquire_owned() {
+    // Bodies are JSON as sent: a compressed one would be read as garbage (415, not 400).
+    if let Some(enc) = req.headers().get(axum::http::header::CONTENT_ENCODING)
+        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_CONTENT_ENCODING",
+            "request bodies must not be compressed (Content-Encoding: identity)",
+        );
+    }
+    // Probes and scrapes are cheap and must answer while the API is saturated (a liveness probe
+    // that sees 503 would restart a healthy process): outside the in-flight cap.
+    let exempt = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let permit = if exempt { Ok(None) } else { limits.in_flight.clone().try_acquire_owned().map(Some) };
+    let response = match permit {
         Err(_) => {
             let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", "too many requests in flight");
             r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
@@ -522,6 +576,7 @@ async fn limit_requests(
             Err(_) => json_error(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", "the request took too long"),
         },
     };
+    let response = with_json_error_body(response).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("vitalflow_http_requests_total", "route" => route.clone(), "status" => status).increment(1);
     metrics::histogram!("vitalflow_http_request_duration_seconds", "route" => route)

@@ -75,7 +75,18 @@ pub async fn serve(
         let watcher = graceful.watcher();
         match tls.clone() {
             None => {
+                let first_byte_timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
+                    // hyper reads the protocol preface without a timer: a client that connects and
+                    // sends nothing would hold its connection slot forever.
+                    let mut probe = [0_u8; 1];
+                    match tokio::time::timeout(first_byte_timeout, stream.peek(&mut probe)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => {
+                            metrics::counter!("vitalflow_http_idle_connections_closed_total").increment(1);
+                            return;
+                        }
+                    }
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     let _ = watcher.watch(conn.into_owned()).await;
                     drop(permit);

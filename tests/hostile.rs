@@ -140,3 +140,95 @@ async fn hostile_input_is_refused_with_stable_codes_and_the_server_goes_on() {
     assert_eq!(read["pending"], json!(false), "{read}");
     assert_eq!(read["rows"][0]["sum"], json!(42.0), "{read}");
 }
+
+/// Issue 10 §2, the connection level: a client that connects and sends nothing is closed after
+/// the header read timeout; probes answer while every in-flight slot is taken by waiting reads;
+/// framework refusals (a path that is not UTF-8, a wrong method) and compressed bodies get JSON
+/// errors with stable codes; `blockedMetrics` is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_saturation_and_framework_refusals() {
+    use tokio::io::AsyncReadExt;
+    let dir = temp_dir();
+    let mut server = Server::start_with(
+        dir.path(),
+        &[("VITALFLOW_HEADER_READ_TIMEOUT_MS", "1000"), ("VITALFLOW_MAX_IN_FLIGHT", "1")],
+    );
+    // The server closes idle keep-alive connections after the header timeout too: no pooling, so
+    // no request lands on a connection the server has just closed.
+    server.client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    server.ready().await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+
+    // Connects, sends nothing: the server closes the connection (EOF), it does not hold it.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut buf = [0_u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(60), idle.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "an idle connection stayed open: {read:?}");
+
+    // A read waits for an epoch that will not come, taking the one in-flight slot; a write then
+    // finds no slot. (Launched again if the write took the slot first.)
+    let body = batch("sat-1", "u1", vec![steps("s1", "watch", "2024-06-01T10:00:00Z", "2024-06-01T10:30:00Z", 5.0)]);
+    let mut waiting = Vec::new();
+    let start = std::time::Instant::now();
+    loop {
+        let (client, url) =
+            (server.client.clone(), server.url("/v1/users/u1/daily-rollups?minEpoch=999999&waitMs=20000"));
+        waiting.push(tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) }));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (status, resp) = server.post(UPSERT, &body).await;
+        if status == 503 {
+            assert_eq!(resp["code"], json!("OVERLOADED"), "{resp}");
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the in-flight cap never filled: {status} {resp}"
+        );
+    }
+    // The API is saturated; liveness, readiness and metrics still answer.
+    assert_eq!(server.get("/healthz").await.0, 200);
+    assert_eq!(server.get("/readyz").await.0, 200);
+    let metrics = server.client.get(server.url("/metrics")).send().await.expect("metrics");
+    assert_eq!(metrics.status(), 200);
+    for w in waiting {
+        let _ = w.await;
+    }
+
+    // Framework refusals as JSON with stable codes.
+    let (status, resp) = server.get("/v1/users/%ff/daily-rollups").await;
+    assert_eq!((status, resp["code"].as_str()), (400, Some("INVALID_REQUEST")), "{resp}");
+    let r = server.client.put(server.url(UPSERT)).json(&body).send().await.expect("PUT");
+    assert_eq!(r.status().as_u16(), 405);
+    let resp: Value = r.json().await.expect("a JSON body");
+    assert_eq!(resp["code"], json!("METHOD_NOT_ALLOWED"), "{resp}");
+    let r = server
+        .client
+        .post(server.url(UPSERT))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 415);
+    let resp: Value = r.json().await.expect("a JSON body");
+    assert_eq!(resp["code"], json!("UNSUPPORTED_CONTENT_ENCODING"), "{resp}");
+
+    // blockedMetrics: duplicates collapse; more than 64 distinct entries are refused.
+    let many: Vec<String> = (0..65).map(|i| format!("m{i}")).collect();
+    let (status, resp) = server.post("/v1/users/u1/profile", &json!({"blockedMetrics": many})).await;
+    assert_eq!((status, resp["code"].as_str()), (400, Some("TOO_MANY_BLOCKED_METRICS")), "{resp}");
+    let dup: Vec<&str> = std::iter::repeat_n("steps", 500).chain(["heart_rate"]).collect();
+    let (status, resp) = server.post("/v1/users/u1/profile", &json!({"blockedMetrics": dup})).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["blockedMetrics"], json!(["steps", "heart_rate"]), "{resp}");
+
+    // And the server goes on.
+    let (status, resp) = server
+        .post(
+            UPSERT,
+            &batch("sat-2", "u2", vec![steps("s2", "watch", "2024-06-01T10:00:00Z", "2024-06-01T10:30:00Z", 5.0)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{resp}");
+}

@@ -250,7 +250,7 @@ pub fn parse_domain(value: Value, limits: &Limits) -> Result<(DomainChangesReque
 /// must be an IANA zone), `FIELD_TOO_LONG` (a `blockedMetrics` entry).
 pub fn parse_profile(value: Value, limits: &Limits) -> Result<ProfileRequest, IngestError> {
     require_object(&value)?;
-    let req: ProfileRequest = parse(value)?;
+    let mut req: ProfileRequest = parse(value)?;
     if let Some(z) = req.time_zone.as_deref()
         && !matches!(Zone::parse(z), Some(Zone::Iana(_)))
     {
@@ -261,6 +261,17 @@ pub fn parse_profile(value: Value, limits: &Limits) -> Result<ProfileRequest, In
     }
     for m in &req.blocked_metrics {
         check_field("a blockedMetrics entry", Some(m), limits)?;
+    }
+    vitalflow_schemas::domain::dedup_in_order(&mut req.blocked_metrics);
+    if req.blocked_metrics.len() > limits.max_blocked_metrics {
+        return Err(IngestError::bad_request(
+            codes::TOO_MANY_BLOCKED_METRICS,
+            format!(
+                "blockedMetrics has {} distinct entries, more than the limit of {}",
+                req.blocked_metrics.len(),
+                limits.max_blocked_metrics
+            ),
+        ));
     }
     Ok(req)
 }

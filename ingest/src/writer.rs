@@ -249,6 +249,11 @@ impl Ingest {
         self.alive.load(Ordering::SeqCst)
     }
 
+    /// Requests and source batches queued for the writer now.
+    pub fn queued_requests(&self) -> usize {
+        self.tx.max_capacity().saturating_sub(self.tx.capacity())
+    }
+
     /// Bytes of request bodies queued for the writer now.
     pub fn queued_bytes(&self) -> usize {
         self.options.queue_bytes.clamp(1, Semaphore::MAX_PERMITS).saturating_sub(self.budget.available_permits())

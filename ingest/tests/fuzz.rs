@@ -79,6 +79,8 @@ const TIGHT: Limits = Limits {
     max_field_bytes: 12,
     max_metadata_bytes: 200,
     max_json_depth: 6,
+    // Out of the generators' reach: the limit has its own test.
+    max_blocked_metrics: 1_000,
 };
 
 // ---------------------------------------------------------------------------------------------

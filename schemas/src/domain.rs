@@ -246,10 +246,17 @@ pub fn parse_change(change: &Value, received_at_ms: i64, limits: &Limits) -> Res
     }
 }
 
+/// Drops repeated entries, keeping each first occurrence in place.
+pub fn dedup_in_order(items: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    items.retain(|m| seen.insert(m.clone()));
+}
+
 /// `blockedMetrics` entries: strings of at most `max_field_bytes` (a metric key need not be known:
-/// blocking a metric before the catalogue has it is allowed).
+/// blocking a metric before the catalogue has it is allowed), deduplicated (first occurrence kept), at most
+/// `max_blocked_metrics` of them (`TOO_MANY_BLOCKED_METRICS`).
 pub fn blocked_metrics(entries: &[Value], limits: &Limits) -> Result<Vec<String>, Rejection> {
-    entries
+    let mut metrics: Vec<String> = entries
         .iter()
         .map(|m| match m {
             Value::String(s) if field_fits(s, limits) => Ok(s.clone()),
@@ -263,7 +270,19 @@ pub fn blocked_metrics(entries: &[Value], limits: &Limits) -> Result<Vec<String>
             )),
             _ => Err(Rejection::new(codes::INVALID_CHANGE, "blockedMetrics must be an array of strings")),
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    dedup_in_order(&mut metrics);
+    if metrics.len() > limits.max_blocked_metrics {
+        return Err(Rejection::new(
+            codes::TOO_MANY_BLOCKED_METRICS,
+            format!(
+                "blockedMetrics has {} distinct entries, more than the limit of {}",
+                metrics.len(),
+                limits.max_blocked_metrics
+            ),
+        ));
+    }
+    Ok(metrics)
 }
 
 #[cfg(test)]

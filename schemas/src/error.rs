@@ -62,6 +62,8 @@ pub mod codes {
     pub const TOO_MANY_DELETIONS: &str = "TOO_MANY_DELETIONS";
     /// A domain-changes request has more changes than `Limits::max_changes_per_request` (400).
     pub const TOO_MANY_CHANGES: &str = "TOO_MANY_CHANGES";
+    /// A profile's `blockedMetrics` has more distinct entries than `Limits::max_blocked_metrics`.
+    pub const TOO_MANY_BLOCKED_METRICS: &str = "TOO_MANY_BLOCKED_METRICS";
     /// A JSON body nests deeper than `Limits::max_json_depth` (400).
     pub const JSON_TOO_DEEP: &str = "JSON_TOO_DEEP";
 }

@@ -41,6 +41,10 @@ pub struct Limits {
     /// level 1). Deeper fails the request: 400 `JSON_TOO_DEEP`. serde_json stops at 128 levels on
     /// its own, so a value above 127 has no effect beyond that.
     pub max_json_depth: usize,
+    /// Most entries of a profile's `blockedMetrics` (count; duplicates are dropped first). More
+    /// fails a profile request (400) or rejects a domain user change, both with
+    /// `TOO_MANY_BLOCKED_METRICS`: every sample of the user is checked against the list.
+    pub max_blocked_metrics: usize,
 }
 
 impl Limits {
@@ -52,6 +56,7 @@ impl Limits {
         max_field_bytes: 256,
         max_metadata_bytes: 16 * 1024,
         max_json_depth: 64,
+        max_blocked_metrics: 64,
     };
 }
 

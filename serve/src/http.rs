@@ -73,8 +73,10 @@ struct AppState {
     waiters: Arc<tokio::sync::Semaphore>,
 }
 
-/// Reads that may wait (`waitMs`) at once; more are refused with 429 `TOO_MANY_WAITERS`.
-pub const MAX_WAITERS: usize = 1024;
+/// Reads that may wait (`waitMs`) at once; more are refused with 429 `TOO_MANY_WAITERS`. Half of
+/// the default in-flight cap (512), so waiting reads can never take every request slot from
+/// ingestion.
+pub const MAX_WAITERS: usize = 256;
 
 /// A place among the `waitMs` waiters, or 429 `TOO_MANY_WAITERS`.
 fn wait_permit(st: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {

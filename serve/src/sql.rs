@@ -230,7 +230,13 @@ impl SqlEngine {
         // Dropping the task (on timeout, or when the client goes away) aborts it.
         match tokio::time::timeout(self.limits.timeout, task).await {
             Err(_) => Err(SqlError::Timeout(self.limits.timeout)),
-            Ok(Err(_)) => Err(SqlError::Internal),
+            Ok(Err(e)) => {
+                if e.is_panic() {
+                    metrics::counter!("vitalflow_panics_caught_total", "component" => "sql").increment(1);
+                    tracing::error!("a SQL query panicked inside the engine; answered 500 INTERNAL");
+                }
+                Err(SqlError::Internal)
+            }
             Ok(Ok(result)) => result,
         }
     }

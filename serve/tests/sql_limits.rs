@@ -263,3 +263,27 @@ async fn explain_answers_a_plan_and_explain_analyze_runs_under_the_visibility() 
     let text = rows.iter().map(|r| r.to_string()).collect::<String>();
     assert!(text.contains("output_rows=3") && !text.contains("output_rows=5"), "{text}");
 }
+
+#[tokio::test]
+async fn aggregates_and_quadratic_functions_that_would_run_away_are_refused() {
+    let app = router(ServeConfig::default());
+    // 2^58 centroids: an allocation that used to abort the process.
+    for sql in [
+        "SELECT approx_percentile_cont(v, 0.5, 288230376151711744) FROM generate_series(1, 3) t(v)",
+        "SELECT approx_percentile_cont_with_weight(v, 1, 0.5, 288230376151711744) FROM generate_series(1, 3) t(v)",
+        "SELECT approx_percentile_cont(v, 0.5, 9223372036854775807) FROM generate_series(1, 3) t(v)",
+    ] {
+        let (status, body) = query(&app, sql).await;
+        assert!(status.is_client_error(), "{sql}: {status} {body}");
+        assert_eq!(code(&body), "QUERY_TOO_EXPENSIVE", "{sql}: {body}");
+    }
+    let (status, body) =
+        query(&app, "SELECT approx_percentile_cont(v, 0.5, 100) AS p FROM generate_series(1, 3) t(v)").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // levenshtein is quadratic inside one call, where no timeout can reach.
+    let (status, body) = query(&app, "SELECT levenshtein(repeat('a', 150000), repeat('b', 150000)) AS d").await;
+    assert!(status.is_client_error(), "{status} {body}");
+    assert_eq!(code(&body), "QUERY_TOO_EXPENSIVE", "{body}");
+    let (status, body) = query(&app, "SELECT levenshtein('kitten', 'sitting') AS d").await;
+    assert_eq!((status, &body["rows"][0]["d"]), (StatusCode::OK, &json!(3)), "{body}");
+}

@@ -226,6 +226,7 @@ impl OptimizerRule for GuardRule {
     fn rewrite(&self, plan: LogicalPlan, _config: &dyn OptimizerConfig) -> Result<Transformed<LogicalPlan>> {
         plan.transform_up_with_subqueries(|p| {
             check_constants(&p, self.limits.max_constant)?;
+            check_aggregate_sizes(&p)?;
             guard_plan(p, self.limits, false)
         })
     }
@@ -269,10 +270,54 @@ fn check_constants(plan: &LogicalPlan, max_constant: usize) -> Result<()> {
     Ok(())
 }
 
+/// Most centroids a t-digest aggregate may ask for. `approx_percentile_cont(v, p, n)` allocates
+/// for `n` centroids up front: `n = 2^58` aborted the process on a failed allocation.
+const MAX_CENTROIDS: i128 = 10_000;
+
+/// Refuses aggregates whose size arguments make them allocate without bound.
+fn check_aggregate_sizes(plan: &LogicalPlan) -> Result<()> {
+    plan.apply_expressions(|e| {
+        e.apply(|e| {
+            if let Expr::AggregateFunction(f) = e
+                && f.func.name().starts_with("approx_percentile_cont")
+            {
+                for arg in &f.params.args {
+                    if let Expr::Literal(v, _) = arg
+                        && let Some(n) = integer(v)
+                        && !(0..=MAX_CENTROIDS).contains(&n)
+                    {
+                        return Err(refuse(format!("{} with {n} centroids; at most {MAX_CENTROIDS}", f.func.name())));
+                    }
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+    })?;
+    Ok(())
+}
+
+/// An integer literal's value.
+fn integer(v: &ScalarValue) -> Option<i128> {
+    Some(match v {
+        ScalarValue::Int8(Some(n)) => i128::from(*n),
+        ScalarValue::Int16(Some(n)) => i128::from(*n),
+        ScalarValue::Int32(Some(n)) => i128::from(*n),
+        ScalarValue::Int64(Some(n)) => i128::from(*n),
+        ScalarValue::UInt8(Some(n)) => i128::from(*n),
+        ScalarValue::UInt16(Some(n)) => i128::from(*n),
+        ScalarValue::UInt32(Some(n)) => i128::from(*n),
+        ScalarValue::UInt64(Some(n)) => i128::from(*n),
+        _ => return None,
+    })
+}
+
 /// Refuses a call whose output would exceed the limits, before making it.
 fn precheck(name: &str, args: &ScalarFunctionArgs, limits: &ValueLimits) -> Result<()> {
     let all_scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
     let rows = if all_scalar { 1 } else { args.number_rows };
+    if name == "levenshtein" {
+        check_quadratic(name, &args.args, rows)?;
+    }
     if is_var_width(args.return_field.data_type()) {
         // The output of most value-building functions is bounded by their arguments; the sum
         // catches fan-in such as `concat(s, s, s, …)`.
@@ -303,6 +348,31 @@ fn precheck(name: &str, args: &ScalarFunctionArgs, limits: &ValueLimits) -> Resu
     }
     if total > limits.max_call {
         return Err(refuse(format!("{name} would build {total} bytes in one call; the limit is {}", limits.max_call)));
+    }
+    Ok(())
+}
+
+/// Most character pairs one call of a quadratic function (levenshtein: length × length per row)
+/// may compare: about a second of CPU, which a timeout cannot interrupt inside the call.
+const MAX_QUADRATIC_WORK: u128 = 200_000_000;
+
+fn check_quadratic(name: &str, args: &[ColumnarValue], rows: usize) -> Result<()> {
+    let len = |a: &ColumnarValue, i: usize| -> u128 {
+        match a {
+            ColumnarValue::Scalar(s) => scalar_bytes(s) as u128,
+            ColumnarValue::Array(a) if i < a.len() => value_bytes(a.as_ref(), i) as u128,
+            ColumnarValue::Array(_) => 0,
+        }
+    };
+    let (Some(a), Some(b)) = (args.first(), args.get(1)) else { return Ok(()) };
+    let mut work: u128 = 0;
+    for i in 0..rows {
+        work = work.saturating_add(len(a, i).saturating_mul(len(b, i)));
+        if work > MAX_QUADRATIC_WORK {
+            return Err(refuse(format!(
+                "{name} would compare more than {MAX_QUADRATIC_WORK} character pairs in one call"
+            )));
+        }
     }
     Ok(())
 }

@@ -18,11 +18,13 @@
 //! row); the result is capped here. Still unbounded: operators that copy a value once per output
 //! row (a join, `unnest`, a window) multiply whatever value reaches them by their fan-out.
 //!
-//! What bounds a query's time: execution yields between batches, so aborting the task at
-//! `timeout` stops it. Planning does not yield; [`shape`] keeps plans small enough to plan in
-//! well under a second, and one scalar function call (a `levenshtein` of two 1 MiB strings) runs
-//! to its end, holding its thread and its permit.
+//! What bounds a query's time: at `timeout` the task is aborted, which stops it at its next
+//! yield; an operator that pulls batches in a loop without yielding (a cross join's build side)
+//! is stopped by [`deadline`]: every plan node fails its next pull past the deadline. Planning
+//! does not yield; [`shape`] keeps plans small enough to plan in well under a second. One scalar
+//! call runs to its end: the quadratic one (`levenshtein`) is bounded in work by the guard.
 
+mod deadline;
 mod guard;
 mod shape;
 
@@ -218,13 +220,14 @@ impl SqlEngine {
         let permit =
             self.permits.clone().try_acquire_owned().map_err(|_| SqlError::Busy(self.limits.max_concurrent))?;
         let query = Query { limits: self.limits.clone(), guard: self.guard.clone(), functions: self.functions.clone() };
+        let deadline = std::time::Instant::now() + self.limits.timeout;
         let task = {
             let _runtime = self.handle.enter();
             SpawnedTask::spawn(async move {
                 // Held until the task ends or, once aborted, stops at its next yield: a query that
                 // timed out keeps counting against `max_concurrent` while it still runs.
                 let _permit = permit;
-                query.execute(&store, &sql, &visibility).await
+                query.execute(&store, &sql, &visibility, deadline).await
             })
         };
         // Dropping the task (on timeout, or when the client goes away) aborts it.
@@ -237,6 +240,7 @@ impl SqlEngine {
                 }
                 Err(SqlError::Internal)
             }
+            Ok(Ok(Err(SqlError::Timeout(_)))) => Err(SqlError::Timeout(self.limits.timeout)),
             Ok(Ok(result)) => result,
         }
     }
@@ -268,6 +272,7 @@ impl Query {
         store: &SnapshotStore,
         sql: &str,
         visibility: &RowVisibility,
+        deadline: std::time::Instant,
     ) -> Result<SqlResult, SqlError> {
         let ctx = self.context()?;
         let as_of = register_views(&ctx, store, visibility, self.limits.threads.max(1))?;
@@ -287,7 +292,10 @@ impl Query {
         let df =
             if explain { df } else { df.limit(0, Some(self.limits.row_limit.saturating_add(1))).map_err(classify)? };
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let stream = df.execute_stream().await.map_err(classify)?;
+        let task_ctx = Arc::new(df.task_ctx());
+        let plan = df.create_physical_plan().await.map_err(classify)?;
+        let plan = deadline::wrap(plan, deadline).map_err(classify)?;
+        let stream = datafusion::physical_plan::execute_stream(plan, task_ctx).map_err(classify)?;
         let (batches, truncated) = collect(stream, self.limits.row_limit, self.limits.max_result_bytes).await?;
         Ok(SqlResult { batches, schema, as_of: if as_of == u64::MAX { 0 } else { as_of }, truncated })
     }
@@ -411,6 +419,7 @@ fn rows_within(batch: &RecordBatch, rows: usize, bytes: usize) -> (usize, usize)
 fn classify(e: DataFusionError) -> SqlError {
     let root = e.find_root();
     match root {
+        DataFusionError::Execution(m) if m == deadline::DEADLINE_PASSED => SqlError::Timeout(Duration::ZERO),
         DataFusionError::ResourcesExhausted(m) => SqlError::TooExpensive(m.clone()),
         DataFusionError::SQL(p, _) if matches!(**p, ParserError::RecursionLimitExceeded) => SqlError::TooLarge(
             format!("the query nests expressions or subqueries deeper than {RECURSION_LIMIT} levels"),

@@ -161,6 +161,31 @@ async fn timeout_cancels_the_query_and_frees_its_thread() {
     }
 }
 
+/// A three-way cross join's build side pulls batches in a loop that never yields to the runtime:
+/// aborting its task cannot stop it, the deadline inside the plan does.
+#[tokio::test]
+async fn timeout_stops_work_that_never_yields() {
+    let limits =
+        SqlLimits { timeout: Duration::from_millis(500), threads: 1, max_concurrent: 1, ..SqlLimits::default() };
+    let app = router(config(limits));
+    let sql = "SELECT count(*) AS n FROM generate_series(1, 100000) a, generate_series(1, 100000) b, \
+               generate_series(1, 100000) c";
+    let (status, body) = query(&app, sql).await;
+    assert_eq!((status, code(&body)), (StatusCode::REQUEST_TIMEOUT, "QUERY_TIMEOUT"), "{body}");
+    // Until the work stops, its permit (max_concurrent = 1) keeps every other query out.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = query(&app, "SELECT count(*) AS n FROM steps").await;
+        if status == StatusCode::OK {
+            assert_eq!(body["rows"], json!([{"n": 5}]));
+            break;
+        }
+        assert_eq!((status, code(&body)), (StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_QUERIES"));
+        assert!(Instant::now() < deadline, "the timed-out query is still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn concurrent_queries_beyond_the_cap_get_429() {
     let limits = SqlLimits { timeout: Duration::from_secs(30), threads: 1, max_concurrent: 1, ..SqlLimits::default() };

@@ -87,7 +87,7 @@ pub struct SqlLimits {
     /// disk disabled; one function call may build a quarter of it. Beyond: 422
     /// `QUERY_TOO_EXPENSIVE`.
     pub memory_limit_bytes: usize,
-    /// Largest single value (string, binary, list) a function may build (1 MiB); larger: 422
+    /// Largest single value (string, binary, list) a function may build (256 KiB); larger: 422
     /// `QUERY_TOO_EXPENSIVE`.
     pub max_value_bytes: usize,
     /// Queries running at once (4); beyond: 429 `TOO_MANY_QUERIES` with `Retry-After`.
@@ -106,7 +106,7 @@ impl Default for SqlLimits {
             max_result_bytes: 16 << 20,
             timeout: Duration::from_secs(10),
             memory_limit_bytes: 256 << 20,
-            max_value_bytes: 1 << 20,
+            max_value_bytes: 256 << 10,
             max_concurrent: 4,
             threads: 2,
             max_sql_bytes: 64 << 10,
@@ -256,8 +256,10 @@ impl Drop for SqlEngine {
     }
 }
 
-/// DataFusion's batch size, which the constant limit assumes.
-const BATCH_ROWS: usize = 8192;
+/// DataFusion's batch size, which the constant limit assumes. Small, so that an operator copying
+/// a large value per row builds a bounded batch (`BATCH_ROWS` × `max_value_bytes` per column at
+/// most) before [`deadline`]'s batch bound refuses it.
+const BATCH_ROWS: usize = 1024;
 
 /// What one query's task needs.
 struct Query {
@@ -294,7 +296,7 @@ impl Query {
         let schema = Arc::new(df.schema().as_arrow().clone());
         let task_ctx = Arc::new(df.task_ctx());
         let plan = df.create_physical_plan().await.map_err(classify)?;
-        let plan = deadline::wrap(plan, deadline).map_err(classify)?;
+        let plan = deadline::wrap(plan, deadline, self.limits.memory_limit_bytes / 4).map_err(classify)?;
         let stream = datafusion::physical_plan::execute_stream(plan, task_ctx).map_err(classify)?;
         let (batches, truncated) = collect(stream, self.limits.row_limit, self.limits.max_result_bytes).await?;
         Ok(SqlResult { batches, schema, as_of: if as_of == u64::MAX { 0 } else { as_of }, truncated })

@@ -1,8 +1,15 @@
-//! A query's deadline inside its physical plan. Aborting the query's task stops it only at its
-//! next yield, and an operator that pulls batches in a loop without yielding (the build side of a
-//! nested-loop or cross join, counting billions of generated rows) never yields. So every node of
-//! the plan is wrapped in a [`DeadlineExec`] that checks the deadline each time a batch crosses
-//! it: past the deadline the pull fails, the loop ends, and the work stops with the query.
+//! A query's deadline and batch bound inside its physical plan.
+//!
+//! Aborting the query's task stops it only at its next yield, and an operator that pulls batches
+//! in a loop without yielding (the build side of a nested-loop or cross join, counting billions of
+//! generated rows) never yields. So every node of the plan is wrapped in a [`DeadlineExec`] that
+//! checks the deadline each time a batch crosses it: past the deadline the pull fails, the loop
+//! ends, and the work stops with the query.
+//!
+//! The same wrapper bounds every batch that crosses a node: an operator that copies a value once
+//! per output row (a cross join, `unnest`, a window) builds its output outside DataFusion's memory
+//! pool, so a batch larger than `max_batch_bytes` fails the query (422 `QUERY_TOO_EXPENSIVE`)
+//! before the next one is built.
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,26 +26,33 @@ use futures::StreamExt;
 /// The message of the error a pull past the deadline fails with (the caller answers 408).
 pub(crate) const DEADLINE_PASSED: &str = "vitalflow: the query passed its deadline";
 
-/// `plan` with every node wrapped in a [`DeadlineExec`] for `deadline`.
-pub(crate) fn wrap(plan: Arc<dyn ExecutionPlan>, deadline: Instant) -> Result<Arc<dyn ExecutionPlan>> {
+/// `plan` with every node wrapped in a [`DeadlineExec`] for `deadline` and `max_batch_bytes`.
+pub(crate) fn wrap(
+    plan: Arc<dyn ExecutionPlan>,
+    deadline: Instant,
+    max_batch_bytes: usize,
+) -> Result<Arc<dyn ExecutionPlan>> {
     Ok(plan
         .transform_up(|node| {
-            Ok(Transformed::yes(Arc::new(DeadlineExec { input: node, deadline }) as Arc<dyn ExecutionPlan>))
+            let wrapped: Arc<dyn ExecutionPlan> = Arc::new(DeadlineExec { input: node, deadline, max_batch_bytes });
+            Ok(Transformed::yes(wrapped))
         })?
         .data)
 }
 
-/// Passes its input's batches through until `deadline`, then fails the pull. Transparent
-/// otherwise: same properties, statistics and downcast identity as its input.
+/// Passes its input's batches through until `deadline`, refusing any batch over
+/// `max_batch_bytes`. Transparent otherwise: same properties, statistics and downcast identity as
+/// its input.
 #[derive(Debug)]
 pub(crate) struct DeadlineExec {
     input: Arc<dyn ExecutionPlan>,
     deadline: Instant,
+    max_batch_bytes: usize,
 }
 
 impl DisplayAs for DeadlineExec {
-    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        self.input.fmt_as(t, f)
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "DeadlineExec: max_batch_bytes={}", self.max_batch_bytes)
     }
 }
 
@@ -75,15 +89,29 @@ impl ExecutionPlan for DeadlineExec {
         if children.len() != 1 {
             return Err(DataFusionError::Internal("DeadlineExec has one child".into()));
         }
-        Ok(Arc::new(DeadlineExec { input: children.swap_remove(0), deadline: self.deadline }))
+        Ok(Arc::new(DeadlineExec {
+            input: children.swap_remove(0),
+            deadline: self.deadline,
+            max_batch_bytes: self.max_batch_bytes,
+        }))
     }
 
     fn execute(&self, partition: usize, ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let inner = self.input.execute(partition, ctx)?;
         let schema = inner.schema();
-        let deadline = self.deadline;
+        let (deadline, max_bytes) = (self.deadline, self.max_batch_bytes);
         let stream = inner.map(move |batch| {
-            if Instant::now() >= deadline { Err(DataFusionError::Execution(DEADLINE_PASSED.into())) } else { batch }
+            if Instant::now() >= deadline {
+                return Err(DataFusionError::Execution(DEADLINE_PASSED.into()));
+            }
+            let batch = batch?;
+            let bytes: usize = batch.columns().iter().map(|c| super::guard::array_bytes(c.as_ref())).sum();
+            if bytes > max_bytes {
+                return Err(DataFusionError::ResourcesExhausted(format!(
+                    "an operator built a batch of {bytes} bytes; the limit is {max_bytes}"
+                )));
+            }
+            Ok(batch)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }

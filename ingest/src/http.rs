@@ -161,6 +161,31 @@ fn with_audit_user(result: Result<impl IntoResponse, IngestError>, user: String)
     resp
 }
 
+/// Bodies from this size on are parsed on the blocking pool, not on the runtime's threads.
+const LARGE_BODY_BYTES: usize = 256 << 10;
+
+/// Large parses at once: a parsed JSON tree can be many times its text, so their number bounds
+/// that memory too (waiting callers queue here, within the request timeout).
+static LARGE_PARSES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Runs `parse` inline for a small body; for a large one, on the blocking pool, at most
+/// [`LARGE_PARSES`] at once, so that parsing megabytes never stalls the runtime that serves
+/// every other request.
+async fn off_runtime<R: Send + 'static>(
+    bytes: usize,
+    parse: impl FnOnce() -> Result<R, IngestError> + Send + 'static,
+) -> Result<R, IngestError> {
+    if bytes < LARGE_BODY_BYTES {
+        return parse();
+    }
+    let _permit = LARGE_PARSES.acquire().await.map_err(|_| IngestError::Unavailable)?;
+    match tokio::task::spawn_blocking(parse).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(IngestError::Unavailable),
+    }
+}
+
 async fn batch_upsert(
     State(ingest): State<Ingest>,
     caller: Option<Extension<Caller>>,
@@ -168,7 +193,10 @@ async fn batch_upsert(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let bytes = body.as_ref().map_or(0, Bytes::len);
-    let parsed = json_body(&headers, body, crate::limits()).and_then(|v| parse_batch(v, crate::limits()));
+    let parsed = off_runtime(bytes, move || {
+        json_body(&headers, body, crate::limits()).and_then(|v| parse_batch(v, crate::limits()))
+    })
+    .await;
     let (req, hash) = match parsed {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -195,7 +223,10 @@ async fn domain_changes(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let bytes = body.as_ref().map_or(0, Bytes::len);
-    let parsed = json_body(&headers, body, crate::limits()).and_then(|v| parse_domain(v, crate::limits()));
+    let parsed = off_runtime(bytes, move || {
+        json_body(&headers, body, crate::limits()).and_then(|v| parse_domain(v, crate::limits()))
+    })
+    .await;
     let (req, hash) = match parsed {
         Ok(p) => p,
         Err(e) => return e.into_response(),

@@ -376,7 +376,17 @@ async fn answer_sql(
     }
     let result = st.sql.run(st.store.clone(), req.sql, visibility).await.map_err(sql_error)?;
     let latest = st.freshness.latest_epoch();
-    if wants_arrow(&headers) {
+    let arrow = wants_arrow(&headers);
+    // Encoding a result (up to `max_result_bytes` of values) is CPU work: on the blocking pool,
+    // never on the runtime threads that serve ingestion and reads.
+    tokio::task::spawn_blocking(move || encode_result(&result, latest, arrow))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "encoding the result failed"))?
+}
+
+/// A SQL result as Arrow IPC or JSON, with its freshness.
+fn encode_result(result: &sql::SqlResult, latest: u64, arrow: bool) -> Result<Response, ApiError> {
+    if arrow {
         return arrow_response(
             result.schema.clone(),
             &result.batches,

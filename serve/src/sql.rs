@@ -405,10 +405,13 @@ async fn collect(
 }
 
 /// How many leading rows of `batch` fit in `rows` rows and `bytes` bytes, and their bytes.
+/// A row costs its values' bytes plus, per column, its name and a few bytes of JSON punctuation
+/// (a JSON result repeats every column name on every row).
 fn rows_within(batch: &RecordBatch, rows: usize, bytes: usize) -> (usize, usize) {
     let (mut taken, mut used) = (0, 0usize);
+    let per_row: usize = batch.schema().fields().iter().map(|f| f.name().len() + 8).sum();
     while taken < batch.num_rows().min(rows) {
-        let row: usize = batch.columns().iter().map(|c| guard::value_bytes(c.as_ref(), taken)).sum();
+        let row: usize = per_row + batch.columns().iter().map(|c| guard::value_bytes(c.as_ref(), taken)).sum::<usize>();
         if used + row > bytes {
             break;
         }

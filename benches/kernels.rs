@@ -108,11 +108,61 @@ fn snapshots(c: &mut Criterion) {
             let snap = store.snapshot(0);
             let shard = snap
                 .user(black_box("user-4242"))
-                .map(|s| s.rows.iter().map(|r| DEF.row_to_json(r).to_string().len()).sum::<usize>());
+                .map(|s| s.rows().map(|r| DEF.row_to_json(r).to_string().len()).sum::<usize>());
             (snap.as_of, shard)
         })
     });
 }
 
-criterion_group!(kernels, parsing, slicing, snapshots);
+/// Issue 14 §1: a 50-row change to one user whose history in the view is 1,000, 10,000 or
+/// 100,000 rows (beside 1,000 other users of 30 rows): appended at the end of the history (a
+/// sync) and in its middle (late data). Publishing should cost the change, not the history.
+fn publish_vs_history(c: &mut Criterion) {
+    use vitalflow_schemas::view::{ColumnType, ViewDef, col};
+    const DEF: ViewDef = ViewDef {
+        name: "t",
+        columns: &[
+            col("user_id", ColumnType::Str),
+            col("metric", ColumnType::Str),
+            col("local_date", ColumnType::Date),
+            col("sum", ColumnType::Float),
+        ],
+        key_len: 3,
+        route: Some("t"),
+        filters: &[],
+        range_column: Some("local_date"),
+        range_via: None,
+    };
+    for history in [1_000_i32, 10_000, 100_000] {
+        let store = SnapshotStore::new([DEF]);
+        let others: Vec<(Row, i64)> = (1..=1_000).flat_map(|u| (0..30).map(move |d| (row(u, d), 1))).collect();
+        store.apply(0, 2, others);
+        store.apply(0, 3, (0..history).map(|d| (row(0, d), 1)).collect());
+        let mut frontier = 4;
+        let mut on = true;
+        c.bench_function(&format!("publish_50_appended_rows_history_{history}"), |b| {
+            b.iter(|| {
+                // 50 new days at the end of the history, then retracted again (the history stays
+                // the size it is measured at).
+                let diff = if on { 1 } else { -1 };
+                on = !on;
+                store.apply(0, frontier, (history..history + 50).map(|d| (row(0, d), diff)).collect());
+                frontier += 1;
+            })
+        });
+        let mid = history / 2;
+        let mut on = true;
+        c.bench_function(&format!("publish_50_late_rows_history_{history}"), |b| {
+            b.iter(|| {
+                // Retract then restore 50 rows in the middle of the history, alternately.
+                let diff = if on { -1 } else { 1 };
+                on = !on;
+                store.apply(0, frontier, (mid..mid + 50).map(|d| (row(0, d), diff)).collect());
+                frontier += 1;
+            })
+        });
+    }
+}
+
+criterion_group!(kernels, parsing, slicing, snapshots, publish_vs_history);
 criterion_main!(kernels);

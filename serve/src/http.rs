@@ -239,9 +239,7 @@ async fn read_view(
             let osnap = st.store.snapshot(other);
             let keys = osnap
                 .user(&user)
-                .map(|shard| {
-                    shard.rows.iter().filter(|r| in_range(r, ri, zi)).filter_map(|r| r.get(oi).cloned()).collect()
-                })
+                .map(|shard| shard.rows().filter(|r| in_range(r, ri, zi)).filter_map(|r| r.get(oi).cloned()).collect())
                 .unwrap_or_default();
             Some((def.column_index(rv.column)?, keys))
         }),
@@ -251,8 +249,7 @@ async fn read_view(
         .user(&user)
         .map(|shard| {
             shard
-                .rows
-                .iter()
+                .rows()
                 .filter(|r| filters.iter().all(|(i, v)| r.get(*i).and_then(Datum::as_str) == Some(v.as_str())))
                 .filter(|r| in_range(r, range_idx, zone_idx))
                 .filter(|r| via.as_ref().is_none_or(|(i, keys)| r.get(*i).is_some_and(|k| keys.contains(k))))

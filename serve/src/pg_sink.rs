@@ -381,13 +381,12 @@ pub fn difference<'a>(old: &'a ViewSnapshot, new: &'a ViewSnapshot) -> (Vec<&'a 
             {
                 continue;
             }
-            let empty: &[Row] = &[];
-            let o = o.map_or(empty, |s| &s.rows[..]);
-            let n = n.map_or(empty, |s| &s.rows[..]);
+            // Chunks shared by both shards hold the same rows: only the others can differ.
+            let (o, n) = changed_rows(o.map(|s| &**s), n.map(|s| &**s));
             // Both sorted: one merge.
             let (mut i, mut j) = (0, 0);
             while i < o.len() || j < n.len() {
-                match (o.get(i), n.get(j)) {
+                match (o.get(i).copied(), n.get(j).copied()) {
                     (Some(a), Some(b)) if a == b => {
                         i += 1;
                         j += 1;
@@ -416,6 +415,28 @@ pub fn difference<'a>(old: &'a ViewSnapshot, new: &'a ViewSnapshot) -> (Vec<&'a 
     (removed, added)
 }
 
+/// The rows of `old` and of `new` outside the chunks both share, each sorted.
+fn changed_rows<'a>(
+    old: Option<&'a crate::snapshot::UserShard>,
+    new: Option<&'a crate::snapshot::UserShard>,
+) -> (Vec<&'a Row>, Vec<&'a Row>) {
+    let ptrs = |s: Option<&'a crate::snapshot::UserShard>| -> std::collections::HashSet<*const crate::snapshot::Chunk> {
+        s.map(|s| s.chunks().iter().map(Arc::as_ptr).collect()).unwrap_or_default()
+    };
+    let (in_old, in_new) = (ptrs(old), ptrs(new));
+    let rows = |s: Option<&'a crate::snapshot::UserShard>,
+                other: &std::collections::HashSet<*const crate::snapshot::Chunk>| {
+        let mut out: Vec<&'a Row> = s
+            .map(|s| {
+                s.chunks().iter().filter(|c| !other.contains(&Arc::as_ptr(c))).flat_map(|c| c.rows.iter()).collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    };
+    (rows(old, &in_new), rows(new, &in_old))
+}
+
 /// Replaces the table's contents with the snapshot: `TRUNCATE`, then binary `COPY`.
 async fn full_load(txn: &tokio_postgres::Transaction<'_>, def: &ViewDef, snap: &ViewSnapshot) -> Result<(), SinkError> {
     let table = quote(def.name);
@@ -427,7 +448,7 @@ async fn full_load(txn: &tokio_postgres::Transaction<'_>, def: &ViewDef, snap: &
     pin_mut!(writer);
     for bucket in &snap.buckets {
         for shard in bucket.users.values() {
-            for row in &shard.rows {
+            for row in shard.rows() {
                 let cells: Vec<Cell<'_>> = def.columns.iter().zip(row.iter()).map(|(c, d)| Cell(d, c.ty)).collect();
                 let params: Vec<&(dyn ToSql + Sync)> = cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
                 writer.as_mut().write(&params).await?;

@@ -1,8 +1,10 @@
 //! The snapshot store. Per view it accumulates updates per user and, each time the view's frontier
 //! advances, publishes a new immutable [`ViewSnapshot`]: 256 buckets of per-user shards, each shard
-//! its rows sorted by key and one Arrow `RecordBatch`. Publishing rebuilds only the touched users'
-//! shards and copies only their buckets' maps of `Arc`s, so its cost follows the change, not the
-//! view. Readers clone an `Arc` and never block the writer.
+//! a sorted run of chunks of at most [`CHUNK_ROWS`] × 2 rows, each chunk its rows sorted by key and
+//! one Arrow `RecordBatch`. Publishing rebuilds only the chunks whose key range holds a changed
+//! row, and copies only the touched buckets' maps of `Arc`s, so its cost follows the change, not
+//! the view nor the user's history (issue 14 §1; `benches/publish.rs`). Readers clone an `Arc` and
+//! never block the writer.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -18,12 +20,56 @@ use vitalflow_schemas::{Datum, Epoch, Row, ViewDef};
 
 const BUCKETS: usize = 256;
 
-/// One user's rows of a view.
+/// Rows per chunk a shard is built with; a chunk that grows past twice this is split.
+pub const CHUNK_ROWS: usize = 256;
+
+/// A run of one user's rows, sorted by key, with its Arrow batch.
 #[derive(Debug)]
-pub struct UserShard {
-    /// Sorted by key.
+pub struct Chunk {
     pub rows: Vec<Row>,
     pub batch: RecordBatch,
+}
+
+/// One user's rows of a view: chunks in key order. Chunk `i` holds the rows with keys in
+/// `[lower[i], lower[i + 1])`; the first chunk's range starts at the smallest key.
+#[derive(Debug, Default)]
+pub struct UserShard {
+    lower: Vec<Row>,
+    chunks: Vec<Arc<Chunk>>,
+    len: usize,
+}
+
+impl UserShard {
+    /// Every row, sorted by key.
+    pub fn rows(&self) -> impl Iterator<Item = &Row> {
+        self.chunks.iter().flat_map(|c| c.rows.iter())
+    }
+
+    /// The chunks' record batches, in key order.
+    pub fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
+        self.chunks.iter().map(|c| &c.batch)
+    }
+
+    /// The chunks, in key order (shared between snapshots while unchanged).
+    pub fn chunks(&self) -> &[Arc<Chunk>] {
+        &self.chunks
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the shard has no row.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Index of the chunk whose range holds `row`.
+    fn chunk_of(&self, row: &Row) -> usize {
+        // lower[0] is never compared: the first chunk starts at the smallest key.
+        self.lower[1..].partition_point(|l| l <= row)
+    }
 }
 
 /// Users whose id hashes to the same bucket.
@@ -57,9 +103,9 @@ impl ViewSnapshot {
         self.buckets[bucket_of(user)].users.get(user)
     }
 
-    /// Every shard's record batch (cheap clones of `Arc`ed arrays).
+    /// Every chunk's record batch (cheap clones of `Arc`ed arrays).
     pub fn batches(&self) -> Vec<RecordBatch> {
-        self.buckets.iter().flat_map(|b| b.users.values().map(|s| s.batch.clone())).collect()
+        self.buckets.iter().flat_map(|b| b.users.values().flat_map(|s| s.batches().cloned())).collect()
     }
 }
 
@@ -144,11 +190,13 @@ impl SnapshotStore {
     }
 
     /// Applies the consolidated updates of every epoch below `frontier` and publishes a snapshot
-    /// with `asOfEpoch = frontier − 1`.
+    /// with `asOfEpoch = frontier − 1`. Cost: the changed rows (log n each) plus the chunks they
+    /// fall in, however many rows the view or the user holds.
     pub fn apply(&self, view: usize, frontier: Epoch, updates: Vec<(Row, i64)>) {
         let Some(vs) = self.views.get(view) else { return };
         let mut state = vs.state.lock();
-        let mut touched = BTreeSet::new();
+        // The changed rows per touched user.
+        let mut touched: BTreeMap<String, BTreeSet<Row>> = BTreeMap::new();
         for (row, diff) in updates {
             let Some(user) = row.first().and_then(Datum::as_str).map(str::to_owned) else {
                 tracing::error!(view = vs.def.name, "view row without a user_id; ignored");
@@ -163,34 +211,36 @@ impl SnapshotStore {
                     }
                 }
                 None => {
-                    rows.insert(row, diff);
+                    rows.insert(row.clone(), diff);
                 }
             }
-            touched.insert(user);
+            touched.entry(user).or_default().insert(row);
         }
         let prev = vs.current.read().clone();
         let mut buckets = prev.buckets.clone();
         let mut row_count = prev.row_count as i64;
-        for user in touched {
+        for (user, changed) in touched {
             let b = bucket_of(&user);
             let bucket = Arc::make_mut(&mut buckets[b]);
-            if let Some(old) = bucket.users.remove(&user) {
-                row_count -= old.rows.len() as i64;
-            }
-            let rows: Vec<Row> = match state.get(&user) {
-                Some(map) => map.iter().filter(|(_, c)| **c > 0).map(|(r, _)| r.clone()).collect(),
-                None => Vec::new(),
-            };
-            if rows.is_empty() {
+            let old = bucket.users.remove(&user);
+            let Some(rows) = state.get(&user).filter(|m| !m.is_empty()) else {
                 state.remove(&user);
+                row_count -= old.map_or(0, |o| o.len() as i64);
                 continue;
-            }
-            match vs.def.to_record_batch(&rows) {
-                Ok(batch) => {
-                    row_count += rows.len() as i64;
-                    bucket.users.insert(user, Arc::new(UserShard { rows, batch }));
+            };
+            match rebuild(&vs.def, old.as_deref(), rows, &changed) {
+                Ok(shard) => {
+                    row_count += shard.len() as i64 - old.map_or(0, |o| o.len() as i64);
+                    if !shard.is_empty() {
+                        bucket.users.insert(user, Arc::new(shard));
+                    }
                 }
-                Err(e) => tracing::error!(view = vs.def.name, error = %e, "cannot build a shard"),
+                Err(e) => {
+                    tracing::error!(view = vs.def.name, error = %e, "cannot build a shard");
+                    if let Some(o) = old {
+                        bucket.users.insert(user, o);
+                    }
+                }
             }
         }
         let as_of = if frontier == Epoch::MAX { prev.as_of } else { frontier.saturating_sub(1).max(prev.as_of) };
@@ -200,6 +250,73 @@ impl SnapshotStore {
         drop(state);
         vs.as_of.send_replace(as_of);
     }
+}
+
+type ArrowResult<T> = Result<T, datafusion::arrow::error::ArrowError>;
+
+/// Appends `run` (sorted, non-empty or skipped) as one chunk starting the range at `lower`.
+fn push(def: &ViewDef, shard: &mut UserShard, lower: Row, run: Vec<Row>) -> ArrowResult<()> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let batch = def.to_record_batch(&run)?;
+    shard.len += run.len();
+    shard.lower.push(lower);
+    shard.chunks.push(Arc::new(Chunk { rows: run, batch }));
+    Ok(())
+}
+
+/// Appends `run` as chunks of [`CHUNK_ROWS`] when it is longer than twice that (the first piece
+/// keeps `lower`, the others start at their first row), else as one chunk.
+fn push_split(def: &ViewDef, shard: &mut UserShard, lower: Row, run: Vec<Row>) -> ArrowResult<()> {
+    if run.len() <= 2 * CHUNK_ROWS {
+        return push(def, shard, lower, run);
+    }
+    let mut lower = Some(lower);
+    for piece in run.chunks(CHUNK_ROWS) {
+        let lo = lower.take().unwrap_or_else(|| piece[0].clone());
+        push(def, shard, lo, piece.to_vec())?;
+    }
+    Ok(())
+}
+
+/// The user's new shard: `old`'s chunks whose range holds no `changed` row are kept (shared);
+/// the others are rebuilt from `rows` (the user's current multiplicities), split when they grow
+/// past 2 × [`CHUNK_ROWS`], dropped when empty.
+fn rebuild(
+    def: &ViewDef,
+    old: Option<&UserShard>,
+    rows: &BTreeMap<Row, i64>,
+    changed: &BTreeSet<Row>,
+) -> ArrowResult<UserShard> {
+    let live = |r: &(&Row, &i64)| *r.1 > 0;
+    let mut shard = UserShard::default();
+    let Some(old) = old.filter(|o| !o.chunks.is_empty()) else {
+        let run: Vec<Row> = rows.iter().filter(live).map(|(r, _)| r.clone()).collect();
+        let lower = run.first().cloned().unwrap_or_default();
+        push_split(def, &mut shard, lower, run)?;
+        return Ok(shard);
+    };
+    let dirty: BTreeSet<usize> = changed.iter().map(|r| old.chunk_of(r)).collect();
+    for (i, chunk) in old.chunks.iter().enumerate() {
+        let lower = old.lower[i].clone();
+        if !dirty.contains(&i) {
+            shard.len += chunk.rows.len();
+            shard.lower.push(lower);
+            shard.chunks.push(chunk.clone());
+            continue;
+        }
+        let upper = old.lower.get(i + 1);
+        let range = match (i, upper) {
+            (0, None) => rows.range::<Row, _>(..),
+            (0, Some(u)) => rows.range::<Row, _>(..u),
+            (_, None) => rows.range::<Row, _>(&lower..),
+            (_, Some(u)) => rows.range::<Row, _>(&lower..u),
+        };
+        let run: Vec<Row> = range.filter(live).map(|(r, _)| r.clone()).collect();
+        push_split(def, &mut shard, lower, run)?;
+    }
+    Ok(shard)
 }
 
 #[cfg(test)]
@@ -231,9 +348,76 @@ mod tests {
         let s2 = store.snapshot(0);
         assert_eq!((s2.as_of, s2.row_count), (2, 2));
         assert!(Arc::ptr_eq(s1.user("a").unwrap(), s2.user("a").unwrap()), "untouched shard is shared");
-        assert_eq!(s2.user("b").unwrap().rows, vec![row("b", 2)]);
-        assert_eq!(s1.user("b").unwrap().rows.len(), 2, "old snapshot is immutable");
+        assert_eq!(s2.user("b").unwrap().rows().cloned().collect::<Vec<_>>(), vec![row("b", 2)]);
+        assert_eq!(s1.user("b").unwrap().len(), 2, "old snapshot is immutable");
         store.apply(0, 4, vec![(row("b", 2), -1)]);
         assert!(store.snapshot(0).user("b").is_none());
+    }
+
+    /// Random inserts and retractions over users with long histories: every snapshot holds
+    /// exactly the live rows, sorted, in chunks of at most 2 × CHUNK_ROWS; a change leaves the
+    /// chunks away from it shared with the previous snapshot.
+    #[test]
+    fn chunks_follow_the_changes_and_match_a_model() {
+        let store = SnapshotStore::new([DEF]);
+        let mut model: BTreeMap<Row, i64> = BTreeMap::new();
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for epoch in 1..=60_u64 {
+            let mut updates = Vec::new();
+            // Mostly appends at the end of history, some edits and retractions anywhere.
+            for _ in 0..(if epoch < 5 { 900 } else { 40 }) {
+                let user = ["a", "b", "c"][next(3) as usize];
+                let n = if next(4) == 0 { next(4000) as i64 } else { 3000 + (epoch as i64) * 50 + next(50) as i64 };
+                let r = row(user, n);
+                let present = model.get(&r).copied().unwrap_or(0) > 0;
+                let diff = if present && next(2) == 0 {
+                    -1
+                } else if present {
+                    0
+                } else {
+                    1
+                };
+                if diff != 0 {
+                    *model.entry(r.clone()).or_default() += diff;
+                    if model[&r] == 0 {
+                        model.remove(&r);
+                    }
+                    updates.push((r, diff));
+                }
+            }
+            let before = store.snapshot(0);
+            store.apply(0, epoch + 1, updates.clone());
+            let after = store.snapshot(0);
+            assert_eq!(after.row_count, model.len());
+            for user in ["a", "b", "c"] {
+                let want: Vec<Row> = model.keys().filter(|r| r[0] == Datum::Str(user.into())).cloned().collect();
+                let got: Vec<Row> = after.user(user).map(|s| s.rows().cloned().collect()).unwrap_or_default();
+                assert_eq!(got, want, "epoch {epoch}, user {user}");
+                let Some(shard) = after.user(user) else { continue };
+                let batch_rows: usize = shard.batches().map(RecordBatch::num_rows).sum();
+                assert_eq!(batch_rows, want.len());
+                assert!(shard.chunks().iter().all(|c| !c.rows.is_empty() && c.rows.len() <= 2 * CHUNK_ROWS));
+                // Chunks holding no changed row are the previous snapshot's, shared.
+                if let Some(prev) = before.user(user) {
+                    let changed: BTreeSet<&Row> =
+                        updates.iter().map(|(r, _)| r).filter(|r| r[0] == Datum::Str(user.into())).collect();
+                    let shared =
+                        shard.chunks().iter().filter(|c| prev.chunks().iter().any(|p| Arc::ptr_eq(p, c))).count();
+                    if epoch > 5 && changed.len() <= 2 && shard.chunks().len() > 4 {
+                        assert!(
+                            shared + changed.len() * 2 >= shard.chunks().len(),
+                            "epoch {epoch}: {shared} of {} chunks shared",
+                            shard.chunks().len()
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -365,7 +365,7 @@ fn visible_batches(
     match def.column_index(USER_COLUMN) {
         None => Ok(snap.batches()),
         // The first column shards the snapshot: the user's shard holds exactly their rows.
-        Some(0) => Ok(snap.user(user).map(|shard| vec![shard.batch.clone()]).unwrap_or_default()),
+        Some(0) => Ok(snap.user(user).map(|shard| shard.batches().cloned().collect()).unwrap_or_default()),
         Some(col) => {
             let wanted = StringArray::new_scalar(user.as_str());
             snap.batches()

@@ -27,6 +27,7 @@
 mod deadline;
 mod guard;
 mod shape;
+mod table;
 
 use std::io;
 use std::sync::Arc;
@@ -40,7 +41,6 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
 use datafusion::common::config::ConfigNonZeroUsize;
 use datafusion::common::runtime::SpawnedTask;
-use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
@@ -342,11 +342,13 @@ fn register_views(
         let def = store.def(view);
         let snap = store.snapshot(view);
         as_of = as_of.min(snap.as_of);
-        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
-        for (i, b) in visible_batches(def, &snap, visibility)?.into_iter().enumerate() {
-            parts[i % partitions].push(b);
-        }
-        let table = MemTable::try_new(def.arrow_schema(), parts).map_err(classify)?;
+        let table = table::ViewTable {
+            def: *def,
+            schema: def.arrow_schema(),
+            snap,
+            visibility: visibility.clone(),
+            partitions,
+        };
         ctx.register_table(def.name, Arc::new(table)).map_err(classify)?;
     }
     Ok(as_of)

@@ -312,3 +312,30 @@ async fn aggregates_and_quadratic_functions_that_would_run_away_are_refused() {
     let (status, body) = query(&app, "SELECT levenshtein('kitten', 'sitting') AS d").await;
     assert_eq!((status, &body["rows"][0]["d"]), (StatusCode::OK, &json!(3)), "{body}");
 }
+
+/// Issue 14 §2: `user_id = …` and `user_id IN (…)` read only those users' shards (the scan's
+/// output rows show it), and the results stay exact whatever the filter.
+#[tokio::test]
+async fn user_filters_read_only_the_users_shards() {
+    let app = router(ServeConfig::default());
+    let scanned = |rows: &[Value]| -> String { rows.iter().map(|r| r.to_string()).collect::<String>() };
+    let rows = rows_as(&app, "EXPLAIN ANALYZE SELECT day FROM steps WHERE user_id = 'u2'", None).await;
+    let text = scanned(&rows);
+    assert!(text.contains("DataSourceExec") && text.contains("output_rows=2"), "{text}");
+    assert!(!text.contains("output_rows=5"), "the whole view was scanned: {text}");
+
+    let n = |sql: &'static str, caller: Option<Caller>| {
+        let app = app.clone();
+        async move { rows_as(&app, sql, caller).await[0]["n"].clone() }
+    };
+    assert_eq!(n("SELECT count(*) AS n FROM steps WHERE user_id = 'u2'", None).await, json!(2));
+    assert_eq!(n("SELECT count(*) AS n FROM steps WHERE 'u1' = user_id", None).await, json!(3));
+    assert_eq!(n("SELECT count(*) AS n FROM steps WHERE user_id IN ('u1', 'u2')", None).await, json!(5));
+    assert_eq!(n("SELECT count(*) AS n FROM steps WHERE user_id = 'u1' OR steps > 0", None).await, json!(5));
+    assert_eq!(n("SELECT count(*) AS n FROM steps WHERE user_id = 'u1' AND user_id = 'u2'", None).await, json!(0));
+    assert_eq!(n("SELECT count(*) AS n FROM steps WHERE user_id = 'nobody'", None).await, json!(0));
+    // Under health:read the caller's own rows only, whatever the query names.
+    let u1 = || Some(Caller::from_claims("u1", "health:read"));
+    assert_eq!(n("SELECT count(*) AS n FROM steps WHERE user_id = 'u2'", u1()).await, json!(0));
+    assert_eq!(n("SELECT count(*) AS n FROM steps WHERE user_id IN ('u1', 'u2')", u1()).await, json!(3));
+}

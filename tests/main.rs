@@ -9,6 +9,7 @@ mod domain;
 mod erasure;
 mod field;
 mod fitbit;
+mod freshness;
 mod hostile;
 mod restart;
 mod robustness;

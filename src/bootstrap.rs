@@ -329,6 +329,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     let limits = crate::server::ConnLimits {
         max_connections: config.server.max_connections,
         header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
+        write_timeout: Duration::from_millis(config.server.request_timeout_ms),
         drain_timeout: Duration::from_secs(30),
     };
     crate::server::serve(listener, app, tls, limits, shutdown_signal()).await;

@@ -1,20 +1,25 @@
 //! The HTTP server loop: hyper (through `hyper-util`) with the limits `axum::serve` does not
-//! offer — a cap on open connections, a header read timeout (a client that trickles its headers
-//! cannot hold a connection), HTTP/1 and HTTP/2 — and graceful shutdown that drains in-flight
-//! requests. Request and body timeouts and the in-flight cap are tower layers on the router
-//! (see `bootstrap`). With `[tls]` each connection first completes a rustls handshake, bounded by
-//! the same header read timeout, on its own task (a slow handshake never holds the accept loop).
+//! offer — a cap on open connections, a deadline for a connection's first request (a client that
+//! connects and sends nothing, a partial HTTP/2 preface, or a TLS session with no request cannot
+//! hold a slot), a header read timeout, a write timeout (a client that never reads its response
+//! cannot pin it in memory), HTTP/1 and HTTP/2 — and graceful shutdown that drains in-flight
+//! requests. Request and body timeouts and the in-flight cap are tower layers on the router (see
+//! `bootstrap`). With `[tls]` each connection first completes a rustls handshake, bounded by the
+//! same header read timeout, on its own task (a slow handshake never holds the accept loop).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_io_timeout::TimeoutStream;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
@@ -23,8 +28,11 @@ use tower::ServiceExt;
 pub struct ConnLimits {
     /// Open connections at most; further connections wait in the kernel's accept backlog.
     pub max_connections: usize,
-    /// Time a client has to send a request's headers.
+    /// Time a client has to complete the TLS handshake, and then to send its first request's
+    /// headers (and every later request's, on HTTP/1).
     pub header_read_timeout: Duration,
+    /// Longest a write to the client may wait (a client that stops reading its response).
+    pub write_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
 }
@@ -67,49 +75,27 @@ pub async fn serve(
         metrics::gauge!("vitalflow_http_connections")
             .set((limits.max_connections - permits.available_permits()) as f64);
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            app.clone().oneshot(req.map(axum::body::Body::new))
-        });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let mut io = TimeoutStream::new(stream);
+        io.set_write_timeout(Some(limits.write_timeout));
+        let io = Box::pin(io);
+        let conn = Conn { app: app.clone(), builder: builder.clone(), watcher: graceful.watcher(), permit };
+        let timeout = limits.header_read_timeout;
         match tls.clone() {
             None => {
-                let first_byte_timeout = limits.header_read_timeout;
-                tokio::spawn(async move {
-                    // hyper reads the protocol preface without a timer: a client that connects and
-                    // sends nothing would hold its connection slot forever.
-                    let mut probe = [0_u8; 1];
-                    match tokio::time::timeout(first_byte_timeout, stream.peek(&mut probe)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => {
-                            metrics::counter!("vitalflow_http_idle_connections_closed_total").increment(1);
-                            return;
-                        }
-                    }
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
-                    drop(permit);
-                });
+                tokio::spawn(conn.serve(io, timeout));
             }
             Some(acceptor) => {
-                let handshake_timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
+                    match tokio::time::timeout(timeout, acceptor.accept(io)).await {
+                        Ok(Ok(io)) => conn.serve(io, timeout).await,
                         Ok(Err(e)) => {
                             metrics::counter!("vitalflow_http_tls_handshake_failures_total").increment(1);
                             tracing::debug!(error = %e, "TLS handshake failed");
-                            return;
                         }
                         Err(_) => {
                             metrics::counter!("vitalflow_http_tls_handshake_failures_total").increment(1);
-                            return;
                         }
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
-                    drop(permit);
+                    }
                 });
             }
         }
@@ -119,5 +105,45 @@ pub async fn serve(
         () = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!("connections still open after the drain timeout; closing them");
         }
+    }
+}
+
+/// One accepted connection, holding its slot until it ends.
+struct Conn {
+    app: Router,
+    builder: Builder<TokioExecutor>,
+    watcher: Watcher,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Conn {
+    /// Serves HTTP/1 or HTTP/2 on `io`; closes it if no request has arrived within
+    /// `first_request` (hyper reads the HTTP/2 preface without a timer, so an idle or stalled
+    /// client would otherwise hold the slot forever).
+    async fn serve<I>(self, io: I, first_request: Duration)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn { app, builder, watcher, permit } = self;
+        let started = Arc::new(AtomicBool::new(false));
+        let seen = started.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            seen.store(true, Ordering::Relaxed);
+            app.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let conn = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned());
+        let deadline = async {
+            tokio::time::sleep(first_request).await;
+            if started.load(Ordering::Relaxed) {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = conn => {}
+            () = deadline => {
+                metrics::counter!("vitalflow_http_idle_connections_closed_total").increment(1);
+            }
+        }
+        drop(permit);
     }
 }

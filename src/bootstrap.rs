@@ -312,7 +312,10 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     let app = app
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .layer(axum::middleware::from_fn_with_state(auth, crate::auth::authenticate))
-        .layer(axum::middleware::from_fn_with_state(Arc::new(RequestLimits::new(&config.server)), limit_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(RequestLimits::new(&config.server, config.max_body_bytes)),
+            limit_requests,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             metrics::counter!("vitalflow_panics_caught_total", "component" => "http").increment(1);
             json_error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error")
@@ -496,13 +499,38 @@ async fn inject_fault(
 struct RequestLimits {
     in_flight: Arc<tokio::sync::Semaphore>,
     timeout: Duration,
+    /// Bytes of request bodies being received or parsed at once (`server.max_buffered_body_bytes`).
+    bodies: Arc<tokio::sync::Semaphore>,
+    /// A body without `Content-Length` is charged this much (`max_body_bytes`).
+    unknown_body: u32,
 }
 
 impl RequestLimits {
-    fn new(c: &crate::config::ServerLimits) -> Self {
+    fn new(c: &crate::config::ServerLimits, max_body_bytes: usize) -> Self {
+        let budget = c.max_buffered_body_bytes.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         RequestLimits {
             in_flight: Arc::new(tokio::sync::Semaphore::new(c.max_in_flight.max(1))),
             timeout: Duration::from_millis(c.request_timeout_ms),
+            bodies: Arc::new(tokio::sync::Semaphore::new(budget)),
+            unknown_body: u32::try_from(max_body_bytes.min(budget)).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The body budget for `req`: its declared length (capped at the budget), or the largest
+    /// body when it declares none; `None` for requests without a body.
+    fn body_charge(&self, req: &axum::extract::Request) -> Option<u32> {
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        match declared {
+            Some(0) => None,
+            Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX).min(self.unknown_body.max(1))),
+            None if matches!(*req.method(), axum::http::Method::POST | axum::http::Method::PUT) => {
+                Some(self.unknown_body.max(1))
+            }
+            None => None,
         }
     }
 }
@@ -566,6 +594,16 @@ async fn limit_requests(
     // that sees 503 would restart a healthy process): outside the in-flight cap.
     let exempt = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
     let permit = if exempt { Ok(None) } else { limits.in_flight.clone().try_acquire_owned().map(Some) };
+    // Bodies being received count against one budget: 512 slow uploads of 8 MiB must not hold
+    // 4 GiB (each route's body limit still applies on its own).
+    let body = match limits.body_charge(&req) {
+        None => Ok(None),
+        Some(n) => limits.bodies.clone().try_acquire_many_owned(n).map(Some),
+    };
+    let permit = match (permit, body) {
+        (Ok(p), Ok(b)) => Ok((p, b)),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
     let response = match permit {
         Err(_) => {
             let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", "too many requests in flight");

@@ -448,6 +448,9 @@ pub struct ServerLimits {
     pub fatal_exit_grace_ms: u64,
     /// Days request records (idempotency) and tombstones are kept (`VITALFLOW_RETENTION_DAYS`).
     pub retention_days: u64,
+    /// Bytes of request bodies received at once, over all requests (256 MiB); beyond: 503
+    /// `OVERLOADED`. A body without `Content-Length` counts as `max_body_bytes`.
+    pub max_buffered_body_bytes: usize,
 }
 
 impl Default for ServerLimits {
@@ -463,6 +466,7 @@ impl Default for ServerLimits {
             user_burst: 100,
             fatal_exit_grace_ms: 5_000,
             retention_days: 30,
+            max_buffered_body_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -489,6 +493,7 @@ impl ServerLimits {
         num(env, "VITALFLOW_USER_BURST", &mut self.user_burst)?;
         num(env, "VITALFLOW_FATAL_EXIT_GRACE_MS", &mut self.fatal_exit_grace_ms)?;
         num(env, "VITALFLOW_RETENTION_DAYS", &mut self.retention_days)?;
+        num(env, "VITALFLOW_MAX_BUFFERED_BODY_BYTES", &mut self.max_buffered_body_bytes)?;
         Ok(())
     }
 }

@@ -164,6 +164,13 @@ async fn idle_connections_saturation_and_framework_refusals() {
     let mut buf = [0_u8; 16];
     let read = tokio::time::timeout(std::time::Duration::from_secs(60), idle.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "an idle connection stayed open: {read:?}");
+    // Sends the first bytes of an HTTP/2 preface and stops: closed too (hyper reads the preface
+    // without a timer of its own).
+    use tokio::io::AsyncWriteExt;
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    stalled.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+    let read = tokio::time::timeout(std::time::Duration::from_secs(60), stalled.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a stalled HTTP/2 preface stayed open: {read:?}");
 
     // A read waits for an epoch that will not come, taking the one in-flight slot; a write then
     // finds no slot. (Launched again if the write took the slot first.)
@@ -231,4 +238,51 @@ async fn idle_connections_saturation_and_framework_refusals() {
         )
         .await;
     assert_eq!(status, 200, "{resp}");
+}
+
+/// Issue 10 §2: bodies being received count against one budget for all requests together: while
+/// one slow upload holds most of it, another large body is refused; once it is gone, bodies pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_share_one_budget() {
+    use tokio::io::AsyncWriteExt;
+    let dir = temp_dir();
+    let server = Server::start_with(dir.path(), &[("VITALFLOW_MAX_BUFFERED_BODY_BYTES", "8192")]);
+    server.ready().await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    // A slow client: declares 6,000 bytes and sends a few.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(
+        format!(
+            "POST {UPSERT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 6000\r\n\r\n{{"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let samples: Vec<Value> = (0..25)
+        .map(|i| steps(&format!("b{i}"), "watch", "2024-06-01T10:00:00Z", "2024-06-01T10:30:00Z", 1.0))
+        .collect();
+    let body = batch("budget-1", "u1", samples);
+    assert!(body.to_string().len() > 2200, "{}", body.to_string().len());
+    let start = std::time::Instant::now();
+    loop {
+        let (status, resp) = server.post(UPSERT, &body).await;
+        if status == 503 {
+            assert_eq!(resp["code"], json!("OVERLOADED"), "{resp}");
+            break;
+        }
+        // The slow request may not have reached the server yet.
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "never refused: {status} {resp}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(slow);
+    let start = std::time::Instant::now();
+    loop {
+        let (status, resp) = server.post(UPSERT, &batch("budget-2", "u1", vec![])).await;
+        if status == 200 {
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "the budget was not given back: {status} {resp}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+
 use crate::common::{Server, UPSERT, batch, start_expecting_failure, steps, temp_dir};
 
 fn fixture(name: &str) -> String {
@@ -77,4 +79,42 @@ fn half_a_tls_configuration_stops_startup() {
     );
     assert!(!status.expect("vitalflow exited").success(), "{stderr}");
     assert!(stderr.contains("tls.cert_file"), "{stderr}");
+}
+
+/// A client that completes the TLS handshake and then sends nothing is closed after the header
+/// read timeout: it cannot hold a connection slot.
+#[tokio::test]
+async fn an_idle_tls_session_is_closed() {
+    use tokio::io::AsyncReadExt;
+    use tokio_rustls::rustls;
+    let dir = temp_dir();
+    let (cert, key) = (fixture("cert.pem"), fixture("key.pem"));
+    let server = Server::start_with(
+        dir.path(),
+        &[
+            ("VITALFLOW_TLS_CERT_FILE", cert.as_str()),
+            ("VITALFLOW_TLS_KEY_FILE", key.as_str()),
+            ("VITALFLOW_HEADER_READ_TIMEOUT_MS", "500"),
+        ],
+    );
+    server.ready().await;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&cert).expect("cert");
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.expect("a certificate")).expect("root");
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let addr = server.base.trim_start_matches("https://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    let mut buf = [0_u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(60), tls.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "an idle TLS session stayed open: {read:?}");
 }

@@ -23,6 +23,9 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::StreamExt;
 
+/// Most rows one partition's stream may pass through one node (2^27, about 134 million).
+const MAX_ROWS_PER_STREAM: usize = 1 << 27;
+
 /// The message of the error a pull past the deadline fails with (the caller answers 408).
 pub(crate) const DEADLINE_PASSED: &str = "vitalflow: the query passed its deadline";
 
@@ -100,11 +103,20 @@ impl ExecutionPlan for DeadlineExec {
         let inner = self.input.execute(partition, ctx)?;
         let schema = inner.schema();
         let (deadline, max_bytes) = (self.deadline, self.max_batch_bytes);
+        let mut rows: usize = 0;
         let stream = inner.map(move |batch| {
             if Instant::now() >= deadline {
                 return Err(DataFusionError::Execution(DEADLINE_PASSED.into()));
             }
             let batch = batch?;
+            // Rows without columns (`count(*)` over a cross join) weigh nothing per batch, yet an
+            // operator that buffers them (a join's build side) grows by millions of batches.
+            rows = rows.saturating_add(batch.num_rows());
+            if rows > MAX_ROWS_PER_STREAM {
+                return Err(DataFusionError::ResourcesExhausted(format!(
+                    "more than {MAX_ROWS_PER_STREAM} rows crossed one operator"
+                )));
+            }
             let bytes: usize = batch.columns().iter().map(|c| super::guard::array_bytes(c.as_ref())).sum();
             if bytes > max_bytes {
                 return Err(DataFusionError::ResourcesExhausted(format!(

@@ -212,6 +212,11 @@ pub(crate) struct GuardRule {
 
 impl AnalyzerRule for GuardRule {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        plan.apply_with_subqueries(|p| {
+            check_before_folding(p)?;
+            check_aggregate_sizes(p)?;
+            Ok(TreeNodeRecursion::Continue)
+        })?;
         Ok(plan.transform_up_with_subqueries(|p| guard_plan(p, self.limits, true))?.data)
     }
     fn name(&self) -> &str {
@@ -278,15 +283,19 @@ const MAX_CENTROIDS: i128 = 10_000;
 fn check_aggregate_sizes(plan: &LogicalPlan) -> Result<()> {
     plan.apply_expressions(|e| {
         e.apply(|e| {
-            if let Expr::AggregateFunction(f) = e
-                && f.func.name().starts_with("approx_percentile_cont")
-            {
-                for arg in &f.params.args {
+            // As an aggregate or as a window (`… OVER ()`): the same accumulator.
+            let (name, args) = match e {
+                Expr::AggregateFunction(f) => (f.func.name(), &f.params.args),
+                Expr::WindowFunction(w) => (w.fun.name(), &w.params.args),
+                _ => return Ok(TreeNodeRecursion::Continue),
+            };
+            if name.starts_with("approx_percentile_cont") {
+                for arg in args {
                     if let Expr::Literal(v, _) = arg
                         && let Some(n) = integer(v)
-                        && !(0..=MAX_CENTROIDS).contains(&n)
+                        && !(1..=MAX_CENTROIDS).contains(&n)
                     {
-                        return Err(refuse(format!("{} with {n} centroids; at most {MAX_CENTROIDS}", f.func.name())));
+                        return Err(refuse(format!("{name} with {n} centroids; 1 to {MAX_CENTROIDS} are allowed")));
                     }
                 }
             }
@@ -294,6 +303,73 @@ fn check_aggregate_sizes(plan: &LogicalPlan) -> Result<()> {
         })
     })?;
     Ok(())
+}
+
+/// Largest size an `arrow_cast` target type may name (a `FixedSizeList(2147483647, …)` of a null
+/// allocates its whole size while the optimizer folds constants, before any other check).
+const MAX_CAST_SIZE: u64 = 65_536;
+
+/// Refuses, before the optimizer folds constants, what cannot be bounded later: `arrow_cast` to
+/// types of huge fixed sizes, and regular expressions whose pattern is not a constant (each row's
+/// pattern is compiled, outside the memory pool: `'\w{200}' || v` took gigabytes).
+fn check_before_folding(plan: &LogicalPlan) -> Result<()> {
+    plan.apply_expressions(|e| {
+        e.apply(|e| {
+            match e {
+                Expr::ScalarFunction(f) if f.func.name() == "arrow_cast" => {
+                    if let Some(Expr::Literal(ScalarValue::Utf8(Some(t)) | ScalarValue::Utf8View(Some(t)), _)) =
+                        f.args.get(1)
+                    {
+                        let largest = t
+                            .split(|c: char| !c.is_ascii_digit())
+                            .filter_map(|n| n.parse::<u64>().ok().or(if n.is_empty() { None } else { Some(u64::MAX) }))
+                            .max()
+                            .unwrap_or(0);
+                        if t.contains("FixedSize") && largest > MAX_CAST_SIZE {
+                            return Err(refuse(format!(
+                                "arrow_cast to a fixed size above {MAX_CAST_SIZE} is not allowed"
+                            )));
+                        }
+                    }
+                }
+                Expr::ScalarFunction(f) if f.func.name().starts_with("regexp_") => {
+                    if f.args.get(1).is_some_and(|p| !is_constant(p)) {
+                        return Err(refuse(format!("{}: the pattern must be a constant", f.func.name())));
+                    }
+                }
+                Expr::BinaryExpr(b)
+                    if matches!(
+                        b.op,
+                        Operator::RegexMatch
+                            | Operator::RegexIMatch
+                            | Operator::RegexNotMatch
+                            | Operator::RegexNotIMatch
+                    ) && !is_constant(&b.right) =>
+                {
+                    return Err(refuse("a regular expression's pattern must be a constant".into()));
+                }
+                Expr::SimilarTo(l) if !is_constant(&l.pattern) => {
+                    return Err(refuse("SIMILAR TO needs a constant pattern".into()));
+                }
+                _ => {}
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+    })?;
+    Ok(())
+}
+
+/// Whether `e` refers to no column (a literal, or an expression of literals).
+fn is_constant(e: &Expr) -> bool {
+    let mut constant = true;
+    let _ = e.apply(|x| {
+        if matches!(x, Expr::Column(_) | Expr::OuterReferenceColumn(..) | Expr::ScalarSubquery(_)) {
+            constant = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    constant
 }
 
 /// An integer literal's value.
@@ -317,6 +393,23 @@ fn precheck(name: &str, args: &ScalarFunctionArgs, limits: &ValueLimits) -> Resu
     let rows = if all_scalar { 1 } else { args.number_rows };
     if name == "levenshtein" {
         check_quadratic(name, &args.args, rows)?;
+    }
+    if name == "array_position" {
+        // A start index near i64::MIN overflowed inside the function (a panic).
+        if let Some(ColumnarValue::Scalar(v)) = args.args.get(2)
+            && integer(v).is_some_and(|n| n.unsigned_abs() > u128::from(u32::MAX))
+        {
+            return Err(refuse(format!("{name}: the start index is out of range")));
+        }
+        if let Some(ColumnarValue::Array(a)) = args.args.get(2)
+            && let Ok(a) = cast(a, &DataType::Int64)
+            && a.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .iter()
+                .flatten()
+                .any(|n| n.unsigned_abs() > u64::from(u32::MAX))
+        {
+            return Err(refuse(format!("{name}: the start index is out of range")));
+        }
     }
     if is_var_width(args.return_field.data_type()) {
         // The output of most value-building functions is bounded by their arguments; the sum

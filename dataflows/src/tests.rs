@@ -1377,3 +1377,52 @@ fn views_can_be_selected_by_name() {
     let err = crate::select(Some(&["daily_rollup".into()])).err().unwrap_or_default();
     assert!(err.contains("unknown view 'daily_rollup'") && err.contains("daily_rollups"));
 }
+
+/// The sort-and-sweep contamination flags equal the definition checked pair by pair: `o` touches
+/// `[s − B, s)` as an interval `[start, end)`, or as the point `start` when open or empty.
+#[test]
+fn contamination_flags_equal_the_pairwise_definition() {
+    use crate::session_impacts::{BEFORE_MS, contamination_flags};
+    let touches = |o: &vitalflow_schemas::domain::Session, a: i64, b: i64| match o.end_ms {
+        Some(e) if e > o.start_ms => o.start_ms < b && e > a,
+        _ => a <= o.start_ms && o.start_ms < b,
+    };
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let base = ms("2024-06-01T06:00:00Z");
+    for _ in 0..300 {
+        let n = 1 + next(12) as usize;
+        let sessions: Vec<vitalflow_schemas::domain::Session> = (0..n)
+            .map(|i| {
+                // Starts on a coarse grid (ties happen), ends open, empty or within a few hours.
+                let start = base + (next(16) as i64) * 20 * 60_000;
+                let mut s = session("u1", &format!("s{i}"), "p", start, "UTC");
+                s.end_ms = match next(4) {
+                    0 => None,
+                    1 => Some(start),
+                    _ => Some(start + (1 + next(200) as i64) * 60_000),
+                };
+                s
+            })
+            .collect();
+        let mut got = contamination_flags(sessions.iter().collect());
+        got.sort();
+        let mut want: Vec<(String, bool)> = sessions
+            .iter()
+            .filter(|s| s.end_ms.is_some())
+            .map(|s| {
+                let dirty = sessions
+                    .iter()
+                    .any(|o| o.session_id != s.session_id && touches(o, s.start_ms - BEFORE_MS, s.start_ms));
+                (s.session_id.clone(), dirty)
+            })
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "{sessions:?}");
+    }
+}

@@ -8,8 +8,8 @@
 //! same header read timeout, on its own task (a slow handshake never holds the accept loop).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper::body::Incoming;
@@ -31,7 +31,8 @@ pub struct ConnLimits {
     /// Time a client has to complete the TLS handshake, and then to send its first request's
     /// headers (and every later request's, on HTTP/1).
     pub header_read_timeout: Duration,
-    /// Longest a write to the client may wait (a client that stops reading its response).
+    /// Longest a write to the client may wait (a client that stops reading its response); also
+    /// how long a connection may sit idle after a request before it is closed.
     pub write_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
@@ -79,15 +80,15 @@ pub async fn serve(
         io.set_write_timeout(Some(limits.write_timeout));
         let io = Box::pin(io);
         let conn = Conn { app: app.clone(), builder: builder.clone(), watcher: graceful.watcher(), permit };
-        let timeout = limits.header_read_timeout;
+        let (timeout, idle) = (limits.header_read_timeout, limits.write_timeout.max(Duration::from_secs(1)));
         match tls.clone() {
             None => {
-                tokio::spawn(conn.serve(io, timeout));
+                tokio::spawn(conn.serve(io, timeout, idle));
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
                     match tokio::time::timeout(timeout, acceptor.accept(io)).await {
-                        Ok(Ok(io)) => conn.serve(io, timeout).await,
+                        Ok(Ok(io)) => conn.serve(io, timeout, idle).await,
                         Ok(Err(e)) => {
                             metrics::counter!("vitalflow_http_tls_handshake_failures_total").increment(1);
                             tracing::debug!(error = %e, "TLS handshake failed");
@@ -117,33 +118,81 @@ struct Conn {
 }
 
 impl Conn {
-    /// Serves HTTP/1 or HTTP/2 on `io`; closes it if no request has arrived within
+    /// Serves HTTP/1 or HTTP/2 on `io`. Closes it if no request has arrived within
     /// `first_request` (hyper reads the HTTP/2 preface without a timer, so an idle or stalled
-    /// client would otherwise hold the slot forever).
-    async fn serve<I>(self, io: I, first_request: Duration)
+    /// client would otherwise hold the slot forever), or once no request has been running for
+    /// `idle` (an HTTP/2 client answers keep-alive pings, so an idle one is never closed by hyper).
+    async fn serve<I>(self, io: I, first_request: Duration, idle: Duration)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Conn { app, builder, watcher, permit } = self;
-        let started = Arc::new(AtomicBool::new(false));
-        let seen = started.clone();
+        let activity = Arc::new(Activity::default());
+        let seen = activity.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            seen.store(true, Ordering::Relaxed);
-            app.clone().oneshot(req.map(axum::body::Body::new))
+            let guard = seen.begin();
+            let fut = app.clone().oneshot(req.map(axum::body::Body::new));
+            async move {
+                let response = fut.await;
+                drop(guard);
+                response
+            }
         });
         let conn = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned());
-        let deadline = async {
+        let watchdog = async {
             tokio::time::sleep(first_request).await;
-            if started.load(Ordering::Relaxed) {
-                std::future::pending::<()>().await;
+            if activity.requests.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            loop {
+                tokio::time::sleep(idle / 4).await;
+                if activity.running.load(Ordering::Relaxed) == 0 && activity.idle_for() >= idle {
+                    return;
+                }
             }
         };
         tokio::select! {
             _ = conn => {}
-            () = deadline => {
+            () = watchdog => {
                 metrics::counter!("vitalflow_http_idle_connections_closed_total").increment(1);
             }
         }
         drop(permit);
+    }
+}
+
+/// What a connection's requests are doing: how many have started, how many run, and when the
+/// last one ended.
+#[derive(Default)]
+struct Activity {
+    requests: AtomicUsize,
+    running: AtomicUsize,
+    /// Milliseconds since `EPOCH` at the end of the last request.
+    last_end_ms: AtomicU64,
+}
+
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> RunningRequest {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.running.fetch_add(1, Ordering::Relaxed);
+        RunningRequest(self.clone())
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = EPOCH.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_end_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Held while a request runs (its handler, not the streaming of its body: `idle` is long enough
+/// for that, and the write timeout bounds a client that stops reading).
+struct RunningRequest(Arc<Activity>);
+
+impl Drop for RunningRequest {
+    fn drop(&mut self) {
+        self.0.last_end_ms.store(EPOCH.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
     }
 }

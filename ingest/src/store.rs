@@ -59,6 +59,66 @@ pub(crate) struct RequestRecord<R = BatchUpsertResponse> {
     pub response: R,
 }
 
+/// Gives every retention index row written before stamps existed a stamp (its newest time) and
+/// drops the older rows of the same key, once: afterwards erasure finds every row naming a user,
+/// and pruning never cuts a record short at a stale row. Runs only while the stamp tables are
+/// empty and the time tables are not (a store from before this version).
+fn stamp_legacy_retention_rows(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    use redb::ReadableTableMetadata;
+    let mut stamps = txn.open_table(REQUEST_STAMPS)?;
+    let mut times = txn.open_table(REQUEST_TIMES)?;
+    if stamps.is_empty()? && !times.is_empty()? {
+        let mut newest: HashMap<(String, String), i64> = HashMap::new();
+        let mut stale: Vec<(i64, String, String)> = Vec::new();
+        for e in times.iter()? {
+            let (k, _) = e?;
+            let (t, scope, id) = k.value();
+            let key = (scope.to_owned(), id.to_owned());
+            match newest.insert(key, t) {
+                Some(old) if old > t => {
+                    newest.insert((scope.to_owned(), id.to_owned()), old);
+                    stale.push((t, scope.to_owned(), id.to_owned()));
+                }
+                Some(old) => stale.push((old, scope.to_owned(), id.to_owned())),
+                None => {}
+            }
+        }
+        for (t, scope, id) in &stale {
+            times.remove((*t, scope.as_str(), id.as_str()))?;
+        }
+        for ((scope, id), t) in &newest {
+            stamps.insert((scope.as_str(), id.as_str()), *t)?;
+        }
+    }
+    let mut stamps = txn.open_table(TOMBSTONE_STAMPS)?;
+    let mut times = txn.open_table(TOMBSTONE_TIMES)?;
+    if stamps.is_empty()? && !times.is_empty()? {
+        type Key = (String, String, String);
+        let mut newest: HashMap<Key, i64> = HashMap::new();
+        let mut stale: Vec<(i64, Key)> = Vec::new();
+        for e in times.iter()? {
+            let (k, _) = e?;
+            let (t, u, src, rec) = k.value();
+            let key = (u.to_owned(), src.to_owned(), rec.to_owned());
+            match newest.insert(key.clone(), t) {
+                Some(old) if old > t => {
+                    newest.insert(key.clone(), old);
+                    stale.push((t, key));
+                }
+                Some(old) => stale.push((old, key)),
+                None => {}
+            }
+        }
+        for (t, (u, src, rec)) in &stale {
+            times.remove((*t, u.as_str(), src.as_str(), rec.as_str()))?;
+        }
+        for ((u, src, rec), t) in &newest {
+            stamps.insert((u.as_str(), src.as_str(), rec.as_str()), *t)?;
+        }
+    }
+    Ok(())
+}
+
 /// Errors of the store (redb's).
 pub type StoreError = redb::Error;
 
@@ -135,6 +195,7 @@ impl Store {
                 meta.insert(FORMAT_KEY, FORMAT_VERSION)?;
             }
             txn.open_table(SOURCE_POSITIONS)?;
+            stamp_legacy_retention_rows(&txn)?;
         }
         txn.commit()?;
         Ok(Store { db, path })

@@ -265,3 +265,53 @@ fn erasure_leaves_no_index_row_naming_the_user() {
     drop(ingest);
     writer.join().expect("writer");
 }
+
+/// A store written before retention stamps existed: its index rows get stamps at the next open
+/// (the newest time of each key; older duplicates dropped), so erasure then removes them all.
+#[test]
+fn legacy_retention_rows_are_stamped_at_open_and_erased() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(dir.path()).expect("store");
+        let txn = store.db.begin_write().expect("txn");
+        {
+            let mut times = txn.open_table(crate::store::REQUEST_TIMES).expect("t");
+            times.insert((1_000, "u9", "r-1"), ()).expect("row");
+            times.insert((2_000, "u9", "r-1"), ()).expect("row");
+            let mut requests = txn.open_table(crate::store::REQUESTS).expect("t");
+            requests.insert(("u9", "r-1"), b"{}".as_slice()).expect("row");
+            let mut ttimes = txn.open_table(crate::store::TOMBSTONE_TIMES).expect("t");
+            ttimes.insert((1_500, "u9", "watch", "k"), ()).expect("row");
+            ttimes.insert((500, "u9", "watch", "k"), ()).expect("row");
+            let mut tombstones = txn.open_table(crate::store::TOMBSTONES).expect("t");
+            tombstones.insert(("u9", "watch", "k"), 1).expect("row");
+        }
+        txn.commit().expect("commit");
+    }
+    let store = Arc::new(Store::open(dir.path()).expect("reopen"));
+    {
+        use redb::{ReadableDatabase, ReadableTable};
+        let txn = store.db.begin_read().expect("read");
+        let stamps = txn.open_table(crate::store::REQUEST_STAMPS).expect("t");
+        assert_eq!(stamps.get(("u9", "r-1")).expect("get").map(|v| v.value()), Some(2_000));
+        let tstamps = txn.open_table(crate::store::TOMBSTONE_STAMPS).expect("t");
+        assert_eq!(tstamps.get(("u9", "watch", "k")).expect("get").map(|v| v.value()), Some(1_500));
+        assert_eq!(txn.open_table(crate::store::REQUEST_TIMES).expect("t").iter().expect("iter").count(), 1);
+        assert_eq!(txn.open_table(crate::store::TOMBSTONE_TIMES).expect("t").iter().expect("iter").count(), 1);
+    }
+    let progress = Arc::new(IngestProgress::default());
+    let (ingest, writer) = Ingest::start(
+        store.clone(),
+        progress,
+        Box::new(|| Ok(())),
+        Box::new(|_| true),
+        crate::writer::IngestOptions::default(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    rt.block_on(async {
+        ingest.erase_user("u9".into()).await.expect("erase");
+    });
+    assert_eq!(rows_naming(&store, "u9"), Vec::<String>::new());
+    drop(ingest);
+    writer.join().expect("writer");
+}

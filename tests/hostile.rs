@@ -249,16 +249,24 @@ async fn request_bodies_share_one_budget() {
     let server = Server::start_with(dir.path(), &[("VITALFLOW_MAX_BUFFERED_BODY_BYTES", "8192")]);
     server.ready().await;
     let addr = server.base.trim_start_matches("http://").to_owned();
-    // A slow client: declares 6,000 bytes and sends a few.
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    slow.write_all(
-        format!(
-            "POST {UPSERT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 6000\r\n\r\n{{"
+    // A slow client: declares 6,000 bytes and sends one. Admitted once no answer comes back at
+    // once (an answer would be a refusal; then it tries again).
+    let mut slow = loop {
+        let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        slow.write_all(
+            format!(
+                "POST {UPSERT} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 6000\r\n\r\n{{"
+            )
+            .as_bytes(),
         )
-        .as_bytes(),
-    )
-    .await
-    .expect("write");
+        .await
+        .expect("write");
+        let mut buf = [0_u8; 64];
+        use tokio::io::AsyncReadExt;
+        if tokio::time::timeout(std::time::Duration::from_millis(500), slow.read(&mut buf)).await.is_err() {
+            break slow;
+        }
+    };
     let samples: Vec<Value> = (0..25)
         .map(|i| steps(&format!("b{i}"), "watch", "2024-06-01T10:00:00Z", "2024-06-01T10:30:00Z", 1.0))
         .collect();
@@ -275,6 +283,7 @@ async fn request_bodies_share_one_budget() {
         assert!(start.elapsed() < std::time::Duration::from_secs(30), "never refused: {status} {resp}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    let _ = slow.shutdown().await;
     drop(slow);
     let start = std::time::Instant::now();
     loop {

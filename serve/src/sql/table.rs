@@ -72,7 +72,6 @@ fn users_named(e: &Expr) -> Option<BTreeSet<String>> {
                 ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)),
                 _,
             ) => Some(s.clone()),
-            Expr::Cast(c) => text(&c.expr),
             _ => None,
         }
     }

@@ -149,25 +149,47 @@ impl Default for Config {
     }
 }
 
-/// Flags that override everything else.
-#[derive(Clone, Debug, Default)]
+/// The flags of `vitalflow serve`: they override everything else.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
+    /// A vitalflow.toml; its values override the embedded defaults.
+    #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Directory of the durable store [default: ./vitalflow-data].
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long)]
     pub listen: Option<String>,
+    /// Dataflow worker threads [default: available cores].
+    #[arg(long)]
     pub workers: Option<usize>,
+    /// Consume from Kafka at these brokers (turns `[sources.kafka]` on).
+    #[arg(long)]
     pub kafka_brokers: Option<String>,
+    /// Poll the outbox table of this Postgres (turns `[sources.postgres_outbox]` on).
+    #[arg(long)]
     pub outbox_url: Option<String>,
+    /// Keep every view in this Postgres (turns `[sinks.postgres]` on).
+    #[arg(long)]
     pub sink_postgres_url: Option<String>,
-    /// Turns `jwt` auth on with this HS256 secret file.
+    /// Require HS256 tokens signed with the secret in this file (turns `auth.mode = "jwt"` on).
+    #[arg(long)]
     pub auth_jwt_secret_file: Option<PathBuf>,
-    /// Turns `jwt` auth on with this JWKS file.
+    /// Require RS256/ES256 tokens signed by a key of this JWKS file (turns `jwt` on).
+    #[arg(long)]
     pub auth_jwks_file: Option<PathBuf>,
+    /// Require this `iss` claim.
+    #[arg(long)]
     pub auth_issuer: Option<String>,
+    /// Require this `aud` claim.
+    #[arg(long)]
     pub auth_audience: Option<String>,
-    /// `tls.cert_file`.
+    /// Serve HTTPS with this PEM certificate chain (with `--tls-key-file`).
+    #[arg(long)]
     pub tls_cert_file: Option<PathBuf>,
-    /// `tls.key_file`.
+    /// The PEM private key of `--tls-cert-file`.
+    #[arg(long)]
     pub tls_key_file: Option<PathBuf>,
 }
 

@@ -26,47 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Ingest over HTTP, maintain every view, serve reads and SQL.
-    Serve {
-        /// A vitalflow.toml; its values override the embedded defaults.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Directory of the durable store [default: ./vitalflow-data].
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// HTTP listen address [default: 127.0.0.1:8080].
-        #[arg(long)]
-        listen: Option<String>,
-        /// Dataflow worker threads [default: available cores].
-        #[arg(long)]
-        workers: Option<usize>,
-        /// Consume from Kafka at these brokers (turns `[sources.kafka]` on).
-        #[arg(long)]
-        kafka_brokers: Option<String>,
-        /// Poll the outbox table of this Postgres (turns `[sources.postgres_outbox]` on).
-        #[arg(long)]
-        outbox_url: Option<String>,
-        /// Keep every view in this Postgres (turns `[sinks.postgres]` on).
-        #[arg(long)]
-        sink_postgres_url: Option<String>,
-        /// Require HS256 tokens signed with the secret in this file (turns `auth.mode = "jwt"` on).
-        #[arg(long)]
-        auth_jwt_secret_file: Option<PathBuf>,
-        /// Require RS256/ES256 tokens signed by a key of this JWKS file (turns `jwt` on).
-        #[arg(long)]
-        auth_jwks_file: Option<PathBuf>,
-        /// Require this `iss` claim.
-        #[arg(long)]
-        auth_issuer: Option<String>,
-        /// Require this `aud` claim.
-        #[arg(long)]
-        auth_audience: Option<String>,
-        /// Serve HTTPS with this PEM certificate chain (with `--tls-key-file`).
-        #[arg(long)]
-        tls_cert_file: Option<PathBuf>,
-        /// The PEM private key of `--tls-cert-file`.
-        #[arg(long)]
-        tls_key_file: Option<PathBuf>,
-    },
+    Serve(#[command(flatten)] Overrides),
     /// Print an HS256 token signed with the secret in `--secret-file`.
     Token {
         /// The HS256 secret, as given to `serve` in `auth.jwt_secret_file`.
@@ -113,36 +73,7 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Serve {
-            config,
-            data_dir,
-            listen,
-            workers,
-            kafka_brokers,
-            outbox_url,
-            sink_postgres_url,
-            auth_jwt_secret_file,
-            auth_jwks_file,
-            auth_issuer,
-            auth_audience,
-            tls_cert_file,
-            tls_key_file,
-        } => {
-            let flags = Overrides {
-                config,
-                data_dir,
-                listen,
-                workers,
-                kafka_brokers,
-                outbox_url,
-                sink_postgres_url,
-                auth_jwt_secret_file,
-                auth_jwks_file,
-                auth_issuer,
-                auth_audience,
-                tls_cert_file,
-                tls_key_file,
-            };
+        Command::Serve(flags) => {
             let config = Config::load(&flags, |k| std::env::var(k).ok())?;
             auth::check_key_files(&config.auth)?;
             // Before the store opens: a bad certificate or key stops startup with its reason.

@@ -71,13 +71,10 @@ fn slicing(c: &mut Criterion) {
     });
 }
 
-fn row(user: usize, day: i32) -> Row {
-    vec![Datum::Str(format!("user-{user}")), Datum::Str("steps".into()), Datum::Date(day), Datum::float(Some(1.0))]
-}
-
-fn snapshots(c: &mut Criterion) {
+/// A daily-rollup-like view: key (user, metric, day), one value.
+const DEF: vitalflow_schemas::ViewDef = {
     use vitalflow_schemas::view::{ColumnType, ViewDef, col};
-    const DEF: ViewDef = ViewDef {
+    ViewDef {
         name: "t",
         columns: &[
             col("user_id", ColumnType::Str),
@@ -90,7 +87,14 @@ fn snapshots(c: &mut Criterion) {
         filters: &[],
         range_column: Some("local_date"),
         range_via: None,
-    };
+    }
+};
+
+fn row(user: usize, day: i32) -> Row {
+    vec![Datum::Str(format!("user-{user}")), Datum::Str("steps".into()), Datum::Date(day), Datum::float(Some(1.0))]
+}
+
+fn snapshots(c: &mut Criterion) {
     // 10,000 users × 30 days in the view.
     let store = SnapshotStore::new([DEF]);
     let all: Vec<(Row, i64)> = (0..10_000).flat_map(|u| (0..30).map(move |d| (row(u, 19_875 + d), 1))).collect();
@@ -118,21 +122,6 @@ fn snapshots(c: &mut Criterion) {
 /// 100,000 rows (beside 1,000 other users of 30 rows): appended at the end of the history (a
 /// sync) and in its middle (late data). Publishing should cost the change, not the history.
 fn publish_vs_history(c: &mut Criterion) {
-    use vitalflow_schemas::view::{ColumnType, ViewDef, col};
-    const DEF: ViewDef = ViewDef {
-        name: "t",
-        columns: &[
-            col("user_id", ColumnType::Str),
-            col("metric", ColumnType::Str),
-            col("local_date", ColumnType::Date),
-            col("sum", ColumnType::Float),
-        ],
-        key_len: 3,
-        route: Some("t"),
-        filters: &[],
-        range_column: Some("local_date"),
-        range_via: None,
-    };
     for history in [1_000_i32, 10_000, 100_000] {
         let store = SnapshotStore::new([DEF]);
         let others: Vec<(Row, i64)> = (1..=1_000).flat_map(|u| (0..30).map(move |d| (row(u, d), 1))).collect();

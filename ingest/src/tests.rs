@@ -162,15 +162,7 @@ proptest! {
 fn retention_prunes_request_records_and_tombstones() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(Store::open(dir.path()).expect("store"));
-    let progress = Arc::new(IngestProgress::default());
-    let (ingest, writer) = Ingest::start(
-        store.clone(),
-        progress,
-        Box::new(|| Ok(())),
-        Box::new(|_| true),
-        crate::writer::IngestOptions::default(),
-    );
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let (ingest, writer, rt) = start_writer(&store);
     let body = json!({"requestId": "r-1", "userId": "u1", "samples": [sample_json(1, 10, None)],
                       "deletions": [{"sourceId": "watch", "sourceRecordId": "gone"}]});
     let req: BatchUpsertRequest = serde_json::from_value(body.clone()).expect("request");
@@ -232,15 +224,7 @@ fn rows_naming(store: &Store, user: &str) -> Vec<String> {
 fn erasure_leaves_no_index_row_naming_the_user() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(Store::open(dir.path()).expect("store"));
-    let progress = Arc::new(IngestProgress::default());
-    let (ingest, writer) = Ingest::start(
-        store.clone(),
-        progress,
-        Box::new(|| Ok(())),
-        Box::new(|_| true),
-        crate::writer::IngestOptions::default(),
-    );
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let (ingest, writer, rt) = start_writer(&store);
     let body = json!({"requestId": "r-1", "userId": "u2", "samples": [sample_json(1, 10, None)],
                       "deletions": [{"sourceId": "watch", "sourceRecordId": "gone"}]});
     let req: BatchUpsertRequest = serde_json::from_value(body.clone()).expect("request");
@@ -299,19 +283,24 @@ fn legacy_retention_rows_are_stamped_at_open_and_erased() {
         assert_eq!(txn.open_table(crate::store::REQUEST_TIMES).expect("t").iter().expect("iter").count(), 1);
         assert_eq!(txn.open_table(crate::store::TOMBSTONE_TIMES).expect("t").iter().expect("iter").count(), 1);
     }
-    let progress = Arc::new(IngestProgress::default());
-    let (ingest, writer) = Ingest::start(
-        store.clone(),
-        progress,
-        Box::new(|| Ok(())),
-        Box::new(|_| true),
-        crate::writer::IngestOptions::default(),
-    );
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let (ingest, writer, rt) = start_writer(&store);
     rt.block_on(async {
         ingest.erase_user("u9".into()).await.expect("erase");
     });
     assert_eq!(rows_naming(&store, "u9"), Vec::<String>::new());
     drop(ingest);
     writer.join().expect("writer");
+}
+
+/// A writer on `store` with default options (views always keep up), and a runtime to await it.
+fn start_writer(store: &Arc<Store>) -> (Ingest, std::thread::JoinHandle<()>, tokio::runtime::Runtime) {
+    let (ingest, writer) = Ingest::start(
+        store.clone(),
+        Arc::new(IngestProgress::default()),
+        Box::new(|| Ok(())),
+        Box::new(|_| true),
+        crate::writer::IngestOptions::default(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    (ingest, writer, rt)
 }

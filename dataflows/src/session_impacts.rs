@@ -1,6 +1,8 @@
 //! `session_impacts`: per (session, metric), the metric before, during and after a consumption
 //! session, and the deltas (DOMAIN.md §4).
 
+use std::sync::Arc;
+
 use differential_dataflow::VecCollection;
 use vitalflow_schemas::domain::Session;
 use vitalflow_schemas::split::share;
@@ -113,11 +115,49 @@ pub fn contamination_flags(mut live: Vec<&Session>) -> Vec<(String, bool)> {
     out
 }
 
+/// What a session window needs of one sample: metric, start and end (ms), value, source rank,
+/// `sourceId`, `sourceRecordId` (the last keeps two otherwise equal samples apart).
 type SampleLite = (Metric, i64, i64, OrdF64, u8, String, String);
 
+/// The impact-relevant samples of one `(user, hour)` bucket, each with the first hour it touches and
+/// its multiplicity, sorted. Every session whose `[s − B, e + A)` covers the hour holds the same
+/// allocation, so memory grows as sessions + samples, not sessions × samples (2,000 overlapping
+/// sessions used to copy every nearby sample 2,000 times). Equality and order compare contents, with
+/// a pointer check first.
+#[derive(Clone, Debug, Default)]
+pub struct HourSamples(Arc<Vec<(SampleLite, i64, isize)>>);
+
+impl PartialEq for HourSamples {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+impl Eq for HourSamples {}
+impl PartialOrd for HourSamples {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for HourSamples {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) { std::cmp::Ordering::Equal } else { self.0.cmp(&other.0) }
+    }
+}
+impl serde::Serialize for HourSamples {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.as_slice().serialize(serializer)
+    }
+}
+impl<'de> serde::Deserialize<'de> for HourSamples {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::deserialize(deserializer).map(|v| HourSamples(Arc::new(v)))
+    }
+}
+
 /// In: current samples and sessions. Out: one [`Impact`] per (session, metric) with at least one
-/// window holding a sample. Sessions and samples meet in hour buckets, so a sample change reaches
-/// only the sessions whose `[s − B, e + A)` it overlaps.
+/// window holding a sample. Samples are gathered per `(user, hour)` into shared [`HourSamples`];
+/// each session meets the hours its `[s − B, e + A)` covers, so a sample change reaches only the
+/// sessions whose windows cover its hours.
 pub fn impacts<'s>(
     samples: &SamplesByUser<'s>,
     sessions: VecCollection<'s, Epoch, Session>,
@@ -145,7 +185,7 @@ pub fn impacts<'s>(
                 .collect::<Vec<_>>()
         })
         .arrange_by_key_named("Impact: sessions by hour");
-    let sample_buckets = samples
+    let hours = samples
         .clone()
         .flat_map_ref(|user, x| {
             if !has_impact(x.metric) || x.value.is_none() {
@@ -163,21 +203,42 @@ pub fn impacts<'s>(
             let first = x.start_ms.div_euclid(BUCKET_MS);
             buckets(x.start_ms, x.end_ms).map(|h| ((user.clone(), h), (lite.clone(), first))).collect::<Vec<_>>()
         })
-        .arrange_by_key_named("Impact: samples by hour");
-
-    let windows = session_buckets
-        .join_core(sample_buckets, |(user, h), (sid, s, e, s_first), (x, x_first)| {
-            // A pair meets in every bucket both touch; keep it in the first one only.
-            (*h == (*s_first).max(*x_first)).then(|| ((user.clone(), sid.clone(), x.0, *s, *e), x.clone()))
-        })
-        .reduce_named("Impact: windows", |(_, _, metric, s, e), input, output| {
-            let ranges = [(*s - BEFORE_MS, *s), (*s, *e), (*e, *e + AFTER_MS)];
-            let windows = ranges.map(|(a, b)| window(*metric, a, b, input));
-            if windows.iter().any(|w| w.1 >= 1) {
-                output.push((windows, 1));
+        .reduce_named("Impact: samples by hour", |_key, input, output| {
+            let hour: Vec<_> =
+                input.iter().filter(|(_, r)| *r > 0).map(|((lite, first), r)| (lite.clone(), *first, *r)).collect();
+            if !hour.is_empty() {
+                output.push((HourSamples(Arc::new(hour)), 1));
             }
         })
-        .map(|((user, sid, metric, _, _), windows)| ((user, sid), (metric, windows)));
+        .arrange_by_key_named("Impact: hours by user");
+
+    let windows = session_buckets
+        .join_core(hours, |(user, h), (sid, s, e, s_first), hour| {
+            Some(((user.clone(), sid.clone(), *s, *e, *s_first), (*h, hour.clone())))
+        })
+        .reduce_named("Impact: windows", |(_, _, s, e, s_first), input, output| {
+            // A sample meets the session in every hour both touch; keep it in the first one only.
+            let mut near: Vec<(&SampleLite, isize)> = Vec::new();
+            for ((h, hour), r) in input {
+                if *r <= 0 {
+                    continue;
+                }
+                near.extend(
+                    hour.0.iter().filter(|(_, x_first, _)| *h == (*s_first).max(*x_first)).map(|(x, _, m)| (x, *m)),
+                );
+            }
+            // Sorted as a reduce over the pairs would see them, so sums add in one fixed order.
+            near.sort();
+            let ranges = [(*s - BEFORE_MS, *s), (*s, *e), (*e, *e + AFTER_MS)];
+            for metric_samples in near.chunk_by(|a, b| a.0.0 == b.0.0) {
+                let metric = metric_samples[0].0.0;
+                let windows = ranges.map(|(a, b)| window(metric, a, b, metric_samples));
+                if windows.iter().any(|w| w.1 >= 1) {
+                    output.push(((metric, windows), 1));
+                }
+            }
+        })
+        .map(|((user, sid, _, _, _), (metric, windows))| ((user, sid), (metric, windows)));
 
     let attributes =
         eligible.map(|s| ((s.user_id, s.session_id), (s.product_id, s.start_ms, s.quantity))).join(contamination);

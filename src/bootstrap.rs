@@ -286,7 +286,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
         threads: config.sql.threads,
         max_sql_bytes: config.sql.max_sql_bytes,
     };
-    let serve_config = ServeConfig { sql, ..ServeConfig::default() };
+    let serve_config = ServeConfig { sql, max_read_rows: config.server.max_read_rows, ..ServeConfig::default() };
     let freshness: Arc<dyn Freshness> = Arc::new(IngestFreshness {
         progress: progress.clone(),
         components: components.clone(),

@@ -473,6 +473,9 @@ pub struct ServerLimits {
     /// Bytes of request bodies received at once, over all requests (256 MiB); beyond: 503
     /// `OVERLOADED`. A body without `Content-Length` counts as `max_body_bytes`.
     pub max_buffered_body_bytes: usize,
+    /// Rows one per-user view read may answer (`VITALFLOW_MAX_READ_ROWS`); beyond: 422
+    /// `READ_TOO_LARGE`.
+    pub max_read_rows: usize,
 }
 
 impl Default for ServerLimits {
@@ -489,6 +492,7 @@ impl Default for ServerLimits {
             fatal_exit_grace_ms: 5_000,
             retention_days: 30,
             max_buffered_body_bytes: 256 * 1024 * 1024,
+            max_read_rows: 100_000,
         }
     }
 }
@@ -516,6 +520,7 @@ impl ServerLimits {
         num(env, "VITALFLOW_FATAL_EXIT_GRACE_MS", &mut self.fatal_exit_grace_ms)?;
         num(env, "VITALFLOW_RETENTION_DAYS", &mut self.retention_days)?;
         num(env, "VITALFLOW_MAX_BUFFERED_BODY_BYTES", &mut self.max_buffered_body_bytes)?;
+        num(env, "VITALFLOW_MAX_READ_ROWS", &mut self.max_read_rows)?;
         Ok(())
     }
 }

@@ -186,6 +186,36 @@ async fn overload_is_answered_not_absorbed() {
     assert_eq!(status, 200);
 }
 
+/// A per-user read answers at most `server.max_read_rows` rows; beyond, 422 `READ_TOO_LARGE`, and
+/// a narrower read of the same user is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_over_the_row_cap_is_refused_and_a_narrower_one_answered() {
+    let dir = temp_dir();
+    let server = Server::start_with(dir.path(), &[("VITALFLOW_MAX_READ_ROWS", "3")]);
+    server.ready().await;
+    let samples = (1..=5)
+        .map(|d| {
+            steps(
+                &format!("d{d}"),
+                "watch",
+                &format!("2024-06-0{d}T10:00:00Z"),
+                &format!("2024-06-0{d}T10:30:00Z"),
+                1.0,
+            )
+        })
+        .collect();
+    let (status, b) = server.post(UPSERT, &batch("r-1", "u1", samples)).await;
+    assert_eq!(status, 200, "{b}");
+    let epoch = b["epoch"].as_u64().expect("epoch");
+    let (status, b) =
+        server.get(&format!("/v1/users/u1/daily-rollups?metric=steps&minEpoch={epoch}&waitMs=20000")).await;
+    assert_eq!(status, 422, "{b}");
+    assert_eq!(b["code"], json!("READ_TOO_LARGE"));
+    let (status, b) = server.get("/v1/users/u1/daily-rollups?metric=steps&from=2024-06-02&to=2024-06-04").await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(b["rows"].as_array().map(Vec::len), Some(3));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_exposed_without_user_ids() {
     let dir = temp_dir();

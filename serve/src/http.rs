@@ -55,11 +55,14 @@ pub struct ServeConfig {
     pub sql: SqlLimits,
     /// Longest `waitMs` honoured.
     pub max_wait: Duration,
+    /// Most rows one per-user view read answers (100,000); more: 422 `READ_TOO_LARGE`, and the
+    /// caller narrows the read with `from`/`to` or a filter, or uses SQL.
+    pub max_read_rows: usize,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        ServeConfig { sql: SqlLimits::default(), max_wait: Duration::from_secs(30) }
+        ServeConfig { sql: SqlLimits::default(), max_wait: Duration::from_secs(30), max_read_rows: 100_000 }
     }
 }
 
@@ -256,6 +259,17 @@ async fn read_view(
                 .collect()
         })
         .unwrap_or_default();
+    if rows.len() > st.config.max_read_rows {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "READ_TOO_LARGE",
+            format!(
+                "the read matches {} rows, more than the {} one read answers; narrow it with from/to or a filter, or use SQL",
+                rows.len(),
+                st.config.max_read_rows
+            ),
+        ));
+    }
     let latest = st.freshness.latest_epoch();
     let pending =
         st.freshness.user_epoch(&user).is_some_and(|e| e > snap.as_of) || min_epoch.is_some_and(|m| m > snap.as_of);

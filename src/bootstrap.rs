@@ -21,6 +21,7 @@ use vitalflow_ingest::writer::IngestOptions;
 use vitalflow_ingest::{Ingest, IngestProgress, Store};
 use vitalflow_schemas::wire::ErrorBody;
 use vitalflow_schemas::{Change, Epoch};
+use vitalflow_serve::persist::{Loaded, Persister};
 use vitalflow_serve::pg_sink::SinkStatus;
 use vitalflow_serve::{Freshness, ServeConfig, SnapshotStore};
 
@@ -130,6 +131,29 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
 
     let views = vitalflow_dataflows::select(config.views.as_deref()).map_err(anyhow::Error::msg)?;
     let snapshots = Arc::new(SnapshotStore::new(views.iter().map(|v| v.def)));
+    snapshots.set_recovery_epoch(recovered_epoch);
+    // Persisted snapshots are loaded before the dataflow starts replaying: reads are served from
+    // them within seconds, stamped with their own asOfEpoch (issue 14 §3).
+    let persister = match config.snapshot_persist_secs {
+        0 => None,
+        _ => Some(Arc::new(
+            Persister::new(config.data_dir.join("snapshots"), store.store_id()?)
+                .context("cannot create the snapshot directory")?,
+        )),
+    };
+    if let Some(p) = &persister {
+        let started = std::time::Instant::now();
+        for (view, loaded) in p.load(&snapshots, recovered_epoch) {
+            match loaded {
+                Loaded::Served { as_of, rows } => tracing::info!(view, as_of, rows, "persisted snapshot loaded"),
+                Loaded::Missing => tracing::info!(view, "no persisted snapshot; the view waits for rehydration"),
+                Loaded::Unusable(why) => {
+                    tracing::warn!(view, why, "persisted snapshot not used; the view waits for rehydration")
+                }
+            }
+        }
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "persisted snapshots read");
+    }
     let (out_tx, out_rx) = crossbeam_channel::bounded::<ViewProgress>(APPLIER_QUEUE);
     let runtime = Runtime::start(config.workers, views, out_tx).map_err(anyhow::Error::msg)?;
     let workers = runtime.health();
@@ -176,7 +200,18 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     let (recovery_tx, recovery_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let recovery = {
         let (store, runtime) = (store.clone(), runtime.clone());
+        // Test-only (`VITALFLOW_FAULT_INJECTION=1`): `VITALFLOW_FAULT_RECOVERY_DELAY_MS` holds
+        // recovery back, so that tests can read what is served before the views are rehydrated.
+        let delay = std::env::var("VITALFLOW_FAULT_RECOVERY_DELAY_MS")
+            .ok()
+            .filter(|_| std::env::var_os("VITALFLOW_FAULT_INJECTION").is_some_and(|v| v == "1"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis);
         Box::new(move || {
+            if let Some(d) = delay {
+                tracing::warn!(delay_ms = d.as_millis() as u64, "fault injected: recovery delayed");
+                std::thread::sleep(d);
+            }
             let result = recover(&store, &runtime, recovered_epoch);
             let _ = recovery_tx.send(result.clone());
             result
@@ -211,6 +246,13 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
         user_requests_per_sec: config.server.user_requests_per_sec,
         user_burst: config.server.user_burst,
         retention: Duration::from_secs(config.server.retention_days.saturating_mul(86_400)),
+        before_erase: match &persister {
+            Some(p) => {
+                let p = p.clone();
+                Arc::new(move |epoch| p.invalidate(epoch))
+            }
+            None => Arc::new(|_| Ok(())),
+        },
     };
     let (ingest, writer) = Ingest::start(store.clone(), progress.clone(), recovery, on_commit, options);
     let components = Arc::new(Components {
@@ -253,6 +295,20 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
         .clone()
         .map(|p| vitalflow_serve::pg_sink::spawn(p, snapshots.clone(), store_id, sink_shutdown_rx));
 
+    let persist_task = persister.clone().map(|p| {
+        let (snapshots, every) = (snapshots.clone(), Duration::from_secs(config.snapshot_persist_secs));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if snapshots.is_ready() {
+                    let (p, s) = (p.clone(), snapshots.clone());
+                    persist_now(tokio::task::spawn_blocking(move || p.persist(&s)).await);
+                }
+            }
+        })
+    });
     let ready_task = {
         let snapshots = snapshots.clone();
         tokio::spawn(async move {
@@ -267,9 +323,10 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
                 }
                 Err(_) => return, // the writer ended before recovery (shutdown)
             }
+            // The live snapshots, not persisted ones: ready means rehydrated.
             for view in 0..snapshots.len() {
                 let mut rx = snapshots.watch(view);
-                let _ = rx.wait_for(|e| *e >= recovered_epoch).await;
+                let _ = rx.wait_for(|_| snapshots.live_snapshot(view).as_of >= recovered_epoch).await;
             }
             snapshots.set_ready();
             tracing::info!(epoch = recovered_epoch, "recovery finished; ready");
@@ -340,6 +397,9 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     components.stopping.store(true, Ordering::SeqCst);
     supervisor.abort();
     ready_task.abort();
+    if let Some(t) = &persist_task {
+        t.abort();
+    }
     // Sources stop taking input (their last commits finish), dropping their Ingest handles.
     let _ = shutdown_tx.send(true);
     if let Some((_, task)) = outbox {
@@ -357,6 +417,11 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
         let _ = applier.join();
     })
     .await?;
+    // The views as they stand are persisted, so that the next start serves them at once.
+    if let Some(p) = persister.filter(|_| snapshots.is_ready()) {
+        let s = snapshots.clone();
+        persist_now(tokio::task::spawn_blocking(move || p.persist(&s)).await);
+    }
     // The sink writes what was published last (bounded: Postgres may be away).
     let _ = sink_shutdown_tx.send(true);
     if let Some((_, task)) = sink {
@@ -364,6 +429,26 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Logs and counts the outcome of one round of snapshot persistence. A failure is not fatal: the
+/// previous files stay, and only the next start's rehydration takes longer.
+fn persist_now(outcome: Result<Result<usize, String>, tokio::task::JoinError>) {
+    match outcome {
+        Ok(Ok(written)) => {
+            if written > 0 {
+                tracing::debug!(views = written, "view snapshots persisted");
+            }
+        }
+        Ok(Err(e)) => {
+            metrics::counter!("vitalflow_snapshot_persist_errors_total").increment(1);
+            tracing::error!(error = %e, "cannot persist a view snapshot; the previous file stays");
+        }
+        Err(e) => {
+            metrics::counter!("vitalflow_snapshot_persist_errors_total").increment(1);
+            tracing::error!(error = %e, "the snapshot persistence task failed");
+        }
+    }
 }
 
 /// Watches the components every 250 ms and publishes the operators' gauges. A failed component

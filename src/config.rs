@@ -27,6 +27,10 @@ pub struct Config {
     pub sql_timeout_ms: u64,
     /// Maintain only these views (by SQL name); all of them when absent.
     pub views: Option<Vec<String>>,
+    /// Seconds between writes of the views' snapshots to `{data_dir}/snapshots` (only views that
+    /// advanced are written; also at a graceful stop), read back at the next start so that reads
+    /// are served while the dataflow rehydrates; 0 turns persistence off.
+    pub snapshot_persist_secs: u64,
     /// Where input comes from besides HTTP (none by default).
     pub sources: Sources,
     /// `[server]`: connection, request and ingestion limits (README, "Limits").
@@ -138,6 +142,7 @@ impl Default for Config {
             sql_row_limit: 10_000,
             sql_timeout_ms: 10_000,
             views: None,
+            snapshot_persist_secs: 30,
             sources: Sources::default(),
             sinks: Sinks::default(),
             server: ServerLimits::default(),
@@ -217,6 +222,10 @@ impl Config {
         }
         if let Some(v) = env("VITALFLOW_SQL_TIMEOUT_MS") {
             c.sql_timeout_ms = v.parse().context("VITALFLOW_SQL_TIMEOUT_MS must be a positive integer")?;
+        }
+        if let Some(v) = env("VITALFLOW_SNAPSHOT_PERSIST_SECS") {
+            c.snapshot_persist_secs =
+                v.parse().context("VITALFLOW_SNAPSHOT_PERSIST_SECS must be a non-negative integer")?;
         }
         if let Some(v) = env("VITALFLOW_VIEWS") {
             c.views = Some(v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());

@@ -11,6 +11,7 @@ mod field;
 mod fitbit;
 mod freshness;
 mod hostile;
+mod persisted;
 mod restart;
 mod robustness;
 mod tls;

@@ -66,6 +66,11 @@ pub struct IngestOptions {
     /// older than the retention is a new request; a sample re-sent after its tombstone is pruned
     /// is accepted again. Default 30 days.
     pub retention: std::time::Duration,
+    /// Called on the writer thread before a group holding an erasure is applied, with the epoch
+    /// that group will commit as: whatever outlives the store and may name the user (the
+    /// persisted view snapshots) is invalidated here. An error fails the group's erasures alone
+    /// (503 `STORAGE_UNAVAILABLE`, nothing of them applied); the rest of the group goes on.
+    pub before_erase: Arc<dyn Fn(Epoch) -> Result<(), String> + Send + Sync>,
 }
 
 /// Per-user request rate limiter (GCRA, the `governor` crate), keyed by `userId`.
@@ -81,6 +86,7 @@ impl Default for IngestOptions {
             user_requests_per_sec: 50,
             user_burst: 100,
             retention: std::time::Duration::from_secs(30 * 86_400),
+            before_erase: Arc::new(|_| Ok(())),
         }
     }
 }
@@ -192,6 +198,7 @@ impl Ingest {
         let alive = Arc::new(AtomicBool::new(true));
         let guard = AliveGuard(alive.clone());
         let healthy = options.healthy.clone();
+        let before_erase = options.before_erase.clone();
         let retention_ms = i64::try_from(options.retention.as_millis()).unwrap_or(i64::MAX);
         let handle = std::thread::Builder::new()
             .name("vitalflow-writer".into())
@@ -226,6 +233,18 @@ impl Ingest {
                     if !healthy() {
                         answer_all(group, || IngestError::Unavailable);
                         continue;
+                    }
+                    if group.iter().any(|q| matches!(q.command, Command::Erase { .. }))
+                        && let Err(e) = before_erase(writer_progress.latest_epoch() + 1)
+                    {
+                        tracing::error!(error = %e, "cannot invalidate what may name an erased user; the erasure is refused");
+                        let (erasures, rest): (Vec<Queued>, Vec<Queued>) =
+                            group.into_iter().partition(|q| matches!(q.command, Command::Erase { .. }));
+                        answer_all(erasures, || IngestError::Storage(e.clone()));
+                        group = rest;
+                        if group.is_empty() {
+                            continue;
+                        }
                     }
                     commit_group(&store, &writer_progress, &mut on_commit, group);
                 }

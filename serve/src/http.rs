@@ -22,7 +22,7 @@ use vitalflow_schemas::view::camel_case;
 use vitalflow_schemas::wire::ErrorBody;
 use vitalflow_schemas::{Datum, Epoch, Row, Zone};
 
-use crate::snapshot::SnapshotStore;
+use crate::snapshot::{Served, SnapshotStore};
 use crate::sql::{self, SqlEngine, SqlError, SqlLimits};
 
 /// What the serving side needs to know about ingestion (wired in by the binary).
@@ -472,6 +472,10 @@ async fn frontiers(State(st): State<AppState>, caller: Option<Extension<Caller>>
                 "lagEpochs": latest.saturating_sub(snap.as_of),
                 "lagMs": lag_ms,
                 "rowCount": snap.row_count,
+                "servedFrom": match st.store.served(v) {
+                    Served::Live => "dataflow",
+                    Served::Persisted => "persisted",
+                },
             })
         })
         .collect();
@@ -479,6 +483,7 @@ async fn frontiers(State(st): State<AppState>, caller: Option<Extension<Caller>>
         "latestEpoch": latest,
         "durableEpoch": latest,
         "ready": st.store.is_ready(),
+        "status": status(&st.store),
         "views": views,
         "sources": st.freshness.sources(),
         "sinks": st.freshness.sinks(),
@@ -496,17 +501,33 @@ async fn healthz(State(st): State<AppState>) -> Response {
     }
 }
 
+/// Where the views stand after a start: `fresh` once recovery has finished (every view reflects
+/// every epoch committed before the start), `catching_up` while reads are served from snapshots
+/// persisted by the previous run (each read says its `asOfEpoch`, and `pending` for users with
+/// newer input), `recovering` while there is nothing to serve yet.
+fn status(store: &SnapshotStore) -> &'static str {
+    if store.is_ready() {
+        "fresh"
+    } else if (0..store.len()).any(|v| store.served(v) == Served::Persisted) {
+        "catching_up"
+    } else {
+        "recovering"
+    }
+}
+
 /// `GET /readyz`: 200 `{"status": "ready"}` once recovery has finished and every component runs;
-/// 503 `{"status": "recovering"}` before, 503 `{"status": "failed", "failed": [...]}` after a
-/// component died.
+/// before, 503 `{"status": "catching_up", "serving": true}` while reads are served from persisted
+/// snapshots, or 503 `{"status": "recovering", "serving": false}`; 503 `{"status": "failed",
+/// "failed": [...]}` after a component died. 200 keeps meaning "every view is fresh".
 async fn readyz(State(st): State<AppState>) -> Response {
     let failed = st.freshness.failed_components();
     if !failed.is_empty() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "failed", "failed": failed}))).into_response();
     }
-    if st.store.is_ready() {
-        Json(json!({"status": "ready"})).into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "recovering"}))).into_response()
+    match status(&st.store) {
+        "fresh" => Json(json!({"status": "ready"})).into_response(),
+        s => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": s, "serving": s == "catching_up"}))).into_response()
+        }
     }
 }

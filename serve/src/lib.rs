@@ -10,9 +10,10 @@
 //! ```
 
 pub mod http;
+pub mod persist;
 pub mod pg_sink;
 pub mod snapshot;
 pub mod sql;
 
 pub use http::{Freshness, ServeConfig};
-pub use snapshot::{SnapshotStore, ViewSnapshot};
+pub use snapshot::{Served, SnapshotStore, ViewSnapshot};

@@ -10,7 +10,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use datafusion::arrow::record_batch::RecordBatch;
@@ -120,13 +120,29 @@ struct ViewStore {
     /// Current multiplicity of every row, per user (the writer's side).
     state: Mutex<HashMap<String, BTreeMap<Row, i64>>>,
     current: RwLock<Arc<ViewSnapshot>>,
+    /// A snapshot persisted by an earlier run ([`crate::persist`]), served until the dataflow's
+    /// own snapshot reaches its `asOfEpoch` (issue 14 §3).
+    persisted: RwLock<Option<Arc<ViewSnapshot>>>,
+    /// `asOfEpoch` of the snapshot served (persisted or live).
     as_of: watch::Sender<Epoch>,
+}
+
+/// Where a view's served snapshot comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// The dataflow's own snapshot (fresh once recovery has finished).
+    Live,
+    /// A snapshot persisted by an earlier run, while the dataflow rehydrates.
+    Persisted,
 }
 
 /// Snapshots of every view.
 pub struct SnapshotStore {
     views: Vec<ViewStore>,
     ready: AtomicBool,
+    /// The epoch recovery replays the whole store at: until a view's frontier passes it, the
+    /// view's live state reflects no epoch at all (`asOfEpoch` 0), however far the frontier is.
+    recovery_epoch: AtomicU64,
 }
 
 impl SnapshotStore {
@@ -138,10 +154,61 @@ impl SnapshotStore {
                 def,
                 state: Mutex::new(HashMap::new()),
                 current: RwLock::new(Arc::new(ViewSnapshot::empty())),
+                persisted: RwLock::new(None),
                 as_of: watch::channel(0).0,
             })
             .collect();
-        SnapshotStore { views, ready: AtomicBool::new(false) }
+        SnapshotStore { views, ready: AtomicBool::new(false), recovery_epoch: AtomicU64::new(0) }
+    }
+
+    /// Declares that recovery replays the store as one batch at `epoch`: a live snapshot claims
+    /// no epoch before its frontier passes it (else, during recovery, an empty view would claim
+    /// `epoch − 1`).
+    pub fn set_recovery_epoch(&self, epoch: Epoch) {
+        self.recovery_epoch.store(epoch, Ordering::Release);
+    }
+
+    /// Serves `rows` (any order; the first column is the user) as `view`'s snapshot as of
+    /// `as_of` until the live snapshot reaches that epoch. Errors: rows that do not fit the
+    /// view's Arrow schema.
+    pub fn install_persisted(&self, view: usize, as_of: Epoch, rows: Vec<Row>) -> Result<usize, String> {
+        let Some(vs) = self.views.get(view) else { return Err(format!("no view {view}")) };
+        let mut by_user: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+        for row in rows {
+            let Some(user) = row.first().and_then(Datum::as_str).map(str::to_owned) else {
+                return Err(format!("{}: a row without a user_id", vs.def.name));
+            };
+            by_user.entry(user).or_default().push(row);
+        }
+        let mut snap = ViewSnapshot::empty();
+        snap.as_of = as_of;
+        for (user, mut rows) in by_user {
+            rows.sort();
+            rows.dedup();
+            let mut shard = UserShard::default();
+            let lower = rows[0].clone();
+            snap.row_count += rows.len();
+            push_split(&vs.def, &mut shard, lower, rows).map_err(|e| e.to_string())?;
+            Arc::make_mut(&mut snap.buckets[bucket_of(&user)]).users.insert(user, Arc::new(shard));
+        }
+        let rows = snap.row_count;
+        let mut persisted = vs.persisted.write();
+        if vs.current.read().as_of >= as_of {
+            return Ok(rows); // the live snapshot is already as fresh
+        }
+        *persisted = Some(Arc::new(snap));
+        vs.as_of.send_replace(as_of);
+        Ok(rows)
+    }
+
+    /// Whether the view serves its live snapshot or a persisted one.
+    pub fn served(&self, view: usize) -> Served {
+        if self.views[view].persisted.read().is_some() { Served::Persisted } else { Served::Live }
+    }
+
+    /// The view's live snapshot (never a persisted one): what [`crate::persist`] writes.
+    pub fn live_snapshot(&self, view: usize) -> Arc<ViewSnapshot> {
+        self.views[view].current.read().clone()
     }
 
     /// Index of the view named `name` (its SQL name).
@@ -159,9 +226,14 @@ impl SnapshotStore {
         &self.views[view].def
     }
 
-    /// The view's current snapshot.
+    /// The view's served snapshot: the live one, or, while the dataflow rehydrates after a
+    /// restart, the persisted one (see [`SnapshotStore::served`]).
     pub fn snapshot(&self, view: usize) -> Arc<ViewSnapshot> {
-        self.views[view].current.read().clone()
+        let vs = &self.views[view];
+        if let Some(p) = vs.persisted.read().as_ref() {
+            return p.clone();
+        }
+        vs.current.read().clone()
     }
 
     /// Number of views.
@@ -247,12 +319,20 @@ impl SnapshotStore {
                 }
             }
         }
-        let as_of = if frontier == Epoch::MAX { prev.as_of } else { frontier.saturating_sub(1).max(prev.as_of) };
+        let recovering = frontier <= self.recovery_epoch.load(Ordering::Acquire);
+        let as_of =
+            if frontier == Epoch::MAX || recovering { prev.as_of } else { frontier.saturating_sub(1).max(prev.as_of) };
         let snap =
             ViewSnapshot { as_of, buckets, row_count: row_count.max(0) as usize, published_at: SystemTime::now() };
+        let mut persisted = vs.persisted.write();
         *vs.current.write() = Arc::new(snap);
+        if persisted.as_ref().is_some_and(|p| p.as_of <= as_of) {
+            *persisted = None;
+        }
+        let served = persisted.as_ref().map_or(as_of, |p| p.as_of);
+        drop(persisted);
         drop(state);
-        vs.as_of.send_replace(as_of);
+        vs.as_of.send_replace(served);
     }
 }
 

@@ -253,3 +253,102 @@ fn read_file(
     }
     Ok(Some((as_of, rows)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vitalflow_schemas::Datum;
+    use vitalflow_schemas::view::{ColumnType, col};
+
+    const DEF: ViewDef = ViewDef {
+        name: "t",
+        columns: &[col("user_id", ColumnType::Str), col("n", ColumnType::Int), col("x", ColumnType::Float)],
+        key_len: 2,
+        route: Some("t"),
+        filters: &[],
+        range_column: None,
+        range_via: None,
+    };
+
+    fn row(u: &str, n: i64) -> Row {
+        vec![Datum::Str(u.into()), Datum::Int(n), Datum::float(Some(n as f64 / 2.0))]
+    }
+
+    /// A store with 3 users × 700 rows (several chunks each) published as of epoch 4.
+    fn published() -> SnapshotStore {
+        let store = SnapshotStore::new([DEF]);
+        let rows = ["a", "b", "c"].iter().flat_map(|u| (0..700).map(|n| (row(u, n), 1))).collect();
+        store.apply(0, 5, rows);
+        store
+    }
+
+    fn rows_of(store: &SnapshotStore) -> Vec<Row> {
+        let snap = store.snapshot(0);
+        let mut rows: Vec<Row> =
+            snap.buckets.iter().flat_map(|b| b.users.values().flat_map(|s| s.rows().cloned())).collect();
+        rows.sort();
+        rows
+    }
+
+    #[test]
+    fn a_persisted_snapshot_is_served_until_the_live_one_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = published();
+        let p = Persister::new(dir.path(), "store-1").unwrap();
+        assert_eq!(p.persist(&store), Ok(1));
+        assert_eq!(p.persist(&store), Ok(0), "nothing advanced, nothing written");
+
+        let next = SnapshotStore::new([DEF]);
+        next.set_recovery_epoch(9);
+        let p2 = Persister::new(dir.path(), "store-1").unwrap();
+        assert_eq!(p2.load(&next, 9), vec![("t", Loaded::Served { as_of: 4, rows: 2100 })]);
+        assert_eq!((next.served(0), next.snapshot(0).as_of), (Served::Persisted, 4));
+        assert_eq!(rows_of(&next), rows_of(&store));
+        // The frontier reaching the recovery epoch claims nothing: the persisted one stays.
+        next.apply(0, 9, vec![(row("a", 1), 1)]);
+        assert_eq!((next.served(0), next.snapshot(0).as_of), (Served::Persisted, 4));
+        assert_eq!(next.live_snapshot(0).as_of, 0, "a live snapshot claims no epoch during recovery");
+        next.apply(0, 10, vec![(row("z", 1), 1)]);
+        assert_eq!((next.served(0), next.snapshot(0).as_of), (Served::Live, 9));
+        assert_eq!(rows_of(&next), vec![row("a", 1), row("z", 1)]);
+    }
+
+    #[test]
+    fn unusable_files_leave_the_view_to_rehydration() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = published();
+        Persister::new(dir.path(), "store-1").unwrap().persist(&store).unwrap();
+        let unusable = |store_id: &str, last_epoch: Epoch| {
+            let next = SnapshotStore::new([DEF]);
+            let loaded = Persister::new(dir.path(), store_id).unwrap().load(&next, last_epoch);
+            assert_eq!((next.served(0), next.snapshot(0).as_of), (Served::Live, 0));
+            matches!(loaded[0].1, Loaded::Unusable(_))
+        };
+        assert!(unusable("store-2", 9), "another store's file");
+        assert!(unusable("store-1", 3), "a file claiming an epoch the store has not committed");
+        let path = dir.path().join("t.arrow");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(unusable("store-1", 9), "a truncated file");
+        std::fs::write(&path, b"not arrow").unwrap();
+        assert!(unusable("store-1", 9), "garbage");
+        std::fs::remove_file(&path).unwrap();
+        let next = SnapshotStore::new([DEF]);
+        assert_eq!(Persister::new(dir.path(), "store-1").unwrap().load(&next, 9), vec![("t", Loaded::Missing)]);
+    }
+
+    #[test]
+    fn invalidation_deletes_the_files_and_refuses_older_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = published();
+        let p = Persister::new(dir.path(), "store-1").unwrap();
+        p.persist(&store).unwrap();
+        assert!(p.path("t").exists());
+        p.invalidate(6).unwrap();
+        assert!(!p.path("t").exists());
+        assert_eq!(p.persist(&store), Ok(0), "a snapshot older than the erasure is never written");
+        store.apply(0, 7, vec![(row("a", 0), -1)]);
+        assert_eq!(p.persist(&store), Ok(1), "as of 6, it reflects the erasure");
+        assert!(p.path("t").exists());
+    }
+}

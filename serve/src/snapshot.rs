@@ -28,6 +28,9 @@ pub const CHUNK_ROWS: usize = 256;
 pub struct Chunk {
     pub rows: Vec<Row>,
     pub batch: RecordBatch,
+    /// The smallest and largest value of the view's `range_column` in this chunk when that column
+    /// is a date (days since 1970-01-01); SQL skips chunks a date filter excludes.
+    pub days: Option<(i32, i32)>,
 }
 
 /// One user's rows of a view: chunks in key order. Chunk `i` holds the rows with keys in
@@ -346,7 +349,19 @@ fn push(def: &ViewDef, shard: &mut UserShard, lower: Row, run: Vec<Row>) -> Arro
     let batch = def.to_record_batch(&run)?;
     shard.len += run.len();
     shard.lower.push(lower);
-    shard.chunks.push(Arc::new(Chunk { rows: run, batch }));
+    let days = def
+        .range_column
+        .and_then(|c| def.column_index(c))
+        .filter(|i| def.columns[*i].ty == vitalflow_schemas::view::ColumnType::Date)
+        .and_then(|i| {
+            let mut dates = run.iter().filter_map(|r| match r.get(i) {
+                Some(Datum::Date(d)) => Some(*d),
+                _ => None,
+            });
+            let first = dates.next()?;
+            Some(dates.fold((first, first), |(lo, hi), d| (lo.min(d), hi.max(d))))
+        });
+    shard.chunks.push(Arc::new(Chunk { rows: run, batch, days }));
     Ok(())
 }
 

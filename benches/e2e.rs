@@ -610,8 +610,25 @@ fn proc_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// One HTTP/1.0 exchange on a fresh connection: the response's status and body.
+fn http_once(addr: &str, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.get(9..12)?.parse().ok()?;
+    Some((status, out.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_owned())))
+}
+
 /// `restart`: stops the loaded server (SIGTERM), starts it again on the same data directory and
-/// times process start → `/readyz` (recovery replays the whole history into every view).
+/// times process start → the first point read that returns rows (served from the snapshots the
+/// previous run persisted, while the dataflow rehydrates) and start → `/readyz` (recovery replays
+/// the whole history into every view).
 fn restart(
     args: &Args,
     dir: &std::path::Path,
@@ -631,15 +648,41 @@ fn restart(
         let mut head = [0u8; 12];
         s.read_exact(&mut head).is_ok() && head.ends_with(b"200")
     };
+    // A user to read: the first of the view (SQL answers as soon as a snapshot is served).
+    let (mut first_read, mut first_read_as_of, mut first_read_status) = (None, None, None);
+    let mut user: Option<String> = None;
     while !ready_now() {
+        if first_read.is_none() {
+            if user.is_none() {
+                let sql = r#"{"sql": "SELECT user_id FROM daily_rollups LIMIT 1"}"#;
+                user = http_once(&addr, "POST", "/v1/sql", sql)
+                    .filter(|(s, _)| *s == 200)
+                    .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+                    .and_then(|v| v["rows"][0]["user_id"].as_str().map(str::to_owned));
+            }
+            if let Some(u) = &user
+                && let Some((200, b)) = http_once(&addr, "GET", &format!("/v1/users/{u}/daily-rollups"), "")
+                && let Ok(v) = serde_json::from_str::<Value>(&b)
+                && v["rows"].as_array().is_some_and(|r| !r.is_empty())
+            {
+                first_read = Some(started.elapsed().as_secs_f64());
+                first_read_as_of = v["asOfEpoch"].as_u64();
+                first_read_status = http_once(&addr, "GET", "/readyz", "")
+                    .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+                    .map(|v| v["status"].clone());
+            }
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
     let ready = started.elapsed().as_secs_f64();
+    let first_read = first_read.unwrap_or(ready);
     std::thread::sleep(Duration::from_millis(500));
     let (rss, hwm) = (proc_kib(c.id(), "VmRSS:"), proc_kib(c.id(), "VmHWM:"));
     let _ = c.kill();
     let _ = c.wait();
     json!({"scenario": "restart", "samples": samples, "start_to_ready_seconds": ready,
+           "start_to_first_read_seconds": first_read, "first_read_as_of_epoch": first_read_as_of,
+           "first_read_readyz_status": first_read_status,
            "rss_after_ready_mb": rss / 1024, "peak_rss_during_recovery_mb": hwm / 1024,
            "resident_bytes_per_sample": (rss * 1024) as f64 / samples.max(1) as f64,
            "views": args.views.clone().unwrap_or_else(|| "all".into())})

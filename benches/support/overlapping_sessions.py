@@ -1,0 +1,54 @@
+"""Memory of `session_impacts` when one user has many overlapping sessions (issue 10).
+
+One user: heart rate every 30 s and steps every minute over 30 hours (5,400 samples), then SESSIONS
+consumption sessions of 10 hours, all overlapping. Prints the time until every impact is visible,
+the server's peak and current RSS (KiB), and a digest of the rows (equal digests: equal views).
+
+usage: python3 benches/support/overlapping_sessions.py BINARY PORT SESSIONS
+"""
+import json, os, subprocess, sys, time, urllib.request, shutil
+binary, port, nsess = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+data = f"/tmp/vitalflow-overlap-{port}"
+shutil.rmtree(data, ignore_errors=True)
+srv = subprocess.Popen([binary, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+base = f"http://127.0.0.1:{port}"
+def post(path, body):
+    req = urllib.request.Request(base + path, json.dumps(body).encode(), {"content-type": "application/json"})
+    return json.load(urllib.request.urlopen(req, timeout=600))
+def get(path):
+    return json.load(urllib.request.urlopen(base + path, timeout=600))
+def rss():
+    for line in open(f"/proc/{srv.pid}/status"):
+        if line.startswith("VmRSS") or line.startswith("VmHWM"):
+            yield line.split()[1]
+for _ in range(100):
+    try: get("/readyz"); break
+    except Exception: time.sleep(0.2)
+t0 = 1717200000000  # 2024-06-01T00:00Z
+def iso(ms): return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + "Z"
+# heart rate every 30 s and steps per minute over 30 hours
+samples = []
+for i in range(30 * 120):
+    t = t0 + i * 30_000
+    samples.append({"sourceId": "watch", "sourceRecordId": f"h{i}", "metric": "heart_rate",
+                    "startAt": iso(t), "endAt": iso(t), "value": 60 + i % 40, "unit": "bpm"})
+    if i % 2 == 0:
+        samples.append({"sourceId": "watch", "sourceRecordId": f"s{i}", "metric": "steps",
+                        "startAt": iso(t), "endAt": iso(t + 60_000), "value": 10 + i % 7, "unit": "count"})
+epoch = 0
+for k in range(0, len(samples), 2000):
+    epoch = post("/v1/health/samples/batch-upsert", {"requestId": f"r{k}", "userId": "u1", "deviceTimeZone": "UTC",
+                 "samples": samples[k:k + 2000]})["epoch"]
+changes = [{"entity": "session", "op": "upsert", "data": {"userId": "u1", "sessionId": f"s{i}", "productId": "p1",
+            "startAt": iso(t0 + 10 * 3600_000 + i * 1000), "endAt": iso(t0 + 20 * 3600_000 + i * 1000), "quantity": 1.0}}
+           for i in range(nsess)]
+for k in range(0, len(changes), 500):
+    epoch = post("/v1/domain/changes", {"requestId": f"d{k}", "changes": changes[k:k + 500]})["epoch"]
+start = time.time()
+r = get(f"/v1/users/u1/session-impacts?minEpoch={epoch}&waitMs=600000")
+took = time.time() - start
+rows = r["rows"]
+print(json.dumps({"binary": binary, "sessions": nsess, "samples": len(samples), "visible_s": round(took, 1),
+                  "peak_and_current_rss_kb": list(rss()), "rows": len(rows), "digest": __import__("hashlib").sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]}))
+srv.terminate(); srv.wait()

@@ -1,6 +1,7 @@
 //! `session_impacts`: per (session, metric), the metric before, during and after a consumption
 //! session, and the deltas (DOMAIN.md §4).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
@@ -212,33 +213,22 @@ pub fn impacts<'s>(
         })
         .arrange_by_key_named("Impact: hours by user");
 
+    // Each (session, hour) pair is reduced at once to what that hour adds to the session's
+    // windows ([`HourPart`]); a session then sums at most 28 parts. A sample change costs the
+    // sessions covering its hour one pass over that hour's samples each, not over their windows.
     let windows = session_buckets
         .join_core(hours, |(user, h), (sid, s, e, s_first), hour| {
-            Some(((user.clone(), sid.clone(), *s, *e, *s_first), (*h, hour.clone())))
+            let parts = hour_parts(hour, *h, *s_first, *s, *e);
+            (!parts.is_empty()).then(|| ((user.clone(), sid.clone(), *s, *e), (*h, parts)))
         })
-        .reduce_named("Impact: windows", |(_, _, s, e, s_first), input, output| {
-            // A sample meets the session in every hour both touch; keep it in the first one only.
-            let mut near: Vec<(&SampleLite, isize)> = Vec::new();
-            for ((h, hour), r) in input {
-                if *r <= 0 {
-                    continue;
-                }
-                near.extend(
-                    hour.0.iter().filter(|(_, x_first, _)| *h == (*s_first).max(*x_first)).map(|(x, _, m)| (x, *m)),
-                );
-            }
-            // Sorted as a reduce over the pairs would see them, so sums add in one fixed order.
-            near.sort();
-            let ranges = [(*s - BEFORE_MS, *s), (*s, *e), (*e, *e + AFTER_MS)];
-            for metric_samples in near.chunk_by(|a, b| a.0.0 == b.0.0) {
-                let metric = metric_samples[0].0.0;
-                let windows = ranges.map(|(a, b)| window(metric, a, b, metric_samples));
+        .reduce_named("Impact: windows", |(_, _, s, e), input, output| {
+            for (metric, windows) in combine(*s, *e, input) {
                 if windows.iter().any(|w| w.1 >= 1) {
                     output.push(((metric, windows), 1));
                 }
             }
         })
-        .map(|((user, sid, _, _, _), (metric, windows))| ((user, sid), (metric, windows)));
+        .map(|((user, sid, _, _), (metric, windows))| ((user, sid), (metric, windows)));
 
     let attributes =
         eligible.map(|s| ((s.user_id, s.session_id), (s.product_id, s.start_ms, s.quantity))).join(contamination);
@@ -256,30 +246,110 @@ pub fn impacts<'s>(
     )
 }
 
-/// One window of one metric (§4): DISCRETE is the mean of samples starting in it; CUMULATIVE the
-/// best-ranked overlapping source's C1 total per hour.
-fn window(metric: Metric, a: i64, b: i64, input: &[(&SampleLite, isize)]) -> Window {
-    if metric.kind() == ValueKind::Cumulative {
-        if b <= a {
-            return (None, 0);
+/// One source's share of one window from one hour: the sum of its samples' C1 shares of the window
+/// (DISCRETE: of their values) and how many of its samples count (overlap the window; DISCRETE:
+/// start in it). `rank` and `source` order the sources (§1.5); DISCRETE uses one part, rank 0.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Part {
+    pub rank: u8,
+    pub source: String,
+    pub total: OrdF64,
+    pub n: i64,
+}
+
+/// What one hour adds to one session's BEFORE, DURING and AFTER windows, per metric.
+pub type HourPart = Vec<(Metric, [Vec<Part>; 3])>;
+
+/// The part of `hour` (bucket `h`) in the windows of the session `[s, e)` whose first bucket is
+/// `s_first`. A sample touching several of the session's hours counts in the first of them only.
+fn hour_parts(hour: &HourSamples, h: i64, s_first: i64, s: i64, e: i64) -> HourPart {
+    let ranges = [(s - BEFORE_MS, s), (s, e), (e, e + AFTER_MS)];
+    let mine: Vec<&(SampleLite, i64, isize)> =
+        hour.0.iter().filter(|(_, x_first, _)| h == s_first.max(*x_first)).collect();
+    let mut out = Vec::new();
+    for samples in mine.chunk_by(|x, y| x.0.0 == y.0.0) {
+        let metric = samples[0].0.0;
+        let cumulative = metric.kind() == ValueKind::Cumulative;
+        let windows = ranges.map(|(a, b)| {
+            let mut parts: Vec<Part> = Vec::new();
+            if cumulative && b <= a {
+                return parts;
+            }
+            for (x, _, m) in samples {
+                let (start, end, value) = (x.1, x.2, x.3.0);
+                let counts = if cumulative {
+                    if end > start { start < b && end > a } else { a <= start && start < b }
+                } else {
+                    a <= start && start < b
+                };
+                if !counts || *m <= 0 {
+                    continue;
+                }
+                let (rank, source) = if cumulative { (x.4, x.5.as_str()) } else { (0, "") };
+                let add = if cumulative { share(start, end, value, a, b) } else { value } * *m as f64;
+                match parts.iter_mut().find(|p| p.rank == rank && p.source == source) {
+                    Some(p) => {
+                        p.total.0 += add;
+                        p.n += *m as i64;
+                    }
+                    None => parts.push(Part { rank, source: source.to_owned(), total: OrdF64(add), n: *m as i64 }),
+                }
+            }
+            parts.sort();
+            parts
+        });
+        if windows.iter().any(|w| !w.is_empty()) {
+            out.push((metric, windows));
         }
-        let overlapping = |x: &SampleLite| if x.2 > x.1 { x.1 < b && x.2 > a } else { a <= x.1 && x.1 < b };
-        let best = input.iter().filter(|(x, r)| *r > 0 && overlapping(x)).map(|(x, _)| (x.4, x.5.as_str())).min();
-        let Some((_, source)) = best else { return (None, 0) };
-        let (mut total, mut n) = (0.0, 0);
-        for (x, r) in input.iter().filter(|(x, r)| *r > 0 && x.5 == source && overlapping(x)) {
-            total += share(x.1, x.2, x.3.0, a, b) * *r as f64;
-            n += *r as i64;
-        }
-        (Some(OrdF64(total / ((b - a) as f64 / 3_600_000.0))), n)
-    } else {
-        let (mut sum, mut n) = (0.0, 0);
-        for (x, r) in input.iter().filter(|(x, r)| *r > 0 && a <= x.1 && x.1 < b) {
-            sum += x.3.0 * *r as f64;
-            n += *r as i64;
-        }
-        ((n >= MIN_N).then(|| OrdF64(sum / n as f64)), n)
     }
+    out
+}
+
+/// A session's windows per metric from its hours' parts (§4): DISCRETE, the mean of the samples
+/// starting in the window (null below `MIN_N`); CUMULATIVE, the best-ranked source with a sample
+/// overlapping the window (ties to the smaller `sourceId`), its C1 total per hour of window.
+fn combine(s: i64, e: i64, input: &[(&(i64, HourPart), isize)]) -> Vec<(Metric, [Window; 3])> {
+    let ranges = [(s - BEFORE_MS, s), (s, e), (e, e + AFTER_MS)];
+    // Per metric and window, per (rank, source): total and n, summed over hours in hour order.
+    let mut acc: BTreeMap<Metric, [BTreeMap<(u8, &str), (f64, i64)>; 3]> = BTreeMap::new();
+    for ((_, parts), r) in input {
+        if *r <= 0 {
+            continue;
+        }
+        for (metric, windows) in parts {
+            let slot = acc.entry(*metric).or_default();
+            for (w, window_parts) in windows.iter().enumerate() {
+                for p in window_parts {
+                    let t = slot[w].entry((p.rank, p.source.as_str())).or_insert((0.0, 0));
+                    t.0 += p.total.0 * *r as f64;
+                    t.1 += p.n * *r as i64;
+                }
+            }
+        }
+    }
+    acc.into_iter()
+        .map(|(metric, windows)| {
+            let mut w = 0;
+            let out = windows.map(|sources| {
+                let (a, b) = ranges[w];
+                w += 1;
+                if metric.kind() == ValueKind::Cumulative {
+                    if b <= a {
+                        return (None, 0);
+                    }
+                    // The best-ranked source that has a sample overlapping the window.
+                    match sources.iter().find(|(_, (_, n))| *n > 0) {
+                        Some((_, (total, n))) => (Some(OrdF64(total / ((b - a) as f64 / 3_600_000.0))), *n),
+                        None => (None, 0),
+                    }
+                } else {
+                    let (sum, n) = sources.values().fold((0.0, 0), |(s, c), (t, n)| (s + t, c + n));
+                    ((n >= MIN_N).then(|| OrdF64(sum / n as f64)), n)
+                }
+            });
+            (metric, out)
+        })
+        .collect()
 }
 
 /// In: current samples and sessions. Out: one row per `(user_id, session_id, metric)`.

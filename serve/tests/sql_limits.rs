@@ -46,6 +46,17 @@ async fn plain_queries_and_value_functions_still_work() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["rows"].as_array().unwrap().len(), 5);
     assert_eq!(body["rows"][0]["k"], json!("u1:100"));
+    // Window functions with fixed-width results run; a string result is refused.
+    let (status, body) = query(
+        &app,
+        "SELECT steps, sum(steps) OVER (ORDER BY steps ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS m, \
+         row_number() OVER (PARTITION BY user_id ORDER BY steps) AS r FROM steps ORDER BY steps",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rows"].as_array().unwrap().len(), 5);
+    let (status, body) = query(&app, "SELECT first_value(user_id) OVER (ORDER BY steps) AS f FROM steps").await;
+    assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "QUERY_TOO_EXPENSIVE"), "{body}");
     // An unaliased `||` keeps the name DataFusion gives it.
     let (status, body) = query(&app, "SELECT user_id || 'x' FROM steps LIMIT 1").await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -47,6 +47,21 @@ async fn hostile_queries_are_refused_within_the_memory_budget() {
         format!("WITH a AS (SELECT repeat('x', 1000000) AS s) SELECT length(concat({})) FROM a", ["s"; 500].join(", ")),
         // A constant repeated once per row of a batch.
         "SELECT max(length(s)) FROM (SELECT repeat('x', 100000) AS s FROM generate_series(1, 100000))".to_owned(),
+        // Window functions whose value per row grows with the frame, or repeats a large value per
+        // row (a window evaluates its whole partition outside the pool): refused at analysis.
+        "SELECT sum(cardinality(a)) FROM (SELECT array_agg(repeat('x', 200000)) OVER (ORDER BY value) a \
+         FROM generate_series(1, 2000))"
+            .to_owned(),
+        "SELECT sum(length(s)) FROM (SELECT string_agg(repeat('x', 1000), '') OVER (ORDER BY value) s \
+         FROM generate_series(1, 20000))"
+            .to_owned(),
+        "SELECT max(length(s)) FROM (SELECT first_value(repeat('x', 200000)) OVER (PARTITION BY value % 7) s \
+         FROM generate_series(1, 100000))"
+            .to_owned(),
+        // A window buffers its whole input (1 GB of values here): charged to the pool as it arrives.
+        "SELECT max(n + length(s)) FROM (SELECT count(*) OVER () AS n, s FROM \
+         (SELECT repeat('x', 50000) || value AS s FROM generate_series(1, 20000)))"
+            .to_owned(),
     ];
     for sql in &hostile {
         let (status, body) = query(&app, sql).await;

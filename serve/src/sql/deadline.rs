@@ -15,10 +15,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::StreamExt;
@@ -30,18 +32,34 @@ const MAX_ROWS_PER_STREAM: usize = 1 << 27;
 pub(crate) const DEADLINE_PASSED: &str = "vitalflow: the query passed its deadline";
 
 /// `plan` with every node wrapped in a [`DeadlineExec`] for `deadline` and `max_batch_bytes`.
+/// The inputs of window operators, which buffer a whole partition without reserving memory, are
+/// charged to the query's memory pool as they arrive.
 pub(crate) fn wrap(
     plan: Arc<dyn ExecutionPlan>,
     deadline: Instant,
     max_batch_bytes: usize,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    Ok(plan
-        .transform_up(|node| {
-            let wrapped: Arc<dyn ExecutionPlan> = Arc::new(DeadlineExec { input: node, deadline, max_batch_bytes });
-            Ok(Transformed::yes(wrapped))
-        })?
-        .data)
+    wrap_node(plan, deadline, max_batch_bytes, false)
 }
+
+fn wrap_node(
+    plan: Arc<dyn ExecutionPlan>,
+    deadline: Instant,
+    max_batch_bytes: usize,
+    charged: bool,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let buffers = BUFFERING_WITHOUT_RESERVATION.contains(&plan.name());
+    let children: Vec<Arc<dyn ExecutionPlan>> = plan
+        .children()
+        .into_iter()
+        .map(|c| wrap_node(c.clone(), deadline, max_batch_bytes, buffers))
+        .collect::<Result<_>>()?;
+    let input = if children.is_empty() { plan } else { replace_children_if_necessary(plan, children)? };
+    Ok(Arc::new(DeadlineExec { input, deadline, max_batch_bytes, charged }))
+}
+
+/// Operators that hold their whole input (a partition) without a memory reservation of their own.
+const BUFFERING_WITHOUT_RESERVATION: &[&str] = &["WindowAggExec", "BoundedWindowAggExec"];
 
 /// Passes its input's batches through until `deadline`, refusing any batch over
 /// `max_batch_bytes`. Transparent otherwise: same properties, statistics and downcast identity as
@@ -51,11 +69,14 @@ pub(crate) struct DeadlineExec {
     input: Arc<dyn ExecutionPlan>,
     deadline: Instant,
     max_batch_bytes: usize,
+    /// Whether the batches are charged to the query's memory pool (held until the stream ends):
+    /// the input of an operator that buffers it without reserving memory.
+    charged: bool,
 }
 
 impl DisplayAs for DeadlineExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "DeadlineExec: max_batch_bytes={}", self.max_batch_bytes)
+        write!(f, "DeadlineExec: max_batch_bytes={}, charged={}", self.max_batch_bytes, self.charged)
     }
 }
 
@@ -96,10 +117,13 @@ impl ExecutionPlan for DeadlineExec {
             input: children.swap_remove(0),
             deadline: self.deadline,
             max_batch_bytes: self.max_batch_bytes,
+            charged: self.charged,
         }))
     }
 
     fn execute(&self, partition: usize, ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let mut reservation =
+            self.charged.then(|| MemoryConsumer::new("vitalflow: window input").register(ctx.memory_pool()));
         let inner = self.input.execute(partition, ctx)?;
         let schema = inner.schema();
         let (deadline, max_bytes) = (self.deadline, self.max_batch_bytes);
@@ -122,6 +146,9 @@ impl ExecutionPlan for DeadlineExec {
                 return Err(DataFusionError::ResourcesExhausted(format!(
                     "an operator built a batch of {bytes} bytes; the limit is {max_bytes}"
                 )));
+            }
+            if let Some(r) = reservation.as_mut() {
+                r.try_grow(batch.get_array_memory_size())?;
             }
             Ok(batch)
         });

@@ -21,6 +21,7 @@ use datafusion::arrow::datatypes::{DataType, FieldRef, IntervalMonthDayNanoType,
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
+use datafusion::logical_expr::ExprSchemable;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::interval_arithmetic::Interval;
@@ -215,6 +216,7 @@ impl AnalyzerRule for GuardRule {
         plan.apply_with_subqueries(|p| {
             check_before_folding(p)?;
             check_aggregate_sizes(p)?;
+            check_window_outputs(p)?;
             Ok(TreeNodeRecursion::Continue)
         })?;
         Ok(plan.transform_up_with_subqueries(|p| guard_plan(p, self.limits, true))?.data)
@@ -302,6 +304,29 @@ fn check_aggregate_sizes(plan: &LogicalPlan) -> Result<()> {
             Ok(TreeNodeRecursion::Continue)
         })
     })?;
+    Ok(())
+}
+
+/// Refuses window functions that return values of variable width (strings, binaries, lists,
+/// structs). A window operator evaluates a whole partition at once, outside DataFusion's memory
+/// pool, and such a function's value per row can be as large as its frame (`array_agg(…) OVER`,
+/// `string_agg`) or repeat a large value once per row (`first_value(repeat('x', 200000)) OVER`),
+/// gigabytes before any batch bound sees them. Numbers, booleans and dates are fixed width.
+fn check_window_outputs(plan: &LogicalPlan) -> Result<()> {
+    let LogicalPlan::Window(w) = plan else { return Ok(()) };
+    for e in &w.window_expr {
+        let t = e.get_type(w.input.schema())?;
+        if is_var_width(&t) {
+            let name = match e.clone().unalias() {
+                Expr::WindowFunction(f) => f.fun.name().to_owned(),
+                other => other.schema_name().to_string(),
+            };
+            return Err(refuse(format!(
+                "window function {name} returns {t}; window functions must return fixed-width values \
+                 (numbers, booleans, dates), because a partition is evaluated at once outside the memory pool"
+            )));
+        }
+    }
     Ok(())
 }
 

@@ -4,7 +4,10 @@ One user: heart rate every 30 s and steps every minute over 30 hours (5,400 samp
 consumption sessions of 10 hours, all overlapping. Prints the time until every impact is visible,
 the server's peak and current RSS (KiB), and a digest of the rows (equal digests: equal views).
 
-usage: python3 benches/support/overlapping_sessions.py BINARY PORT SESSIONS
+Then CHANGES single heart-rate samples (default 10) are sent one at a time, each into an hour every
+session covers, and the time until each is visible in `session_impacts` is reported (median, max).
+
+usage: python3 benches/support/overlapping_sessions.py BINARY PORT SESSIONS [CHANGES]
 """
 import json, os, subprocess, sys, time, urllib.request, shutil
 binary, port, nsess = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -51,4 +54,18 @@ took = time.time() - start
 rows = r["rows"]
 print(json.dumps({"binary": binary, "sessions": nsess, "samples": len(samples), "visible_s": round(took, 1),
                   "peak_and_current_rss_kb": list(rss()), "rows": len(rows), "digest": __import__("hashlib").sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]}))
+nchanges = int(sys.argv[4]) if len(sys.argv) > 4 else 10
+lat = []
+for c in range(nchanges):
+    t = t0 + 15 * 3600_000 + c * 7_000
+    body = {"requestId": f"c{c}", "userId": "u1", "deviceTimeZone": "UTC", "samples": [
+        {"sourceId": "watch", "sourceRecordId": f"c{c}", "metric": "heart_rate", "startAt": iso(t), "endAt": iso(t),
+         "value": 100 + c, "unit": "bpm"}]}
+    start = time.time()
+    e = post("/v1/health/samples/batch-upsert", body)["epoch"]
+    get(f"/v1/users/u1/session-impacts?sessionId=s0&minEpoch={e}&waitMs=600000")
+    lat.append(time.time() - start)
+lat.sort()
+print(json.dumps({"changes": nchanges, "change_visible_median_s": round(lat[len(lat) // 2], 3),
+                  "change_visible_max_s": round(lat[-1], 3), "peak_and_current_rss_kb": list(rss())}))
 srv.terminate(); srv.wait()

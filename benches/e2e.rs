@@ -303,6 +303,7 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
     // sync that has to wait for a slot is timed from its scheduled start, so queueing counts.
     let slots = Arc::new(tokio::sync::Semaphore::new(1024));
     let late_reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for n in 0..total {
         ticker.tick().await;
         let t = Instant::now();
@@ -320,13 +321,18 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
         let body = json!({"requestId": format!("{}-{n}", if late { "late" } else { "steady" }), "userId": format!("user-{user}"),
                           "deviceTimeZone": "UTC", "samples": samples});
         let (client, base, acks, visible) = (client.clone(), base.to_owned(), acks.clone(), visible.clone());
-        let late_reads = late_reads.clone();
+        let (late_reads, refused) = (late_reads.clone(), refused.clone());
         tasks.push(tokio::spawn(async move {
             let _slot = slot;
             let r =
                 client.post(format!("{base}/v1/health/samples/batch-upsert")).json(&body).send().await.expect("post");
+            let ok = r.status().is_success();
             let v: Value = r.json().await.expect("json");
             let acked = t.elapsed();
+            if !ok {
+                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
             let epoch = v["epoch"].as_u64().unwrap_or(0);
             let url = format!("{base}/v1/users/user-{user}/daily-rollups?metric=steps&minEpoch={epoch}&waitMs=30000");
             let r: Value = client.get(url).send().await.expect("read").json().await.expect("json");
@@ -350,6 +356,7 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
         "scenario": if late { "late" } else { "steady" },
         "target_syncs_per_s": rate, "samples_per_sync": per_sync, "syncs": acks.len(), "max_in_flight": 1024,
         "not_visible_within_30s": late_reads.load(std::sync::atomic::Ordering::Relaxed),
+        "syncs_refused": refused.load(std::sync::atomic::Ordering::Relaxed),
         "achieved_syncs_per_s": acks.len() as f64 / elapsed,
         "history_samples": history, "samples_sent": acks.len() * per_sync,
         "ack_ms": percentiles(acks), "ack_to_visible_ms": percentiles(visible),
@@ -503,19 +510,35 @@ async fn http_run(args: &Args, base: &str, payloads: Vec<Vec<u8>>, samples: usiz
                 format!("{base}/v1/domain/changes"),
             );
             tasks.push(tokio::spawn(async move {
-                let (mut max_epoch, mut lat, mut acks) = (0_u64, Vec::new(), Vec::new());
+                let (mut max_epoch, mut lat, mut acks, mut refused) = (0_u64, Vec::new(), Vec::new(), 0_u64);
                 loop {
                     let next = queue.lock().ok().and_then(|mut q| q.next());
                     let Some(body) = next else { break };
                     let t = Instant::now();
                     let to = if body.starts_with(b"{\"changes\"") { &domain_url } else { &url };
-                    let r = client
-                        .post(to)
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .send()
-                        .await
-                        .expect("post");
+                    // Backpressure (503 OVERLOADED / VIEWS_LAGGING, 429) is answered as a client
+                    // would: wait the Retry-After (at most 1 s here) and send the same body again.
+                    let r = loop {
+                        let r = client
+                            .post(to)
+                            .header("content-type", "application/json")
+                            .body(body.clone())
+                            .send()
+                            .await
+                            .expect("post");
+                        if r.status() == 503 || r.status() == 429 {
+                            refused += 1;
+                            let wait = r
+                                .headers()
+                                .get("retry-after")
+                                .and_then(|v| v.to_str().ok()?.parse::<f64>().ok())
+                                .unwrap_or(0.1)
+                                .min(1.0);
+                            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+                            continue;
+                        }
+                        break r;
+                    };
                     assert!(r.status().is_success(), "status {}", r.status());
                     let v: Value = r.json().await.expect("json");
                     lat.push(t.elapsed());
@@ -523,15 +546,16 @@ async fn http_run(args: &Args, base: &str, payloads: Vec<Vec<u8>>, samples: usiz
                     acks.push((Instant::now(), epoch));
                     max_epoch = max_epoch.max(epoch);
                 }
-                (max_epoch, lat, acks)
+                (max_epoch, lat, acks, refused)
             }));
         }
-        let (mut last_epoch, mut lat, mut acks) = (0, Vec::new(), Vec::new());
+        let (mut last_epoch, mut lat, mut acks, mut refused) = (0, Vec::new(), Vec::new(), 0);
         for t in tasks {
-            let (e, l, a) = t.await.expect("task");
+            let (e, l, a, r) = t.await.expect("task");
             last_epoch = last_epoch.max(e);
             lat.extend(l);
             acks.extend(a);
+            refused += r;
         }
         let acked = started.elapsed();
         loop {
@@ -566,6 +590,7 @@ async fn http_run(args: &Args, base: &str, payloads: Vec<Vec<u8>>, samples: usiz
         json!({
             "scenario": "bulk", "samples": samples, "batches": lat.len(), "batch_size": args.batch,
             "concurrency": args.concurrency, "workers": args.workers, "epochs": last_epoch,
+            "refused_then_retried": refused,
             "ack_seconds": acked.as_secs_f64(), "visible_seconds": visible.as_secs_f64(),
             "samples_per_s_visible": samples as f64 / visible.as_secs_f64(),
             "ack_latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},

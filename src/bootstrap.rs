@@ -241,6 +241,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     let options = IngestOptions {
         queue_bytes: config.server.writer_queue_bytes,
         max_lag_epochs: config.server.max_view_lag_epochs,
+        max_lag: Duration::from_millis(config.server.max_view_lag_ms),
         visible_epoch: visible_epoch.clone(),
         healthy,
         user_requests_per_sec: config.server.user_requests_per_sec,

@@ -469,6 +469,9 @@ pub struct ServerLimits {
     /// Epochs the slowest view may trail ingestion before HTTP ingestion answers 503
     /// `VIEWS_LAGGING` (`VITALFLOW_MAX_VIEW_LAG_EPOCHS`).
     pub max_view_lag_epochs: u64,
+    /// Milliseconds the oldest epoch not yet visible in every view may wait before HTTP ingestion
+    /// answers 503 `VIEWS_LAGGING` (`VITALFLOW_MAX_VIEW_LAG_MS`).
+    pub max_view_lag_ms: u64,
     /// Sustained batch-upsert requests per second per user over HTTP (`VITALFLOW_USER_RATE`); 429
     /// `RATE_LIMITED` above; 0 turns the limit off.
     pub user_requests_per_sec: u32,
@@ -496,6 +499,7 @@ impl Default for ServerLimits {
             request_timeout_ms: 60_000,
             writer_queue_bytes: 64 * 1024 * 1024,
             max_view_lag_epochs: 1_000,
+            max_view_lag_ms: 120_000,
             user_requests_per_sec: 50,
             user_burst: 100,
             fatal_exit_grace_ms: 5_000,
@@ -524,6 +528,7 @@ impl ServerLimits {
         num(env, "VITALFLOW_REQUEST_TIMEOUT_MS", &mut self.request_timeout_ms)?;
         num(env, "VITALFLOW_WRITER_QUEUE_BYTES", &mut self.writer_queue_bytes)?;
         num(env, "VITALFLOW_MAX_VIEW_LAG_EPOCHS", &mut self.max_view_lag_epochs)?;
+        num(env, "VITALFLOW_MAX_VIEW_LAG_MS", &mut self.max_view_lag_ms)?;
         num(env, "VITALFLOW_USER_RATE", &mut self.user_requests_per_sec)?;
         num(env, "VITALFLOW_USER_BURST", &mut self.user_burst)?;
         num(env, "VITALFLOW_FATAL_EXIT_GRACE_MS", &mut self.fatal_exit_grace_ms)?;

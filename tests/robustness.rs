@@ -214,6 +214,9 @@ async fn a_read_over_the_row_cap_is_refused_and_a_narrower_one_answered() {
     let (status, b) = server.get("/v1/users/u1/daily-rollups?metric=steps&from=2024-06-02&to=2024-06-04").await;
     assert_eq!(status, 200, "{b}");
     assert_eq!(b["rows"].as_array().map(Vec::len), Some(3));
+    // An unknown metric is a bad query, not an empty answer.
+    let (status, b) = server.get("/v1/users/u1/daily-rollups?metric=nope").await;
+    assert_eq!((status, &b["code"]), (400, &json!("INVALID_QUERY")), "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

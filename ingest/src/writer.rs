@@ -52,6 +52,10 @@ pub struct IngestOptions {
     /// HTTP ingestion answers `503 VIEWS_LAGGING` while the slowest view trails the newest
     /// committed epoch by more than this many epochs. Default 1,000.
     pub max_lag_epochs: u64,
+    /// HTTP ingestion also answers `503 VIEWS_LAGGING` while the oldest epoch no view has made
+    /// visible yet was committed longer ago than this (views stalled by expensive changes, not by
+    /// many epochs). Default 120 s.
+    pub max_lag: std::time::Duration,
     /// The epoch every view reflects (the slowest view's `asOfEpoch`).
     pub visible_epoch: Arc<dyn Fn() -> Epoch + Send + Sync>,
     /// Whether the components a commit needs (dataflow workers, snapshot applier) are alive;
@@ -81,6 +85,7 @@ impl Default for IngestOptions {
         IngestOptions {
             queue_bytes: 64 * 1024 * 1024,
             max_lag_epochs: 1_000,
+            max_lag: std::time::Duration::from_secs(120),
             visible_epoch: Arc::new(|| Epoch::MAX),
             healthy: Arc::new(|| true),
             user_requests_per_sec: 50,
@@ -361,6 +366,12 @@ impl Ingest {
         let visible = (self.options.visible_epoch)();
         if latest.saturating_sub(visible) > self.options.max_lag_epochs {
             return Err(IngestError::ViewsLagging { behind: latest.saturating_sub(visible) });
+        }
+        if latest > visible
+            && let Some(committed) = self.progress.committed_at(visible + 1)
+            && committed.elapsed().is_ok_and(|waited| waited > self.options.max_lag)
+        {
+            return Err(IngestError::ViewsLagging { behind: latest - visible });
         }
         let permits = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
         match self.budget.clone().try_acquire_many_owned(permits) {

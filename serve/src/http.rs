@@ -203,6 +203,15 @@ async fn read_view(
             })
             .transpose()
     };
+    if let Some(m) = params.get("metric")
+        && def.filters.contains(&"metric")
+        && vitalflow_schemas::Metric::parse(m).is_none()
+    {
+        return Err(ApiError::bad(
+            "INVALID_QUERY",
+            format!("unknown metric '{m}' (DOMAIN.md §1.3 lists the metric keys)"),
+        ));
+    }
     let (from, to) = (date_param("from")?, date_param("to")?);
     let (min_epoch, wait_ms) = (num_param("minEpoch")?, num_param("waitMs")?);
     let filters: Vec<(usize, &String)> = def
@@ -373,12 +382,21 @@ async fn answer_sql(
     let limits = st.sql.limits();
     // Room for the JSON escaping of a query of `max_sql_bytes`, and for the other fields.
     let max_body = limits.max_sql_bytes.saturating_mul(2).saturating_add(4096);
-    let body = axum::body::to_bytes(body, max_body).await.map_err(|_| {
-        ApiError::new(
+    // A body announced within the limit that fails to arrive whole is a bad request, not a
+    // large one.
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let body = axum::body::to_bytes(body, max_body).await.map_err(|_| match announced {
+        Some(n) if n <= max_body => {
+            ApiError::bad("INVALID_REQUEST", format!("the request body ({n} bytes announced) could not be read whole"))
+        }
+        _ => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "QUERY_TOO_LARGE",
-            format!("the request body is larger than {max_body} bytes, or could not be read"),
-        )
+            format!("the request body is larger than {max_body} bytes"),
+        ),
     })?;
     let req: SqlRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad("INVALID_REQUEST", format!("expected {{\"sql\": \"...\"}}: {e}")))?;

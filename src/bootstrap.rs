@@ -143,7 +143,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     };
     if let Some(p) = &persister {
         let started = std::time::Instant::now();
-        for (view, loaded) in p.load(&snapshots, recovered_epoch) {
+        for (view, loaded) in p.load(&snapshots, recovered_epoch, store.last_erasure_epoch()?) {
             match loaded {
                 Loaded::Served { as_of, rows } => tracing::info!(view, as_of, rows, "persisted snapshot loaded"),
                 Loaded::Missing => tracing::info!(view, "no persisted snapshot; the view waits for rehydration"),

@@ -146,13 +146,25 @@ async fn a_restart_serves_persisted_snapshots_while_rehydrating() {
     let server = Server::start(dir.path());
     server.ready().await;
     assert!(snapshot_files(dir.path()) >= ROUTES.len());
+    // A copy of the files from before the erasure, put back later (a restored backup).
+    let backup = crate::common::temp_dir();
+    for f in std::fs::read_dir(dir.path().join("snapshots")).expect("snapshots").filter_map(Result::ok) {
+        std::fs::copy(f.path(), backup.path().join(f.file_name())).expect("copy");
+    }
     let r = server.client.delete(server.url("/v1/users/u2")).send().await.expect("DELETE");
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(snapshot_files(dir.path()), 0, "the erasure answered only after invalidating the files");
     server.kill();
+    for f in std::fs::read_dir(backup.path()).expect("backup").filter_map(Result::ok) {
+        std::fs::copy(f.path(), dir.path().join("snapshots").join(f.file_name())).expect("restore");
+    }
     let server = Server::start_with(dir.path(), DELAYED);
     for (rows, _, _) in read_all(&server, "u2", None).await {
-        assert_eq!(rows, json!([]), "an erased user is never served from a persisted snapshot");
+        assert_eq!(
+            rows,
+            json!([]),
+            "an erased user is never served from a persisted snapshot, not even a restored one"
+        );
     }
     server.ready().await;
     for (rows, _, _) in read_all(&server, "u2", None).await {

@@ -43,6 +43,9 @@ pub(crate) const SOURCE_POSITIONS: TableDefinition<&str, i64> = TableDefinition:
 /// `"epoch"` → newest committed epoch.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const EPOCH_KEY: &str = "epoch";
+/// `"last_erasure_epoch"` → the epoch of the last user erasure (no user id): anything derived
+/// from the store before it (a persisted view snapshot) may hold an erased user's rows.
+pub(crate) const LAST_ERASURE_KEY: &str = "last_erasure_epoch";
 /// `"format_version"` → the layout of this store's tables; see [`FORMAT_VERSION`].
 const FORMAT_KEY: &str = "format_version";
 /// The store layout this build reads and writes. A store with another version is refused at open
@@ -215,6 +218,13 @@ impl Store {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(EPOCH_KEY)?.map_or(0, |v| v.value()))
+    }
+
+    /// The epoch of the last user erasure; 0 if none was recorded.
+    pub fn last_erasure_epoch(&self) -> Result<Epoch, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(LAST_ERASURE_KEY)?.map_or(0, |v| v.value()))
     }
 
     /// The store's identity (fixed when it was created).

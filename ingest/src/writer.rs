@@ -25,8 +25,9 @@ use crate::domain::apply_domain;
 use crate::error::IngestError;
 use crate::progress::IngestProgress;
 use crate::store::{
-    EPOCH_KEY, META, PRODUCTS, PROFILES, REQUEST_STAMPS, REQUEST_TIMES, REQUESTS, RequestRecord, SAMPLES, SESSIONS,
-    SOURCE_POSITIONS, Store, TOMBSTONE_STAMPS, TOMBSTONE_TIMES, TOMBSTONES, USER_EPOCHS, decode_sample, encode_sample,
+    EPOCH_KEY, LAST_ERASURE_KEY, META, PRODUCTS, PROFILES, REQUEST_STAMPS, REQUEST_TIMES, REQUESTS, RequestRecord,
+    SAMPLES, SESSIONS, SOURCE_POSITIONS, Store, TOMBSTONE_STAMPS, TOMBSTONE_TIMES, TOMBSTONES, USER_EPOCHS,
+    decode_sample, encode_sample,
 };
 
 /// Called after each commit, in epoch order, with everything the commit changed. Returns whether
@@ -766,6 +767,9 @@ fn apply_group(
         if wrote {
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert(EPOCH_KEY, epoch).map_err(storage)?;
+            if !erased.is_empty() {
+                meta.insert(LAST_ERASURE_KEY, epoch).map_err(storage)?;
+            }
             let mut user_epochs = txn.open_table(USER_EPOCHS).map_err(storage)?;
             for u in &users {
                 // An erased user with nothing stored since leaves no row naming them (issue 11

@@ -91,14 +91,19 @@ impl Persister {
     }
 
     /// Loads every view's file into `store` (as [`SnapshotStore::install_persisted`]); a file
-    /// claiming an epoch past `last_epoch` (the store's last commit) is unusable.
-    pub fn load(&self, store: &SnapshotStore, last_epoch: Epoch) -> Vec<(&'static str, Loaded)> {
+    /// claiming an epoch past `last_epoch` (the store's last commit), or older than
+    /// `last_erasure` (the store's last user erasure: the file may hold the user's rows, say a
+    /// file restored from a backup), is unusable.
+    pub fn load(&self, store: &SnapshotStore, last_epoch: Epoch, last_erasure: Epoch) -> Vec<(&'static str, Loaded)> {
         let mut out = Vec::with_capacity(store.len());
         for view in 0..store.len() {
             let def = *store.def(view);
             let path = self.path(def.name);
             let loaded = match read_file(&path, &def, &self.store_id, last_epoch) {
                 Ok(None) => Loaded::Missing,
+                Ok(Some((as_of, _))) if as_of < last_erasure => Loaded::Unusable(format!(
+                    "written as of epoch {as_of}, before the erasure at epoch {last_erasure}: it may hold the erased user's rows"
+                )),
                 Ok(Some((as_of, rows))) => match store.install_persisted(view, as_of, rows) {
                     Ok(rows) => {
                         self.state.lock().written.insert(def.name, as_of);
@@ -301,7 +306,7 @@ mod tests {
         let next = SnapshotStore::new([DEF]);
         next.set_recovery_epoch(9);
         let p2 = Persister::new(dir.path(), "store-1").unwrap();
-        assert_eq!(p2.load(&next, 9), vec![("t", Loaded::Served { as_of: 4, rows: 2100 })]);
+        assert_eq!(p2.load(&next, 9, 0), vec![("t", Loaded::Served { as_of: 4, rows: 2100 })]);
         assert_eq!((next.served(0), next.snapshot(0).as_of), (Served::Persisted, 4));
         assert_eq!(rows_of(&next), rows_of(&store));
         // The frontier reaching the recovery epoch claims nothing: the persisted one stays.
@@ -320,12 +325,16 @@ mod tests {
         Persister::new(dir.path(), "store-1").unwrap().persist(&store).unwrap();
         let unusable = |store_id: &str, last_epoch: Epoch| {
             let next = SnapshotStore::new([DEF]);
-            let loaded = Persister::new(dir.path(), store_id).unwrap().load(&next, last_epoch);
+            let loaded = Persister::new(dir.path(), store_id).unwrap().load(&next, last_epoch, 0);
             assert_eq!((next.served(0), next.snapshot(0).as_of), (Served::Live, 0));
             matches!(loaded[0].1, Loaded::Unusable(_))
         };
         assert!(unusable("store-2", 9), "another store's file");
         assert!(unusable("store-1", 3), "a file claiming an epoch the store has not committed");
+        let next = SnapshotStore::new([DEF]);
+        let loaded = Persister::new(dir.path(), "store-1").unwrap().load(&next, 9, 5);
+        assert!(matches!(loaded[0].1, Loaded::Unusable(_)), "a file older than the last erasure");
+        assert_eq!(next.served(0), Served::Live);
         let path = dir.path().join("t.arrow");
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
@@ -334,7 +343,7 @@ mod tests {
         assert!(unusable("store-1", 9), "garbage");
         std::fs::remove_file(&path).unwrap();
         let next = SnapshotStore::new([DEF]);
-        assert_eq!(Persister::new(dir.path(), "store-1").unwrap().load(&next, 9), vec![("t", Loaded::Missing)]);
+        assert_eq!(Persister::new(dir.path(), "store-1").unwrap().load(&next, 9, 0), vec![("t", Loaded::Missing)]);
     }
 
     #[test]

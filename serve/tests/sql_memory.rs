@@ -58,6 +58,10 @@ async fn hostile_queries_are_refused_within_the_memory_budget() {
         "SELECT max(length(s)) FROM (SELECT first_value(repeat('x', 200000)) OVER (PARTITION BY value % 7) s \
          FROM generate_series(1, 100000))"
             .to_owned(),
+        // The same in a dictionary: a string all the same.
+        "SELECT count(a) FROM (SELECT first_value(arrow_cast(repeat('x', 200000), 'Dictionary(Int32, Utf8)')) \
+         OVER (PARTITION BY value % 7) a FROM generate_series(1, 40000))"
+            .to_owned(),
         // A window buffers its whole input (1 GB of values here): charged to the pool as it arrives.
         "SELECT max(n + length(s)) FROM (SELECT count(*) OVER () AS n, s FROM \
          (SELECT repeat('x', 50000) || value AS s FROM generate_series(1, 20000)))"

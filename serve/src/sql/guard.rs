@@ -699,6 +699,11 @@ fn range_elements(args: &[ColumnarValue], rows: usize) -> Result<Vec<usize>> {
 }
 
 fn is_var_width(t: &DataType) -> bool {
+    match t {
+        DataType::Dictionary(_, values) => return is_var_width(values),
+        DataType::RunEndEncoded(_, values) => return is_var_width(values.data_type()),
+        _ => {}
+    }
     matches!(
         t,
         DataType::Utf8

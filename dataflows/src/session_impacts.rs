@@ -305,13 +305,16 @@ fn hour_parts(hour: &HourSamples, h: i64, s_first: i64, s: i64, e: i64) -> HourP
     out
 }
 
+/// Per `(rank, sourceId)` of one window: the summed contribution and the samples that count.
+type SourceTotals<'a> = BTreeMap<(u8, &'a str), (f64, i64)>;
+
 /// A session's windows per metric from its hours' parts (§4): DISCRETE, the mean of the samples
 /// starting in the window (null below `MIN_N`); CUMULATIVE, the best-ranked source with a sample
 /// overlapping the window (ties to the smaller `sourceId`), its C1 total per hour of window.
 fn combine(s: i64, e: i64, input: &[(&(i64, HourPart), isize)]) -> Vec<(Metric, [Window; 3])> {
     let ranges = [(s - BEFORE_MS, s), (s, e), (e, e + AFTER_MS)];
     // Per metric and window, per (rank, source): total and n, summed over hours in hour order.
-    let mut acc: BTreeMap<Metric, [BTreeMap<(u8, &str), (f64, i64)>; 3]> = BTreeMap::new();
+    let mut acc: BTreeMap<Metric, [SourceTotals<'_>; 3]> = BTreeMap::new();
     for ((_, parts), r) in input {
         if *r <= 0 {
             continue;

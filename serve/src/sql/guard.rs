@@ -357,10 +357,10 @@ fn check_before_folding(plan: &LogicalPlan) -> Result<()> {
                         }
                     }
                 }
-                Expr::ScalarFunction(f) if f.func.name().starts_with("regexp_") => {
-                    if f.args.get(1).is_some_and(|p| !is_constant(p)) {
-                        return Err(refuse(format!("{}: the pattern must be a constant", f.func.name())));
-                    }
+                Expr::ScalarFunction(f)
+                    if f.func.name().starts_with("regexp_") && f.args.get(1).is_some_and(|p| !is_constant(p)) =>
+                {
+                    return Err(refuse(format!("{}: the pattern must be a constant", f.func.name())));
                 }
                 Expr::BinaryExpr(b)
                     if matches!(

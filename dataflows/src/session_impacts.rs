@@ -340,11 +340,17 @@ fn combine(s: i64, e: i64, input: &[(&(i64, HourPart), isize)]) -> Vec<(Metric, 
                     if b <= a {
                         return (None, 0);
                     }
-                    // The best-ranked source that has a sample overlapping the window.
-                    match sources.iter().find(|(_, (_, n))| *n > 0) {
-                        Some((_, (total, n))) => (Some(OrdF64(total / ((b - a) as f64 / 3_600_000.0))), *n),
-                        None => (None, 0),
-                    }
+                    // The best-ranked (rank, sourceId) that has a sample overlapping the window; its
+                    // total is every overlapping sample of that sourceId's (whatever class the
+                    // others carry), as §4 counts by source.
+                    let Some((&(_, best), _)) = sources.iter().find(|(_, (_, n))| *n > 0) else {
+                        return (None, 0);
+                    };
+                    let (total, n) = sources
+                        .iter()
+                        .filter(|((_, source), _)| *source == best)
+                        .fold((0.0, 0), |(t, c), (_, (total, n))| (t + total, c + n));
+                    (Some(OrdF64(total / ((b - a) as f64 / 3_600_000.0))), n)
                 } else {
                     let (sum, n) = sources.values().fold((0.0, 0), |(s, c), (t, n)| (s + t, c + n));
                     ((n >= MIN_N).then(|| OrdF64(sum / n as f64)), n)

@@ -59,7 +59,9 @@ fn wrap_node(
 }
 
 /// Operators that hold their whole input (a partition) without a memory reservation of their own.
-const BUFFERING_WITHOUT_RESERVATION: &[&str] = &["WindowAggExec", "BoundedWindowAggExec"];
+/// (`BoundedWindowAggExec` drops the rows its frames no longer need, so it is not charged: a bounded
+/// window over a view larger than the pool runs.)
+const BUFFERING_WITHOUT_RESERVATION: &[&str] = &["WindowAggExec"];
 
 /// Passes its input's batches through until `deadline`, refusing any batch over
 /// `max_batch_bytes`. Transparent otherwise: same properties, statistics and downcast identity as

@@ -717,6 +717,8 @@ fn is_var_width(t: &DataType) -> bool {
             | DataType::ListView(_)
             | DataType::LargeListView(_)
             | DataType::FixedSizeList(..)
+            | DataType::FixedSizeBinary(_)
+            | DataType::Union(..)
             | DataType::Struct(_)
             | DataType::Map(..)
     )

@@ -939,9 +939,11 @@ proptest! {
             }
             if let Some((kind, at, len, v)) = op {
                 let start = base + i64::from(at) * 5 * 60_000;
+                // Record 4 is a phone-class sample of source "watch": one source, two classes.
+                let class = if rec % 2 == 0 && rec != 4 { SourceClass::Watch } else { SourceClass::Phone };
                 let x = if kind == 0 {
                     sample("u1", if rec % 2 == 0 { "watch" } else { "phone" }, &format!("r{rec}"), Metric::Steps, start,
-                        start + i64::from(len) * 60_000, f64::from(v), if rec % 2 == 0 { SourceClass::Watch } else { SourceClass::Phone }, "UTC")
+                        start + i64::from(len) * 60_000, f64::from(v), class, "UTC")
                 } else {
                     sample("u1", "watch", &format!("r{rec}"), Metric::HeartRate, start, start, f64::from(v), SourceClass::Watch, "UTC")
                 };

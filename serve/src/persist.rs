@@ -13,7 +13,8 @@
 //!
 //! - Written off the ack path, every `interval` for views whose `asOfEpoch` advanced, and at a
 //!   graceful stop: to a temporary file, fsynced, renamed over the old one, the directory fsynced.
-//!   A crash leaves the old file or the new one, never half of one.
+//!   A crash leaves the old file or the new one, never half of one. Only the rename holds the
+//!   persister's lock, so an erasure never waits for a file being written.
 //! - Loaded at start before the dataflow replays the store. A file is used only if it names this
 //!   view and this store, has the view's schema, and claims no epoch past the store's last
 //!   commit; anything else (missing, corrupt, another version) only means that view waits for
@@ -78,6 +79,12 @@ impl Persister {
     pub fn new(dir: impl Into<PathBuf>, store_id: impl Into<String>) -> std::io::Result<Persister> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
+        // A `.tmp` left by a crash mid-write is garbage.
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            if entry.path().extension().is_some_and(|x| x == "tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(Persister {
             dir,
             store_id: store_id.into(),
@@ -130,21 +137,33 @@ impl Persister {
             }
             let def = *store.def(view);
             let snap = store.live_snapshot(view);
-            // Held while the file is written, so an erasure cannot slip between the check and
-            // the rename.
-            let mut state = self.state.lock();
-            if snap.as_of == 0
-                || snap.as_of < state.min_as_of
-                || state.written.get(def.name).is_some_and(|w| *w >= snap.as_of)
-            {
+            let wanted = |state: &PersistState| {
+                snap.as_of > 0
+                    && snap.as_of >= state.min_as_of
+                    && state.written.get(def.name).is_none_or(|w| *w < snap.as_of)
+            };
+            if !wanted(&self.state.lock()) {
                 continue;
             }
-            match write_file(&self.dir, &self.path(def.name), &def, &snap, &self.store_id) {
-                Ok(()) => {
-                    state.written.insert(def.name, snap.as_of);
-                    written += 1;
+            // The file is written without the lock (an erasure does not wait for it); the rename
+            // happens under the lock, and only if no erasure came in meanwhile.
+            let tmp = self.path(def.name).with_extension("tmp");
+            let outcome = write_tmp(&tmp, &def, &snap, &self.store_id).and_then(|()| {
+                let mut state = self.state.lock();
+                if !wanted(&state) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Ok(false);
                 }
+                std::fs::rename(&tmp, self.path(def.name)).map_err(|e| e.to_string())?;
+                sync_dir(&self.dir).map_err(|e| e.to_string())?;
+                state.written.insert(def.name, snap.as_of);
+                Ok(true)
+            });
+            match outcome {
+                Ok(true) => written += 1,
+                Ok(false) => {}
                 Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
                     first_error.get_or_insert(format!("{}: {e}", def.name));
                 }
             }
@@ -162,7 +181,8 @@ impl Persister {
         let entries = std::fs::read_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         for entry in entries {
             let path = entry.map_err(|e| e.to_string())?.path();
-            if path.extension().is_some_and(|x| x == "arrow" || x == "tmp") {
+            // A `.tmp` being written belongs to `persist`, which discards it (its rename is refused).
+            if path.extension().is_some_and(|x| x == "arrow") {
                 std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             }
         }
@@ -174,7 +194,8 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn write_file(dir: &Path, path: &Path, def: &ViewDef, snap: &ViewSnapshot, store_id: &str) -> Result<(), String> {
+/// Writes `snap` to the file `tmp` and fsyncs it (the caller renames it into place).
+fn write_tmp(tmp: &Path, def: &ViewDef, snap: &ViewSnapshot, store_id: &str) -> Result<(), String> {
     let metadata = HashMap::from([
         (META_VIEW.to_owned(), def.name.to_owned()),
         (META_AS_OF.to_owned(), snap.as_of.to_string()),
@@ -183,9 +204,8 @@ fn write_file(dir: &Path, path: &Path, def: &ViewDef, snap: &ViewSnapshot, store
     ]);
     let schema = def.arrow_schema();
     let file_schema = std::sync::Arc::new(Schema::new_with_metadata(schema.fields().clone(), metadata));
-    let tmp = path.with_extension("tmp");
     let result = (|| -> Result<(), String> {
-        let file = File::create(&tmp).map_err(|e| e.to_string())?;
+        let file = File::create(tmp).map_err(|e| e.to_string())?;
         let mut w = FileWriter::try_new(BufWriter::new(file), &file_schema).map_err(|e| e.to_string())?;
         let mut pending: Vec<RecordBatch> = Vec::new();
         let mut pending_rows = 0;
@@ -215,12 +235,10 @@ fn write_file(dir: &Path, path: &Path, def: &ViewDef, snap: &ViewSnapshot, store
         let file = w.into_inner().map_err(|e| e.to_string())?.into_inner().map_err(|e| e.to_string())?;
         file.sync_all().map_err(|e| e.to_string())
     })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+    if result.is_err() {
+        let _ = std::fs::remove_file(tmp);
     }
-    std::fs::rename(&tmp, path).map_err(|e| e.to_string())?;
-    sync_dir(dir).map_err(|e| e.to_string())
+    result
 }
 
 /// The rows and `asOfEpoch` of a view's file; `None` when there is none.

@@ -666,13 +666,7 @@ fn restart(
     let started = Instant::now();
     let (mut c, base) = spawn_server(args, dir, env);
     let addr = base.trim_start_matches("http://").to_owned();
-    let ready_now = || -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(&addr) else { return false };
-        let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).is_ok() && head.ends_with(b"200")
-    };
+    let ready_now = || http_once(&addr, "GET", "/readyz", "").is_some_and(|(status, _)| status == 200);
     // A user to read: the first of the view (SQL answers as soon as a snapshot is served).
     let (mut first_read, mut first_read_as_of, mut first_read_status) = (None, None, None);
     let mut user: Option<String> = None;

@@ -121,10 +121,11 @@ pub fn contamination_flags(mut live: Vec<&Session>) -> Vec<(String, bool)> {
 type SampleLite = (Metric, i64, i64, OrdF64, u8, String, String);
 
 /// The impact-relevant samples of one `(user, hour)` bucket, each with the first hour it touches and
-/// its multiplicity, sorted. Every session whose `[s − B, e + A)` covers the hour holds the same
-/// allocation, so memory grows as sessions + samples, not sessions × samples (2,000 overlapping
-/// sessions used to copy every nearby sample 2,000 times). Equality and order compare contents, with
-/// a pointer check first.
+/// its multiplicity, sorted. Sessions never copy it: each (session, hour) pair is reduced to a
+/// small [`HourPart`] as the join reads it, so memory grows as sessions + samples, not sessions ×
+/// samples (2,000 overlapping sessions used to copy every nearby sample 2,000 times). Behind an
+/// `Arc`, so that the arrangement's merges copy a pointer, not the hour's samples. Equality and
+/// order compare contents, with a pointer check first.
 #[derive(Clone, Debug, Default)]
 pub struct HourSamples(Arc<Vec<(SampleLite, i64, isize)>>);
 

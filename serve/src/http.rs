@@ -501,7 +501,7 @@ async fn frontiers(State(st): State<AppState>, caller: Option<Extension<Caller>>
         "latestEpoch": latest,
         "durableEpoch": latest,
         "ready": st.store.is_ready(),
-        "status": status(&st.store),
+        "status": status(&st.store).as_str(),
         "views": views,
         "sources": st.freshness.sources(),
         "sinks": st.freshness.sinks(),
@@ -523,13 +523,31 @@ async fn healthz(State(st): State<AppState>) -> Response {
 /// every epoch committed before the start), `catching_up` while reads are served from snapshots
 /// persisted by the previous run (each read says its `asOfEpoch`, and `pending` for users with
 /// newer input), `recovering` while there is nothing to serve yet.
-fn status(store: &SnapshotStore) -> &'static str {
+fn status(store: &SnapshotStore) -> ViewsStatus {
     if store.is_ready() {
-        "fresh"
+        ViewsStatus::Fresh
     } else if (0..store.len()).any(|v| store.served(v) == Served::Persisted) {
-        "catching_up"
+        ViewsStatus::CatchingUp
     } else {
-        "recovering"
+        ViewsStatus::Recovering
+    }
+}
+
+/// See [`status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ViewsStatus {
+    Fresh,
+    CatchingUp,
+    Recovering,
+}
+
+impl ViewsStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            ViewsStatus::Fresh => "fresh",
+            ViewsStatus::CatchingUp => "catching_up",
+            ViewsStatus::Recovering => "recovering",
+        }
     }
 }
 
@@ -543,9 +561,11 @@ async fn readyz(State(st): State<AppState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "failed", "failed": failed}))).into_response();
     }
     match status(&st.store) {
-        "fresh" => Json(json!({"status": "ready"})).into_response(),
-        s => {
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": s, "serving": s == "catching_up"}))).into_response()
-        }
+        ViewsStatus::Fresh => Json(json!({"status": "ready"})).into_response(),
+        s => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": s.as_str(), "serving": s == ViewsStatus::CatchingUp})),
+        )
+            .into_response(),
     }
 }

@@ -4,10 +4,13 @@ One user: heart rate every 30 s and steps every minute over 30 hours (5,400 samp
 consumption sessions of 10 hours, all overlapping. Prints the time until every impact is visible,
 the server's peak and current RSS (KiB), and a digest of the rows (equal digests: equal views).
 
+HR_EVERY_S (default 30) sets the heart-rate interval: 2 gives 54,000 heart-rate samples, the dense
+case of the issue-10 break attempt.
+
 Then CHANGES single heart-rate samples (default 10) are sent one at a time, each into an hour every
 session covers, and the time until each is visible in `session_impacts` is reported (median, max).
 
-usage: python3 benches/support/overlapping_sessions.py BINARY PORT SESSIONS [CHANGES]
+usage: python3 benches/support/overlapping_sessions.py BINARY PORT SESSIONS [CHANGES [HR_EVERY_S]]
 """
 import json, os, subprocess, sys, time, urllib.request, shutil
 binary, port, nsess = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -30,15 +33,17 @@ for _ in range(100):
     except Exception: time.sleep(0.2)
 t0 = 1717200000000  # 2024-06-01T00:00Z
 def iso(ms): return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + "Z"
-# heart rate every 30 s and steps per minute over 30 hours
+# heart rate every HR_EVERY_S seconds and steps per minute over 30 hours
+hr_every = int(sys.argv[5]) if len(sys.argv) > 5 else 30
 samples = []
-for i in range(30 * 120):
-    t = t0 + i * 30_000
+for i in range(30 * 3600 // hr_every):
+    t = t0 + i * hr_every * 1000
     samples.append({"sourceId": "watch", "sourceRecordId": f"h{i}", "metric": "heart_rate",
                     "startAt": iso(t), "endAt": iso(t), "value": 60 + i % 40, "unit": "bpm"})
-    if i % 2 == 0:
-        samples.append({"sourceId": "watch", "sourceRecordId": f"s{i}", "metric": "steps",
-                        "startAt": iso(t), "endAt": iso(t + 60_000), "value": 10 + i % 7, "unit": "count"})
+for i in range(30 * 60):
+    t = t0 + i * 60_000
+    samples.append({"sourceId": "watch", "sourceRecordId": f"s{i}", "metric": "steps",
+                    "startAt": iso(t), "endAt": iso(t + 60_000), "value": 10 + (2 * i) % 7, "unit": "count"})
 epoch = 0
 for k in range(0, len(samples), 2000):
     epoch = post("/v1/health/samples/batch-upsert", {"requestId": f"r{k}", "userId": "u1", "deviceTimeZone": "UTC",
@@ -66,6 +71,8 @@ for c in range(nchanges):
     get(f"/v1/users/u1/session-impacts?sessionId=s0&minEpoch={e}&waitMs=600000")
     lat.append(time.time() - start)
 lat.sort()
+if not lat:
+    srv.terminate(); srv.wait(); sys.exit(0)
 print(json.dumps({"changes": nchanges, "change_visible_median_s": round(lat[len(lat) // 2], 3),
                   "change_visible_max_s": round(lat[-1], 3), "peak_and_current_rss_kb": list(rss())}))
 srv.terminate(); srv.wait()

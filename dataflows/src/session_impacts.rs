@@ -1,10 +1,8 @@
 //! `session_impacts`: per (session, metric), the metric before, during and after a consumption
 //! session, and the deltas (DOMAIN.md §4).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use differential_dataflow::VecCollection;
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use vitalflow_schemas::domain::Session;
 use vitalflow_schemas::split::share;
 use vitalflow_schemas::view::{ColumnType::*, RangeVia, col};
@@ -116,50 +114,195 @@ pub fn contamination_flags(mut live: Vec<&Session>) -> Vec<(String, bool)> {
     out
 }
 
-/// What a session window needs of one sample: metric, start and end (ms), value, source rank,
-/// `sourceId`, `sourceRecordId` (the last keeps two otherwise equal samples apart).
-type SampleLite = (Metric, i64, i64, OrdF64, u8, String, String);
+/// The fixed-point scale of [`WindowSum::total`]: 2⁶⁴ units per unit of the metric. An `f64` times
+/// a power of two is exact, so a contribution loses only what lies below 2⁻⁶⁴ of a unit, and sums
+/// and retractions in `i128` are exact: a window's total after any sequence of edits equals the
+/// total computed afresh, bit for bit.
+const FIXED_SCALE: f64 = 18_446_744_073_709_551_616.0;
 
-/// The impact-relevant samples of one `(user, hour)` bucket, each with the first hour it touches and
-/// its multiplicity, sorted. Sessions never copy it: each (session, hour) pair is reduced to a
-/// small [`HourPart`] as the join reads it, so memory grows as sessions + samples, not sessions ×
-/// samples (2,000 overlapping sessions used to copy every nearby sample 2,000 times). Behind an
-/// `Arc`, so that the arrangement's merges copy a pointer, not the hour's samples. Equality and
-/// order compare contents, with a pointer check first.
-#[derive(Clone, Debug, Default)]
-pub struct HourSamples(Arc<Vec<(SampleLite, i64, isize)>>);
+/// What one source adds to one session window, carried in the difference type (issue 13 §4, ADR
+/// 0007): `n` samples that count (CUMULATIVE: overlap the window; DISCRETE: start in it) and
+/// `total`, their summed contribution in units of 2⁻⁶⁴ (CUMULATIVE: C1 shares of the window;
+/// DISCRETE: values). Differential adds these as it adds counts, so a sample change costs one
+/// update per session whose windows it falls in, never a rescan of the window's samples.
+/// Arithmetic wraps: an exact abelian group, so retractions cancel even past `i128` (unreachable
+/// with values below the G-bounds, about 10²⁰ samples of 10⁹).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct WindowSum {
+    pub n: i64,
+    pub total: i128,
+}
 
-impl PartialEq for HourSamples {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+impl WindowSum {
+    /// One sample contributing `value` (canonical unit).
+    pub fn of(value: f64) -> Self {
+        // Saturating float-to-int cast: non-finite values never reach here (G-validation).
+        WindowSum { n: 1, total: (value * FIXED_SCALE).round() as i128 }
+    }
+
+    /// `total` in the metric's canonical unit.
+    pub fn total_f64(&self) -> f64 {
+        self.total as f64 / FIXED_SCALE
     }
 }
-impl Eq for HourSamples {}
-impl PartialOrd for HourSamples {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
+
+impl IsZero for WindowSum {
+    fn is_zero(&self) -> bool {
+        self.n == 0 && self.total == 0
     }
 }
-impl Ord for HourSamples {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        if Arc::ptr_eq(&self.0, &other.0) { std::cmp::Ordering::Equal } else { self.0.cmp(&other.0) }
+impl Semigroup for WindowSum {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.n = self.n.wrapping_add(rhs.n);
+        self.total = self.total.wrapping_add(rhs.total);
     }
 }
-impl serde::Serialize for HourSamples {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.as_slice().serialize(serializer)
+impl Monoid for WindowSum {
+    fn zero() -> Self {
+        WindowSum::default()
     }
 }
-impl<'de> serde::Deserialize<'de> for HourSamples {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Vec::deserialize(deserializer).map(|v| HourSamples(Arc::new(v)))
+impl Abelian for WindowSum {
+    fn negate(&mut self) {
+        self.n = self.n.wrapping_neg();
+        self.total = self.total.wrapping_neg();
     }
+}
+impl Multiply<isize> for WindowSum {
+    type Output = WindowSum;
+    fn multiply(self, rhs: &isize) -> WindowSum {
+        WindowSum { n: self.n.wrapping_mul(*rhs as i64), total: self.total.wrapping_mul(*rhs as i128) }
+    }
+}
+
+impl Multiply<WindowSum> for isize {
+    type Output = WindowSum;
+    fn multiply(self, rhs: &WindowSum) -> WindowSum {
+        rhs.multiply(&self)
+    }
+}
+
+/// A session as the hours its windows cover see it: its bounds (UTC ms; `end_ms` is the end of an
+/// eligible, closed session) and the first hour bucket of `[start − B, end + A)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct SessionSpan {
+    pub session_id: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub first_hour: i64,
+}
+
+impl SessionSpan {
+    /// BEFORE, DURING and AFTER as `[a, b)` in UTC ms.
+    fn windows(&self) -> [(i64, i64); 3] {
+        windows_of(self.start_ms, self.end_ms)
+    }
+
+    /// The window that holds hour bucket `h` whole, if one does. Every sample lying inside such
+    /// an hour counts in that window with its whole value, whatever the session, so the hour's
+    /// sums serve every session that holds it whole.
+    fn whole_window(&self, h: i64) -> Option<u8> {
+        let (from, to) = (h * BUCKET_MS, (h + 1) * BUCKET_MS);
+        (0u8..).zip(self.windows()).find(|(_, (a, b))| *a <= from && to <= *b).map(|(w, _)| w)
+    }
+}
+
+/// BEFORE `[s − B, s)`, DURING `[s, e)` and AFTER `[e, e + A)` of the session `[s, e)`.
+fn windows_of(s: i64, e: i64) -> [(i64, i64); 3] {
+    [(s - BEFORE_MS, s), (s, e), (e, e + AFTER_MS)]
+}
+
+/// A session together with the window that holds one of its hours whole.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct WholeHour {
+    pub span: SessionSpan,
+    pub window: u8,
+}
+
+/// What a session window needs of one sample: metric, `[start_ms, end_ms)` (UTC ms), value, source
+/// rank and `sourceId` (§1.5), and the first hour bucket the sample touches. Equal samples of
+/// different `sourceRecordId`s are one record with multiplicity 2, as they count twice.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct HourSample {
+    pub metric: Metric,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub value: OrdF64,
+    pub rank: u8,
+    pub source_id: String,
+    pub first_hour: i64,
+}
+
+impl HourSample {
+    /// Whether the sample lies inside its first hour bucket.
+    fn contained(&self) -> bool {
+        buckets(self.start_ms, self.end_ms).end() == &self.first_hour
+    }
+
+    /// The (rank, source) the sample's sums are kept under: CUMULATIVE by source (§1.5), DISCRETE
+    /// pooled (rank 0, no source).
+    fn source(&self, window: u8) -> WindowSource {
+        if self.metric.kind() == ValueKind::Cumulative {
+            WindowSource { window, rank: self.rank, source: self.source_id.clone() }
+        } else {
+            WindowSource { window, rank: 0, source: String::new() }
+        }
+    }
+}
+
+/// The key of an hour's sums: a metric and a source, as [`HourSample::source`] keeps them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct HourSource {
+    pub metric: Metric,
+    pub rank: u8,
+    pub source: String,
+}
+
+/// The reduce key of one (session, metric): the session's bounds travel with it, as the
+/// CUMULATIVE rate divides by the window's length.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct WindowKey {
+    pub user_id: String,
+    pub session_id: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub metric: Metric,
+}
+
+impl WindowKey {
+    fn new(user_id: &str, s: &SessionSpan, metric: Metric) -> Self {
+        WindowKey {
+            user_id: user_id.to_owned(),
+            session_id: s.session_id.clone(),
+            start_ms: s.start_ms,
+            end_ms: s.end_ms,
+            metric,
+        }
+    }
+}
+
+/// Which window (0 BEFORE, 1 DURING, 2 AFTER) and which source a [`WindowSum`] belongs to.
+/// DISCRETE metrics pool every source: rank 0, empty `source`. Ordered so that a window's best
+/// CUMULATIVE source (smallest rank, then smallest `sourceId`) comes first.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct WindowSource {
+    pub window: u8,
+    pub rank: u8,
+    pub source: String,
 }
 
 /// In: current samples and sessions. Out: one [`Impact`] per (session, metric) with at least one
-/// window holding a sample. Samples are gathered per `(user, hour)` into shared [`HourSamples`];
-/// each session meets the hours its `[s − B, e + A)` covers, so a sample change reaches only the
-/// sessions whose windows cover its hours.
+/// window holding a sample.
+///
+/// Sessions and samples meet in the hour buckets they touch. Of a session's hours, those that one
+/// window holds whole (all but at most four: the hours holding `s − B`, `s`, `e` and `e + A`) take
+/// the hour's per-source [`WindowSum`] of the samples lying inside it, one update per (session,
+/// hour, source). The others, and samples spanning several hours, meet sample by sample (a pair
+/// once, in the first hour both touch), each pair yielding up to three [`WindowSum`]s. A reduce
+/// per (session, metric) then reads a handful of per-(window, source) sums. A sample change costs
+/// one update per session whose windows cover it, whatever the number of samples near it; a new
+/// session costs its boundary hours' samples and one update per other hour and source; memory
+/// holds samples, sessions and sums, never sessions × samples.
 pub fn impacts<'s>(
     samples: &SamplesByUser<'s>,
     sessions: VecCollection<'s, Epoch, Session>,
@@ -177,59 +320,82 @@ pub fn impacts<'s>(
         })
         .map(|(user, (session_id, dirty))| ((user, session_id), dirty));
 
-    let session_buckets = eligible
+    // Every session hour, each marked with the window holding it whole, if any.
+    let session_hours = eligible.clone().flat_map(|s| {
+        let e = s.end_ms.unwrap_or(s.start_ms);
+        let span = SessionSpan {
+            session_id: s.session_id.clone(),
+            start_ms: s.start_ms,
+            end_ms: e,
+            first_hour: (s.start_ms - BEFORE_MS).div_euclid(BUCKET_MS),
+        };
+        buckets(s.start_ms - BEFORE_MS, e + AFTER_MS)
+            .map(|h| {
+                (
+                    (s.user_id.clone(), h),
+                    WholeHour { window: span.whole_window(h).unwrap_or(u8::MAX), span: span.clone() },
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    let all_hours = session_hours.clone().map(|(k, h)| (k, h.span)).arrange_by_key_named("Impact: sessions by hour");
+    let boundary_hours = session_hours
         .clone()
-        .flat_map(|s| {
-            let e = s.end_ms.unwrap_or(s.start_ms);
-            let first = (s.start_ms - BEFORE_MS).div_euclid(BUCKET_MS);
-            buckets(s.start_ms - BEFORE_MS, e + AFTER_MS)
-                .map(|h| ((s.user_id.clone(), h), (s.session_id.clone(), s.start_ms, e, first)))
-                .collect::<Vec<_>>()
-        })
-        .arrange_by_key_named("Impact: sessions by hour");
-    let hours = samples
-        .clone()
-        .flat_map_ref(|user, x| {
-            if !has_impact(x.metric) || x.value.is_none() {
-                return Vec::new();
-            }
-            let lite: SampleLite = (
-                x.metric,
-                x.start_ms,
-                x.end_ms,
-                x.value.unwrap_or_default(),
-                x.source_class.rank(),
-                x.source_id.clone(),
-                x.source_record_id.clone(),
-            );
-            let first = x.start_ms.div_euclid(BUCKET_MS);
-            buckets(x.start_ms, x.end_ms).map(|h| ((user.clone(), h), (lite.clone(), first))).collect::<Vec<_>>()
-        })
-        .reduce_named("Impact: samples by hour", |_key, input, output| {
-            let hour: Vec<_> =
-                input.iter().filter(|(_, r)| *r > 0).map(|((lite, first), r)| (lite.clone(), *first, *r)).collect();
-            if !hour.is_empty() {
-                output.push((HourSamples(Arc::new(hour)), 1));
-            }
-        })
-        .arrange_by_key_named("Impact: hours by user");
+        .filter(|(_, h)| h.window == u8::MAX)
+        .map(|(k, h)| (k, h.span))
+        .arrange_by_key_named("Impact: sessions by boundary hour");
+    let whole_hours =
+        session_hours.filter(|(_, h)| h.window != u8::MAX).arrange_by_key_named("Impact: sessions by whole hour");
 
-    // Each (session, hour) pair is reduced at once to what that hour adds to the session's
-    // windows ([`HourPart`]); a session then sums at most 28 parts. A sample change costs the
-    // sessions covering its hour one pass over that hour's samples each, not over their windows.
-    let windows = session_buckets
-        .join_core(hours, |(user, h), (sid, s, e, s_first), hour| {
-            let parts = hour_parts(hour, *h, *s_first, *s, *e);
-            (!parts.is_empty()).then(|| ((user.clone(), sid.clone(), *s, *e), (*h, parts)))
+    let lite = samples.clone().flat_map_ref(|user, x| {
+        let Some(value) = x.value.filter(|_| has_impact(x.metric)) else { return Vec::new() };
+        let lite = HourSample {
+            metric: x.metric,
+            start_ms: x.start_ms,
+            end_ms: x.end_ms,
+            value,
+            rank: x.source_class.rank(),
+            source_id: x.source_id.clone(),
+            first_hour: x.start_ms.div_euclid(BUCKET_MS),
+        };
+        buckets(x.start_ms, x.end_ms).map(|h| ((user.clone(), h), lite.clone())).collect::<Vec<_>>()
+    });
+    let contained = lite.clone().filter(|(_, x)| x.contained());
+    let spanning = lite.filter(|(_, x)| !x.contained()).arrange_by_key_named("Impact: spanning samples by hour");
+    // Per (user, hour, metric, source): the samples lying inside the hour, summed in the diff.
+    let hour_sums = contained
+        .clone()
+        .explode(|(key, x)| {
+            let WindowSource { rank, source, .. } = x.source(0);
+            Some(((key, HourSource { metric: x.metric, rank, source }), WindowSum::of(x.value.0)))
         })
-        .reduce_named("Impact: windows", |(_, _, s, e), input, output| {
-            for (metric, windows) in combine(*s, *e, input) {
-                if windows.iter().any(|w| w.1 >= 1) {
-                    output.push(((metric, windows), 1));
-                }
+        .arrange_by_key_named("Impact: hour sums");
+    let contained = contained.arrange_by_key_named("Impact: contained samples by hour");
+
+    let whole = whole_hours.join_core(hour_sums, |(user, _), h, src| {
+        let source = WindowSource { window: h.window, rank: src.rank, source: src.source.clone() };
+        Some((WindowKey::new(user, &h.span, src.metric), source))
+    });
+    let boundary = boundary_hours
+        .join_core(contained, |(user, _), s, x| contributions(user, s, x))
+        .explode(|(key, source, sum)| Some(((key, source), sum)));
+    let spanning = all_hours
+        .join_core(spanning, |(user, h), s, x| {
+            // The pair meets in every hour both touch; it counts in the first of them only.
+            if *h == s.first_hour.max(x.first_hour) { contributions(user, s, x) } else { Vec::new() }
+        })
+        .explode(|(key, source, sum)| Some(((key, source), sum)));
+
+    let windows = whole
+        .concat(boundary)
+        .concat(spanning)
+        .reduce_named("Impact: windows", |key: &WindowKey, input, output| {
+            let windows = window_means(key, input);
+            if windows.iter().any(|w| w.1 >= 1) {
+                output.push((windows, 1isize));
             }
         })
-        .map(|((user, sid, _, _), (metric, windows))| ((user, sid), (metric, windows)));
+        .map(|(key, windows)| ((key.user_id, key.session_id), (key.metric, windows)));
 
     let attributes =
         eligible.map(|s| ((s.user_id, s.session_id), (s.product_id, s.start_ms, s.quantity))).join(contamination);
@@ -247,119 +413,59 @@ pub fn impacts<'s>(
     )
 }
 
-/// One source's share of one window from one hour: the sum of its samples' C1 shares of the window
-/// (DISCRETE: of their values) and how many of its samples count (overlap the window; DISCRETE:
-/// start in it). `rank` and `source` order the sources (§1.5); DISCRETE uses one part, rank 0.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Part {
-    pub rank: u8,
-    pub source: String,
-    pub total: OrdF64,
-    pub n: i64,
-}
-
-/// What one hour adds to one session's BEFORE, DURING and AFTER windows, per metric.
-pub type HourPart = Vec<(Metric, [Vec<Part>; 3])>;
-
-/// The part of `hour` (bucket `h`) in the windows of the session `[s, e)` whose first bucket is
-/// `s_first`. A sample touching several of the session's hours counts in the first of them only.
-fn hour_parts(hour: &HourSamples, h: i64, s_first: i64, s: i64, e: i64) -> HourPart {
-    let ranges = [(s - BEFORE_MS, s), (s, e), (e, e + AFTER_MS)];
-    let mine: Vec<&(SampleLite, i64, isize)> =
-        hour.0.iter().filter(|(_, x_first, _)| h == s_first.max(*x_first)).collect();
+/// What sample `x` adds to the windows of session `s` (§4): per window it counts in, one
+/// [`WindowSum`] for its source (CUMULATIVE: its C1 share of the window, the whole value when the
+/// window holds it whole; DISCRETE: its value, all sources pooled). A CUMULATIVE sample counts
+/// where it overlaps (an instantaneous one where its instant lies); a DISCRETE one where it
+/// starts. A zero-length DURING has no CUMULATIVE rate.
+fn contributions(user: &str, s: &SessionSpan, x: &HourSample) -> Vec<(WindowKey, WindowSource, WindowSum)> {
+    let cumulative = x.metric.kind() == ValueKind::Cumulative;
     let mut out = Vec::new();
-    for samples in mine.chunk_by(|x, y| x.0.0 == y.0.0) {
-        let metric = samples[0].0.0;
-        let cumulative = metric.kind() == ValueKind::Cumulative;
-        let windows = ranges.map(|(a, b)| {
-            let mut parts: Vec<Part> = Vec::new();
-            if cumulative && b <= a {
-                return parts;
-            }
-            for (x, _, m) in samples {
-                let (start, end, value) = (x.1, x.2, x.3.0);
-                let counts = if cumulative {
-                    if end > start { start < b && end > a } else { a <= start && start < b }
+    for (w, (a, b)) in (0u8..).zip(s.windows()) {
+        let inside = a <= x.start_ms && x.end_ms <= b;
+        let counts = if cumulative {
+            b > a
+                && if x.end_ms > x.start_ms {
+                    x.start_ms < b && x.end_ms > a
                 } else {
-                    a <= start && start < b
-                };
-                if !counts || *m <= 0 {
-                    continue;
+                    a <= x.start_ms && x.start_ms < b
                 }
-                let (rank, source) = if cumulative { (x.4, x.5.as_str()) } else { (0, "") };
-                let add = if cumulative { share(start, end, value, a, b) } else { value } * *m as f64;
-                match parts.iter_mut().find(|p| p.rank == rank && p.source == source) {
-                    Some(p) => {
-                        p.total.0 += add;
-                        p.n += *m as i64;
-                    }
-                    None => parts.push(Part { rank, source: source.to_owned(), total: OrdF64(add), n: *m as i64 }),
-                }
-            }
-            parts.sort();
-            parts
-        });
-        if windows.iter().any(|w| !w.is_empty()) {
-            out.push((metric, windows));
+        } else {
+            a <= x.start_ms && x.start_ms < b
+        };
+        if !counts {
+            continue;
         }
+        let add = if cumulative && !inside { share(x.start_ms, x.end_ms, x.value.0, a, b) } else { x.value.0 };
+        out.push((WindowKey::new(user, s, x.metric), x.source(w), WindowSum::of(add)));
     }
     out
 }
 
-/// Per `(rank, sourceId)` of one window: the summed contribution and the samples that count.
-type SourceTotals<'a> = BTreeMap<(u8, &'a str), (f64, i64)>;
-
-/// A session's windows per metric from its hours' parts (§4): DISCRETE, the mean of the samples
-/// starting in the window (null below `MIN_N`); CUMULATIVE, the best-ranked source with a sample
-/// overlapping the window (ties to the smaller `sourceId`), its C1 total per hour of window.
-fn combine(s: i64, e: i64, input: &[(&(i64, HourPart), isize)]) -> Vec<(Metric, [Window; 3])> {
-    let ranges = [(s - BEFORE_MS, s), (s, e), (e, e + AFTER_MS)];
-    // Per metric and window, per (rank, source): total and n, summed over hours in hour order.
-    let mut acc: BTreeMap<Metric, [SourceTotals<'_>; 3]> = BTreeMap::new();
-    for ((_, parts), r) in input {
-        if *r <= 0 {
-            continue;
-        }
-        for (metric, windows) in parts {
-            let slot = acc.entry(*metric).or_default();
-            for (w, window_parts) in windows.iter().enumerate() {
-                for p in window_parts {
-                    let t = slot[w].entry((p.rank, p.source.as_str())).or_insert((0.0, 0));
-                    t.0 += p.total.0 * *r as f64;
-                    t.1 += p.n * *r as i64;
-                }
-            }
+/// A session's three windows for one metric from its per-(window, source) sums (§4): DISCRETE, the
+/// mean of the samples starting in the window (null below `MIN_N`); CUMULATIVE, the best-ranked
+/// source with a sample overlapping the window (ties to the smaller `sourceId`), whose total is
+/// every overlapping sample of that `sourceId` (whatever class the others carry), per hour of
+/// window. `input` is sorted by [`WindowSource`] and holds only non-zero sums.
+fn window_means(key: &WindowKey, input: &[(&WindowSource, WindowSum)]) -> [Window; 3] {
+    let ranges = windows_of(key.start_ms, key.end_ms);
+    let cumulative = key.metric.kind() == ValueKind::Cumulative;
+    let mut out = [(None, 0); 3];
+    for (w, (a, b)) in (0u8..).zip(ranges) {
+        let mine = input.iter().filter(|(src, sum)| src.window == w && sum.n > 0);
+        let mut acc = WindowSum::default();
+        if cumulative {
+            let mut mine = mine.peekable();
+            let Some(best) = mine.peek().map(|(src, _)| src.source.clone()) else { continue };
+            mine.filter(|(src, _)| src.source == best).for_each(|(_, sum)| acc.plus_equals(sum));
+            let hours = (b - a) as f64 / 3_600_000.0;
+            out[w as usize] = (Some(OrdF64(acc.total_f64() / hours)), acc.n);
+        } else {
+            mine.for_each(|(_, sum)| acc.plus_equals(sum));
+            out[w as usize] = ((acc.n >= MIN_N).then(|| OrdF64(acc.total_f64() / acc.n as f64)), acc.n);
         }
     }
-    acc.into_iter()
-        .map(|(metric, windows)| {
-            let mut w = 0;
-            let out = windows.map(|sources| {
-                let (a, b) = ranges[w];
-                w += 1;
-                if metric.kind() == ValueKind::Cumulative {
-                    if b <= a {
-                        return (None, 0);
-                    }
-                    // The best-ranked (rank, sourceId) that has a sample overlapping the window; its
-                    // total is every overlapping sample of that sourceId's (whatever class the
-                    // others carry), as §4 counts by source.
-                    let Some((&(_, best), _)) = sources.iter().find(|(_, (_, n))| *n > 0) else {
-                        return (None, 0);
-                    };
-                    let (total, n) = sources
-                        .iter()
-                        .filter(|((_, source), _)| *source == best)
-                        .fold((0.0, 0), |(t, c), (_, (total, n))| (t + total, c + n));
-                    (Some(OrdF64(total / ((b - a) as f64 / 3_600_000.0))), n)
-                } else {
-                    let (sum, n) = sources.values().fold((0.0, 0), |(s, c), (t, n)| (s + t, c + n));
-                    ((n >= MIN_N).then(|| OrdF64(sum / n as f64)), n)
-                }
-            });
-            (metric, out)
-        })
-        .collect()
+    out
 }
 
 /// In: current samples and sessions. Out: one row per `(user_id, session_id, metric)`.

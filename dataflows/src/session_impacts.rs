@@ -192,31 +192,64 @@ pub struct SessionSpan {
     pub first_hour: i64,
 }
 
-impl SessionSpan {
-    /// BEFORE, DURING and AFTER as `[a, b)` in UTC ms.
-    fn windows(&self) -> [(i64, i64); 3] {
-        windows_of(self.start_ms, self.end_ms)
-    }
-
-    /// The window that holds hour bucket `h` whole, if one does. Every sample lying inside such
-    /// an hour counts in that window with its whole value, whatever the session, so the hour's
-    /// sums serve every session that holds it whole.
-    fn whole_window(&self, h: i64) -> Option<u8> {
-        let (from, to) = (h * BUCKET_MS, (h + 1) * BUCKET_MS);
-        (0u8..).zip(self.windows()).find(|(_, (a, b))| *a <= from && to <= *b).map(|(w, _)| w)
-    }
-}
-
 /// BEFORE `[s − B, s)`, DURING `[s, e)` and AFTER `[e, e + A)` of the session `[s, e)`.
 fn windows_of(s: i64, e: i64) -> [(i64, i64); 3] {
     [(s - BEFORE_MS, s), (s, e), (e, e + AFTER_MS)]
 }
 
-/// A session together with the window that holds one of its hours whole.
+/// One window of one session, as a block of time it meets is keyed under.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct WholeHour {
+pub struct SessionWindow {
     pub span: SessionSpan,
+    /// 0 BEFORE, 1 DURING, 2 AFTER.
     pub window: u8,
+}
+
+impl SessionWindow {
+    fn bounds(&self) -> (i64, i64) {
+        windows_of(self.span.start_ms, self.span.end_ms)[self.window as usize]
+    }
+}
+
+/// How one window `[a, b)` meets the aligned hour and minute blocks (UTC): the hours it holds
+/// whole, the hours it only partly covers, and the minutes it only partly covers (at most two,
+/// inside the partly covered hours). The minutes it holds whole inside a partly covered hour are
+/// found from the hour's minute sums.
+struct Blocks {
+    whole_hours: std::ops::Range<i64>,
+    partial_hours: Vec<i64>,
+    partial_minutes: Vec<i64>,
+}
+
+fn blocks(a: i64, b: i64) -> Blocks {
+    if b <= a {
+        return Blocks { whole_hours: 0..0, partial_hours: Vec::new(), partial_minutes: Vec::new() };
+    }
+    let whole = |size: i64, k: i64| a <= k * size && (k + 1) * size <= b;
+    let touched = |size: i64| a.div_euclid(size)..=(b - 1).div_euclid(size);
+    let whole_hours = (-(-a).div_euclid(BUCKET_MS))..b.div_euclid(BUCKET_MS);
+    let partial_hours = touched(BUCKET_MS).filter(|h| !whole(BUCKET_MS, *h)).collect();
+    let (first, last) = (a.div_euclid(MINUTE_MS), (b - 1).div_euclid(MINUTE_MS));
+    let mut partial_minutes: Vec<i64> = [first, last].into_iter().filter(|m| !whole(MINUTE_MS, *m)).collect();
+    partial_minutes.dedup();
+    Blocks { whole_hours: if whole_hours.is_empty() { 0..0 } else { whole_hours }, partial_hours, partial_minutes }
+}
+
+/// Minute blocks inside hour buckets.
+const MINUTE_MS: i64 = 60_000;
+
+/// The smallest aligned block that holds a sample whole, which decides how sessions meet it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    /// Inside one minute (every DISCRETE sample, which counts where it starts, and every
+    /// instantaneous one): in its minute's and its hour's sums, and met one by one in the minutes
+    /// a window only partly covers.
+    Minute,
+    /// Inside one hour: in its hour's sums, and met one by one in the hours a window only partly
+    /// covers.
+    Hour,
+    /// Across hours: met one by one in every hour it touches.
+    Spanning,
 }
 
 /// What a session window needs of one sample: metric, `[start_ms, end_ms)` (UTC ms), value, source
@@ -234,9 +267,25 @@ pub struct HourSample {
 }
 
 impl HourSample {
-    /// Whether the sample lies inside its first hour bucket.
-    fn contained(&self) -> bool {
-        buckets(self.start_ms, self.end_ms).end() == &self.first_hour
+    /// The instants that decide where the sample counts, as `[from, to)`: its start alone for a
+    /// DISCRETE or instantaneous sample, its interval for a CUMULATIVE one.
+    fn extent(&self) -> (i64, i64) {
+        if self.metric.kind() == ValueKind::Cumulative && self.end_ms > self.start_ms {
+            (self.start_ms, self.end_ms)
+        } else {
+            (self.start_ms, self.start_ms + 1)
+        }
+    }
+
+    fn held(&self) -> Held {
+        let (from, to) = self.extent();
+        if from.div_euclid(MINUTE_MS) == (to - 1).div_euclid(MINUTE_MS) {
+            Held::Minute
+        } else if from.div_euclid(BUCKET_MS) == (to - 1).div_euclid(BUCKET_MS) {
+            Held::Hour
+        } else {
+            Held::Spanning
+        }
     }
 
     /// The (rank, source) the sample's sums are kept under: CUMULATIVE by source (§1.5), DISCRETE
@@ -248,6 +297,11 @@ impl HourSample {
             WindowSource { window, rank: 0, source: String::new() }
         }
     }
+
+    fn hour_source(&self) -> HourSource {
+        let WindowSource { rank, source, .. } = self.source(0);
+        HourSource { metric: self.metric, rank, source }
+    }
 }
 
 /// The key of an hour's sums: a metric and a source, as [`HourSample::source`] keeps them.
@@ -256,6 +310,13 @@ pub struct HourSource {
     pub metric: Metric,
     pub rank: u8,
     pub source: String,
+}
+
+/// The key of a minute's sums inside its hour: the minute (since the Unix epoch) and the source.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct MinuteSource {
+    pub minute: i64,
+    pub source: HourSource,
 }
 
 /// The reduce key of one (session, metric): the session's bounds travel with it, as the
@@ -294,15 +355,16 @@ pub struct WindowSource {
 /// In: current samples and sessions. Out: one [`Impact`] per (session, metric) with at least one
 /// window holding a sample.
 ///
-/// Sessions and samples meet in the hour buckets they touch. Of a session's hours, those that one
-/// window holds whole (all but at most four: the hours holding `s − B`, `s`, `e` and `e + A`) take
-/// the hour's per-source [`WindowSum`] of the samples lying inside it, one update per (session,
-/// hour, source). The others, and samples spanning several hours, meet sample by sample (a pair
-/// once, in the first hour both touch), each pair yielding up to three [`WindowSum`]s. A reduce
-/// per (session, metric) then reads a handful of per-(window, source) sums. A sample change costs
-/// one update per session whose windows cover it, whatever the number of samples near it; a new
-/// session costs its boundary hours' samples and one update per other hour and source; memory
-/// holds samples, sessions and sums, never sessions × samples.
+/// Window sums are built from aligned blocks, as a two-level segment tree would: each window
+/// takes the per-source [`WindowSum`] of every hour it holds whole, of every minute it holds whole
+/// inside the (at most two) hours it only partly covers, and meets one by one only the samples of
+/// the (at most two) minutes it partly covers, the samples held by a partly covered hour but no
+/// minute, and the samples spanning hours (those in every hour they touch, a pair counted once, in
+/// the first hour both touch). A reduce per (session, metric) then reads a handful of
+/// per-(window, source) sums. A sample change costs one update per session whose windows cover
+/// it, whatever the number of samples near it; a new session costs O(hours + 60 · partial hours)
+/// sums plus the samples of its partial minutes; memory holds samples, sessions and sums, never
+/// sessions × samples.
 pub fn impacts<'s>(
     samples: &SamplesByUser<'s>,
     sessions: VecCollection<'s, Epoch, Session>,
@@ -320,35 +382,43 @@ pub fn impacts<'s>(
         })
         .map(|(user, (session_id, dirty))| ((user, session_id), dirty));
 
-    // Every session hour, each marked with the window holding it whole, if any.
-    let session_hours = eligible.clone().flat_map(|s| {
+    let spans = eligible.clone().map(|s| {
         let e = s.end_ms.unwrap_or(s.start_ms);
-        let span = SessionSpan {
-            session_id: s.session_id.clone(),
-            start_ms: s.start_ms,
-            end_ms: e,
-            first_hour: (s.start_ms - BEFORE_MS).div_euclid(BUCKET_MS),
-        };
-        buckets(s.start_ms - BEFORE_MS, e + AFTER_MS)
-            .map(|h| {
-                (
-                    (s.user_id.clone(), h),
-                    WholeHour { window: span.whole_window(h).unwrap_or(u8::MAX), span: span.clone() },
-                )
-            })
-            .collect::<Vec<_>>()
+        let first_hour = (s.start_ms - BEFORE_MS).div_euclid(BUCKET_MS);
+        (s.user_id, SessionSpan { session_id: s.session_id, start_ms: s.start_ms, end_ms: e, first_hour })
     });
-    let all_hours = session_hours.clone().map(|(k, h)| (k, h.span)).arrange_by_key_named("Impact: sessions by hour");
-    let boundary_hours = session_hours
-        .clone()
-        .filter(|(_, h)| h.window == u8::MAX)
-        .map(|(k, h)| (k, h.span))
-        .arrange_by_key_named("Impact: sessions by boundary hour");
-    let whole_hours =
-        session_hours.filter(|(_, h)| h.window != u8::MAX).arrange_by_key_named("Impact: sessions by whole hour");
+    // Per window, the blocks it meets; `Block` tells the three kinds apart.
+    let session_blocks = spans.clone().flat_map(|(user, span)| {
+        let mut out = Vec::new();
+        for (w, (a, b)) in (0u8..).zip(windows_of(span.start_ms, span.end_ms)) {
+            let sw = SessionWindow { span: span.clone(), window: w };
+            let Blocks { whole_hours, partial_hours, partial_minutes } = blocks(a, b);
+            out.extend(whole_hours.map(|h| (Block::WholeHour, (user.clone(), h), sw.clone())));
+            out.extend(partial_hours.into_iter().map(|h| (Block::PartialHour, (user.clone(), h), sw.clone())));
+            out.extend(partial_minutes.into_iter().map(|m| (Block::PartialMinute, (user.clone(), m), sw.clone())));
+        }
+        out
+    });
+    let of_kind = |kind: Block, name: &str| {
+        session_blocks
+            .clone()
+            .filter(move |(k, _, _)| *k == kind)
+            .map(|(_, key, sw)| (key, sw))
+            .arrange_by_key_named(name)
+    };
+    let whole_hours = of_kind(Block::WholeHour, "Impact: session windows by whole hour");
+    let partial_hours = of_kind(Block::PartialHour, "Impact: session windows by partial hour");
+    let partial_minutes = of_kind(Block::PartialMinute, "Impact: session windows by partial minute");
+    let all_hours = spans
+        .flat_map(|(user, span)| {
+            buckets(span.start_ms - BEFORE_MS, span.end_ms + AFTER_MS)
+                .map(|h| ((user.clone(), h), span.clone()))
+                .collect::<Vec<_>>()
+        })
+        .arrange_by_key_named("Impact: sessions by hour");
 
     let lite = samples.clone().flat_map_ref(|user, x| {
-        let Some(value) = x.value.filter(|_| has_impact(x.metric)) else { return Vec::new() };
+        let Some(value) = x.value.filter(|_| has_impact(x.metric)) else { return None };
         let lite = HourSample {
             metric: x.metric,
             start_ms: x.start_ms,
@@ -358,37 +428,67 @@ pub fn impacts<'s>(
             source_id: x.source_id.clone(),
             first_hour: x.start_ms.div_euclid(BUCKET_MS),
         };
-        buckets(x.start_ms, x.end_ms).map(|h| ((user.clone(), h), lite.clone())).collect::<Vec<_>>()
+        Some((user.clone(), lite))
     });
-    let contained = lite.clone().filter(|(_, x)| x.contained());
-    let spanning = lite.filter(|(_, x)| !x.contained()).arrange_by_key_named("Impact: spanning samples by hour");
-    // Per (user, hour, metric, source): the samples lying inside the hour, summed in the diff.
-    let hour_sums = contained
+    let held = |level: Held| lite.clone().filter(move |(_, x)| x.held() == level);
+    let in_minute = held(Held::Minute);
+    let in_hour = held(Held::Hour);
+    // Per (user, hour, metric, source): the samples held by the hour, summed in the diff.
+    let hour_sums = in_minute
         .clone()
-        .explode(|(key, x)| {
-            let WindowSource { rank, source, .. } = x.source(0);
-            Some(((key, HourSource { metric: x.metric, rank, source }), WindowSum::of(x.value.0)))
-        })
+        .concat(in_hour.clone())
+        .explode(|(user, x)| Some((((user, x.first_hour), x.hour_source()), WindowSum::of(x.value.0))))
         .arrange_by_key_named("Impact: hour sums");
-    let contained = contained.arrange_by_key_named("Impact: contained samples by hour");
-
-    let whole = whole_hours.join_core(hour_sums, |(user, _), h, src| {
-        let source = WindowSource { window: h.window, rank: src.rank, source: src.source.clone() };
-        Some((WindowKey::new(user, &h.span, src.metric), source))
-    });
-    let boundary = boundary_hours
-        .join_core(contained, |(user, _), s, x| contributions(user, s, x))
-        .explode(|(key, source, sum)| Some(((key, source), sum)));
-    let spanning = all_hours
-        .join_core(spanning, |(user, h), s, x| {
-            // The pair meets in every hour both touch; it counts in the first of them only.
-            if *h == s.first_hour.max(x.first_hour) { contributions(user, s, x) } else { Vec::new() }
+    // Per (user, hour, minute, metric, source): the samples held by the minute, summed in the diff.
+    let minute_sums = in_minute
+        .clone()
+        .explode(|(user, x)| {
+            let source = MinuteSource { minute: x.start_ms.div_euclid(MINUTE_MS), source: x.hour_source() };
+            Some((((user, x.first_hour), source), WindowSum::of(x.value.0)))
         })
+        .arrange_by_key_named("Impact: minute sums");
+    let by_minute = in_minute
+        .map(|(user, x)| ((user, x.start_ms.div_euclid(MINUTE_MS)), x))
+        .arrange_by_key_named("Impact: samples by minute");
+    let by_hour = in_hour.map(|(user, x)| ((user, x.first_hour), x)).arrange_by_key_named("Impact: samples by hour");
+    let spanning = held(Held::Spanning)
+        .flat_map(|(user, x)| {
+            let (from, to) = x.extent();
+            buckets(from, to).map(|h| ((user.clone(), h), x.clone())).collect::<Vec<_>>()
+        })
+        .arrange_by_key_named("Impact: spanning samples by hour");
+
+    // Whole hours and whole minutes of partial hours: the blocks' sums.
+    let from_hours = whole_hours.join_core(hour_sums, |(user, _), sw, src| {
+        let source = WindowSource { window: sw.window, rank: src.rank, source: src.source.clone() };
+        Some((WindowKey::new(user, &sw.span, src.metric), source))
+    });
+    let from_minutes = partial_hours.clone().join_core(minute_sums, |(user, _), sw, src| {
+        let (a, b) = sw.bounds();
+        let whole = a <= src.minute * MINUTE_MS && (src.minute + 1) * MINUTE_MS <= b;
+        whole.then(|| {
+            let source = WindowSource { window: sw.window, rank: src.source.rank, source: src.source.source.clone() };
+            (WindowKey::new(user, &sw.span, src.source.metric), source)
+        })
+    });
+    // Sample by sample: partial minutes, samples of partial hours held by no minute, and samples
+    // spanning hours.
+    let in_partial_minutes =
+        partial_minutes.join_core(by_minute, |(user, _), sw, x| contributions(user, &sw.span, x, Some(sw.window)));
+    let in_partial_hours =
+        partial_hours.join_core(by_hour, |(user, _), sw, x| contributions(user, &sw.span, x, Some(sw.window)));
+    let across_hours = all_hours.join_core(spanning, |(user, h), s, x| {
+        // The pair meets in every hour both touch; it counts in the first of them only.
+        if *h == s.first_hour.max(x.first_hour) { contributions(user, s, x, None) } else { Vec::new() }
+    });
+    let one_by_one = in_partial_minutes
+        .concat(in_partial_hours)
+        .concat(across_hours)
         .explode(|(key, source, sum)| Some(((key, source), sum)));
 
-    let windows = whole
-        .concat(boundary)
-        .concat(spanning)
+    let windows = from_hours
+        .concat(from_minutes)
+        .concat(one_by_one)
         .reduce_named("Impact: windows", |key: &WindowKey, input, output| {
             let windows = window_means(key, input);
             if windows.iter().any(|w| w.1 >= 1) {
@@ -413,15 +513,31 @@ pub fn impacts<'s>(
     )
 }
 
-/// What sample `x` adds to the windows of session `s` (§4): per window it counts in, one
-/// [`WindowSum`] for its source (CUMULATIVE: its C1 share of the window, the whole value when the
-/// window holds it whole; DISCRETE: its value, all sources pooled). A CUMULATIVE sample counts
-/// where it overlaps (an instantaneous one where its instant lies); a DISCRETE one where it
-/// starts. A zero-length DURING has no CUMULATIVE rate.
-fn contributions(user: &str, s: &SessionSpan, x: &HourSample) -> Vec<(WindowKey, WindowSource, WindowSum)> {
+/// The kinds of block a session window meets (see [`impacts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+enum Block {
+    WholeHour,
+    PartialHour,
+    PartialMinute,
+}
+
+/// What sample `x` adds to the windows of session `s` (§4), to window `only` alone if given: per
+/// window it counts in, one [`WindowSum`] for its source (CUMULATIVE: its C1 share of the window,
+/// the whole value when the window holds it whole; DISCRETE: its value, all sources pooled). A
+/// CUMULATIVE sample counts where it overlaps (an instantaneous one where its instant lies); a
+/// DISCRETE one where it starts. A zero-length DURING has no CUMULATIVE rate.
+fn contributions(
+    user: &str,
+    s: &SessionSpan,
+    x: &HourSample,
+    only: Option<u8>,
+) -> Vec<(WindowKey, WindowSource, WindowSum)> {
     let cumulative = x.metric.kind() == ValueKind::Cumulative;
     let mut out = Vec::new();
-    for (w, (a, b)) in (0u8..).zip(s.windows()) {
+    for (w, (a, b)) in (0u8..).zip(windows_of(s.start_ms, s.end_ms)) {
+        if only.is_some_and(|o| o != w) {
+            continue;
+        }
         let inside = a <= x.start_ms && x.end_ms <= b;
         let counts = if cumulative {
             b > a

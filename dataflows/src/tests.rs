@@ -858,6 +858,9 @@ proptest! {
 type OracleWindows = [Option<(Option<f64>, i64)>; 3];
 type ImpactRows = BTreeMap<(String, String, String), OracleWindows>;
 
+/// Offsets (ms) that put instants on and off minute boundaries.
+const JITTER_MS: [i64; 4] = [0, 1, 29_999, 59_999];
+
 /// §4 by brute force: every session against every sample of its user, no buckets, no joins.
 fn oracle_impacts(sessions: &[vitalflow_schemas::domain::Session], samples: &[Sample]) -> ImpactRows {
     use crate::session_impacts::{AFTER_MS, BEFORE_MS, has_impact};
@@ -911,15 +914,15 @@ fn oracle_impacts(sessions: &[vitalflow_schemas::domain::Session], samples: &[Sa
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Random samples and sessions, edited and deleted in random batches, give the brute-force
     /// impacts (the hour buckets pair every session with every nearby sample exactly once), and
     /// `product_impacts` summarises exactly those impacts.
     #[test]
     fn session_impacts_equal_the_oracle(
-        sample_ops in prop::collection::vec((0..10u8, prop::option::of((0..2u8, 0..60u16, 0..90u16, 40..120u16))), 1..60),
-        session_ops in prop::collection::vec((0..4u8, prop::option::of((0..40u16, 0..200u16))), 1..12),
+        sample_ops in prop::collection::vec((0..10u8, prop::option::of((0..2u8, 0..60u16, 0..90u16, 40..120u16, 0..4u8))), 1..60),
+        session_ops in prop::collection::vec((0..4u8, prop::option::of((0..40u16, 0..200u16, 0..4u8))), 1..12),
         cut in 1..8usize,
     ) {
         let mut h = Harness::new(2);
@@ -937,13 +940,14 @@ proptest! {
             if let Some(old) = samples.remove(&rec) {
                 pending.push(Change::Sample(old, -1));
             }
-            if let Some((kind, at, len, v)) = op {
-                let start = base + i64::from(at) * 5 * 60_000;
+            if let Some((kind, at, len, v, jitter)) = op {
+                // Off the minute (and the hour) too, so that partly covered minutes are exercised.
+                let start = base + i64::from(at) * 5 * 60_000 + JITTER_MS[usize::from(jitter)];
                 // Record 4 is a phone-class sample of source "watch": one source, two classes.
                 let class = if rec % 2 == 0 && rec != 4 { SourceClass::Watch } else { SourceClass::Phone };
                 let x = if kind == 0 {
                     sample("u1", if rec % 2 == 0 { "watch" } else { "phone" }, &format!("r{rec}"), Metric::Steps, start,
-                        start + i64::from(len) * 60_000, f64::from(v), class, "UTC")
+                        start + i64::from(len) * 60_000 + JITTER_MS[usize::from(jitter)] / 2, f64::from(v), class, "UTC")
                 } else {
                     sample("u1", "watch", &format!("r{rec}"), Metric::HeartRate, start, start, f64::from(v), SourceClass::Watch, "UTC")
                 };
@@ -956,10 +960,10 @@ proptest! {
             if let Some(old) = sessions.remove(&id) {
                 pending.push(Change::Session(old, -1));
             }
-            if let Some((at, len)) = op {
-                let start = base + i64::from(at) * 7 * 60_000;
+            if let Some((at, len, jitter)) = op {
+                let start = base + i64::from(at) * 7 * 60_000 + JITTER_MS[usize::from(jitter)];
                 let mut s = session("u1", &format!("s{id}"), "p", start, "UTC");
-                s.end_ms = Some(start + i64::from(len) * 60_000);
+                s.end_ms = Some(start + i64::from(len) * 60_000 + JITTER_MS[usize::from(3 - jitter)]);
                 sessions.insert(id, s.clone());
                 pending.push(Change::Session(s, 1));
             }

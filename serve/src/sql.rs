@@ -435,6 +435,12 @@ fn classify(e: DataFusionError) -> SqlError {
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
         | DataFusionError::NotImplemented(_) => SqlError::Invalid(root.to_string()),
+        // The engine's own invariants, not the caller's mistake: its text names internals (and
+        // asks for a bug report upstream), so the caller gets a stable sentence and the log the rest.
+        DataFusionError::Internal(m) => {
+            tracing::warn!(error = %m, "SQL engine internal error");
+            SqlError::Execution("the query engine cannot run this query (an internal error of the engine)".into())
+        }
         _ => SqlError::Execution(e.to_string()),
     }
 }
@@ -480,5 +486,21 @@ fn cell_to_json(col: &dyn Array, i: usize) -> Value {
         }
         ScalarValue::TimestampMillisecond(Some(ms), _) => Value::String(vitalflow_schemas::time::format_instant(ms)),
         other => Value::String(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_engine_internal_error_keeps_its_internals_out_of_the_answer() {
+        let e = DataFusionError::Internal("PhysicalExpr Column references column 'x' at index 3".into());
+        let SqlError::Execution(message) = classify(e) else { panic!("an internal error is QUERY_FAILED") };
+        assert!(!message.contains("index 3") && !message.contains("PhysicalExpr"), "{message}");
+        let SqlError::Execution(message) = classify(DataFusionError::Execution("division by zero".into())) else {
+            panic!("an execution error is QUERY_FAILED")
+        };
+        assert!(message.contains("division by zero"), "{message}");
     }
 }

@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
-use vitalflow_ingest::http::{parse_batch, parse_json};
+use vitalflow_ingest::http::parse_batch;
 use vitalflow_schemas::split::{day_shares, slice_overlaps};
 use vitalflow_schemas::validate::{RequestContext, validate_sample};
 use vitalflow_schemas::{Datum, Row, Zone};
@@ -35,17 +35,13 @@ fn body() -> Value {
 }
 
 fn parsing(c: &mut Criterion) {
-    let bytes = serde_json::to_vec(&body()).unwrap_or_default();
+    let bytes = axum::body::Bytes::from(serde_json::to_vec(&body()).unwrap_or_default());
     c.bench_function("parse_and_hash_500_sample_batch", |b| {
         let limits = vitalflow_schemas::Limits::default();
-        b.iter(|| {
-            parse_json(black_box(&bytes), &limits)
-                .and_then(|v| parse_batch(v, &limits))
-                .map(|(r, h)| (r.samples.len(), h))
-        })
+        b.iter(|| parse_batch(black_box(bytes.clone()), &limits).map(|(r, h)| (r.samples.len(), h.hex)))
     });
     let limits = vitalflow_schemas::Limits::default();
-    let (req, _) = parse_batch(body(), &limits).unwrap_or_else(|e| panic!("{e}"));
+    let (req, _) = parse_batch(bytes, &limits).unwrap_or_else(|e| panic!("{e}"));
     let ctx = RequestContext {
         user_id: "user-1",
         platform: Some("healthkit"),

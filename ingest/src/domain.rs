@@ -11,7 +11,7 @@ use vitalflow_schemas::wire::RejectedItem;
 use vitalflow_schemas::{Change, Epoch};
 
 use crate::error::IngestError;
-use crate::store::RequestRecord;
+use crate::store::{PayloadHash, RequestRecord};
 use crate::writer::{Tables, prior_response};
 
 /// Requests of the backend have no user; their idempotency scope is this (never a valid user id).
@@ -20,7 +20,7 @@ pub(crate) const DOMAIN_SCOPE: &str = "";
 pub(crate) fn apply_domain(
     t: &mut Tables<'_>,
     req: &DomainChangesRequest,
-    hash: &str,
+    hash: &PayloadHash,
     epoch: Epoch,
     changes: &mut Vec<Change>,
     users: &mut BTreeSet<String>,
@@ -96,7 +96,7 @@ pub(crate) fn apply_domain(
             }
         }
     }
-    let record = RequestRecord { hash: hash.to_owned(), response: resp.clone() };
+    let record = RequestRecord { hash: hash.hex.clone(), scheme: hash.scheme, response: resp.clone() };
     t.record_request(DOMAIN_SCOPE, req.request_id.as_str(), &serde_json::to_vec(&record).unwrap_or_default())?;
     Ok((Ok(resp), true))
 }

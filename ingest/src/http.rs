@@ -15,10 +15,13 @@ use vitalflow_schemas::auth::Caller;
 use vitalflow_schemas::domain::DomainChangesRequest;
 use vitalflow_schemas::error::codes;
 use vitalflow_schemas::limits::{field_fits, json_depth_exceeds};
-use vitalflow_schemas::wire::{BatchUpsertRequest, ProfileRequest, payload_hash, valid_id};
+use vitalflow_schemas::wire::{
+    BatchUpsertRequest, HASH_SCHEME_BATCH_FIELDS, HASH_SCHEME_JCS, ProfileRequest, batch_hash, payload_hash, valid_id,
+};
 use vitalflow_schemas::{Limits, UserProfile, Zone};
 
 use crate::error::IngestError;
+use crate::store::PayloadHash;
 use crate::writer::Ingest;
 
 /// Body limit of `POST /v1/users/{userId}/profile`: 64 KiB (413 `PAYLOAD_TOO_LARGE` beyond).
@@ -44,6 +47,11 @@ pub fn router(ingest: Ingest, max_body_bytes: usize) -> Router {
 
 /// Checks the content type, the body size, the nesting depth and the JSON syntax.
 fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limits: &Limits) -> Result<Value, IngestError> {
+    json_bytes(headers, body).and_then(|bytes| parse_json(&bytes, limits))
+}
+
+/// Checks the content type and the body size; the body's bytes, unparsed.
+fn json_bytes(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Bytes, IngestError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
@@ -53,7 +61,7 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limits: &
             message: format!("expected Content-Type application/json, got '{content_type}'"),
         });
     }
-    let body = body.map_err(|rejection| {
+    body.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             IngestError::Invalid {
@@ -64,8 +72,7 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limits: &
         } else {
             IngestError::bad_request("INVALID_BODY", rejection.body_text())
         }
-    })?;
-    parse_json(&body, limits)
+    })
 }
 
 /// Identifiers are 1 to 128 bytes without control characters (DOMAIN.md §0.1); a bad one fails the
@@ -193,10 +200,8 @@ async fn batch_upsert(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let bytes = body.as_ref().map_or(0, Bytes::len);
-    let parsed = off_runtime(bytes, move || {
-        json_body(&headers, body, crate::limits()).and_then(|v| parse_batch(v, crate::limits()))
-    })
-    .await;
+    let parsed =
+        off_runtime(bytes, move || json_bytes(&headers, body).and_then(|b| parse_batch(b, crate::limits()))).await;
     let (req, hash) = match parsed {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -242,15 +247,39 @@ async fn domain_changes(
 /// A batch-upsert body checked at the request level, with its payload hash. Every path (HTTP,
 /// Kafka, the outbox) goes through here, so a body means the same thing however it arrives.
 ///
-/// Request-level failures (400): `TOO_MANY_SAMPLES`, `TOO_MANY_DELETIONS`, `INVALID_REQUEST` (shape),
-/// `INVALID_ID` (`requestId`, `userId`), `INVALID_ZONE` (`deviceTimeZone`), `FIELD_TOO_LONG`
-/// (`platform`). Per-sample checks happen later, in `validate_sample`.
-pub fn parse_batch(value: Value, limits: &Limits) -> Result<(BatchUpsertRequest, String), IngestError> {
-    require_object(&value)?;
-    check_count(&value, "samples", limits.max_samples_per_batch, codes::TOO_MANY_SAMPLES)?;
-    check_count(&value, "deletions", limits.max_deletions_per_batch, codes::TOO_MANY_DELETIONS)?;
-    let hash = payload_hash(&value);
-    let req: BatchUpsertRequest = parse(value)?;
+/// The body is parsed straight into [`BatchUpsertRequest`] and hashed over its fields (scheme 2,
+/// [`batch_hash`]), with no JSON tree. A body that does not parse that way (bad syntax or shape,
+/// a duplicate key) takes the general path, a `serde_json::Value` first, so that every refusal,
+/// and the last-wins reading of duplicate keys, is the same as it always was.
+///
+/// Request-level failures (400): `JSON_TOO_DEEP`, `MALFORMED_JSON`, `TOO_MANY_SAMPLES`,
+/// `TOO_MANY_DELETIONS`, `INVALID_REQUEST` (shape), `INVALID_ID` (`requestId`, `userId`),
+/// `INVALID_ZONE` (`deviceTimeZone`), `FIELD_TOO_LONG` (`platform`). Per-sample checks happen
+/// later, in `validate_sample`.
+pub fn parse_batch(body: Bytes, limits: &Limits) -> Result<(BatchUpsertRequest, PayloadHash), IngestError> {
+    let req = match parse_batch_fields(&body, limits) {
+        Some(req) => {
+            let count = |name: &str, n: usize, max: usize, code: &'static str| {
+                if n > max {
+                    return Err(IngestError::bad_request(
+                        code,
+                        format!("{n} {name} in one request, more than the limit of {max}"),
+                    ));
+                }
+                Ok(())
+            };
+            count("samples", req.samples.len(), limits.max_samples_per_batch, codes::TOO_MANY_SAMPLES)?;
+            count("deletions", req.deletions.len(), limits.max_deletions_per_batch, codes::TOO_MANY_DELETIONS)?;
+            req
+        }
+        None => {
+            let value = parse_json(&body, limits)?;
+            require_object(&value)?;
+            check_count(&value, "samples", limits.max_samples_per_batch, codes::TOO_MANY_SAMPLES)?;
+            check_count(&value, "deletions", limits.max_deletions_per_batch, codes::TOO_MANY_DELETIONS)?;
+            parse(value)?
+        }
+    };
     check_id("requestId", &req.request_id)?;
     check_id("userId", &req.user_id)?;
     check_field("platform", req.platform.as_deref(), limits)?;
@@ -262,16 +291,28 @@ pub fn parse_batch(value: Value, limits: &Limits) -> Result<(BatchUpsertRequest,
             format!("deviceTimeZone '{}' is not a valid zone", vitalflow_schemas::error::quote(z)),
         ));
     }
+    let hash = PayloadHash { scheme: HASH_SCHEME_BATCH_FIELDS, hex: batch_hash(&req), body };
     Ok((req, hash))
 }
 
-/// A domain-changes body checked at the request level, with its payload hash. Request-level
+/// The typed parse of [`parse_batch`], `None` when the body needs the general path. The depth scan
+/// comes first, so no recursion goes deeper than `max_json_depth`.
+fn parse_batch_fields(body: &[u8], limits: &Limits) -> Option<BatchUpsertRequest> {
+    // serde reads a struct from an array of its fields too; a body must be an object.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') || json_depth_exceeds(body, limits.max_json_depth) {
+        return None;
+    }
+    serde_json::from_slice(body).ok()
+}
+
+/// A domain-changes body checked at the request level, with its payload hash (scheme 1, JCS). Request-level
 /// failures (400): `TOO_MANY_CHANGES`, `INVALID_REQUEST`, `INVALID_ID` (`requestId`); each change is
 /// checked later, by `parse_change`.
-pub fn parse_domain(value: Value, limits: &Limits) -> Result<(DomainChangesRequest, String), IngestError> {
+pub fn parse_domain(value: Value, limits: &Limits) -> Result<(DomainChangesRequest, PayloadHash), IngestError> {
     require_object(&value)?;
     check_count(&value, "changes", limits.max_changes_per_request, codes::TOO_MANY_CHANGES)?;
-    let hash = payload_hash(&value);
+    let hash = PayloadHash { scheme: HASH_SCHEME_JCS, hex: payload_hash(&value), body: Bytes::new() };
     let req: DomainChangesRequest = parse(value)?;
     check_id("requestId", &req.request_id)?;
     Ok((req, hash))

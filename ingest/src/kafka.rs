@@ -336,13 +336,13 @@ impl Worker {
             return Err("PAYLOAD_TOO_LARGE");
         }
         let limits = crate::limits();
-        let parsed = parse_json(payload, limits).and_then(|value| {
-            if m.topic() == self.config.domain_topic {
-                parse_domain(value, limits).map(|(r, h)| SourceBody::Domain(r, h))
-            } else {
-                parse_batch(value, limits).map(|(r, h)| SourceBody::Batch(r, h))
-            }
-        });
+        let parsed = if m.topic() == self.config.domain_topic {
+            parse_json(payload, limits)
+                .and_then(|value| parse_domain(value, limits))
+                .map(|(r, h)| SourceBody::Domain(r, h))
+        } else {
+            parse_batch(axum::body::Bytes::copy_from_slice(payload), limits).map(|(r, h)| SourceBody::Batch(r, h))
+        };
         parsed.map_err(|e| e.code())
     }
 

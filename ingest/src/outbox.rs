@@ -165,8 +165,7 @@ async fn run(
             let payload: &str = row.get(2);
             last = id;
             let parsed = match event_type {
-                "health.samples.batch" => parse_json(payload.as_bytes(), limits)
-                    .and_then(|v| parse_batch(v, limits))
+                "health.samples.batch" => parse_batch(axum::body::Bytes::copy_from_slice(payload.as_bytes()), limits)
                     .map(|(r, h)| SourceBody::Batch(r, h)),
                 "domain.changes" => parse_json(payload.as_bytes(), limits)
                     .and_then(|v| parse_domain(v, limits))

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 use vitalflow_schemas::domain::{Product, Session};
-use vitalflow_schemas::wire::BatchUpsertResponse;
+use vitalflow_schemas::wire::{BatchUpsertResponse, HASH_SCHEME_JCS, payload_hash};
 use vitalflow_schemas::{Epoch, Sample, StoredSample, UserProfile};
 
 /// `(userId, sourceId, sourceRecordId)` → bincode `StoredSample`.
@@ -59,7 +59,40 @@ const STORE_ID_KEY: &str = "store_id";
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct RequestRecord<R = BatchUpsertResponse> {
     pub hash: String,
+    /// The payload-hash scheme `hash` was computed under; absent in records stored before schemes
+    /// were numbered, which are all scheme 1 (JCS).
+    #[serde(default = "jcs_scheme")]
+    pub scheme: u32,
     pub response: R,
+}
+
+fn jcs_scheme() -> u32 {
+    HASH_SCHEME_JCS
+}
+
+/// A request's payload hash (I1) under the scheme its path uses, and the body it came from, so
+/// that a record stored under another scheme (an older vitalflow's) is compared under that
+/// scheme: an upgrade never turns a replay into `IDEMPOTENCY_KEY_REUSED`.
+#[derive(Clone, Debug)]
+pub struct PayloadHash {
+    pub scheme: u32,
+    pub hex: String,
+    /// The request body as received; read only to recompute a scheme-1 hash.
+    pub body: axum::body::Bytes,
+}
+
+impl PayloadHash {
+    /// Whether a stored `(scheme, hash)` is this payload's.
+    pub fn matches(&self, scheme: u32, hash: &str) -> bool {
+        if scheme == self.scheme {
+            hash == self.hex
+        } else if scheme == HASH_SCHEME_JCS {
+            // Duplicate keys read last-wins here too, as scheme 1 always read them.
+            serde_json::from_slice::<serde_json::Value>(&self.body).is_ok_and(|v| payload_hash(&v) == hash)
+        } else {
+            false
+        }
+    }
 }
 
 /// Gives every retention index row written before stamps existed a stamp (its newest time) and
@@ -344,5 +377,20 @@ pub(crate) fn decode_sample(bytes: &[u8]) -> Option<StoredSample> {
             tracing::error!(error = %e, "undecodable stored sample");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records stored before hash schemes were numbered have no `scheme`: they are scheme 1.
+    #[test]
+    fn a_record_without_a_scheme_is_jcs() {
+        let record: RequestRecord = serde_json::from_str(
+            r#"{"hash":"ab","response":{"requestId":"r","epoch":1,"accepted":0,"unchanged":0,"stale":0,"deleted":0,"rejected":[],"replayed":false}}"#,
+        )
+        .expect("a legacy record");
+        assert_eq!(record.scheme, HASH_SCHEME_JCS);
     }
 }

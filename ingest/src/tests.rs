@@ -7,10 +7,17 @@ use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use vitalflow_schemas::wire::{BatchUpsertRequest, payload_hash};
+use vitalflow_schemas::wire::BatchUpsertRequest;
 use vitalflow_schemas::{Change, EpochBatch, Sample};
 
+use crate::store::PayloadHash;
 use crate::{Ingest, IngestProgress, Store};
+
+/// The payload hash of `body` as every path computes it.
+fn hash_of(body: &Value) -> PayloadHash {
+    let bytes = axum::body::Bytes::from(serde_json::to_vec(body).expect("json"));
+    crate::http::parse_batch(bytes, &vitalflow_schemas::Limits::DEFAULT).expect("a valid request").1
+}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -119,10 +126,10 @@ proptest! {
                 rest = tail;
                 let body = request(id, group);
                 let req: BatchUpsertRequest = serde_json::from_value(body.clone()).expect("request");
-                let first = ingest.batch_upsert(req.clone(), payload_hash(&body), 1).await.expect("upsert");
+                let first = ingest.batch_upsert(req.clone(), hash_of(&body), 1).await.expect("upsert");
                 model.apply(group);
                 if id % replay_every == 0 {
-                    let again = ingest.batch_upsert(req, payload_hash(&body), 1).await.expect("replay");
+                    let again = ingest.batch_upsert(req, hash_of(&body), 1).await.expect("replay");
                     assert!(again.replayed);
                     assert_eq!(again.epoch, first.epoch);
                 }
@@ -167,15 +174,15 @@ fn retention_prunes_request_records_and_tombstones() {
                       "deletions": [{"sourceId": "watch", "sourceRecordId": "gone"}]});
     let req: BatchUpsertRequest = serde_json::from_value(body.clone()).expect("request");
     rt.block_on(async {
-        let first = ingest.batch_upsert(req.clone(), payload_hash(&body), 1).await.expect("upsert");
+        let first = ingest.batch_upsert(req.clone(), hash_of(&body), 1).await.expect("upsert");
         assert!(!first.replayed);
-        let again = ingest.batch_upsert(req.clone(), payload_hash(&body), 1).await.expect("replay");
+        let again = ingest.batch_upsert(req.clone(), hash_of(&body), 1).await.expect("replay");
         assert!(again.replayed, "within the retention a replay answers the stored response");
         // Nothing is older than the epoch of time: nothing pruned.
         assert_eq!(crate::writer::prune(&store, 0).expect("prune"), 0);
         // Everything is older than the end of time: the request record and the tombstone go.
         assert_eq!(crate::writer::prune(&store, i64::MAX).expect("prune"), 2);
-        let after = ingest.batch_upsert(req, payload_hash(&body), 1).await.expect("after retention");
+        let after = ingest.batch_upsert(req, hash_of(&body), 1).await.expect("after retention");
         assert!(!after.replayed, "past the retention the request is new");
         assert_eq!((after.accepted, after.unchanged), (0, 1), "its sample is unchanged, not doubled");
     });
@@ -231,8 +238,8 @@ fn erasure_leaves_no_index_row_naming_the_user() {
     let other = json!({"requestId": "r-1", "userId": "u1", "samples": [sample_json(2, 10, None)]});
     let other_req: BatchUpsertRequest = serde_json::from_value(other.clone()).expect("request");
     rt.block_on(async {
-        ingest.batch_upsert(req.clone(), payload_hash(&body), 1).await.expect("upsert");
-        ingest.batch_upsert(other_req, payload_hash(&other), 1).await.expect("upsert");
+        ingest.batch_upsert(req.clone(), hash_of(&body), 1).await.expect("upsert");
+        ingest.batch_upsert(other_req, hash_of(&other), 1).await.expect("upsert");
         assert!(!rows_naming(&store, "u2").is_empty(), "the index names the user before the erasure");
         let erased = ingest.erase_user("u2".into()).await.expect("erase");
         assert_eq!((erased.deleted.requests, erased.deleted.tombstones), (1, 1));
@@ -240,10 +247,10 @@ fn erasure_leaves_no_index_row_naming_the_user() {
         assert!(!rows_naming(&store, "u1").is_empty(), "the other user is untouched");
 
         // The user comes back with the same requestId: recorded anew, pruned only by its own entry.
-        let back = ingest.batch_upsert(req.clone(), payload_hash(&body), 1).await.expect("upsert");
+        let back = ingest.batch_upsert(req.clone(), hash_of(&body), 1).await.expect("upsert");
         assert!(!back.replayed);
         assert!(rows_naming(&store, "u2").contains(&"user_epochs".to_owned()));
-        let again = ingest.batch_upsert(req, payload_hash(&body), 1).await.expect("replay");
+        let again = ingest.batch_upsert(req, hash_of(&body), 1).await.expect("replay");
         assert!(again.replayed, "the new record answers replays");
     });
     drop(ingest);
@@ -303,4 +310,39 @@ fn start_writer(store: &Arc<Store>) -> (Ingest, std::thread::JoinHandle<()>, tok
     );
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
     (ingest, writer, rt)
+}
+
+/// Issue 13 §5: a request recorded under the JCS scheme (scheme 1, what vitalflow stored before
+/// batch hashes were computed over the parsed fields) is still recognised after the upgrade: the
+/// same payload, however its keys are ordered, is a replay, and another payload is a 409.
+#[test]
+fn a_request_recorded_under_the_jcs_scheme_replays_after_the_upgrade() {
+    use vitalflow_schemas::wire::{HASH_SCHEME_JCS, payload_hash};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let (ingest, writer, rt) = start_writer(&store);
+    let body = json!({"requestId": "r-1", "userId": "u1", "samples": [sample_json(1, 10, None)]});
+    let req: BatchUpsertRequest = serde_json::from_value(body.clone()).expect("request");
+    let legacy = PayloadHash { scheme: HASH_SCHEME_JCS, hex: payload_hash(&body), body: Default::default() };
+    // The same payload, keys reversed and spaced, as this version parses it.
+    let reversed: serde_json::Map<String, Value> =
+        body.as_object().expect("object").iter().rev().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let text = serde_json::to_string_pretty(&Value::Object(reversed)).expect("json");
+    assert_ne!(text, body.to_string());
+    let (again_req, again_hash) =
+        crate::http::parse_batch(text.into(), &vitalflow_schemas::Limits::DEFAULT).expect("valid");
+    assert_ne!(again_hash.scheme, HASH_SCHEME_JCS);
+    let other = json!({"requestId": "r-1", "userId": "u1", "samples": [sample_json(1, 11, None)]});
+    rt.block_on(async {
+        let first = ingest.batch_upsert(req, legacy, 1).await.expect("upsert");
+        assert!(!first.replayed);
+        let again = ingest.batch_upsert(again_req, again_hash, 1).await.expect("replay");
+        assert!(again.replayed, "the scheme-1 record answers the same payload");
+        assert_eq!(again.epoch, first.epoch);
+        let refused =
+            ingest.batch_upsert(serde_json::from_value(other.clone()).expect("request"), hash_of(&other), 1).await;
+        assert!(matches!(refused, Err(crate::IngestError::IdempotencyKeyReused(_))), "{refused:?}");
+    });
+    drop(ingest);
+    writer.join().expect("writer");
 }

@@ -25,9 +25,9 @@ use crate::domain::apply_domain;
 use crate::error::IngestError;
 use crate::progress::IngestProgress;
 use crate::store::{
-    EPOCH_KEY, LAST_ERASURE_KEY, META, PRODUCTS, PROFILES, REQUEST_STAMPS, REQUEST_TIMES, REQUESTS, RequestRecord,
-    SAMPLES, SESSIONS, SOURCE_POSITIONS, Store, TOMBSTONE_STAMPS, TOMBSTONE_TIMES, TOMBSTONES, USER_EPOCHS,
-    decode_sample, encode_sample,
+    EPOCH_KEY, LAST_ERASURE_KEY, META, PRODUCTS, PROFILES, PayloadHash, REQUEST_STAMPS, REQUEST_TIMES, REQUESTS,
+    RequestRecord, SAMPLES, SESSIONS, SOURCE_POSITIONS, Store, TOMBSTONE_STAMPS, TOMBSTONE_TIMES, TOMBSTONES,
+    USER_EPOCHS, decode_sample, encode_sample,
 };
 
 /// Called after each commit, in epoch order, with everything the commit changed. Returns whether
@@ -100,12 +100,12 @@ impl Default for IngestOptions {
 enum Command {
     Domain {
         req: DomainChangesRequest,
-        hash: String,
+        hash: PayloadHash,
         reply: oneshot::Sender<Result<DomainChangesResponse, IngestError>>,
     },
     Batch {
         req: BatchUpsertRequest,
-        hash: String,
+        hash: PayloadHash,
         reply: oneshot::Sender<Result<BatchUpsertResponse, IngestError>>,
     },
     Profile {
@@ -132,8 +132,8 @@ struct Queued {
 /// One message of a source (Kafka, the outbox), already parsed.
 #[derive(Debug)]
 pub enum SourceBody {
-    Batch(BatchUpsertRequest, String),
-    Domain(DomainChangesRequest, String),
+    Batch(BatchUpsertRequest, PayloadHash),
+    Domain(DomainChangesRequest, PayloadHash),
     /// Nothing to apply (malformed and dead-lettered, or not ours); only its position counts.
     Skip,
 }
@@ -292,7 +292,7 @@ impl Ingest {
     pub async fn batch_upsert(
         &self,
         req: BatchUpsertRequest,
-        hash: String,
+        hash: PayloadHash,
         bytes: usize,
     ) -> Result<BatchUpsertResponse, IngestError> {
         self.rate_limit(&req.user_id)?;
@@ -304,7 +304,7 @@ impl Ingest {
     pub async fn domain_changes(
         &self,
         req: DomainChangesRequest,
-        hash: String,
+        hash: PayloadHash,
         bytes: usize,
     ) -> Result<DomainChangesResponse, IngestError> {
         let permit = self.admit(bytes)?;
@@ -893,12 +893,12 @@ pub(crate) fn prior_response<R: serde::de::DeserializeOwned>(
     t: &Tables<'_>,
     scope: &str,
     request_id: &str,
-    hash: &str,
+    hash: &PayloadHash,
 ) -> Result<Option<Result<R, IngestError>>, redb::Error> {
     let Some(prior) = t.requests.get((scope, request_id))? else { return Ok(None) };
     let record: Option<RequestRecord<R>> = serde_json::from_slice(prior.value()).ok();
     Ok(Some(match record {
-        Some(r) if r.hash == hash => Ok(r.response),
+        Some(r) if hash.matches(r.scheme, &r.hash) => Ok(r.response),
         _ => Err(IngestError::IdempotencyKeyReused(request_id.to_owned())),
     }))
 }
@@ -907,7 +907,7 @@ pub(crate) fn prior_response<R: serde::de::DeserializeOwned>(
 fn apply_batch(
     t: &mut Tables<'_>,
     req: &BatchUpsertRequest,
-    hash: &str,
+    hash: &PayloadHash,
     epoch: Epoch,
     changes: &mut Vec<Change>,
     users: &mut BTreeSet<String>,
@@ -979,7 +979,7 @@ fn apply_batch(
     if resp.accepted + resp.deleted > 0 {
         users.insert(user.to_owned());
     }
-    let record = RequestRecord { hash: hash.to_owned(), response: resp.clone() };
+    let record = RequestRecord { hash: hash.hex.clone(), scheme: hash.scheme, response: resp.clone() };
     let bytes = serde_json::to_vec(&record).unwrap_or_default();
     t.record_request(user, req.request_id.as_str(), &bytes)?;
     Ok((Ok(resp), true))

@@ -1,5 +1,6 @@
-//! Request and response bodies on the wire (JSON, camelCase), and the canonical payload hash of
-//! DOMAIN.md I1 (SHA-256 of the RFC 8785 form, without `requestId`).
+//! Request and response bodies on the wire (JSON, camelCase), and the payload hashes of DOMAIN.md
+//! I1: scheme 1, SHA-256 of the RFC 8785 form without `requestId` ([`payload_hash`]); scheme 2,
+//! SHA-256 of a batch-upsert's parsed fields in a fixed order ([`batch_hash`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -113,6 +114,86 @@ pub fn payload_hash(body: &Value) -> String {
     hex::encode(Sha256::digest(&canonical))
 }
 
+/// The payload-hash scheme of [`payload_hash`]: SHA-256 of the RFC 8785 (JCS) text of the body
+/// without `requestId`. Domain changes use it; batch upserts stored before scheme 2 carry it.
+pub const HASH_SCHEME_JCS: u32 = 1;
+/// The payload-hash scheme of [`batch_hash`].
+pub const HASH_SCHEME_BATCH_FIELDS: u32 = 2;
+
+/// I1, scheme 2 ([`HASH_SCHEME_BATCH_FIELDS`]): SHA-256 (hex) over a batch upsert's parsed fields
+/// in a fixed order, without `requestId`, computed without building a JSON tree:
+/// `userId`, `deviceTimeZone`, `platform`; the number of samples, then per sample `sourceId`,
+/// `sourceRecordId`, `metric`, `startAt`, `endAt`, `value`, `unit`, `category`, `sourceClass`,
+/// `zoneId`, `metadata`; the number of deletions, then per deletion `sourceId`, `sourceRecordId`.
+/// A string is its UTF-8 bytes after its length (u64, little-endian); an absent field (or `null`)
+/// is byte 0, a present one byte 1 and its encoding; `value` is its IEEE-754 bits (`-0` as `0`);
+/// `metadata` is its RFC 8785 text. So key order, whitespace, escapes, number spelling and an
+/// explicit `null` for an optional field do not change the hash, and any change of a field's
+/// meaning does. A domain tag leads, so no other encoding collides with it.
+pub fn batch_hash(req: &BatchUpsertRequest) -> String {
+    let mut h = FieldHasher(Sha256::new());
+    h.str("vitalflow batch-upsert payload v2");
+    h.str(&req.user_id);
+    h.opt_str(req.device_time_zone.as_deref());
+    h.opt_str(req.platform.as_deref());
+    h.len(req.samples.len());
+    for x in &req.samples {
+        h.str(&x.source_id);
+        h.str(&x.source_record_id);
+        h.str(&x.metric);
+        h.str(&x.start_at);
+        h.str(&x.end_at);
+        match x.value {
+            Some(v) => {
+                h.0.update([1]);
+                h.0.update((if v == 0.0 { 0.0f64 } else { v }).to_bits().to_le_bytes());
+            }
+            None => h.0.update([0]),
+        }
+        h.opt_str(x.unit.as_deref());
+        h.opt_str(x.category.as_deref());
+        h.opt_str(x.source_class.as_deref());
+        h.opt_str(x.zone_id.as_deref());
+        match &x.metadata {
+            Some(m) if !m.is_null() => {
+                h.0.update([1]);
+                let text = serde_jcs::to_vec(m).unwrap_or_else(|_| m.to_string().into_bytes());
+                h.len(text.len());
+                h.0.update(&text);
+            }
+            _ => h.0.update([0]),
+        }
+    }
+    h.len(req.deletions.len());
+    for d in &req.deletions {
+        h.str(&d.source_id);
+        h.str(&d.source_record_id);
+    }
+    hex::encode(h.0.finalize())
+}
+
+/// The length-prefixed field encoding of [`batch_hash`].
+struct FieldHasher(Sha256);
+
+impl FieldHasher {
+    fn len(&mut self, n: usize) {
+        self.0.update((n as u64).to_le_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        self.len(s.len());
+        self.0.update(s.as_bytes());
+    }
+    fn opt_str(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                self.0.update([1]);
+                self.str(s);
+            }
+            None => self.0.update([0]),
+        }
+    }
+}
+
 /// Longest identifier, in bytes (§0.1).
 pub const MAX_ID_BYTES: usize = 128;
 
@@ -138,6 +219,65 @@ mod tests {
         let c = json!({"requestId": "r-1", "userId": "u1", "samples": [{"value": 1201, "metric": "steps"}]});
         assert_ne!(payload_hash(&a), payload_hash(&c));
         assert_eq!(payload_hash(&a).len(), 64);
+    }
+
+    fn batch(v: &Value) -> BatchUpsertRequest {
+        serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}"))
+    }
+
+    #[test]
+    fn batch_hash_ignores_spelling_and_sees_every_field() {
+        let a: Value = serde_json::from_str(
+            r#"{"requestId":"r-1","userId":"u1","samples":[{"sourceId":"w","sourceRecordId":"1","metric":"steps",
+                "startAt":"2024-06-01T00:00:00Z","endAt":"2024-06-01T00:10:00Z","value":1200,"unit":"count",
+                "metadata":{"b":1,"a":[1,2]}}]}"#,
+        )
+        .unwrap();
+        let b: Value = serde_json::from_str(
+            r#"{ "samples" : [ {"metadata":{"a":[1,2.0e0],"b":1.0},"value":1.2e3,"unit":"count","endAt":"2024-06-01T00:10:00Z",
+                "startAt":"2024-06-01T00:00:00Z","metric":"st\u0065ps","sourceRecordId":"1","sourceId":"w","zoneId":null}],
+                "platform": null, "deletions": [], "userId":"u1","requestId":"r-2"}"#,
+        )
+        .unwrap();
+        let base = batch_hash(&batch(&a));
+        assert_eq!(base, batch_hash(&batch(&b)));
+        assert_eq!(base.len(), 64);
+        // Every field's meaning counts, including moving a value between fields.
+        let edits: [(&str, Value); 12] = [
+            ("/userId", json!("u2")),
+            ("/samples/0/sourceId", json!("w2")),
+            ("/samples/0/sourceRecordId", json!("2")),
+            ("/samples/0/metric", json!("heart_rate")),
+            ("/samples/0/startAt", json!("2024-06-01T00:00:01Z")),
+            ("/samples/0/endAt", json!("2024-06-01T00:10:01Z")),
+            ("/samples/0/value", json!(1201)),
+            ("/samples/0/value", json!(null)),
+            ("/samples/0/unit", json!("kcount")),
+            ("/samples/0/metadata", json!({"b": 2, "a": [1, 2]})),
+            ("/samples/0/metadata", json!(null)),
+            ("/samples/0/unit", json!(null)),
+        ];
+        for (path, v) in edits {
+            let mut c = a.clone();
+            *c.pointer_mut(path).unwrap() = v.clone();
+            assert_ne!(batch_hash(&batch(&c)), base, "{path} = {v}");
+        }
+        let mut c = a.clone();
+        c["platform"] = json!("healthkit");
+        assert_ne!(batch_hash(&batch(&c)), base);
+        let mut c = a.clone();
+        c["deletions"] = json!([{"sourceId": "w", "sourceRecordId": "1"}]);
+        assert_ne!(batch_hash(&batch(&c)), base);
+        // Field boundaries are unambiguous: "ab" + "c" is not "a" + "bc".
+        let mut c = a.clone();
+        c["samples"][0]["sourceId"] = json!("w1");
+        c["samples"][0]["sourceRecordId"] = json!("");
+        assert_ne!(batch_hash(&batch(&c)), base);
+        // -0 and 0 mean the same value.
+        let (mut z, mut nz) = (a.clone(), a.clone());
+        z["samples"][0]["value"] = json!(0.0);
+        nz["samples"][0]["value"] = json!(-0.0);
+        assert_eq!(batch_hash(&batch(&z)), batch_hash(&batch(&nz)));
     }
 
     #[test]

@@ -447,3 +447,19 @@ async fn erase(
     tracing::info!(epoch = response.epoch, samples = response.deleted.samples, "user erased");
     Ok(Json(response))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid body takes the typed path (no JSON tree), whitespace and key order notwithstanding.
+    #[test]
+    fn a_valid_batch_parses_without_a_json_tree() {
+        let body = br#" {"userId":"u1","requestId":"r-1","deviceTimeZone":"America/New_York","platform":"healthkit",
+            "samples":[{"sourceId":"watch","sourceRecordId":"s0","metric":"steps","startAt":"2024-06-01T00:00:00+00:00",
+            "endAt":"2024-06-01T00:10:00+00:00","value":100,"unit":"count","sourceClass":"watch"}]}"#;
+        let req = parse_batch_fields(body, &Limits::DEFAULT).expect("the typed path");
+        assert_eq!((req.user_id.as_str(), req.samples.len()), ("u1", 1));
+        assert!(parse_batch_fields(b"[]", &Limits::DEFAULT).is_none());
+    }
+}

@@ -86,14 +86,16 @@ fn buckets(a: i64, b: i64) -> std::ops::RangeInclusive<i64> {
 }
 
 /// §4 baseline contamination of one user's sessions: for every closed session `s`, whether
-/// another session `o` (open sessions as the point of their start) overlaps `[s − B, s)`. That
-/// holds exactly when `o` starts before `s` and its end (a point's start + 1) passes `s − B`, so
+/// another session `o` overlaps `[s − B, s)`; `o` is its interval `[startAt, endAt)`, the point of
+/// its start while open or when `endAt == startAt`, and nothing when `endAt < startAt` (an empty
+/// interval). That holds exactly when `o` starts before `s` and its end (a point's start + 1) passes `s − B`, so
 /// one sort and a running maximum of ends answer it for all sessions: O(n log n), not every pair
 /// (a user with 10,000 sessions cost ~1 s of worker time per change).
 pub fn contamination_flags(mut live: Vec<&Session>) -> Vec<(String, bool)> {
     live.sort_by_key(|s| s.start_ms);
     let reach = |o: &Session| match o.end_ms {
         Some(e) if e > o.start_ms => e,
+        Some(e) if e < o.start_ms => i64::MIN,
         _ => o.start_ms.saturating_add(1),
     };
     let (mut out, mut i, mut max_reach) = (Vec::new(), 0, i64::MIN);
@@ -114,47 +116,91 @@ pub fn contamination_flags(mut live: Vec<&Session>) -> Vec<(String, bool)> {
     out
 }
 
-/// The fixed-point scale of [`WindowSum::total`]: 2⁶⁴ units per unit of the metric. An `f64` times
-/// a power of two is exact, so a contribution loses only what lies below 2⁻⁶⁴ of a unit, and sums
-/// and retractions in `i128` are exact: a window's total after any sequence of edits equals the
-/// total computed afresh, bit for bit.
-const FIXED_SCALE: f64 = 18_446_744_073_709_551_616.0;
-
 /// What one source adds to one session window, carried in the difference type (issue 13 §4, ADR
-/// 0007): `n` samples that count (CUMULATIVE: overlap the window; DISCRETE: start in it) and
-/// `total`, their summed contribution in units of 2⁻⁶⁴ (CUMULATIVE: C1 shares of the window;
-/// DISCRETE: values). Differential adds these as it adds counts, so a sample change costs one
-/// update per session whose windows it falls in, never a rescan of the window's samples.
-/// Arithmetic wraps: an exact abelian group, so retractions cancel even past `i128` (unreachable
-/// with values below the G-bounds, about 10²⁰ samples of 10⁹).
+/// 0007): `n` samples that count (CUMULATIVE: overlap the window; DISCRETE: start in it) and their
+/// summed contribution (CUMULATIVE: C1 shares of the window; DISCRETE: values) as an exact 256-bit
+/// fixed-point number, `units + fraction · 2⁻¹²⁸` in two's complement. Every finite `f64` from
+/// 2⁻⁷⁵ to 2¹²⁷ in magnitude converts exactly (its 53 bits fit; a smaller one is off by less than
+/// 2⁻¹²⁸, so 10⁻²⁵ keeps 14 digits), and sums and retractions are exact: a
+/// window's total after any sequence of edits equals the total computed afresh, bit for bit, and
+/// one rounding happens, when the total is read. Differential adds these as it adds counts, so a
+/// sample change costs one update per session whose windows it falls in, never a rescan of the
+/// window's samples. Arithmetic wraps, an exact abelian group (the range, ±1.7·10³⁸ units, is far
+/// beyond any sum of values within the G-bounds).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct WindowSum {
     pub n: i64,
-    pub total: i128,
+    /// The integer part (floor) of the total, in the metric's canonical unit.
+    pub units: i128,
+    /// The fractional part of the total, in units of 2⁻¹²⁸.
+    pub fraction: u128,
 }
 
 impl WindowSum {
-    /// One sample contributing `value` (canonical unit).
+    /// One sample contributing `value` (canonical unit). Non-finite values never reach here
+    /// (G-validation); they would count as 0, and magnitudes beyond 2¹²⁷ saturate.
     pub fn of(value: f64) -> Self {
-        // Saturating float-to-int cast: non-finite values never reach here (G-validation).
-        WindowSum { n: 1, total: (value * FIXED_SCALE).round() as i128 }
+        let (units, fraction) = fixed_of(value);
+        WindowSum { n: 1, units, fraction }
     }
 
-    /// `total` in the metric's canonical unit.
+    /// The total in the metric's canonical unit: the exact sum, rounded once or twice.
     pub fn total_f64(&self) -> f64 {
-        self.total as f64 / FIXED_SCALE
+        const TWO_POW_128: f64 = 340_282_366_920_938_463_463_374_607_431_768_211_456.0;
+        let (negative, (units, fraction)) = if self.units < 0 {
+            (true, negate(self.units, self.fraction))
+        } else {
+            (false, (self.units, self.fraction))
+        };
+        let magnitude = units as f64 + fraction as f64 / TWO_POW_128;
+        if negative { -magnitude } else { magnitude }
     }
+}
+
+/// `v` as `(units, fraction)` of [`WindowSum`]: exactly for `2⁻⁷⁵ ≤ |v| < 2¹²⁷`, below that off by
+/// less than 2⁻¹²⁸ (the bits under 2⁻¹²⁸ are dropped).
+fn fixed_of(v: f64) -> (i128, u128) {
+    if !v.is_finite() || v == 0.0 {
+        return (0, 0);
+    }
+    let bits = v.to_bits();
+    let exponent = ((bits >> 52) & 0x7ff) as i32;
+    let mantissa = bits & ((1u64 << 52) - 1);
+    // |v| = m · 2^k.
+    let (m, k) = if exponent == 0 { (mantissa, -1074) } else { (mantissa | (1u64 << 52), exponent - 1075) };
+    let m = u128::from(m);
+    let (units, fraction) = if k >= 0 {
+        if k >= 75 { (i128::MAX, 0) } else { ((m << k) as i128, 0) }
+    } else {
+        let s = k.unsigned_abs();
+        if s >= 128 {
+            // No integer part; the bits below 2⁻¹²⁸ are dropped.
+            (0, if s - 128 >= 128 { 0 } else { m >> (s - 128) })
+        } else {
+            // m < 2⁵³, so the fraction bits (fewer than 2^min(s, 53)) shifted to 2⁻¹²⁸ fit.
+            ((m >> s) as i128, (m & ((1u128 << s) - 1)) << (128 - s))
+        }
+    };
+    if bits >> 63 == 1 { negate(units, fraction) } else { (units, fraction) }
+}
+
+/// Two's-complement negation of `units · 2¹²⁸ + fraction`.
+fn negate(units: i128, fraction: u128) -> (i128, u128) {
+    let fraction = (!fraction).wrapping_add(1);
+    (if fraction == 0 { units.wrapping_neg() } else { !units }, fraction)
 }
 
 impl IsZero for WindowSum {
     fn is_zero(&self) -> bool {
-        self.n == 0 && self.total == 0
+        self.n == 0 && self.units == 0 && self.fraction == 0
     }
 }
 impl Semigroup for WindowSum {
     fn plus_equals(&mut self, rhs: &Self) {
+        let (fraction, carry) = self.fraction.overflowing_add(rhs.fraction);
         self.n = self.n.wrapping_add(rhs.n);
-        self.total = self.total.wrapping_add(rhs.total);
+        self.units = self.units.wrapping_add(rhs.units).wrapping_add(i128::from(carry));
+        self.fraction = fraction;
     }
 }
 impl Monoid for WindowSum {
@@ -165,13 +211,24 @@ impl Monoid for WindowSum {
 impl Abelian for WindowSum {
     fn negate(&mut self) {
         self.n = self.n.wrapping_neg();
-        self.total = self.total.wrapping_neg();
+        (self.units, self.fraction) = negate(self.units, self.fraction);
     }
 }
 impl Multiply<isize> for WindowSum {
     type Output = WindowSum;
     fn multiply(self, rhs: &isize) -> WindowSum {
-        WindowSum { n: self.n.wrapping_mul(*rhs as i64), total: self.total.wrapping_mul(*rhs as i128) }
+        // units · 2¹²⁸ + fraction, times |r|: the fraction's product carries into the units.
+        let r = rhs.unsigned_abs() as u128;
+        let (low, high) = (self.fraction & u128::from(u64::MAX), self.fraction >> 64);
+        let (a, b) = (low * r, high * r);
+        let (fraction, carried) = a.overflowing_add(b << 64);
+        let carry = (b >> 64) + u128::from(carried);
+        let units = self.units.wrapping_mul(r as i128).wrapping_add(carry as i128);
+        let mut out = WindowSum { n: self.n.wrapping_mul(r as i64), units, fraction };
+        if *rhs < 0 {
+            out.negate();
+        }
+        out
     }
 }
 
@@ -604,4 +661,82 @@ pub fn session_impacts<'s>(impacts: VecCollection<'s, Epoch, Impact>) -> VecColl
         row.push(Datum::Bool(i.contaminated));
         row
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values() -> Vec<f64> {
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut out =
+            vec![0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 1e-21, -3e-15, 1e9, -1e9, 1.0 / 3.0, 2f64.powi(-120), 7.25e18];
+        for _ in 0..2000 {
+            let mantissa = (next() % (1 << 53)) as f64 / (1u64 << 53) as f64;
+            let exponent = (next() % 140) as i32 - 100;
+            let sign = if next() % 2 == 0 { 1.0 } else { -1.0 };
+            out.push(sign * mantissa * 2f64.powi(exponent));
+        }
+        out
+    }
+
+    #[test]
+    fn a_window_sum_holds_any_value_exactly() {
+        for v in values() {
+            let got = WindowSum::of(v).total_f64();
+            if v.abs() >= 2f64.powi(-75) {
+                assert_eq!(got, v, "{v:e}");
+            } else {
+                // Below 2⁻⁷⁵ the mantissa reaches under 2⁻¹²⁸: off by less than 2⁻¹²⁸.
+                assert!((got - v).abs() <= 2f64.powi(-128), "{v:e}: {got:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn window_sums_add_and_retract_exactly() {
+        let xs = values();
+        let mut acc = WindowSum::default();
+        for x in &xs {
+            acc.plus_equals(&WindowSum::of(*x));
+        }
+        // The exact sum is independent of the order; retracting every value leaves exactly zero.
+        let mut reversed = WindowSum::default();
+        for x in xs.iter().rev() {
+            reversed.plus_equals(&WindowSum::of(*x));
+        }
+        assert_eq!(acc, reversed);
+        for x in &xs {
+            acc.plus_equals(&WindowSum::of(*x).multiply(&-1));
+        }
+        assert!(acc.is_zero(), "{acc:?}");
+        // Tiny values keep their relative precision.
+        let mut tiny = WindowSum::of(1e-21);
+        tiny.plus_equals(&WindowSum::of(2e-21));
+        assert!((tiny.total_f64() - 3e-21).abs() <= 1e-15 * 3e-21, "{}", tiny.total_f64());
+    }
+
+    #[test]
+    fn multiplying_a_window_sum_is_repeated_addition() {
+        for v in values().into_iter().step_by(37) {
+            let one = WindowSum::of(v);
+            for r in -4isize..=4 {
+                let mut want = WindowSum::default();
+                for _ in 0..r.unsigned_abs() {
+                    want.plus_equals(&one);
+                }
+                if r < 0 {
+                    want.negate();
+                }
+                assert_eq!(one.multiply(&r), want, "{v:e} × {r}");
+                assert_eq!(r.multiply(&one), want);
+            }
+        }
+    }
 }

@@ -1389,8 +1389,11 @@ fn views_can_be_selected_by_name() {
 #[test]
 fn contamination_flags_equal_the_pairwise_definition() {
     use crate::session_impacts::{BEFORE_MS, contamination_flags};
+    // §4: an interval `[startAt, endAt)`, a point while open or when `endAt == startAt`; an
+    // `endAt` before `startAt` is an empty interval, which overlaps nothing.
     let touches = |o: &vitalflow_schemas::domain::Session, a: i64, b: i64| match o.end_ms {
         Some(e) if e > o.start_ms => o.start_ms < b && e > a,
+        Some(e) if e < o.start_ms => false,
         _ => a <= o.start_ms && o.start_ms < b,
     };
     let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
@@ -1408,9 +1411,10 @@ fn contamination_flags_equal_the_pairwise_definition() {
                 // Starts on a coarse grid (ties happen), ends open, empty or within a few hours.
                 let start = base + (next(16) as i64) * 20 * 60_000;
                 let mut s = session("u1", &format!("s{i}"), "p", start, "UTC");
-                s.end_ms = match next(4) {
+                s.end_ms = match next(5) {
                     0 => None,
                     1 => Some(start),
+                    2 => Some(start - (1 + next(90) as i64) * 60_000),
                     _ => Some(start + (1 + next(200) as i64) * 60_000),
                 };
                 s

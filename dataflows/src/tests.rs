@@ -635,6 +635,31 @@ fn impacts_use_the_best_source_rate_and_flag_contamination() {
     assert_eq!(h.rows("session_impacts").len(), 1);
 }
 
+/// Tiny shares keep their precision: a 1 mm distance sample over 24 h with 1 ms in BEFORE, and
+/// 1 mm over one minute in DURING (found by a break attempt on a 2⁻⁶⁴ fixed point).
+#[test]
+fn tiny_shares_keep_their_precision() {
+    let mut h = Harness::new(1);
+    let s = ms("2024-06-02T12:00:00Z");
+    let distance = |rec: &str, a: i64, b: i64| {
+        sample("u1", "phone", rec, Metric::Distance, a, b, 0.001, SourceClass::Phone, "UTC")
+    };
+    let long_start = s - 86_400_000 - 3_600_000 + 1;
+    h.step(vec![
+        Change::Session(closed_session("s", s, s + 600_000), 1),
+        Change::Sample(distance("d1", long_start, long_start + 86_400_000), 1),
+        Change::Sample(distance("d2", s + 60_000, s + 120_000), 1),
+    ]);
+    let row = |c: &str| float(&col(&h, "session_impacts", c).pop().unwrap_or(Datum::Null));
+    // BEFORE holds 1 ms of the day-long sample; the rate is per hour of window.
+    let before = 0.001 * 1.0 / 86_400_000.0;
+    let during = 0.001 / (600_000.0 / 3_600_000.0);
+    let want = (during - before) / before;
+    let got = row("pct_delta_during").unwrap_or(f64::NAN);
+    assert!((got - want).abs() <= 1e-12 * want.abs(), "{got} vs {want}");
+    assert!((row("before_mean").unwrap_or(f64::NAN) - before).abs() <= 1e-15 * before);
+}
+
 // ---- sleep nights (DOMAIN.md §3) ----
 
 fn stage(

@@ -6,8 +6,8 @@
 //! or a rejection whose code is in a known list:
 //!
 //! ```text
-//!  bytes ─▶ parse_json ─▶ parse_batch  ─▶ validate_sample (each sample, with a RequestContext)
-//!                      ├▶ parse_domain ─▶ parse_change   (each change)
+//!  bytes ─▶ parse_batch (typed, or through parse_json) ─▶ validate_sample (each sample, with a RequestContext)
+//!  bytes ─▶ parse_json ─▶ parse_domain ─▶ parse_change   (each change)
 //!                      └▶ parse_profile
 //!  strings ─▶ Zone::parse, parse_instant;  (metric, unit, f64) ─▶ normalize + check_range
 //! ```

@@ -100,7 +100,9 @@ impl Persister {
     /// Loads every view's file into `store` (as [`SnapshotStore::install_persisted`]); a file
     /// claiming an epoch past `last_epoch` (the store's last commit), or older than
     /// `last_erasure` (the store's last user erasure: the file may hold the user's rows, say a
-    /// file restored from a backup), is unusable.
+    /// file restored from a backup), is unusable, as is a corrupt one or another store's. An
+    /// unusable file is deleted: it can never become usable, and a future epoch's file left in
+    /// place would pass the check once a restored, older store has committed that many epochs.
     pub fn load(&self, store: &SnapshotStore, last_epoch: Epoch, last_erasure: Epoch) -> Vec<(&'static str, Loaded)> {
         let mut out = Vec::with_capacity(store.len());
         for view in 0..store.len() {
@@ -120,6 +122,13 @@ impl Persister {
                 },
                 Err(e) => Loaded::Unusable(e),
             };
+            if let Loaded::Unusable(why) = &loaded {
+                // Never usable later either: a future epoch belongs to another history (a store
+                // restored from an older backup), even once this store passes that epoch.
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(view = def.name, error = %e, why = %why, "could not delete an unusable snapshot file");
+                }
+            }
             out.push((def.name, loaded));
         }
         out
@@ -337,29 +346,31 @@ mod tests {
     }
 
     #[test]
-    fn unusable_files_leave_the_view_to_rehydration() {
+    fn unusable_files_leave_the_view_to_rehydration_and_are_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let store = published();
-        Persister::new(dir.path(), "store-1").unwrap().persist(&store).unwrap();
-        let unusable = |store_id: &str, last_epoch: Epoch| {
-            let next = SnapshotStore::new([DEF]);
-            let loaded = Persister::new(dir.path(), store_id).unwrap().load(&next, last_epoch, 0);
-            assert_eq!((next.served(0), next.snapshot(0).as_of), (Served::Live, 0));
-            matches!(loaded[0].1, Loaded::Unusable(_))
-        };
-        assert!(unusable("store-2", 9), "another store's file");
-        assert!(unusable("store-1", 3), "a file claiming an epoch the store has not committed");
-        let next = SnapshotStore::new([DEF]);
-        let loaded = Persister::new(dir.path(), "store-1").unwrap().load(&next, 9, 5);
-        assert!(matches!(loaded[0].1, Loaded::Unusable(_)), "a file older than the last erasure");
-        assert_eq!(next.served(0), Served::Live);
         let path = dir.path().join("t.arrow");
+        let write = || Persister::new(dir.path(), "store-1").unwrap().persist(&store).unwrap();
+        // Unusable now means unusable for good (a future epoch stays another history's even once
+        // the store passes it), so the file is deleted.
+        let unusable = |store_id: &str, last_epoch: Epoch, last_erasure: Epoch| {
+            let next = SnapshotStore::new([DEF]);
+            let loaded = Persister::new(dir.path(), store_id).unwrap().load(&next, last_epoch, last_erasure);
+            assert_eq!((next.served(0), next.snapshot(0).as_of), (Served::Live, 0));
+            matches!(loaded[0].1, Loaded::Unusable(_)) && !path.exists()
+        };
+        write();
+        assert!(unusable("store-2", 9, 0), "another store's file");
+        write();
+        assert!(unusable("store-1", 3, 0), "a file claiming an epoch the store has not committed");
+        write();
+        assert!(unusable("store-1", 9, 5), "a file older than the last erasure");
+        write();
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-        assert!(unusable("store-1", 9), "a truncated file");
+        assert!(unusable("store-1", 9, 0), "a truncated file");
         std::fs::write(&path, b"not arrow").unwrap();
-        assert!(unusable("store-1", 9), "garbage");
-        std::fs::remove_file(&path).unwrap();
+        assert!(unusable("store-1", 9, 0), "garbage");
         let next = SnapshotStore::new([DEF]);
         assert_eq!(Persister::new(dir.path(), "store-1").unwrap().load(&next, 9, 0), vec![("t", Loaded::Missing)]);
     }

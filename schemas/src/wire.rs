@@ -16,10 +16,39 @@ pub struct BatchUpsertRequest {
     pub device_time_zone: Option<String>,
     #[serde(default)]
     pub platform: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "objects")]
     pub samples: Vec<WireSample>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "objects")]
     pub deletions: Vec<WireDeletion>,
+}
+
+/// A list whose items must be JSON objects: serde's derive also reads a struct from an array of
+/// its fields in order, which would let `["w", "1", "steps", …]` pass as a sample.
+fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Vec::<Object<T>>::deserialize(deserializer).map(|items| items.into_iter().map(|o| o.0).collect())
+}
+
+/// `T` read from a JSON object only.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData)).map(Object)
+    }
 }
 
 /// One sample as the phone sends it.
@@ -127,7 +156,7 @@ pub const HASH_SCHEME_BATCH_FIELDS: u32 = 2;
 /// `zoneId`, `metadata`; the number of deletions, then per deletion `sourceId`, `sourceRecordId`.
 /// A string is its UTF-8 bytes after its length (u64, little-endian); an absent field (or `null`)
 /// is byte 0, a present one byte 1 and its encoding; `value` is its IEEE-754 bits (`-0` as `0`);
-/// `metadata` is its RFC 8785 text. So key order, whitespace, escapes, number spelling and an
+/// `metadata` is encoded by meaning, as `FieldHasher::json` says (sorted keys, exact numbers). So key order, whitespace, escapes, number spelling and an
 /// explicit `null` for an optional field do not change the hash, and any change of a field's
 /// meaning does. A domain tag leads, so no other encoding collides with it.
 pub fn batch_hash(req: &BatchUpsertRequest) -> String {
@@ -157,9 +186,7 @@ pub fn batch_hash(req: &BatchUpsertRequest) -> String {
         match &x.metadata {
             Some(m) if !m.is_null() => {
                 h.0.update([1]);
-                let text = serde_jcs::to_vec(m).unwrap_or_else(|_| m.to_string().into_bytes());
-                h.len(text.len());
-                h.0.update(&text);
+                h.json(m);
             }
             _ => h.0.update([0]),
         }
@@ -183,6 +210,50 @@ impl FieldHasher {
         self.len(s.len());
         self.0.update(s.as_bytes());
     }
+    /// Free JSON (`metadata`) by meaning: objects by sorted key, numbers by value. A number is its
+    /// `f64` bits (`-0` as `0`), unless it is an integer that `f64` cannot hold exactly (beyond
+    /// 2⁵³), which is hashed as that integer: `1200` and `1.2e3` agree, `2⁵³ + 1` and `2⁵³` do not
+    /// (metadata keeps integers exactly, e.g. `HKMetadataKeySyncVersion`).
+    fn json(&mut self, v: &Value) {
+        match v {
+            Value::Null => self.0.update(b"n"),
+            Value::Bool(b) => self.0.update(if *b { b"t" } else { b"f" }),
+            Value::Number(n) => {
+                const EXACT: u64 = 1 << 53;
+                if let Some(i) = n.as_i64().filter(|i| i.unsigned_abs() > EXACT) {
+                    self.0.update(b"i");
+                    self.0.update(i.to_le_bytes());
+                } else if let Some(u) = n.as_u64().filter(|u| *u > EXACT) {
+                    self.0.update(b"u");
+                    self.0.update(u.to_le_bytes());
+                } else {
+                    let f = n.as_f64().unwrap_or(0.0);
+                    self.0.update(b"d");
+                    self.0.update((if f == 0.0 { 0.0f64 } else { f }).to_bits().to_le_bytes());
+                }
+            }
+            Value::String(s) => {
+                self.0.update(b"s");
+                self.str(s);
+            }
+            Value::Array(items) => {
+                self.0.update(b"a");
+                self.len(items.len());
+                items.iter().for_each(|item| self.json(item));
+            }
+            Value::Object(map) => {
+                self.0.update(b"o");
+                self.len(map.len());
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort_unstable();
+                for k in keys {
+                    self.str(k);
+                    self.json(&map[k]);
+                }
+            }
+        }
+    }
+
     fn opt_str(&mut self, s: Option<&str>) {
         match s {
             Some(s) => {
@@ -273,11 +344,38 @@ mod tests {
         c["samples"][0]["sourceId"] = json!("w1");
         c["samples"][0]["sourceRecordId"] = json!("");
         assert_ne!(batch_hash(&batch(&c)), base);
+        // Integers beyond 2⁵³ keep their exact value; spelling still does not count.
+        let with_meta = |m: Value| {
+            let mut c = a.clone();
+            c["samples"][0]["metadata"] = m;
+            batch_hash(&batch(&c))
+        };
+        assert_ne!(
+            with_meta(json!({"HKMetadataKeySyncVersion": 9_007_199_254_740_993_u64})),
+            with_meta(json!({"HKMetadataKeySyncVersion": 9_007_199_254_740_992_u64}))
+        );
+        assert_ne!(with_meta(json!({"v": i64::MIN})), with_meta(json!({"v": i64::MIN + 1})));
+        assert_ne!(with_meta(json!({"v": u64::MAX})), with_meta(json!({"v": u64::MAX - 1})));
+        assert_eq!(with_meta(json!({"v": 1200, "w": [0.0]})), with_meta(json!({"w": [-0.0], "v": 1.2e3})));
         // -0 and 0 mean the same value.
         let (mut z, mut nz) = (a.clone(), a.clone());
         z["samples"][0]["value"] = json!(0.0);
         nz["samples"][0]["value"] = json!(-0.0);
         assert_eq!(batch_hash(&batch(&z)), batch_hash(&batch(&nz)));
+    }
+
+    #[test]
+    fn samples_and_deletions_must_be_objects() {
+        let positional: Value = serde_json::from_str(
+            r#"{"requestId":"r","userId":"u","samples":[["w","1","steps","2024-06-01T00:00:00Z","2024-06-01T00:10:00Z",1200,"count"]]}"#,
+        )
+        .unwrap();
+        assert!(serde_json::from_value::<BatchUpsertRequest>(positional.clone()).is_err());
+        assert!(serde_json::from_slice::<BatchUpsertRequest>(positional.to_string().as_bytes()).is_err());
+        let deletion = json!({"requestId": "r", "userId": "u", "deletions": [["w", "1"]]});
+        assert!(serde_json::from_value::<BatchUpsertRequest>(deletion).is_err());
+        let ok = json!({"requestId": "r", "userId": "u", "deletions": [{"sourceId": "w", "sourceRecordId": "1"}]});
+        assert_eq!(serde_json::from_value::<BatchUpsertRequest>(ok).map(|r| r.deletions.len()).ok(), Some(1));
     }
 
     #[test]

@@ -121,6 +121,18 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
         .context("histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
+    // The counters operators alert on exist from the start, at 0, so a scrape (or an alert rule)
+    // finds them before their first increment.
+    for component in ["http", "sql", "writer"] {
+        metrics::counter!("vitalflow_panics_caught_total", "component" => component).increment(0);
+    }
+    for name in [
+        "vitalflow_snapshot_persist_errors_total",
+        "vitalflow_http_tls_handshake_failures_total",
+        "vitalflow_http_idle_connections_closed_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
     vitalflow_ingest::configure_limits(config.limits.clone());
     let store = Arc::new(
         Store::open(&config.data_dir)

@@ -23,13 +23,15 @@ pub struct BatchUpsertRequest {
 }
 
 /// A list whose items must be JSON objects: serde's derive also reads a struct from an array of
-/// its fields in order, which would let `["w", "1", "steps", …]` pass as a sample.
+/// its fields in order, which would let `["w", "1", "steps", …]` pass as a sample. `null` is the
+/// empty list, as an explicit `null` is absent for every optional field.
 fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    Vec::<Object<T>>::deserialize(deserializer).map(|items| items.into_iter().map(|o| o.0).collect())
+    Option::<Vec<Object<T>>>::deserialize(deserializer)
+        .map(|items| items.unwrap_or_default().into_iter().map(|o| o.0).collect())
 }
 
 /// `T` read from a JSON object only.
@@ -374,6 +376,9 @@ mod tests {
         assert!(serde_json::from_slice::<BatchUpsertRequest>(positional.to_string().as_bytes()).is_err());
         let deletion = json!({"requestId": "r", "userId": "u", "deletions": [["w", "1"]]});
         assert!(serde_json::from_value::<BatchUpsertRequest>(deletion).is_err());
+        let null = json!({"requestId": "r", "userId": "u", "samples": null, "deletions": null});
+        let null = serde_json::from_value::<BatchUpsertRequest>(null).expect("null lists are empty");
+        assert!(null.samples.is_empty() && null.deletions.is_empty());
         let ok = json!({"requestId": "r", "userId": "u", "deletions": [{"sourceId": "w", "sourceRecordId": "1"}]});
         assert_eq!(serde_json::from_value::<BatchUpsertRequest>(ok).map(|r| r.deletions.len()).ok(), Some(1));
     }

@@ -475,7 +475,7 @@ pub fn impacts<'s>(
         .arrange_by_key_named("Impact: sessions by hour");
 
     let lite = samples.clone().flat_map_ref(|user, x| {
-        let Some(value) = x.value.filter(|_| has_impact(x.metric)) else { return None };
+        let value = x.value.filter(|_| has_impact(x.metric))?;
         let lite = HourSample {
             metric: x.metric,
             start_ms: x.start_ms,

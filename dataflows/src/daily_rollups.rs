@@ -34,12 +34,66 @@ pub const DEF: ViewDef = ViewDef {
 
 type DayKey = (String, Metric, i32);
 
+/// One `daily_rollups` row (DOMAIN.md §1.2, §6): per user, metric and local date (days since
+/// 1970-01-01), with the fields a kind has no use for as `None`: CUMULATIVE has `sum`; DISCRETE
+/// `sum`, `mean`, `min`, `max`, `last`; INTERVAL `total_min` (minutes). Views built on the
+/// rollups read these fields; [`DailyRollup::to_row`] is the one mapping to [`DEF`]'s columns.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct DailyRollup {
+    pub user_id: String,
+    pub metric: Metric,
+    pub local_date: i32,
+    pub count: i64,
+    pub sum: Option<OrdF64>,
+    pub mean: Option<OrdF64>,
+    pub min: Option<OrdF64>,
+    pub max: Option<OrdF64>,
+    pub last: Option<OrdF64>,
+    pub total_min: Option<OrdF64>,
+}
+
+impl DailyRollup {
+    fn new(user_id: String, metric: Metric, local_date: i32, count: i64) -> Self {
+        DailyRollup {
+            user_id,
+            metric,
+            local_date,
+            count,
+            sum: None,
+            mean: None,
+            min: None,
+            max: None,
+            last: None,
+            total_min: None,
+        }
+    }
+
+    /// The row in [`DEF`]'s column order.
+    pub fn to_row(&self) -> Row {
+        let f = |v: Option<OrdF64>| v.map_or(Datum::Null, Datum::Float);
+        vec![
+            Datum::Str(self.user_id.clone()),
+            Datum::Str(self.metric.key().to_owned()),
+            Datum::Date(self.local_date),
+            Datum::Str(self.metric.canonical_unit().to_owned()),
+            Datum::Str(self.metric.kind().as_str().to_owned()),
+            Datum::Int(self.count),
+            f(self.sum),
+            f(self.mean),
+            f(self.min),
+            f(self.max),
+            f(self.last),
+            f(self.total_min),
+        ]
+    }
+}
+
 /// The unit that competes for an M1 slice: a `(sourceId, sourceClass)` pair, led by the class's
 /// rank so that the derived order is the priority order (rank, then `sourceId`). Each class has its
 /// own rank, so the class only names the stream; it never reorders two streams.
 type Stream = (u8, String, SourceClass);
 
-/// In: current samples. Out: one row per `(user_id, metric, local_date)`.
+/// In: current samples. Out: one [`DailyRollup`] per `(user_id, metric, local_date)`.
 ///
 /// - CUMULATIVE (M1): each sample's C1 share of every 15-minute UTC slice; per slice the best
 ///   [`Stream`] (rank of its class, then smaller `sourceId`) wins, and only that stream's shares
@@ -49,7 +103,7 @@ type Stream = (u8, String, SourceClass);
 /// - DISCRETE: not split; the day of `startAt`; count, sum, mean, min, max, last (K3).
 /// - INTERVAL (mindful minutes; sleep has its own view): `total_min` is the union of all sources'
 ///   intervals clipped to the day, `count` the intervals starting that day.
-pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch, Row> {
+pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch, DailyRollup> {
     let cumulative = samples
         .clone()
         .flat_map_ref(|user, s| {
@@ -78,14 +132,9 @@ pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch
             let (sum, count) = sum_and_distinct(input.iter().map(|((id, share), r)| (id, share.0, *r)));
             output.push(((count, OrdF64(sum)), 1));
         })
-        .map(|((user, metric, day), (count, sum))| {
-            row(
-                user,
-                metric,
-                day,
-                count,
-                [Datum::Float(sum), Datum::Null, Datum::Null, Datum::Null, Datum::Null, Datum::Null],
-            )
+        .map(|((user, metric, day), (count, sum))| DailyRollup {
+            sum: Some(sum),
+            ..DailyRollup::new(user, metric, day, count)
         });
 
     let discrete = samples
@@ -100,9 +149,13 @@ pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch
                 output.push(((st.count, [st.sum, mean, st.min, st.max, st.last].map(OrdF64)), 1));
             }
         })
-        .map(|((user, metric, day), (count, [sum, mean, min, max, last]))| {
-            let f = Datum::Float;
-            row(user, metric, day, count, [f(sum), f(mean), f(min), f(max), f(last), Datum::Null])
+        .map(|((user, metric, day), (count, [sum, mean, min, max, last]))| DailyRollup {
+            sum: Some(sum),
+            mean: Some(mean),
+            min: Some(min),
+            max: Some(max),
+            last: Some(last),
+            ..DailyRollup::new(user, metric, day, count)
         });
 
     let interval = samples
@@ -138,30 +191,10 @@ pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch
                 output.push(((count, OrdF64(total_ms as f64 / 60_000.0)), 1));
             }
         })
-        .map(|((user, metric, day), (count, total))| {
-            row(
-                user,
-                metric,
-                day,
-                count,
-                [Datum::Null, Datum::Null, Datum::Null, Datum::Null, Datum::Null, Datum::Float(total)],
-            )
+        .map(|((user, metric, day), (count, total))| DailyRollup {
+            total_min: Some(total),
+            ..DailyRollup::new(user, metric, day, count)
         });
 
     cumulative.concat(discrete).concat(interval)
-}
-
-/// `[sum, mean, min, max, last, total_min]` after the key, unit, kind and count.
-fn row(user: String, metric: Metric, day: i32, count: i64, fields: [Datum; 6]) -> Row {
-    let mut row = Vec::with_capacity(12);
-    row.extend([
-        Datum::Str(user),
-        Datum::Str(metric.key().to_owned()),
-        Datum::Date(day),
-        Datum::Str(metric.canonical_unit().to_owned()),
-        Datum::Str(metric.kind().as_str().to_owned()),
-        Datum::Int(count),
-    ]);
-    row.extend(fields);
-    row
 }

@@ -9,6 +9,7 @@ use differential_dataflow::trace::implementations::ValSpine;
 use vitalflow_schemas::domain::{Product, Session};
 use vitalflow_schemas::{Epoch, Row, Sample, UserProfile, ViewDef};
 
+use crate::daily_rollups::DailyRollup;
 use crate::session_impacts::Impact;
 use crate::{
     daily_rollups, daily_rollups_by_source, product_impacts, routine_bins, session_impacts, sessions, sleep_nights,
@@ -33,7 +34,7 @@ pub struct Inputs<'s> {
     /// Current user profiles.
     pub profiles: VecCollection<'s, Epoch, UserProfile>,
     samples: OnceCell<SamplesByUser<'s>>,
-    daily: OnceCell<VecCollection<'s, Epoch, Row>>,
+    daily: OnceCell<VecCollection<'s, Epoch, DailyRollup>>,
     impacts: OnceCell<VecCollection<'s, Epoch, Impact>>,
 }
 
@@ -65,8 +66,8 @@ impl<'s> Inputs<'s> {
             .clone()
     }
 
-    /// `daily_rollups` rows, built once and shared with the views built on them.
-    pub fn daily(&self) -> VecCollection<'s, Epoch, Row> {
+    /// `daily_rollups`, typed, built once and shared with the views built on them.
+    pub fn daily(&self) -> VecCollection<'s, Epoch, DailyRollup> {
         self.daily.get_or_init(|| daily_rollups::daily_rollups(&self.samples())).clone()
     }
 
@@ -85,7 +86,7 @@ pub struct ViewSpec {
 
 /// Every view vitalflow maintains, in a fixed order (a view's index is its id).
 pub const VIEWS: &[ViewSpec] = &[
-    ViewSpec { def: daily_rollups::DEF, build: |i| i.daily() },
+    ViewSpec { def: daily_rollups::DEF, build: |i| i.daily().map(|r| r.to_row()) },
     ViewSpec {
         def: daily_rollups_by_source::DEF,
         build: |i| daily_rollups_by_source::daily_rollups_by_source(&i.samples()),

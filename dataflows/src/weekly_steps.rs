@@ -5,7 +5,9 @@ use chrono::Datelike;
 use differential_dataflow::VecCollection;
 use vitalflow_schemas::time::{date_to_days, days_to_date};
 use vitalflow_schemas::view::{ColumnType::*, col};
-use vitalflow_schemas::{Datum, Epoch, OrdF64, Row, ViewDef};
+use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ViewDef};
+
+use crate::daily_rollups::DailyRollup;
 
 /// Key `(user_id, week_start)`; `week_start` is the Monday of the ISO week.
 pub const DEF: ViewDef = ViewDef {
@@ -18,17 +20,15 @@ pub const DEF: ViewDef = ViewDef {
     range_via: None,
 };
 
-/// In: `daily_rollups` rows. Out: one row per `(user_id, week_start)`: the week's merged step
-/// total (the sum of its days' `sum`) and the number of days with steps.
-pub fn weekly_steps<'s>(daily: VecCollection<'s, Epoch, Row>) -> VecCollection<'s, Epoch, Row> {
+/// In: `daily_rollups`. Out: one row per `(user_id, week_start)`: the week's merged step total
+/// (the sum of its days' `sum`) and the number of days with steps.
+pub fn weekly_steps<'s>(daily: VecCollection<'s, Epoch, DailyRollup>) -> VecCollection<'s, Epoch, Row> {
     daily
-        .flat_map(|r| match (&r[0], &r[1], &r[2], &r[6]) {
-            (Datum::Str(user), Datum::Str(metric), Datum::Date(day), Datum::Float(sum)) if metric == "steps" => {
-                let date = days_to_date(*day);
-                let monday = date - chrono::Duration::days(i64::from(date.weekday().num_days_from_monday()));
-                Some(((user.clone(), date_to_days(monday)), (*day, *sum)))
-            }
-            _ => None,
+        .flat_map(|r| {
+            let sum = r.sum.filter(|_| r.metric == Metric::Steps)?;
+            let date = days_to_date(r.local_date);
+            let monday = date - chrono::Duration::days(i64::from(date.weekday().num_days_from_monday()));
+            Some(((r.user_id, date_to_days(monday)), (r.local_date, sum)))
         })
         .reduce_named("WeeklySteps: sum", |_week, input, output| {
             let days = input.iter().filter(|(_, r)| *r > 0).count() as i64;

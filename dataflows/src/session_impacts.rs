@@ -240,13 +240,19 @@ impl Multiply<WindowSum> for isize {
 }
 
 /// A session as the hours its windows cover see it: its bounds (UTC ms; `end_ms` is the end of an
-/// eligible, closed session) and the first hour bucket of `[start − B, end + A)`.
+/// eligible, closed session).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SessionSpan {
     pub session_id: String,
     pub start_ms: i64,
     pub end_ms: i64,
-    pub first_hour: i64,
+}
+
+impl SessionSpan {
+    /// The first hour bucket of `[start − B, end + A)`.
+    fn first_hour(&self) -> i64 {
+        (self.start_ms - BEFORE_MS).div_euclid(BUCKET_MS)
+    }
 }
 
 /// BEFORE `[s − B, s)`, DURING `[s, e)` and AFTER `[e, e + A)` of the session `[s, e)`.
@@ -289,7 +295,7 @@ fn blocks(a: i64, b: i64) -> Blocks {
     let (first, last) = (a.div_euclid(MINUTE_MS), (b - 1).div_euclid(MINUTE_MS));
     let mut partial_minutes: Vec<i64> = [first, last].into_iter().filter(|m| !whole(MINUTE_MS, *m)).collect();
     partial_minutes.dedup();
-    Blocks { whole_hours: if whole_hours.is_empty() { 0..0 } else { whole_hours }, partial_hours, partial_minutes }
+    Blocks { whole_hours, partial_hours, partial_minutes }
 }
 
 /// Minute blocks inside hour buckets.
@@ -310,8 +316,8 @@ enum Held {
 }
 
 /// What a session window needs of one sample: metric, `[start_ms, end_ms)` (UTC ms), value, source
-/// rank and `sourceId` (§1.5), and the first hour bucket the sample touches. Equal samples of
-/// different `sourceRecordId`s are one record with multiplicity 2, as they count twice.
+/// rank and `sourceId` (§1.5). Equal samples of different `sourceRecordId`s are one record with
+/// multiplicity 2, as they count twice.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct HourSample {
     pub metric: Metric,
@@ -320,10 +326,14 @@ pub struct HourSample {
     pub value: OrdF64,
     pub rank: u8,
     pub source_id: String,
-    pub first_hour: i64,
 }
 
 impl HourSample {
+    /// The first hour bucket the sample touches.
+    fn first_hour(&self) -> i64 {
+        self.start_ms.div_euclid(BUCKET_MS)
+    }
+
     /// The instants that decide where the sample counts, as `[from, to)`: its start alone for a
     /// DISCRETE or instantaneous sample, its interval for a CUMULATIVE one.
     fn extent(&self) -> (i64, i64) {
@@ -441,8 +451,7 @@ pub fn impacts<'s>(
 
     let spans = eligible.clone().map(|s| {
         let e = s.end_ms.unwrap_or(s.start_ms);
-        let first_hour = (s.start_ms - BEFORE_MS).div_euclid(BUCKET_MS);
-        (s.user_id, SessionSpan { session_id: s.session_id, start_ms: s.start_ms, end_ms: e, first_hour })
+        (s.user_id, SessionSpan { session_id: s.session_id, start_ms: s.start_ms, end_ms: e })
     });
     // Per window, the blocks it meets; `Block` tells the three kinds apart.
     let session_blocks = spans.clone().flat_map(|(user, span)| {
@@ -483,7 +492,6 @@ pub fn impacts<'s>(
             value,
             rank: x.source_class.rank(),
             source_id: x.source_id.clone(),
-            first_hour: x.start_ms.div_euclid(BUCKET_MS),
         };
         Some((user.clone(), lite))
     });
@@ -494,20 +502,20 @@ pub fn impacts<'s>(
     let hour_sums = in_minute
         .clone()
         .concat(in_hour.clone())
-        .explode(|(user, x)| Some((((user, x.first_hour), x.hour_source()), WindowSum::of(x.value.0))))
+        .explode(|(user, x)| Some((((user, x.first_hour()), x.hour_source()), WindowSum::of(x.value.0))))
         .arrange_by_key_named("Impact: hour sums");
     // Per (user, hour, minute, metric, source): the samples held by the minute, summed in the diff.
     let minute_sums = in_minute
         .clone()
         .explode(|(user, x)| {
             let source = MinuteSource { minute: x.start_ms.div_euclid(MINUTE_MS), source: x.hour_source() };
-            Some((((user, x.first_hour), source), WindowSum::of(x.value.0)))
+            Some((((user, x.first_hour()), source), WindowSum::of(x.value.0)))
         })
         .arrange_by_key_named("Impact: minute sums");
     let by_minute = in_minute
         .map(|(user, x)| ((user, x.start_ms.div_euclid(MINUTE_MS)), x))
         .arrange_by_key_named("Impact: samples by minute");
-    let by_hour = in_hour.map(|(user, x)| ((user, x.first_hour), x)).arrange_by_key_named("Impact: samples by hour");
+    let by_hour = in_hour.map(|(user, x)| ((user, x.first_hour()), x)).arrange_by_key_named("Impact: samples by hour");
     let spanning = held(Held::Spanning)
         .flat_map(|(user, x)| {
             let (from, to) = x.extent();
@@ -536,7 +544,7 @@ pub fn impacts<'s>(
         partial_hours.join_core(by_hour, |(user, _), sw, x| contributions(user, &sw.span, x, Some(sw.window)));
     let across_hours = all_hours.join_core(spanning, |(user, h), s, x| {
         // The pair meets in every hour both touch; it counts in the first of them only.
-        if *h == s.first_hour.max(x.first_hour) { contributions(user, s, x, None) } else { Vec::new() }
+        if *h == s.first_hour().max(x.first_hour()) { contributions(user, s, x, None) } else { Vec::new() }
     });
     let one_by_one = in_partial_minutes
         .concat(in_partial_hours)

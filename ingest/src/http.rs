@@ -112,7 +112,11 @@ fn require_object(value: &Value) -> Result<(), IngestError> {
 /// The length of the array `value[name]` is at most `max` (400 `code`); checked on the raw value,
 /// before anything is hashed or deserialized.
 fn check_count(value: &Value, name: &str, max: usize, code: &'static str) -> Result<(), IngestError> {
-    let n = value.get(name).and_then(Value::as_array).map_or(0, Vec::len);
+    check_len(name, value.get(name).and_then(Value::as_array).map_or(0, Vec::len), max, code)
+}
+
+/// A list of `n` `name`s is at most `max` long (400 `code`).
+fn check_len(name: &str, n: usize, max: usize, code: &'static str) -> Result<(), IngestError> {
     if n > max {
         return Err(IngestError::bad_request(code, format!("{n} {name} in one request, more than the limit of {max}")));
     }
@@ -259,17 +263,8 @@ async fn domain_changes(
 pub fn parse_batch(body: Bytes, limits: &Limits) -> Result<(BatchUpsertRequest, PayloadHash), IngestError> {
     let req = match parse_batch_fields(&body, limits) {
         Some(req) => {
-            let count = |name: &str, n: usize, max: usize, code: &'static str| {
-                if n > max {
-                    return Err(IngestError::bad_request(
-                        code,
-                        format!("{n} {name} in one request, more than the limit of {max}"),
-                    ));
-                }
-                Ok(())
-            };
-            count("samples", req.samples.len(), limits.max_samples_per_batch, codes::TOO_MANY_SAMPLES)?;
-            count("deletions", req.deletions.len(), limits.max_deletions_per_batch, codes::TOO_MANY_DELETIONS)?;
+            check_len("samples", req.samples.len(), limits.max_samples_per_batch, codes::TOO_MANY_SAMPLES)?;
+            check_len("deletions", req.deletions.len(), limits.max_deletions_per_batch, codes::TOO_MANY_DELETIONS)?;
             req
         }
         None => {

@@ -3,6 +3,8 @@
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use vitalflow_schemas::domain::Session;
 use vitalflow_schemas::split::share;
 use vitalflow_schemas::view::{ColumnType::*, RangeVia, col};
@@ -239,20 +241,13 @@ impl Multiply<WindowSum> for isize {
     }
 }
 
-/// A session as the hours its windows cover see it: its bounds (UTC ms; `end_ms` is the end of an
-/// eligible, closed session).
+/// A session as its windows see it: its bounds (UTC ms; `end_ms` is the end of an eligible, closed
+/// session).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SessionSpan {
     pub session_id: String,
     pub start_ms: i64,
     pub end_ms: i64,
-}
-
-impl SessionSpan {
-    /// The first hour bucket of `[start − B, end + A)`.
-    fn first_hour(&self) -> i64 {
-        (self.start_ms - BEFORE_MS).div_euclid(BUCKET_MS)
-    }
 }
 
 /// BEFORE `[s − B, s)`, DURING `[s, e)` and AFTER `[e, e + A)` of the session `[s, e)`.
@@ -284,36 +279,25 @@ struct Blocks {
     partial_minutes: Vec<i64>,
 }
 
+/// Whether `[a, b)` holds the aligned block `k` of `size` ms whole.
+fn holds(a: i64, b: i64, size: i64, k: i64) -> bool {
+    a <= k * size && (k + 1) * size <= b
+}
+
 fn blocks(a: i64, b: i64) -> Blocks {
     if b <= a {
         return Blocks { whole_hours: 0..0, partial_hours: Vec::new(), partial_minutes: Vec::new() };
     }
-    let whole = |size: i64, k: i64| a <= k * size && (k + 1) * size <= b;
-    let touched = |size: i64| a.div_euclid(size)..=(b - 1).div_euclid(size);
     let whole_hours = (-(-a).div_euclid(BUCKET_MS))..b.div_euclid(BUCKET_MS);
-    let partial_hours = touched(BUCKET_MS).filter(|h| !whole(BUCKET_MS, *h)).collect();
+    let partial_hours = buckets(a, b).filter(|h| !holds(a, b, BUCKET_MS, *h)).collect();
     let (first, last) = (a.div_euclid(MINUTE_MS), (b - 1).div_euclid(MINUTE_MS));
-    let mut partial_minutes: Vec<i64> = [first, last].into_iter().filter(|m| !whole(MINUTE_MS, *m)).collect();
+    let mut partial_minutes: Vec<i64> = [first, last].into_iter().filter(|m| !holds(a, b, MINUTE_MS, *m)).collect();
     partial_minutes.dedup();
     Blocks { whole_hours, partial_hours, partial_minutes }
 }
 
 /// Minute blocks inside hour buckets.
 const MINUTE_MS: i64 = 60_000;
-
-/// The smallest aligned block that holds a sample whole, which decides how sessions meet it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Held {
-    /// Inside one minute (every DISCRETE sample, which counts where it starts, and every
-    /// instantaneous one): in its minute's and its hour's sums, and met one by one in the minutes
-    /// a window only partly covers.
-    Minute,
-    /// Inside one hour: in its hour's sums, and met one by one in the hours a window only partly
-    /// covers.
-    Hour,
-    /// Across hours: met one by one in every hour it touches.
-    Spanning,
-}
 
 /// What a session window needs of one sample: metric, `[start_ms, end_ms)` (UTC ms), value, source
 /// rank and `sourceId` (§1.5). Equal samples of different `sourceRecordId`s are one record with
@@ -329,6 +313,10 @@ pub struct HourSample {
 }
 
 impl HourSample {
+    fn cumulative(&self) -> bool {
+        self.metric.kind() == ValueKind::Cumulative
+    }
+
     /// The first hour bucket the sample touches.
     fn first_hour(&self) -> i64 {
         self.start_ms.div_euclid(BUCKET_MS)
@@ -337,53 +325,182 @@ impl HourSample {
     /// The instants that decide where the sample counts, as `[from, to)`: its start alone for a
     /// DISCRETE or instantaneous sample, its interval for a CUMULATIVE one.
     fn extent(&self) -> (i64, i64) {
-        if self.metric.kind() == ValueKind::Cumulative && self.end_ms > self.start_ms {
+        if self.cumulative() && self.end_ms > self.start_ms {
             (self.start_ms, self.end_ms)
         } else {
             (self.start_ms, self.start_ms + 1)
         }
     }
 
-    fn held(&self) -> Held {
+    /// The hour buckets the sample's extent touches.
+    fn hours(&self) -> std::ops::RangeInclusive<i64> {
         let (from, to) = self.extent();
-        if from.div_euclid(MINUTE_MS) == (to - 1).div_euclid(MINUTE_MS) {
-            Held::Minute
-        } else if from.div_euclid(BUCKET_MS) == (to - 1).div_euclid(BUCKET_MS) {
-            Held::Hour
-        } else {
-            Held::Spanning
-        }
+        buckets(from, to)
     }
 
-    /// The (rank, source) the sample's sums are kept under: CUMULATIVE by source (§1.5), DISCRETE
-    /// pooled (rank 0, no source).
-    fn source(&self, window: u8) -> WindowSource {
-        if self.metric.kind() == ValueKind::Cumulative {
-            WindowSource { window, rank: self.rank, source: self.source_id.clone() }
-        } else {
-            WindowSource { window, rank: 0, source: String::new() }
-        }
+    /// Whether one hour bucket holds the sample's extent.
+    fn in_one_hour(&self) -> bool {
+        let hours = self.hours();
+        hours.start() == hours.end()
     }
 
-    fn hour_source(&self) -> HourSource {
-        let WindowSource { rank, source, .. } = self.source(0);
-        HourSource { metric: self.metric, rank, source }
+    fn metric_source(&self) -> MetricSource {
+        MetricSource { metric: self.metric, source: self.source_id.clone() }
     }
 }
 
-/// The key of an hour's sums: a metric and a source, as [`HourSample::source`] keeps them.
+/// A CUMULATIVE metric and one `sourceId`: what a window's sums are looked up by once its best
+/// source is known (§4 sums that `sourceId` over all its classes).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct HourSource {
+pub struct MetricSource {
     pub metric: Metric,
-    pub rank: u8,
     pub source: String,
 }
 
-/// The key of a minute's sums inside its hour: the minute (since the Unix epoch) and the source.
+/// "No stream" in the minute tables of an [`HourIndex`].
+const NO_STREAM: u32 = u32::MAX;
+/// Minutes per hour bucket.
+const MINUTES: usize = (BUCKET_MS / MINUTE_MS) as usize;
+
+/// One hour's CUMULATIVE samples of one metric, reduced to what a session window needs of them in
+/// step 1 of [`impacts`]: the best stream overlapping any part of the hour, found from minute
+/// tables instead of the samples one by one, so that a window's candidates do not grow with the
+/// hour's sources. Offsets are ms from the hour's start, extents clipped to the hour. Streams are
+/// numbered in rank order (§1.5: rank, then `sourceId`), so the best of several is the smallest
+/// number. Built anew when a sample of the hour changes: O(n log n) for the hour's n samples.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct MinuteSource {
-    pub minute: i64,
-    pub source: HourSource,
+pub struct HourIndex {
+    pub metric: Metric,
+    /// The hour's streams `(rank, sourceId)`, sorted: stream `i` is `streams[i]`.
+    pub streams: Vec<(u8, String)>,
+    /// Per minute of the hour, the best stream with a sample touching the minute.
+    touching: Vec<u32>,
+    /// Per minute, the best stream with a sample touching the minute and lasting to its end.
+    through_end: Vec<u32>,
+    /// Per minute, the best stream with a sample touching the minute and begun by its start.
+    through_start: Vec<u32>,
+    /// Samples ending inside a minute, as `(minute, end offset, best stream ending there or
+    /// later)`: by minute, then end descending, kept only where the best improves.
+    ending: Vec<(u8, i32, u32)>,
+    /// Samples starting inside a minute, as `(minute, start offset, best stream starting there
+    /// or earlier)`: by minute, then start ascending, kept only where the best improves.
+    starting: Vec<(u8, i32, u32)>,
+    /// Every sample as `(start offset, end offset, stream)`, for a window inside one minute.
+    extents: Vec<(i32, i32, u32)>,
+}
+
+impl HourIndex {
+    /// The index of `samples`, every one of `metric` and touching hour bucket `hour`.
+    fn build<'a>(metric: Metric, hour: i64, samples: impl Iterator<Item = &'a HourSample> + Clone) -> Self {
+        let mut streams: Vec<(u8, String)> = samples.clone().map(|x| (x.rank, x.source_id.clone())).collect();
+        streams.sort();
+        streams.dedup();
+        let (h0, minute) = (hour * BUCKET_MS, MINUTE_MS as i32);
+        let mut index = HourIndex {
+            metric,
+            touching: vec![NO_STREAM; MINUTES],
+            through_end: vec![NO_STREAM; MINUTES],
+            through_start: vec![NO_STREAM; MINUTES],
+            ending: Vec::new(),
+            starting: Vec::new(),
+            extents: Vec::new(),
+            streams: Vec::new(),
+        };
+        for x in samples {
+            let stream = streams
+                .binary_search_by(|(rank, source)| (*rank, source.as_str()).cmp(&(x.rank, x.source_id.as_str())))
+                .map_or(NO_STREAM, |i| i as u32);
+            let (from, to) = x.extent();
+            // The sample touches the hour, so 0 ≤ f < t ≤ one hour.
+            let (f, t) = ((from.max(h0) - h0) as i32, (to.min(h0 + BUCKET_MS) - h0) as i32);
+            let (first, last) = (f / minute, (t - 1) / minute);
+            for m in first..=last {
+                let i = m as usize;
+                index.touching[i] = index.touching[i].min(stream);
+                if t >= (m + 1) * minute {
+                    index.through_end[i] = index.through_end[i].min(stream);
+                }
+                if f <= m * minute {
+                    index.through_start[i] = index.through_start[i].min(stream);
+                }
+            }
+            if t < (last + 1) * minute {
+                index.ending.push((last as u8, t, stream));
+            }
+            if f > first * minute {
+                index.starting.push((first as u8, f, stream));
+            }
+            index.extents.push((f, t, stream));
+        }
+        index.ending.sort_by_key(|(m, t, s)| (*m, std::cmp::Reverse(*t), *s));
+        index.starting.sort();
+        for steps in [&mut index.ending, &mut index.starting] {
+            let mut best: Option<(u8, u32)> = None;
+            steps.retain_mut(|(m, _, s)| {
+                let improves = best.is_none_or(|(bm, bs)| bm != *m || *s < bs);
+                if improves {
+                    best = Some((*m, *s));
+                }
+                improves
+            });
+        }
+        index.streams = streams;
+        index
+    }
+
+    fn stream(&self, i: u32) -> Option<&(u8, String)> {
+        self.streams.get(i as usize)
+    }
+
+    /// The best stream with a sample in the hour.
+    fn best(&self) -> Option<&(u8, String)> {
+        self.stream(self.touching.iter().copied().min().unwrap_or(NO_STREAM))
+    }
+
+    /// The best stream with a sample overlapping `[a, b)` (UTC ms) within the hour bucket
+    /// `hour` (§4: positive overlap, or an instant inside it).
+    fn best_in(&self, a: i64, b: i64, hour: i64) -> Option<&(u8, String)> {
+        let (h0, minute) = (hour * BUCKET_MS, MINUTE_MS as i32);
+        let (a, b) = ((a.max(h0) - h0) as i32, (b.min(h0 + BUCKET_MS) - h0) as i32);
+        if a >= b {
+            return None;
+        }
+        let (first, last) = (a / minute, (b - 1) / minute);
+        if first == last && (a % minute != 0 || b % minute != 0) {
+            // Inside one minute: the samples one by one.
+            let best = self.extents.iter().filter(|(f, t, _)| *f < b && *t > a).map(|(_, _, s)| *s).min();
+            return self.stream(best.unwrap_or(NO_STREAM));
+        }
+        let whole = (a + minute - 1) / minute..b / minute;
+        let mut best =
+            self.touching[whole.start as usize..whole.end as usize].iter().copied().min().unwrap_or(NO_STREAM);
+        if a % minute != 0 {
+            // Partly covered first minute: samples touching it that end after `a`.
+            let steps = self.steps(&self.ending, first);
+            let reaching = steps.partition_point(|(_, t, _)| *t > a);
+            best = best.min(self.through_end[first as usize]);
+            if reaching > 0 {
+                best = best.min(steps[reaching - 1].2);
+            }
+        }
+        if b % minute != 0 {
+            // Partly covered last minute: samples touching it that start before `b`.
+            let steps = self.steps(&self.starting, last);
+            let begun = steps.partition_point(|(_, f, _)| *f < b);
+            best = best.min(self.through_start[last as usize]);
+            if begun > 0 {
+                best = best.min(steps[begun - 1].2);
+            }
+        }
+        self.stream(best)
+    }
+
+    /// The entries of `steps` for minute `m`.
+    fn steps<'a>(&self, steps: &'a [(u8, i32, u32)], m: i32) -> &'a [(u8, i32, u32)] {
+        let from = steps.partition_point(|(sm, _, _)| i32::from(*sm) < m);
+        let to = steps.partition_point(|(sm, _, _)| i32::from(*sm) <= m);
+        &steps[from..to]
+    }
 }
 
 /// The reduce key of one (session, metric): the session's bounds travel with it, as the
@@ -407,13 +524,17 @@ impl WindowKey {
             metric,
         }
     }
+
+    fn bounds(&self, window: u8) -> (i64, i64) {
+        windows_of(self.start_ms, self.end_ms)[window as usize]
+    }
 }
 
-/// Which window (0 BEFORE, 1 DURING, 2 AFTER) and which source a [`WindowSum`] belongs to.
-/// DISCRETE metrics pool every source: rank 0, empty `source`. Ordered so that a window's best
-/// CUMULATIVE source (smallest rank, then smallest `sourceId`) comes first.
+/// A CUMULATIVE stream that has a sample in window `window` (0 BEFORE, 1 DURING, 2 AFTER) of a
+/// session. Ordered so that a window's best stream (smallest rank, then smallest `sourceId`, §1.5)
+/// comes first.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct WindowSource {
+pub struct WindowStream {
     pub window: u8,
     pub rank: u8,
     pub source: String,
@@ -422,16 +543,22 @@ pub struct WindowSource {
 /// In: current samples and sessions. Out: one [`Impact`] per (session, metric) with at least one
 /// window holding a sample.
 ///
-/// Window sums are built from aligned blocks, as a two-level segment tree would: each window
-/// takes the per-source [`WindowSum`] of every hour it holds whole, of every minute it holds whole
-/// inside the (at most two) hours it only partly covers, and meets one by one only the samples of
-/// the (at most two) minutes it partly covers, the samples held by a partly covered hour but no
-/// minute, and the samples spanning hours (those in every hour they touch, a pair counted once, in
-/// the first hour both touch). A reduce per (session, metric) then reads a handful of
-/// per-(window, source) sums. A sample change costs one update per session whose windows cover
-/// it, whatever the number of samples near it; a new session costs O(hours + 60 · partial hours)
-/// sums plus the samples of its partial minutes; memory holds samples, sessions and sums, never
-/// sessions × samples.
+/// Every window's sums ride on the difference type ([`WindowSum`]) and are built from aligned
+/// blocks, as a segment tree would, so that neither a change nor the state grows with the samples
+/// or sources near a session (ADR 0007):
+/// - DISCRETE metrics pool every source. A window takes the sum of every hour it holds whole, of
+///   every minute it holds whole inside the (at most two) hours it partly covers, and meets one by
+///   one only the samples of the (at most two) minutes it partly covers.
+/// - CUMULATIVE metrics take one source per window (§4), found in two steps. First the window's
+///   best stream: the best stream of every hour it holds whole (one per hour, however many
+///   sources the hour has) and the streams of the samples in the hours it partly covers. Then the
+///   best `sourceId`'s sums, looked up by that `sourceId` in every hour of the window: the hour's
+///   total where the window holds the hour whole, the source's samples one by one where it does
+///   not (and a sample spanning hours in the first hour both touch).
+///
+/// A sample change costs one update per session window covering it; a new session costs
+/// O(hours + 60 · partial hours) lookups plus the samples of its partial blocks; memory holds the
+/// samples, the sessions, per-block sums and a few candidates per window.
 pub fn impacts<'s>(
     samples: &SamplesByUser<'s>,
     sessions: VecCollection<'s, Epoch, Session>,
@@ -454,7 +581,7 @@ pub fn impacts<'s>(
         (s.user_id, SessionSpan { session_id: s.session_id, start_ms: s.start_ms, end_ms: e })
     });
     // Per window, the blocks it meets; `Block` tells the three kinds apart.
-    let session_blocks = spans.clone().flat_map(|(user, span)| {
+    let session_blocks = spans.flat_map(|(user, span)| {
         let mut out = Vec::new();
         for (w, (a, b)) in (0u8..).zip(windows_of(span.start_ms, span.end_ms)) {
             let sw = SessionWindow { span: span.clone(), window: w };
@@ -475,13 +602,6 @@ pub fn impacts<'s>(
     let whole_hours = of_kind(Block::WholeHour, "Impact: session windows by whole hour");
     let partial_hours = of_kind(Block::PartialHour, "Impact: session windows by partial hour");
     let partial_minutes = of_kind(Block::PartialMinute, "Impact: session windows by partial minute");
-    let all_hours = spans
-        .flat_map(|(user, span)| {
-            buckets(span.start_ms - BEFORE_MS, span.end_ms + AFTER_MS)
-                .map(|h| ((user.clone(), h), span.clone()))
-                .collect::<Vec<_>>()
-        })
-        .arrange_by_key_named("Impact: sessions by hour");
 
     let lite = samples.clone().flat_map_ref(|user, x| {
         let value = x.value.filter(|_| has_impact(x.metric))?;
@@ -495,65 +615,12 @@ pub fn impacts<'s>(
         };
         Some((user.clone(), lite))
     });
-    let held = |level: Held| lite.clone().filter(move |(_, x)| x.held() == level);
-    let in_minute = held(Held::Minute);
-    let in_hour = held(Held::Hour);
-    // Per (user, hour, metric, source): the samples held by the hour, summed in the diff.
-    let hour_sums = in_minute
-        .clone()
-        .concat(in_hour.clone())
-        .explode(|(user, x)| Some((((user, x.first_hour()), x.hour_source()), WindowSum::of(x.value.0))))
-        .arrange_by_key_named("Impact: hour sums");
-    // Per (user, hour, minute, metric, source): the samples held by the minute, summed in the diff.
-    let minute_sums = in_minute
-        .clone()
-        .explode(|(user, x)| {
-            let source = MinuteSource { minute: x.start_ms.div_euclid(MINUTE_MS), source: x.hour_source() };
-            Some((((user, x.first_hour()), source), WindowSum::of(x.value.0)))
-        })
-        .arrange_by_key_named("Impact: minute sums");
-    let by_minute = in_minute
-        .map(|(user, x)| ((user, x.start_ms.div_euclid(MINUTE_MS)), x))
-        .arrange_by_key_named("Impact: samples by minute");
-    let by_hour = in_hour.map(|(user, x)| ((user, x.first_hour()), x)).arrange_by_key_named("Impact: samples by hour");
-    let spanning = held(Held::Spanning)
-        .flat_map(|(user, x)| {
-            let (from, to) = x.extent();
-            buckets(from, to).map(|h| ((user.clone(), h), x.clone())).collect::<Vec<_>>()
-        })
-        .arrange_by_key_named("Impact: spanning samples by hour");
+    let discrete =
+        discrete_sums(lite.clone().filter(|(_, x)| !x.cumulative()), &whole_hours, &partial_hours, partial_minutes);
+    let cumulative = cumulative_sums(lite.filter(|(_, x)| x.cumulative()), &whole_hours, &partial_hours);
 
-    // Whole hours and whole minutes of partial hours: the blocks' sums.
-    let from_hours = whole_hours.join_core(hour_sums, |(user, _), sw, src| {
-        let source = WindowSource { window: sw.window, rank: src.rank, source: src.source.clone() };
-        Some((WindowKey::new(user, &sw.span, src.metric), source))
-    });
-    let from_minutes = partial_hours.clone().join_core(minute_sums, |(user, _), sw, src| {
-        let (a, b) = sw.bounds();
-        let whole = a <= src.minute * MINUTE_MS && (src.minute + 1) * MINUTE_MS <= b;
-        whole.then(|| {
-            let source = WindowSource { window: sw.window, rank: src.source.rank, source: src.source.source.clone() };
-            (WindowKey::new(user, &sw.span, src.source.metric), source)
-        })
-    });
-    // Sample by sample: partial minutes, samples of partial hours held by no minute, and samples
-    // spanning hours.
-    let in_partial_minutes =
-        partial_minutes.join_core(by_minute, |(user, _), sw, x| contributions(user, &sw.span, x, Some(sw.window)));
-    let in_partial_hours =
-        partial_hours.join_core(by_hour, |(user, _), sw, x| contributions(user, &sw.span, x, Some(sw.window)));
-    let across_hours = all_hours.join_core(spanning, |(user, h), s, x| {
-        // The pair meets in every hour both touch; it counts in the first of them only.
-        if *h == s.first_hour().max(x.first_hour()) { contributions(user, s, x, None) } else { Vec::new() }
-    });
-    let one_by_one = in_partial_minutes
-        .concat(in_partial_hours)
-        .concat(across_hours)
-        .explode(|(key, source, sum)| Some(((key, source), sum)));
-
-    let windows = from_hours
-        .concat(from_minutes)
-        .concat(one_by_one)
+    let windows = discrete
+        .concat(cumulative)
         .reduce_named("Impact: windows", |key: &WindowKey, input, output| {
             let windows = window_means(key, input);
             if windows.iter().any(|w| w.1 >= 1) {
@@ -578,6 +645,142 @@ pub fn impacts<'s>(
     )
 }
 
+/// Session windows arranged by the (user, hour) or (user, minute) block they meet.
+type WindowsByBlock<'s> = Arranged<'s, TraceAgent<ValSpine<(String, i64), SessionWindow, Epoch, isize>>>;
+
+/// Per (session, metric, window), the sum of a DISCRETE metric's samples starting in the window,
+/// every source pooled: whole hours and whole minutes of partial hours from the blocks' sums, the
+/// partial minutes sample by sample (every DISCRETE sample lies in one minute, as it counts where
+/// it starts).
+fn discrete_sums<'s>(
+    samples: VecCollection<'s, Epoch, (String, HourSample)>,
+    whole_hours: &WindowsByBlock<'s>,
+    partial_hours: &WindowsByBlock<'s>,
+    partial_minutes: WindowsByBlock<'s>,
+) -> VecCollection<'s, Epoch, (WindowKey, u8), WindowSum> {
+    let minute = |x: &HourSample| x.start_ms.div_euclid(MINUTE_MS);
+    let hour_sums = samples
+        .clone()
+        .explode(|(user, x)| Some((((user, x.first_hour()), x.metric), WindowSum::of(x.value.0))))
+        .arrange_by_key_named("Impact: discrete hour sums");
+    let minute_sums = samples
+        .clone()
+        .explode(move |(user, x)| Some((((user, x.first_hour()), (minute(&x), x.metric)), WindowSum::of(x.value.0))))
+        .arrange_by_key_named("Impact: discrete minute sums");
+    let by_minute = samples
+        .map(move |(user, x)| ((user, minute(&x)), x))
+        .arrange_by_key_named("Impact: discrete samples by minute");
+
+    let from_hours = whole_hours
+        .clone()
+        .join_core(hour_sums, |(user, _), sw, metric| Some((WindowKey::new(user, &sw.span, *metric), sw.window)));
+    let from_minutes = partial_hours.clone().join_core(minute_sums, |(user, _), sw, (minute, metric)| {
+        let (a, b) = sw.bounds();
+        holds(a, b, MINUTE_MS, *minute).then(|| (WindowKey::new(user, &sw.span, *metric), sw.window))
+    });
+    let one_by_one = partial_minutes
+        .join_core(by_minute, |(user, _), sw, x| {
+            let (a, b) = sw.bounds();
+            contribution(x, a, b).map(|sum| ((WindowKey::new(user, &sw.span, x.metric), sw.window), sum))
+        })
+        .explode(|(key, sum)| Some((key, sum)));
+    from_hours.concat(from_minutes).concat(one_by_one)
+}
+
+/// Per (session, metric, window), the sum of a CUMULATIVE metric's best source (§4) over the
+/// window, in two steps (see [`impacts`]): each window's best stream, then its `sourceId`'s sums.
+fn cumulative_sums<'s>(
+    samples: VecCollection<'s, Epoch, (String, HourSample)>,
+    whole_hours: &WindowsByBlock<'s>,
+    partial_hours: &WindowsByBlock<'s>,
+) -> VecCollection<'s, Epoch, (WindowKey, u8), WindowSum> {
+    // Every sample under every hour its extent touches (with positive overlap).
+    let touching = samples.flat_map(|(user, x)| x.hours().map(|h| ((user.clone(), h), x.clone())).collect::<Vec<_>>());
+    // One index per (user, hour, metric) of the streams of the samples touching the hour.
+    let index = touching
+        .clone()
+        .arrange_by_key_named("Impact: cumulative samples by hour")
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(String, i64), HourIndex, Epoch, isize>, _, _>(
+            "Impact: stream index per hour",
+            |(_, h): &(String, i64), input: &[(&HourSample, isize)], output: &mut Vec<(HourIndex, isize)>| {
+                // Sorted by sample, so by metric first.
+                let mut rest = input;
+                while let Some((first, _)) = rest.first() {
+                    let n = rest.iter().position(|(x, _)| x.metric != first.metric).unwrap_or(rest.len());
+                    output.push((HourIndex::build(first.metric, *h, rest[..n].iter().map(|(x, _)| *x)), 1));
+                    rest = &rest[n..];
+                }
+            },
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
+            },
+        );
+
+    // Step 1: candidates, one per hour of the window: the hour's best stream where the window
+    // holds the hour whole, else the best stream overlapping the part it covers.
+    let from_whole_hours = whole_hours.clone().join_core(index.clone(), |(user, _), sw, index| {
+        let (rank, source) = index.best()?;
+        let stream = WindowStream { window: sw.window, rank: *rank, source: source.clone() };
+        Some((WindowKey::new(user, &sw.span, index.metric), stream))
+    });
+    let from_partial_hours = partial_hours.clone().join_core(index, |(user, h), sw, index| {
+        let (a, b) = sw.bounds();
+        let (rank, source) = index.best_in(a, b, *h)?;
+        let stream = WindowStream { window: sw.window, rank: *rank, source: source.clone() };
+        Some((WindowKey::new(user, &sw.span, index.metric), stream))
+    });
+    let best = from_whole_hours.concat(from_partial_hours).reduce_named(
+        "Impact: best stream per window",
+        |_key: &WindowKey, input: &[(&WindowStream, isize)], output| {
+            // Sorted by (window, rank, source): the first stream of each window is its best.
+            let mut last = None;
+            for (stream, _) in input {
+                if last != Some(stream.window) {
+                    last = Some(stream.window);
+                    output.push(((stream.window, stream.source.clone()), 1isize));
+                }
+            }
+        },
+    );
+
+    // Step 2: the best `sourceId`'s sums in every hour of the window, all its classes included.
+    let lookups = best
+        .flat_map(|(key, (window, source))| {
+            let (a, b) = key.bounds(window);
+            let wanted = MetricSource { metric: key.metric, source };
+            buckets(a, b)
+                .map(|h| (((key.user_id.clone(), h), wanted.clone()), (key.clone(), window)))
+                .collect::<Vec<_>>()
+        })
+        .arrange_by_key_named("Impact: best source's hours per window");
+    let hour_totals = touching
+        .clone()
+        .filter(|(_, x)| x.in_one_hour())
+        .explode(|(block, x)| Some(((block, x.metric_source()), WindowSum::of(x.value.0))))
+        .map(|key| (key, ()))
+        .arrange_by_key_named("Impact: cumulative hour totals per source");
+    let by_source = touching
+        .map(|(block, x)| ((block, x.metric_source()), x))
+        .arrange_by_key_named("Impact: cumulative samples by hour and source");
+    let from_totals = lookups.clone().join_core(hour_totals, |((_, h), _), (key, window), _| {
+        let (a, b) = key.bounds(*window);
+        holds(a, b, BUCKET_MS, *h).then(|| (key.clone(), *window))
+    });
+    let one_by_one = lookups
+        .join_core(by_source, |((_, h), _), (key, window), x| {
+            let (a, b) = key.bounds(*window);
+            // A sample of one hour the window holds whole is in that hour's total; any other counts
+            // in the first hour both touch.
+            if x.in_one_hour() && holds(a, b, BUCKET_MS, *h) || *h != a.div_euclid(BUCKET_MS).max(x.first_hour()) {
+                return None;
+            }
+            contribution(x, a, b).map(|sum| ((key.clone(), *window), sum))
+        })
+        .explode(|(key, sum)| Some((key, sum)));
+    from_totals.concat(one_by_one)
+}
+
 /// The kinds of block a session window meets (see [`impacts`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 enum Block {
@@ -586,65 +789,46 @@ enum Block {
     PartialMinute,
 }
 
-/// What sample `x` adds to the windows of session `s` (§4), to window `only` alone if given: per
-/// window it counts in, one [`WindowSum`] for its source (CUMULATIVE: its C1 share of the window,
-/// the whole value when the window holds it whole; DISCRETE: its value, all sources pooled). A
-/// CUMULATIVE sample counts where it overlaps (an instantaneous one where its instant lies); a
-/// DISCRETE one where it starts. A zero-length DURING has no CUMULATIVE rate.
-fn contributions(
-    user: &str,
-    s: &SessionSpan,
-    x: &HourSample,
-    only: Option<u8>,
-) -> Vec<(WindowKey, WindowSource, WindowSum)> {
-    let cumulative = x.metric.kind() == ValueKind::Cumulative;
-    let mut out = Vec::new();
-    for (w, (a, b)) in (0u8..).zip(windows_of(s.start_ms, s.end_ms)) {
-        if only.is_some_and(|o| o != w) {
-            continue;
-        }
-        let inside = a <= x.start_ms && x.end_ms <= b;
-        let counts = if cumulative {
-            b > a
-                && if x.end_ms > x.start_ms {
-                    x.start_ms < b && x.end_ms > a
-                } else {
-                    a <= x.start_ms && x.start_ms < b
-                }
-        } else {
-            a <= x.start_ms && x.start_ms < b
-        };
-        if !counts {
-            continue;
-        }
-        let add = if cumulative && !inside { share(x.start_ms, x.end_ms, x.value.0, a, b) } else { x.value.0 };
-        out.push((WindowKey::new(user, s, x.metric), x.source(w), WindowSum::of(add)));
+/// Whether sample `x` counts in the window `[a, b)` (§4): a CUMULATIVE one where it overlaps it
+/// (an instantaneous one where its instant lies), never in an empty window; a DISCRETE one where
+/// it starts.
+fn overlaps(x: &HourSample, a: i64, b: i64) -> bool {
+    if x.cumulative() {
+        b > a && if x.end_ms > x.start_ms { x.start_ms < b && x.end_ms > a } else { a <= x.start_ms && x.start_ms < b }
+    } else {
+        a <= x.start_ms && x.start_ms < b
     }
-    out
 }
 
-/// A session's three windows for one metric from its per-(window, source) sums (§4): DISCRETE, the
-/// mean of the samples starting in the window (null below `MIN_N`); CUMULATIVE, the best-ranked
-/// source with a sample overlapping the window (ties to the smaller `sourceId`), whose total is
-/// every overlapping sample of that `sourceId` (whatever class the others carry), per hour of
-/// window. `input` is sorted by [`WindowSource`] and holds only non-zero sums.
-fn window_means(key: &WindowKey, input: &[(&WindowSource, WindowSum)]) -> [Window; 3] {
-    let ranges = windows_of(key.start_ms, key.end_ms);
+/// What sample `x` adds to the window `[a, b)` if it counts there (§4): CUMULATIVE, its C1 share
+/// of the window (the whole value when the window holds it whole); DISCRETE, its value.
+fn contribution(x: &HourSample, a: i64, b: i64) -> Option<WindowSum> {
+    if !overlaps(x, a, b) {
+        return None;
+    }
+    let inside = a <= x.start_ms && x.end_ms <= b;
+    let add = if x.cumulative() && !inside { share(x.start_ms, x.end_ms, x.value.0, a, b) } else { x.value.0 };
+    Some(WindowSum::of(add))
+}
+
+/// A session's three windows for one metric from its per-window sums (§4): DISCRETE, the mean of
+/// the samples starting in the window (null below `MIN_N`); CUMULATIVE, the best source's total
+/// (every overlapping sample of that `sourceId`, whatever its class) per hour of window. `input`
+/// holds only non-zero sums, by window.
+fn window_means(key: &WindowKey, input: &[(&u8, WindowSum)]) -> [Window; 3] {
     let cumulative = key.metric.kind() == ValueKind::Cumulative;
     let mut out = [(None, 0); 3];
-    for (w, (a, b)) in (0u8..).zip(ranges) {
-        let mine = input.iter().filter(|(src, sum)| src.window == w && sum.n > 0);
-        let mut acc = WindowSum::default();
-        if cumulative {
-            let mut mine = mine.peekable();
-            let Some(best) = mine.peek().map(|(src, _)| src.source.clone()) else { continue };
-            mine.filter(|(src, _)| src.source == best).for_each(|(_, sum)| acc.plus_equals(sum));
-            let hours = (b - a) as f64 / 3_600_000.0;
-            out[w as usize] = (Some(OrdF64(acc.total_f64() / hours)), acc.n);
-        } else {
-            mine.for_each(|(_, sum)| acc.plus_equals(sum));
-            out[w as usize] = ((acc.n >= MIN_N).then(|| OrdF64(acc.total_f64() / acc.n as f64)), acc.n);
+    for (window, acc) in input {
+        if acc.n <= 0 {
+            continue;
         }
+        let (a, b) = key.bounds(**window);
+        out[usize::from(**window)] = if cumulative {
+            let hours = (b - a) as f64 / 3_600_000.0;
+            (Some(OrdF64(acc.total_f64() / hours)), acc.n)
+        } else {
+            ((acc.n >= MIN_N).then(|| OrdF64(acc.total_f64() / acc.n as f64)), acc.n)
+        };
     }
     out
 }
@@ -692,6 +876,62 @@ mod tests {
             out.push(sign * mantissa * 2f64.powi(exponent));
         }
         out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// An hour's index finds the best stream overlapping any part of the hour, as a scan of
+        /// every sample does: instants on and off minute boundaries, samples within, across and
+        /// spanning the hour, windows inside one minute, across minutes and past the hour.
+        #[test]
+        fn an_hour_index_finds_the_best_stream_a_scan_finds(
+            samples in proptest::collection::vec((0..7u8, 0..4u8, 0..5_400_000i64, 0..5_400_000i64, 0..4u8), 1..40),
+            windows in proptest::collection::vec((0..4_000_000i64, 0..4_000_000i64, 0..4u8, 0..4u8), 1..20),
+        ) {
+            let hour = 10i64;
+            let h0 = hour * BUCKET_MS;
+            let snap = |v: i64, how: u8| match how {
+                0 => v - v.rem_euclid(MINUTE_MS),
+                1 => v - v.rem_euclid(BUCKET_MS),
+                2 => v - v.rem_euclid(MINUTE_MS) + MINUTE_MS - 1,
+                _ => v,
+            };
+            let xs: Vec<HourSample> = samples
+                .iter()
+                .map(|(source, rank, start, len, how)| {
+                    let start = snap(h0 - 900_000 + start, *how);
+                    let end = if *len % 5 == 0 { start } else { snap(start + *len / 2, *how).max(start + 1) };
+                    HourSample {
+                        metric: Metric::Steps,
+                        start_ms: start,
+                        end_ms: end,
+                        value: OrdF64(1.0),
+                        rank: *rank,
+                        source_id: format!("s{source}"),
+                    }
+                })
+                .filter(|x| x.hours().contains(&hour))
+                .collect();
+            proptest::prop_assume!(!xs.is_empty());
+            let index = HourIndex::build(Metric::Steps, hour, xs.iter());
+            let want_best = xs.iter().map(|x| (x.rank, x.source_id.clone())).min();
+            proptest::prop_assert_eq!(index.best().cloned(), want_best);
+            for (a, len, how_a, how_b) in windows {
+                let a = snap(h0 - 200_000 + a, how_a);
+                let b = snap(a + len / (1 + i64::from(how_b) * 40), how_b).max(a);
+                let (ca, cb) = (a.max(h0), b.min(h0 + BUCKET_MS));
+                let want = xs
+                    .iter()
+                    .filter(|x| {
+                        let (f, t) = x.extent();
+                        ca < cb && f < cb && t > ca
+                    })
+                    .map(|x| (x.rank, x.source_id.clone()))
+                    .min();
+                proptest::prop_assert_eq!(index.best_in(a, b, hour).cloned(), want, "window [{}, {})", a - h0, b - h0);
+            }
+        }
     }
 
     #[test]

@@ -968,10 +968,13 @@ proptest! {
             if let Some((kind, at, len, v, jitter)) = op {
                 // Off the minute (and the hour) too, so that partly covered minutes are exercised.
                 let start = base + i64::from(at) * 5 * 60_000 + JITTER_MS[usize::from(jitter)];
-                // Record 4 is a phone-class sample of source "watch": one source, two classes.
-                let class = if rec % 2 == 0 && rec != 4 { SourceClass::Watch } else { SourceClass::Phone };
+                // Three sources, each with samples of three classes: the best source of a window
+                // may count samples of a class that ranks below another source's (§4 sums a
+                // `sourceId` over its classes), and equal classes tie on the `sourceId`.
+                let source = ["watch", "phone", "ring"][usize::from(rec % 3)];
+                let class = [SourceClass::Watch, SourceClass::Phone, SourceClass::Ring][usize::from(rec / 3 % 3)];
                 let x = if kind == 0 {
-                    sample("u1", if rec % 2 == 0 { "watch" } else { "phone" }, &format!("r{rec}"), Metric::Steps, start,
+                    sample("u1", source, &format!("r{rec}"), Metric::Steps, start,
                         start + i64::from(len) * 60_000 + JITTER_MS[usize::from(jitter)] / 2, f64::from(v), class, "UTC")
                 } else {
                     sample("u1", "watch", &format!("r{rec}"), Metric::HeartRate, start, start, f64::from(v), SourceClass::Watch, "UTC")

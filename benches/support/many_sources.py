@@ -1,0 +1,72 @@
+"""Memory and change cost of `session_impacts` when one user's samples carry many `sourceId`s (issue 10).
+
+One user: SOURCES distinct sourceIds, each with one 10-minute steps sample in the same hour
+(2024-06-01T12:00Z), then SESSIONS consumption sessions that all cover that hour. With
+`--partial`, the sessions instead start inside that hour (one second apart), so the hour is one they
+only partly cover. Prints the time until every impact is visible, the server's peak and current RSS
+(KiB) and a digest of the rows (equal digests: equal views); then CHANGES single steps samples
+(default 10) of a new source are sent one at a time into that hour, and the time until each is
+visible in `session_impacts` is reported (median, max).
+
+usage: python3 benches/support/many_sources.py BINARY PORT SOURCES SESSIONS [CHANGES] [--partial]
+"""
+import hashlib, json, shutil, subprocess, sys, time, urllib.request
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+partial = "--partial" in sys.argv
+binary, port, nsrc, nsess = args[0], int(args[1]), int(args[2]), int(args[3])
+nchanges = int(args[4]) if len(args) > 4 else 10
+data = f"/tmp/vitalflow-sources-{port}"
+shutil.rmtree(data, ignore_errors=True)
+srv = subprocess.Popen([binary, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+base = f"http://127.0.0.1:{port}"
+def post(path, body):
+    req = urllib.request.Request(base + path, json.dumps(body).encode(), {"content-type": "application/json"})
+    return json.load(urllib.request.urlopen(req, timeout=900))
+def get(path):
+    return json.load(urllib.request.urlopen(base + path, timeout=900))
+def rss():
+    for line in open(f"/proc/{srv.pid}/status"):
+        if line.startswith("VmRSS") or line.startswith("VmHWM"):
+            yield int(line.split()[1])
+for _ in range(100):
+    try: get("/readyz"); break
+    except Exception: time.sleep(0.2)
+hour = 1717243200000  # 2024-06-01T12:00Z
+def iso(ms): return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+samples = [{"sourceId": f"app-{i:05d}", "sourceRecordId": f"s{i}", "metric": "steps",
+            "startAt": iso(hour + (i * 7_000) % 3_000_000), "endAt": iso(hour + (i * 7_000) % 3_000_000 + 600_000),
+            "value": 10 + i % 7, "unit": "count"} for i in range(nsrc)]
+epoch = 0
+start = time.time()
+for k in range(0, len(samples), 2000):
+    epoch = post("/v1/health/samples/batch-upsert", {"requestId": f"r{k}", "userId": "u1", "deviceTimeZone": "UTC",
+                 "samples": samples[k:k + 2000]})["epoch"]
+def session(i):
+    s = hour + i * 1000 if partial else hour - 5 * 3600_000 + i * 1000
+    return {"userId": "u1", "sessionId": f"s{i}", "productId": "p1", "startAt": iso(s),
+            "endAt": iso(s + 10 * 3600_000), "quantity": 1.0}
+changes = [{"entity": "session", "op": "upsert", "data": session(i)} for i in range(nsess)]
+for k in range(0, len(changes), 500):
+    epoch = post("/v1/domain/changes", {"requestId": f"d{k}", "changes": changes[k:k + 500]})["epoch"]
+r = get(f"/v1/users/u1/session-impacts?minEpoch={epoch}&waitMs=900000")
+took = time.time() - start
+rows = r["rows"]
+print(json.dumps({"binary": binary, "sources": nsrc, "sessions": nsess, "partial": partial, "visible_s": round(took, 1),
+                  "peak_and_current_rss_kb": list(rss()), "rows": len(rows),
+                  "digest": hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]}))
+lat = []
+for c in range(nchanges):
+    t = hour + 60_000 + c * 61_000
+    body = {"requestId": f"c{c}", "userId": "u1", "deviceTimeZone": "UTC", "samples": [
+        {"sourceId": f"new-{c}", "sourceRecordId": f"c{c}", "metric": "steps", "startAt": iso(t),
+         "endAt": iso(t + 120_000), "value": 5 + c, "unit": "count"}]}
+    t0 = time.time()
+    e = post("/v1/health/samples/batch-upsert", body)["epoch"]
+    get(f"/v1/users/u1/session-impacts?sessionId=s0&minEpoch={e}&waitMs=900000")
+    lat.append(time.time() - t0)
+lat.sort()
+if lat:
+    print(json.dumps({"changes": nchanges, "change_visible_median_s": round(lat[len(lat) // 2], 3),
+                      "change_visible_max_s": round(lat[-1], 3), "peak_and_current_rss_kb": list(rss())}))
+srv.terminate(); srv.wait()

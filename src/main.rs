@@ -4,6 +4,7 @@
 mod auth;
 mod bootstrap;
 mod config;
+mod framing;
 mod server;
 mod tls;
 

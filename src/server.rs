@@ -138,7 +138,11 @@ impl Conn {
                 response
             }
         });
-        let conn = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned());
+        let conn = watcher.watch(
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(crate::framing::FramingErrors::new(io)), service)
+                .into_owned(),
+        );
         let watchdog = async {
             tokio::time::sleep(first_request).await;
             if activity.requests.load(Ordering::Relaxed) == 0 {

@@ -221,6 +221,30 @@ async fn idle_connections_saturation_and_framework_refusals() {
     let resp: Value = r.json().await.expect("a JSON body");
     assert_eq!(resp["code"], json!("UNSUPPORTED_CONTENT_ENCODING"), "{resp}");
 
+    // Requests hyper cannot parse never reach a route; its own answer carries a JSON code too.
+    let mut big_header = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big_header.extend(std::iter::repeat_n(b'a', 2 << 20));
+    big_header.extend_from_slice(b"\r\n\r\n");
+    let long_uri = [b"GET /".as_slice(), &vec![b'a'; 70_000], b" HTTP/1.1\r\nHost: x\r\n\r\n"].concat();
+    for (raw, status, code) in [
+        (b"POST /v1/sql HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_vec(), 400, "MALFORMED_HTTP"),
+        (b"GE\x01T / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400, "MALFORMED_HTTP"),
+        (big_header, 431, "HEADERS_TOO_LARGE"),
+        (long_uri, 414, "URI_TOO_LONG"),
+    ] {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        // The server may answer and close before it has read everything: a failed write is fine.
+        let _ = conn.write_all(&raw).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
+        assert!(head.contains("content-type: application/json"), "{answer}");
+        let resp: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        assert_eq!(resp["code"], json!(code), "{answer}");
+    }
+
     // blockedMetrics: duplicates collapse; more than 64 distinct entries are refused.
     let many: Vec<String> = (0..65).map(|i| format!("m{i}")).collect();
     let (status, resp) = server.post("/v1/users/u1/profile", &json!({"blockedMetrics": many})).await;

@@ -635,6 +635,46 @@ fn impacts_use_the_best_source_rate_and_flag_contamination() {
     assert_eq!(h.rows("session_impacts").len(), 1);
 }
 
+/// §4 with many sources and short windows: a window's best source is the best stream overlapping
+/// it, wherever in the window (whole hours, parts of hours, parts of one minute), and its total is
+/// that `sourceId`'s samples of every class.
+#[test]
+fn the_best_source_is_found_in_any_part_of_a_window() {
+    let mut h = Harness::new(1);
+    let s = ms("2024-06-01T12:05:10Z");
+    let steps = |src: &str, rec: &str, a: i64, b: i64, v: f64, class| {
+        sample("u1", src, rec, Metric::Steps, a, b, v, class, "UTC")
+    };
+    let mut changes = vec![Change::Session(closed_session("short", s, s + 30_000), 1)];
+    // Many phones over the whole hour 12:00–13:00.
+    for i in 0..50 {
+        let start = ms("2024-06-01T12:00:00Z");
+        changes.push(Change::Sample(
+            steps(&format!("phone-{i:02}"), &format!("p{i}"), start, start + 3_600_000, 3600.0, SourceClass::Phone),
+            1,
+        ));
+    }
+    // A watch sample ending 20 s into the 30 s session, and one of the same watch, as a phone,
+    // in the session's last 5 s: both count for the watch.
+    changes.push(Change::Sample(steps("watch", "w1", s - 10_000, s + 20_000, 6.0, SourceClass::Watch), 1));
+    changes.push(Change::Sample(steps("watch", "w2", s + 25_000, s + 35_000, 2.0, SourceClass::Phone), 1));
+    h.step(changes);
+    let row = |h: &Harness, c: &str| float(&col(h, "session_impacts", c).pop().unwrap_or(Datum::Null));
+    // DURING [12:05:10, 12:05:40), 1/120 h long, holds 20 s of w1's 30 s and 5 s of w2's 10 s.
+    let during = (6.0 * 20.0 / 30.0 + 2.0 * 5.0 / 10.0) * 120.0;
+    assert!((row(&h, "during_mean").unwrap_or(f64::NAN) - during).abs() < 1e-9, "{:?}", row(&h, "during_mean"));
+    assert_eq!(col(&h, "session_impacts", "during_n"), vec![Datum::Int(2)]);
+    // BEFORE [11:05:10, 12:05:10) meets the watch for its last 10 s, so the watch wins there too.
+    assert!((row(&h, "before_mean").unwrap_or(f64::NAN) - 6.0 * 10.0 / 30.0).abs() < 1e-9);
+    // Removing the watch: phone-00 (the smallest sourceId among equal classes) wins, at 3600/h.
+    h.step(vec![
+        Change::Sample(steps("watch", "w1", s - 10_000, s + 20_000, 6.0, SourceClass::Watch), -1),
+        Change::Sample(steps("watch", "w2", s + 25_000, s + 35_000, 2.0, SourceClass::Phone), -1),
+    ]);
+    assert!((row(&h, "during_mean").unwrap_or(f64::NAN) - 3600.0).abs() < 1e-9);
+    assert_eq!(col(&h, "session_impacts", "during_n"), vec![Datum::Int(1)]);
+}
+
 /// Tiny shares keep their precision: a 1 mm distance sample over 24 h with 1 ms in BEFORE, and
 /// 1 mm over one minute in DURING (found by a break attempt on a 2⁻⁶⁴ fixed point).
 #[test]
@@ -991,7 +1031,9 @@ proptest! {
             if let Some((at, len, jitter)) = op {
                 let start = base + i64::from(at) * 7 * 60_000 + JITTER_MS[usize::from(jitter)];
                 let mut s = session("u1", &format!("s{id}"), "p", start, "UTC");
-                s.end_ms = Some(start + i64::from(len) * 60_000 + JITTER_MS[usize::from(3 - jitter)]);
+                // One session in ten is shorter than a minute (its DURING lies inside one minute).
+                let minutes = if len < 20 { 0 } else { i64::from(len) };
+                s.end_ms = Some(start + minutes * 60_000 + JITTER_MS[usize::from(3 - jitter)]);
                 sessions.insert(id, s.clone());
                 pending.push(Change::Session(s, 1));
             }

@@ -32,13 +32,13 @@ const AUTOMATIC: [(&[u8], &str, &str); 3] = [
     ),
 ];
 
-/// The response to send instead of `written` when `written` ends with one of hyper's automatic
-/// answers: the bytes before it, then the same status line and `date`, `content-type:
-/// application/json` and the error body. `None` for anything else (every response of a route).
+/// The response to send instead of `written` when `written` is one of hyper's automatic answers:
+/// the same status line and `date`, `content-type: application/json` and the error body. `None`
+/// for anything else (every response of a route carries a `content-type`).
 pub fn rewrite(written: &[u8]) -> Option<Vec<u8>> {
     for (head, code, message) in AUTOMATIC {
-        let Some(at) = written.windows(head.len()).rposition(|w| w == head) else { continue };
-        let rest = &written[at + head.len()..];
+        // hyper writes its answer alone, as one write.
+        let Some(rest) = written.strip_prefix(head) else { continue };
         // Only the `date` header and the blank line may follow: no body, nothing else.
         let single_date_line = rest.starts_with(b"date: ")
             && rest.ends_with(b"\r\n\r\n")
@@ -49,8 +49,7 @@ pub fn rewrite(written: &[u8]) -> Option<Vec<u8>> {
         }
         let body = serde_json::json!({ "code": code, "message": message }).to_string();
         let status_line_end = head.windows(2).position(|w| w == b"\r\n").map_or(0, |i| i + 2);
-        let mut out = Vec::with_capacity(at + 256);
-        out.extend_from_slice(&written[..at]);
+        let mut out = Vec::with_capacity(256);
         out.extend_from_slice(&head[..status_line_end]);
         out.extend_from_slice(b"connection: close\r\ncontent-type: application/json\r\n");
         out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
@@ -61,18 +60,53 @@ pub fn rewrite(written: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// A connection's stream whose writes pass through unchanged, except hyper's automatic answer to
-/// an unparseable request, which is replaced by [`rewrite`]. The replacement is written before any
-/// later write, flush or shutdown completes.
+/// The HTTP/2 connection preface (RFC 9113 §3.4): a client speaking HTTP/2 sends it first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection speaks, as far as its first bytes tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    /// Fewer bytes than the HTTP/2 preface read so far, all of them a prefix of it.
+    Undecided,
+    Http1,
+    /// HTTP/2: writes are frames, never rewritten.
+    Http2,
+}
+
+/// A connection's stream whose writes pass through unchanged, except, on an HTTP/1 connection,
+/// hyper's automatic answer to an unparseable request, which is replaced once by [`rewrite`].
+/// The replacement is written before any later write, flush or shutdown completes.
 pub struct FramingErrors<I> {
     inner: I,
+    protocol: Protocol,
+    /// Bytes read so far while the protocol is undecided.
+    seen: usize,
+    /// Whether the one rewrite has happened.
+    rewritten: bool,
     /// A replacement not yet fully written, and how much of it has been.
     pending: Option<(Vec<u8>, usize)>,
 }
 
 impl<I> FramingErrors<I> {
     pub fn new(inner: I) -> Self {
-        FramingErrors { inner, pending: None }
+        FramingErrors { inner, protocol: Protocol::Undecided, seen: 0, rewritten: false, pending: None }
+    }
+
+    /// Follows the first bytes read until they tell HTTP/2 (the whole preface) from HTTP/1.
+    fn observe(&mut self, read: &[u8]) {
+        if self.protocol != Protocol::Undecided {
+            return;
+        }
+        let expected = &H2_PREFACE[self.seen.min(H2_PREFACE.len())..];
+        let n = read.len().min(expected.len());
+        if read[..n] != expected[..n] {
+            self.protocol = Protocol::Http1;
+            return;
+        }
+        self.seen += n;
+        if self.seen == H2_PREFACE.len() {
+            self.protocol = Protocol::Http2;
+        }
     }
 }
 
@@ -97,7 +131,13 @@ impl<I: AsyncWrite + Unpin> FramingErrors<I> {
 
 impl<I: AsyncRead + Unpin> AsyncRead for FramingErrors<I> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if polled.is_ready() && buf.filled().len() > before {
+            let this = &mut *self;
+            this.observe(&buf.filled()[before..]);
+        }
+        polled
     }
 }
 
@@ -105,9 +145,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FramingErrors<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         std::task::ready!(self.poll_pending(cx))?;
         // hyper's automatic answer is short and written in one piece; anything longer is a route's.
-        if buf.len() <= 512
+        if self.protocol == Protocol::Http1
+            && !self.rewritten
+            && buf.len() <= 512
             && let Some(replacement) = rewrite(buf)
         {
+            self.rewritten = true;
             self.pending = Some((replacement, 0));
             // The caller's bytes count as written; the replacement goes out now or with the next
             // flush.
@@ -123,7 +166,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FramingErrors<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let len: usize = bufs.iter().map(|b| b.len()).sum();
-        if len <= 512 {
+        if self.protocol == Protocol::Http1 && !self.rewritten && len <= 512 {
             let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
             return self.poll_write(cx, &joined);
         }
@@ -168,6 +211,36 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn http2_frames_are_never_rewritten() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (head, _, _) = AUTOMATIC[0];
+        let answer = [head, DATE].concat();
+        // On HTTP/1 (a bad preface is HTTP/1 too) the automatic answer is rewritten, once; on HTTP/2
+        // never.
+        for (first_bytes, rewritten) in
+            [(b"GET / HTTP/1.1\r\n".as_slice(), true), (H2_PREFACE, false), (b"PRI * HTTP/2.0\r\n\r\nXX", true)]
+        {
+            let (client, server) = tokio::io::duplex(4096);
+            let mut stream = FramingErrors::new(server);
+            let (mut client_read, mut client_write) = tokio::io::split(client);
+            // The preface may arrive in pieces.
+            for piece in first_bytes.chunks(5) {
+                client_write.write_all(piece).await.expect("write");
+                let mut buf = vec![0; piece.len()];
+                stream.read_exact(&mut buf).await.expect("read");
+            }
+            stream.write_all(&answer).await.expect("write");
+            stream.write_all(&answer).await.expect("write");
+            stream.flush().await.expect("flush");
+            drop(stream);
+            let mut got = Vec::new();
+            client_read.read_to_end(&mut got).await.expect("read");
+            let first = if rewritten { rewrite(&answer).expect("rewritten") } else { answer.clone() };
+            assert_eq!(got, [first, answer.clone()].concat(), "{}", String::from_utf8_lossy(first_bytes));
+        }
+    }
+
     #[test]
     fn a_route_response_passes_unchanged() {
         // A response with a body, another status, more headers, or text after the date is a
@@ -179,7 +252,8 @@ mod tests {
             [b"HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n".as_slice(), DATE].concat();
         let json_400 =
             b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}".to_vec();
-        for written in [with_body, more_headers, other_status, json_400, DATE.to_vec(), Vec::new()] {
+        let after_other_bytes = [b"x".as_slice(), head, DATE].concat();
+        for written in [with_body, more_headers, other_status, json_400, after_other_bytes, DATE.to_vec(), Vec::new()] {
             assert_eq!(rewrite(&written), None, "{}", String::from_utf8_lossy(&written));
         }
     }

@@ -231,6 +231,23 @@ async fn idle_connections_saturation_and_framework_refusals() {
         (b"GE\x01T / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400, "MALFORMED_HTTP"),
         (big_header, 431, "HEADERS_TOO_LARGE"),
         (long_uri, 414, "URI_TOO_LONG"),
+        // A body that cannot be read whole is a bad request; only one over the limit is too large.
+        (
+            b"POST /v1/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+                .to_vec(),
+            400,
+            "INVALID_REQUEST",
+        ),
+        (
+            [
+                b"POST /v1/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n30000\r\n".as_slice(),
+                &vec![b' '; 0x30000],
+                b"\r\n0\r\n\r\n",
+            ]
+            .concat(),
+            413,
+            "QUERY_TOO_LARGE",
+        ),
     ] {
         let mut conn = tokio::net::TcpStream::connect(&addr).await.expect("connect");
         // The server may answer and close before it has read everything: a failed write is fine.

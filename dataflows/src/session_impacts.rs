@@ -363,8 +363,9 @@ const NO_STREAM: u32 = u32::MAX;
 const MINUTES: usize = (BUCKET_MS / MINUTE_MS) as usize;
 
 /// Consecutive minutes `first..=last` of an hour with the same best streams: the best stream with
-/// a sample touching the minute, the best whose sample also lasts to the minute's end, and the
-/// best whose sample also began by the minute's start ([`NO_STREAM`] where there is none).
+/// a sample touching the minute, the best whose sample also lasts to the minute's end, the best
+/// whose sample also began by the minute's start, and the best whose sample does both
+/// ([`NO_STREAM`] where there is none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct MinuteRun {
     pub first: u8,
@@ -372,6 +373,7 @@ pub struct MinuteRun {
     pub touching: u32,
     pub through_end: u32,
     pub through_start: u32,
+    pub through_both: u32,
 }
 
 /// One hour's CUMULATIVE samples of one metric, reduced to what a session window needs of them in
@@ -394,11 +396,17 @@ pub struct HourIndex {
     /// Samples starting inside a minute, as `(minute, start offset, best stream starting there
     /// or earlier)`: by minute, then start ascending, kept only where the best improves.
     starting: Vec<(u8, i32, u32)>,
+    /// As `ending`, of the samples that also began by the minute's start.
+    entering: Vec<(u8, i32, u32)>,
+    /// As `starting`, of the samples that also last to the minute's end.
+    leaving: Vec<(u8, i32, u32)>,
+    /// Samples starting and ending inside one minute: `(minute, start offset, end offset,
+    /// stream)`, by minute. Only a window shorter than a minute scans them.
+    inside: Vec<(u8, i32, i32, u32)>,
 }
 
 /// Whether the part of `[a, b)` inside hour bucket `hour` lies inside one minute without holding
-/// it whole (a window shorter than a minute): no [`HourIndex`] answers for it, so step 1 of
-/// [`impacts`] meets the hour's samples one by one there.
+/// it whole (a window shorter than a minute).
 fn inside_one_minute(a: i64, b: i64, hour: i64) -> bool {
     let h0 = hour * BUCKET_MS;
     let (a, b) = (a.max(h0), b.min(h0 + BUCKET_MS));
@@ -417,7 +425,9 @@ impl HourIndex {
         let mut touching = [NO_STREAM; MINUTES];
         let mut through_end = [NO_STREAM; MINUTES];
         let mut through_start = [NO_STREAM; MINUTES];
-        let (mut ending, mut starting) = (Vec::new(), Vec::new());
+        let mut through_both = [NO_STREAM; MINUTES];
+        let (mut ending, mut starting, mut entering, mut leaving, mut inside) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for x in samples {
             let stream = streams
                 .binary_search_by(|(rank, source)| (*rank, source.as_str()).cmp(&(x.rank, x.source_id.as_str())))
@@ -435,12 +445,25 @@ impl HourIndex {
                 if f <= m * minute {
                     through_start[i] = through_start[i].min(stream);
                 }
+                if f <= m * minute && t >= (m + 1) * minute {
+                    through_both[i] = through_both[i].min(stream);
+                }
             }
-            if t < (last + 1) * minute {
+            let (ends_inside, starts_inside) = (t < (last + 1) * minute, f > first * minute);
+            if ends_inside {
                 ending.push((last as u8, t, stream));
+                if first < last || !starts_inside {
+                    entering.push((last as u8, t, stream));
+                }
             }
-            if f > first * minute {
+            if starts_inside {
                 starting.push((first as u8, f, stream));
+                if first < last || !ends_inside {
+                    leaving.push((first as u8, f, stream));
+                }
+            }
+            if first == last && starts_inside && ends_inside {
+                inside.push((first as u8, f, t, stream));
             }
         }
         let mut runs: Vec<MinuteRun> = Vec::new();
@@ -448,23 +471,31 @@ impl HourIndex {
             if touching[m] == NO_STREAM {
                 continue;
             }
-            let (m8, same) = (m as u8, (touching[m], through_end[m], through_start[m]));
+            let run = MinuteRun {
+                first: m as u8,
+                last: m as u8,
+                touching: touching[m],
+                through_end: through_end[m],
+                through_start: through_start[m],
+                through_both: through_both[m],
+            };
             match runs.last_mut() {
-                Some(run) if run.last + 1 == m8 && (run.touching, run.through_end, run.through_start) == same => {
-                    run.last = m8;
+                Some(prev)
+                    if prev.last + 1 == run.first
+                        && MinuteRun { first: prev.first, last: prev.last, ..run } == *prev =>
+                {
+                    prev.last = run.last;
                 }
-                _ => runs.push(MinuteRun {
-                    first: m8,
-                    last: m8,
-                    touching: same.0,
-                    through_end: same.1,
-                    through_start: same.2,
-                }),
+                _ => runs.push(run),
             }
         }
-        ending.sort_by_key(|(m, t, s)| (*m, std::cmp::Reverse(*t), *s));
+        for by_end in [&mut ending, &mut entering] {
+            by_end.sort_by_key(|(m, t, s)| (*m, std::cmp::Reverse(*t), *s));
+        }
         starting.sort();
-        for steps in [&mut ending, &mut starting] {
+        leaving.sort();
+        inside.sort();
+        for steps in [&mut ending, &mut starting, &mut entering, &mut leaving] {
             let mut best: Option<(u8, u32)> = None;
             steps.retain(|(m, _, s)| {
                 let improves = best.is_none_or(|(bm, bs)| bm != *m || *s < bs);
@@ -474,7 +505,7 @@ impl HourIndex {
                 improves
             });
         }
-        HourIndex { metric, streams, runs, ending, starting }
+        HourIndex { metric, streams, runs, ending, starting, entering, leaving, inside }
     }
 
     fn stream(&self, i: u32) -> Option<&(u8, String)> {
@@ -493,18 +524,38 @@ impl HourIndex {
     }
 
     /// The best stream with a sample overlapping `[a, b)` (UTC ms) within the hour bucket
-    /// `hour` (§4: positive overlap, or an instant inside it). `None` also where the part lies
-    /// inside one minute ([`inside_one_minute`]), which the index does not answer.
+    /// `hour` (§4: positive overlap, or an instant inside it).
     fn best_in(&self, a: i64, b: i64, hour: i64) -> Option<&(u8, String)> {
-        if inside_one_minute(a, b, hour) {
-            return None;
-        }
+        let short = inside_one_minute(a, b, hour);
         let (h0, minute) = (hour * BUCKET_MS, MINUTE_MS as i32);
         let (a, b) = ((a.max(h0) - h0) as i32, (b.min(h0 + BUCKET_MS) - h0) as i32);
         if a >= b {
             return None;
         }
         let (first, last) = (a / minute, (b - 1) / minute);
+        if short {
+            // Inside minute `first`, holding neither of its ends' neighbours: a sample touching
+            // it overlaps if it spans the minute, or began by its start and ends after `a`, or
+            // lasts to its end and starts before `b`, or lies inside it and meets `[a, b)`.
+            let mut best = self.run(first).map_or(NO_STREAM, |r| r.through_both);
+            let entering = self.steps(&self.entering, first);
+            let reaching = entering.partition_point(|(_, t, _)| *t > a);
+            if reaching > 0 {
+                best = best.min(entering[reaching - 1].2);
+            }
+            let leaving = self.steps(&self.leaving, first);
+            let begun = leaving.partition_point(|(_, f, _)| *f < b);
+            if begun > 0 {
+                best = best.min(leaving[begun - 1].2);
+            }
+            let from = self.inside.partition_point(|(m, ..)| i32::from(*m) < first);
+            for (_, f, t, s) in self.inside[from..].iter().take_while(|(m, ..)| i32::from(*m) == first) {
+                if *f < b && *t > a {
+                    best = best.min(*s);
+                }
+            }
+            return self.stream(best);
+        }
         // Whole minutes: every sample touching them overlaps.
         let (lo, hi) = ((a + minute - 1) / minute, b / minute);
         let mut best = self
@@ -627,10 +678,7 @@ pub fn impacts<'s>(
             let sw = SessionWindow { span: span.clone(), window: w };
             let Blocks { whole_hours, partial_hours, partial_minutes } = blocks(a, b);
             out.extend(whole_hours.map(|h| (Block::WholeHour, (user.clone(), h), sw.clone())));
-            out.extend(partial_hours.into_iter().map(|h| {
-                let kind = if inside_one_minute(a, b, h) { Block::ShortHour } else { Block::PartialHour };
-                (kind, (user.clone(), h), sw.clone())
-            }));
+            out.extend(partial_hours.into_iter().map(|h| (Block::PartialHour, (user.clone(), h), sw.clone())));
             out.extend(partial_minutes.into_iter().map(|m| (Block::PartialMinute, (user.clone(), m), sw.clone())));
         }
         out
@@ -645,7 +693,6 @@ pub fn impacts<'s>(
     let whole_hours = of_kind(Block::WholeHour, "Impact: session windows by whole hour");
     let partial_hours = of_kind(Block::PartialHour, "Impact: session windows by partial hour");
     let partial_minutes = of_kind(Block::PartialMinute, "Impact: session windows by partial minute");
-    let short_hours = of_kind(Block::ShortHour, "Impact: session windows by hour, inside one minute");
 
     let lite = samples.clone().flat_map_ref(|user, x| {
         let value = x.value.filter(|_| has_impact(x.metric))?;
@@ -661,7 +708,7 @@ pub fn impacts<'s>(
     });
     let discrete =
         discrete_sums(lite.clone().filter(|(_, x)| !x.cumulative()), &whole_hours, &partial_hours, partial_minutes);
-    let cumulative = cumulative_sums(lite.filter(|(_, x)| x.cumulative()), &whole_hours, &partial_hours, short_hours);
+    let cumulative = cumulative_sums(lite.filter(|(_, x)| x.cumulative()), &whole_hours, &partial_hours);
 
     let windows = discrete
         .concat(cumulative)
@@ -737,7 +784,6 @@ fn cumulative_sums<'s>(
     samples: VecCollection<'s, Epoch, (String, HourSample)>,
     whole_hours: &WindowsByBlock<'s>,
     partial_hours: &WindowsByBlock<'s>,
-    short_hours: WindowsByBlock<'s>,
 ) -> VecCollection<'s, Epoch, (WindowKey, u8), WindowSum> {
     // Every sample under every hour its extent touches (with positive overlap).
     let touching = samples.flat_map(|(user, x)| x.hours().map(|h| ((user.clone(), h), x.clone())).collect::<Vec<_>>());
@@ -763,8 +809,7 @@ fn cumulative_sums<'s>(
         );
 
     // Step 1: candidates, one per hour of the window: the hour's best stream where the window
-    // holds the hour whole, else the best stream overlapping the part it covers; a part inside
-    // one minute (a window shorter than a minute) meets the hour's samples one by one.
+    // holds the hour whole, else the best stream overlapping the part it covers.
     let candidate = |user: &str, sw: &SessionWindow, metric: Metric, (rank, source): &(u8, String)| {
         let stream = WindowStream { window: sw.window, rank: *rank, source: source.clone() };
         (WindowKey::new(user, &sw.span, metric), stream)
@@ -776,11 +821,7 @@ fn cumulative_sums<'s>(
         let (a, b) = sw.bounds();
         Some(candidate(user, sw, index.metric, index.best_in(a, b, *h)?))
     });
-    let from_short_hours = short_hours.join_core(by_hour.clone(), move |(user, _), sw, x| {
-        let (a, b) = sw.bounds();
-        overlaps(x, a, b).then(|| candidate(user, sw, x.metric, &(x.rank, x.source_id.clone())))
-    });
-    let best = from_whole_hours.concat(from_partial_hours).concat(from_short_hours).reduce_named(
+    let best = from_whole_hours.concat(from_partial_hours).reduce_named(
         "Impact: best stream per window",
         |_key: &WindowKey, input: &[(&WindowStream, isize)], output| {
             // Sorted by (window, rank, source): the first stream of each window is its best.
@@ -852,8 +893,6 @@ fn cumulative_sums<'s>(
 enum Block {
     WholeHour,
     PartialHour,
-    /// A partly covered hour where the window's part lies inside one minute.
-    ShortHour,
     PartialMinute,
 }
 
@@ -951,7 +990,7 @@ mod tests {
 
         /// An hour's index finds the best stream overlapping any part of the hour, as a scan of
         /// every sample does: instants on and off minute boundaries, samples within, across and
-        /// spanning the hour, windows across minutes and past the hour.
+        /// spanning the hour, windows inside one minute, across minutes and past the hour.
         #[test]
         fn an_hour_index_finds_the_best_stream_a_scan_finds(
             samples in proptest::collection::vec((0..7u8, 0..4u8, 0..5_400_000i64, 0..5_400_000i64, 0..4u8), 1..40),
@@ -988,11 +1027,6 @@ mod tests {
             for (a, len, how_a, how_b) in windows {
                 let a = snap(h0 - 200_000 + a, how_a);
                 let b = snap(a + len / (1 + i64::from(how_b) * 40), how_b).max(a);
-                if inside_one_minute(a, b, hour) {
-                    // Not the index's to answer: such windows meet the samples one by one.
-                    proptest::prop_assert_eq!(index.best_in(a, b, hour), None);
-                    continue;
-                }
                 let (ca, cb) = (a.max(h0), b.min(h0 + BUCKET_MS));
                 let want = xs
                     .iter()

@@ -382,21 +382,20 @@ async fn answer_sql(
     let limits = st.sql.limits();
     // Room for the JSON escaping of a query of `max_sql_bytes`, and for the other fields.
     let max_body = limits.max_sql_bytes.saturating_mul(2).saturating_add(4096);
-    // A body announced within the limit that fails to arrive whole is a bad request, not a
-    // large one.
-    let announced = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let body = axum::body::to_bytes(body, max_body).await.map_err(|_| match announced {
-        Some(n) if n <= max_body => {
-            ApiError::bad("INVALID_REQUEST", format!("the request body ({n} bytes announced) could not be read whole"))
+    // Only a body over the limit is a large query; one that fails to arrive whole (a truncated
+    // body, a malformed chunk) is a bad request.
+    let body = axum::body::to_bytes(body, max_body).await.map_err(|e| {
+        let over_limit = std::error::Error::source(&e)
+            .is_some_and(|inner| inner.downcast_ref::<http_body_util::LengthLimitError>().is_some());
+        if over_limit {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "QUERY_TOO_LARGE",
+                format!("the request body is larger than {max_body} bytes"),
+            )
+        } else {
+            ApiError::bad("INVALID_REQUEST", format!("the request body could not be read whole: {e}"))
         }
-        _ => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "QUERY_TOO_LARGE",
-            format!("the request body is larger than {max_body} bytes"),
-        ),
     })?;
     let req: SqlRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad("INVALID_REQUEST", format!("expected {{\"sql\": \"...\"}}: {e}")))?;

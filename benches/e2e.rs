@@ -304,6 +304,7 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
     let slots = Arc::new(tokio::sync::Semaphore::new(1024));
     let late_reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for n in 0..total {
         ticker.tick().await;
         let t = Instant::now();
@@ -321,13 +322,18 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
         let body = json!({"requestId": format!("{}-{n}", if late { "late" } else { "steady" }), "userId": format!("user-{user}"),
                           "deviceTimeZone": "UTC", "samples": samples});
         let (client, base, acks, visible) = (client.clone(), base.to_owned(), acks.clone(), visible.clone());
-        let (late_reads, refused) = (late_reads.clone(), refused.clone());
+        let (late_reads, refused, errors) = (late_reads.clone(), refused.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let _slot = slot;
-            let r =
-                client.post(format!("{base}/v1/health/samples/batch-upsert")).json(&body).send().await.expect("post");
+            // A transport error (a connection reset under load) is counted, not a panic.
+            let failed = || {
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            };
+            let Ok(r) = client.post(format!("{base}/v1/health/samples/batch-upsert")).json(&body).send().await else {
+                return failed();
+            };
             let ok = r.status().is_success();
-            let v: Value = r.json().await.expect("json");
+            let Ok(v) = r.json::<Value>().await else { return failed() };
             let acked = t.elapsed();
             if !ok {
                 refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -335,7 +341,8 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
             }
             let epoch = v["epoch"].as_u64().unwrap_or(0);
             let url = format!("{base}/v1/users/user-{user}/daily-rollups?metric=steps&minEpoch={epoch}&waitMs=30000");
-            let r: Value = client.get(url).send().await.expect("read").json().await.expect("json");
+            let Ok(r) = client.get(url).send().await else { return failed() };
+            let Ok(r) = r.json::<Value>().await else { return failed() };
             let seen = t.elapsed();
             acks.lock().map(|mut a| a.push(acked.as_secs_f64() * 1000.0)).ok();
             if r["asOfEpoch"].as_u64().unwrap_or(0) >= epoch {
@@ -357,6 +364,7 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
         "target_syncs_per_s": rate, "samples_per_sync": per_sync, "syncs": acks.len(), "max_in_flight": 1024,
         "not_visible_within_30s": late_reads.load(std::sync::atomic::Ordering::Relaxed),
         "syncs_refused": refused.load(std::sync::atomic::Ordering::Relaxed),
+        "transport_errors": errors.load(std::sync::atomic::Ordering::Relaxed),
         "achieved_syncs_per_s": acks.len() as f64 / elapsed,
         "history_samples": history, "samples_sent": acks.len() * per_sync,
         "ack_ms": percentiles(acks), "ack_to_visible_ms": percentiles(visible),

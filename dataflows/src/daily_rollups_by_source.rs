@@ -33,14 +33,14 @@ pub const DEF: ViewDef = ViewDef {
 
 type SourceDayKey = (String, Metric, i32, String);
 
-/// In: current samples. Out: one row per `(user_id, metric, local_date, source_id)`.
+/// In: current samples. Out: one [`DailyRollupBySource`] per `(user_id, metric, local_date, source_id)`.
 ///
 /// - CUMULATIVE: `sum` is the source's C1/C3 share of the date, `count` the source's samples that
 ///   touch the date; `min`/`max` null.
 /// - DISCRETE: count, sum, min, max of the source's readings whose `startAt` falls on the date.
 /// - INTERVAL (mindful minutes): `sum` is the source's minutes split by C4 (not a union), `count` the
 ///   samples that touch the date.
-pub fn daily_rollups_by_source<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch, Row> {
+pub fn daily_rollups_by_source<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch, DailyRollupBySource> {
     let summed = samples
         .clone()
         .flat_map_ref(|user, s| {
@@ -66,11 +66,15 @@ pub fn daily_rollups_by_source<'s>(samples: &SamplesByUser<'s>) -> VecCollection
         .reduce_named("BySource: day sum", |_key: &SourceDayKey, input, output| {
             let (sum, count) = sum_and_distinct(input.iter().map(|((id, share), r)| (id, share.0, *r)));
             if count > 0 {
-                output.push(((count, OrdF64(sum)), 1));
+                output.push((DayStats { count, sum: OrdF64(sum), min: None, max: None }, 1));
             }
         })
-        .map(|((user, metric, day, source), (count, sum))| {
-            row(user, metric, day, source, count, [Datum::Float(sum), Datum::Null, Datum::Null])
+        .map(|((user_id, metric, local_date, source_id), stats)| DailyRollupBySource {
+            user_id,
+            metric,
+            local_date,
+            source_id,
+            stats,
         });
 
     let discrete = samples
@@ -81,27 +85,63 @@ pub fn daily_rollups_by_source<'s>(samples: &SamplesByUser<'s>) -> VecCollection
         })
         .reduce_named("BySource: discrete day stats", |_key: &SourceDayKey, input, output| {
             if let Some(st) = discrete_stats(input) {
-                output.push(((st.count, [st.sum, st.min, st.max].map(OrdF64)), 1));
+                let stats = DayStats {
+                    count: st.count,
+                    sum: OrdF64(st.sum),
+                    min: Some(OrdF64(st.min)),
+                    max: Some(OrdF64(st.max)),
+                };
+                output.push((stats, 1));
             }
         })
-        .map(|((user, metric, day, source), (count, [sum, min, max]))| {
-            row(user, metric, day, source, count, [Datum::Float(sum), Datum::Float(min), Datum::Float(max)])
+        .map(|((user_id, metric, local_date, source_id), stats)| DailyRollupBySource {
+            user_id,
+            metric,
+            local_date,
+            source_id,
+            stats,
         });
 
     summed.concat(discrete)
 }
 
-fn row(user: String, metric: Metric, day: i32, source: String, count: i64, fields: [Datum; 3]) -> Row {
-    let mut row = Vec::with_capacity(10);
-    row.extend([
-        Datum::Str(user),
-        Datum::Str(metric.key().to_owned()),
-        Datum::Date(day),
-        Datum::Str(source),
-        Datum::Str(metric.canonical_unit().to_owned()),
-        Datum::Str(metric.kind().as_str().to_owned()),
-        Datum::Int(count),
-    ]);
-    row.extend(fields);
-    row
+/// One source's figures for one local date: `count` and `sum` (CUMULATIVE: C1/C3 shares; INTERVAL:
+/// minutes; DISCRETE: readings), and for DISCRETE metrics `min` and `max` (canonical units).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct DayStats {
+    pub count: i64,
+    pub sum: OrdF64,
+    pub min: Option<OrdF64>,
+    pub max: Option<OrdF64>,
+}
+
+/// One `daily_rollups_by_source` row (§1.5 rule 6): one source's unmerged day figures, per user,
+/// metric, local date (days since 1970-01-01) and `sourceId`. [`DailyRollupBySource::to_row`] is
+/// the one mapping to [`DEF`]'s columns.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct DailyRollupBySource {
+    pub user_id: String,
+    pub metric: Metric,
+    pub local_date: i32,
+    pub source_id: String,
+    pub stats: DayStats,
+}
+
+impl DailyRollupBySource {
+    /// The row of [`DEF`].
+    pub fn to_row(&self) -> Row {
+        let f = |v: Option<OrdF64>| v.map_or(Datum::Null, Datum::Float);
+        vec![
+            Datum::Str(self.user_id.clone()),
+            Datum::Str(self.metric.key().to_owned()),
+            Datum::Date(self.local_date),
+            Datum::Str(self.source_id.clone()),
+            Datum::Str(self.metric.canonical_unit().to_owned()),
+            Datum::Str(self.metric.kind().as_str().to_owned()),
+            Datum::Int(self.stats.count),
+            Datum::Float(self.stats.sum),
+            f(self.stats.min),
+            f(self.stats.max),
+        ]
+    }
 }

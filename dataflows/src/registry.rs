@@ -89,16 +89,19 @@ pub const VIEWS: &[ViewSpec] = &[
     ViewSpec { def: daily_rollups::DEF, build: |i| i.daily().map(|r| r.to_row()) },
     ViewSpec {
         def: daily_rollups_by_source::DEF,
-        build: |i| daily_rollups_by_source::daily_rollups_by_source(&i.samples()),
+        build: |i| daily_rollups_by_source::daily_rollups_by_source(&i.samples()).map(|r| r.to_row()),
     },
-    ViewSpec { def: sleep_nights::DEF, build: |i| sleep_nights::sleep_nights(&i.samples()) },
+    ViewSpec { def: sleep_nights::DEF, build: |i| sleep_nights::sleep_nights(&i.samples()).map(|r| r.to_row()) },
     ViewSpec { def: session_impacts::DEF, build: |i| session_impacts::session_impacts(i.impacts()) },
-    ViewSpec { def: product_impacts::DEF, build: |i| product_impacts::product_impacts(i.impacts()) },
-    ViewSpec { def: routine_bins::DEF, build: |i| routine_bins::routine_bins(i.sessions.clone()) },
+    ViewSpec {
+        def: product_impacts::DEF,
+        build: |i| product_impacts::product_impacts(i.impacts()).map(|r| r.to_row()),
+    },
+    ViewSpec { def: routine_bins::DEF, build: |i| routine_bins::routine_bins(i.sessions.clone()).map(|r| r.to_row()) },
     ViewSpec { def: sessions::SESSIONS, build: |i| sessions::sessions(i.sessions.clone()) },
     ViewSpec { def: sessions::PRODUCTS, build: |i| sessions::products(i.products.clone()) },
     ViewSpec { def: sessions::USER_PROFILES, build: |i| sessions::user_profiles(i.profiles.clone()) },
-    ViewSpec { def: weekly_steps::DEF, build: |i| weekly_steps::weekly_steps(i.daily()) },
+    ViewSpec { def: weekly_steps::DEF, build: |i| weekly_steps::weekly_steps(i.daily()).map(|r| r.to_row()) },
 ];
 
 /// The registered views named in `names` (all of them for `None`), in registry order; an unknown

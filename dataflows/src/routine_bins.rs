@@ -47,9 +47,52 @@ pub fn bin_index(local: NaiveDateTime) -> u32 {
     (local.weekday().number_from_monday() - 1) * 24 + local.hour()
 }
 
-/// In: current sessions (open ones included). Out: one row per `(user_id, scope, bin)` with
-/// `count ≥ 1`, binned by `startAt` in the session's zone; `scope` is `*` or the product id.
-pub fn routine_bins<'s>(sessions: VecCollection<'s, Epoch, Session>) -> VecCollection<'s, Epoch, Row> {
+/// One bin of one scope's histogram (§5): its events `count` of the scope's `n`, the posterior
+/// mean `(count + α) / (n + K·α)`, the lift `posterior_mean · K`, and whether it is a peak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct BinStats {
+    /// `(isoWeekday − 1) × 24 + hour`, 0..168.
+    pub bin: u32,
+    pub count: i64,
+    pub n: i64,
+    pub posterior_mean: OrdF64,
+    pub lift: OrdF64,
+    pub is_peak: bool,
+}
+
+/// One `routine_bins` row (§5): per user, scope (`*` or a product id) and bin with at least one
+/// event. [`RoutineBin::to_row`] is the one mapping to [`DEF`]'s columns.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct RoutineBin {
+    pub user_id: String,
+    pub scope: String,
+    pub stats: BinStats,
+}
+
+impl RoutineBin {
+    /// The row of [`DEF`]: the bin, then its ISO weekday (1–7) and hour (0–23).
+    pub fn to_row(&self) -> Row {
+        let b = &self.stats;
+        vec![
+            Datum::Str(self.user_id.clone()),
+            Datum::Str(self.scope.clone()),
+            Datum::Int(i64::from(b.bin)),
+            Datum::Int(i64::from(b.bin / 24 + 1)),
+            Datum::Int(i64::from(b.bin % 24)),
+            Datum::Int(b.count),
+            Datum::Int(b.n),
+            Datum::Float(b.posterior_mean),
+            Datum::Float(b.lift),
+            Datum::Bool(b.is_peak),
+        ]
+    }
+}
+
+/// In: current sessions (open ones included). Out: one [`RoutineBin`] per `(user_id, scope, bin)`
+/// with `count ≥ 1`, binned by `startAt` in the session's zone; `scope` is `*` or the product id.
+/// Peaks: at most [`MAX_PEAKS`] bins by posterior mean (ties to the smaller bin), among those with
+/// `n ≥ N_MIN`, `count ≥ C_MIN` and `lift ≥ LIFT_MIN`.
+pub fn routine_bins<'s>(sessions: VecCollection<'s, Epoch, Session>) -> VecCollection<'s, Epoch, RoutineBin> {
     sessions
         .flat_map(|s| {
             let bin = bin_index(s.zone.local(s.start_ms));
@@ -58,34 +101,29 @@ pub fn routine_bins<'s>(sessions: VecCollection<'s, Epoch, Session>) -> VecColle
         .reduce_named("Routine: scope histogram", |_scope, input: &[(&u32, isize)], output| {
             let n: i64 = input.iter().map(|(_, c)| *c as i64).sum();
             let denominator = n as f64 + f64::from(K) * ALPHA;
-            let stats: Vec<(u32, i64, f64, f64)> = input
+            let mut stats: Vec<BinStats> = input
                 .iter()
                 .filter(|(_, c)| *c > 0)
                 .map(|(bin, c)| {
                     let p = (*c as f64 + ALPHA) / denominator;
-                    (**bin, *c as i64, p, p * f64::from(K))
+                    BinStats {
+                        bin: **bin,
+                        count: *c as i64,
+                        n,
+                        posterior_mean: OrdF64(p),
+                        lift: OrdF64(p * f64::from(K)),
+                        is_peak: false,
+                    }
                 })
                 .collect();
-            let mut peaks: Vec<&(u32, i64, f64, f64)> =
-                stats.iter().filter(|(_, c, _, lift)| n >= N_MIN && *c >= C_MIN && *lift >= LIFT_MIN).collect();
-            peaks.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
-            let peak_bins: Vec<u32> = peaks.iter().take(MAX_PEAKS).map(|p| p.0).collect();
-            for &(bin, c, p, lift) in &stats {
-                output.push(((bin, c, n, OrdF64(p), OrdF64(lift), peak_bins.contains(&bin)), 1));
+            let mut peaks: Vec<&BinStats> =
+                stats.iter().filter(|b| n >= N_MIN && b.count >= C_MIN && b.lift.0 >= LIFT_MIN).collect();
+            peaks.sort_by(|a, b| b.posterior_mean.0.total_cmp(&a.posterior_mean.0).then(a.bin.cmp(&b.bin)));
+            let peak_bins: Vec<u32> = peaks.iter().take(MAX_PEAKS).map(|b| b.bin).collect();
+            for b in &mut stats {
+                b.is_peak = peak_bins.contains(&b.bin);
+                output.push((*b, 1));
             }
         })
-        .map(|((user, scope), (bin, c, n, p, lift, peak))| {
-            vec![
-                Datum::Str(user),
-                Datum::Str(scope),
-                Datum::Int(i64::from(bin)),
-                Datum::Int(i64::from(bin / 24 + 1)),
-                Datum::Int(i64::from(bin % 24)),
-                Datum::Int(c),
-                Datum::Int(n),
-                Datum::Float(p),
-                Datum::Float(lift),
-                Datum::Bool(peak),
-            ]
-        })
+        .map(|((user_id, scope), stats)| RoutineBin { user_id, scope, stats })
 }

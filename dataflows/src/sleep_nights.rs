@@ -48,8 +48,19 @@ pub const DEF: ViewDef = ViewDef {
     range_via: None,
 };
 
-/// `(start, end, stage, source rank, source id, record id, zone)` of one sleep sample.
-type Stage = (i64, i64, SleepStage, u8, String, String, Zone);
+/// What the sleep pipeline (§3.3) needs of one sleep-stage sample: its interval (UTC ms), stage,
+/// source rank (§1.5), `sourceId`, `sourceRecordId` (two equal stages of different records stay
+/// two) and zone. Ordered by start, then end, as the fragment merge reads them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Stage {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub stage: SleepStage,
+    pub rank: u8,
+    pub source_id: String,
+    pub source_record_id: String,
+    pub zone: Zone,
+}
 
 /// A period's computed fields, before main/nap is decided.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -88,8 +99,8 @@ fn fragments(asleep: &[&Stage]) -> Vec<(i64, i64)> {
     let mut out: Vec<(i64, i64)> = Vec::new();
     for s in asleep {
         match out.last_mut() {
-            Some(last) if s.0 <= last.1 => last.1 = last.1.max(s.1),
-            _ => out.push((s.0, s.1)),
+            Some(last) if s.start_ms <= last.1 => last.1 = last.1.max(s.end_ms),
+            _ => out.push((s.start_ms, s.end_ms)),
         }
     }
     out
@@ -97,13 +108,17 @@ fn fragments(asleep: &[&Stage]) -> Vec<(i64, i64)> {
 
 /// Stage milliseconds of `asleep` inside `[a, b)`, overlaps going to DEEP > REM > CORE > UNSPECIFIED.
 fn stage_ms(asleep: &[&Stage], a: i64, b: i64) -> [i64; 4] {
-    let mut points: Vec<i64> = asleep.iter().flat_map(|s| [s.0.clamp(a, b), s.1.clamp(a, b)]).collect();
+    let mut points: Vec<i64> = asleep.iter().flat_map(|s| [s.start_ms.clamp(a, b), s.end_ms.clamp(a, b)]).collect();
     points.sort_unstable();
     points.dedup();
     let mut out = [0i64; 4]; // core, deep, rem, unspecified
     for w in points.windows(2) {
         let (x, y) = (w[0], w[1]);
-        let top = asleep.iter().filter(|s| s.0 <= x && s.1 >= y && s.1 > s.0).map(|s| priority(s.2)).max();
+        let top = asleep
+            .iter()
+            .filter(|s| s.start_ms <= x && s.end_ms >= y && s.end_ms > s.start_ms)
+            .map(|s| priority(s.stage))
+            .max();
         let slot = match top {
             Some(4) => 1,
             Some(3) => 2,
@@ -118,14 +133,17 @@ fn stage_ms(asleep: &[&Stage], a: i64, b: i64) -> [i64; 4] {
 
 /// Steps 1–6 of §3.3 for one `(user, window)`.
 pub fn periods(samples: &[&Stage]) -> Vec<Period> {
-    let mut sources: Vec<(u8, &str)> = samples.iter().map(|s| (s.3, s.4.as_str())).collect();
+    let mut sources: Vec<(u8, &str)> = samples.iter().map(|s| (s.rank, s.source_id.as_str())).collect();
     sources.sort_unstable();
     sources.dedup_by(|a, b| a.1 == b.1);
     // Episodes per source: (onset, offset, source).
     let mut episodes: Vec<(i64, i64, &str)> = Vec::new();
     for (_, src) in &sources {
-        let mut asleep: Vec<&Stage> =
-            samples.iter().copied().filter(|s| s.4 == *src && s.2.is_asleep() && s.1 > s.0).collect();
+        let mut asleep: Vec<&Stage> = samples
+            .iter()
+            .copied()
+            .filter(|s| s.source_id == *src && s.stage.is_asleep() && s.end_ms > s.start_ms)
+            .collect();
         asleep.sort();
         for (a, b) in fragments(&asleep) {
             match episodes.last_mut() {
@@ -150,14 +168,17 @@ pub fn periods(samples: &[&Stage]) -> Vec<Period> {
     for (pa, pb, mut srcs) in groups {
         srcs.sort_unstable();
         srcs.dedup();
-        let in_period = |s: &&Stage, src: &str| s.4 == src && s.2.is_asleep() && s.1 > s.0 && s.0 < pb && s.1 > pa;
+        let in_period = |s: &&Stage, src: &str| {
+            s.source_id == src && s.stage.is_asleep() && s.end_ms > s.start_ms && s.start_ms < pb && s.end_ms > pa
+        };
         let asleep_of = |src: &str| -> Vec<&Stage> {
             let mut v: Vec<&Stage> = samples.iter().copied().filter(|s| in_period(s, src)).collect();
             v.sort();
             v
         };
         let total_of = |src: &str| fragments(&asleep_of(src)).iter().map(|(a, b)| b - a).sum::<i64>();
-        let rank_of = |src: &str| samples.iter().filter(|s| s.4 == src).map(|s| s.3).min().unwrap_or(u8::MAX);
+        let rank_of =
+            |src: &str| samples.iter().filter(|s| s.source_id == src).map(|s| s.rank).min().unwrap_or(u8::MAX);
         let Some(canonical) =
             srcs.iter().copied().min_by(|x, y| (rank_of(x), -total_of(x), *x).cmp(&(rank_of(y), -total_of(y), *y)))
         else {
@@ -170,17 +191,17 @@ pub fn periods(samples: &[&Stage]) -> Vec<Period> {
         let total: i64 = frags.iter().map(|(a, b)| b - a).sum();
         let [core, deep, rem, unspecified] = stage_ms(&asleep, onset, wake);
         let awakenings = frags.windows(2).filter(|w| w[1].0 - w[0].1 >= AWAKENING_MS).count() as i64;
-        let in_bed = |s: &&&Stage| s.2 == SleepStage::InBed && s.0 < wake && s.1 > onset;
-        let own: Vec<&Stage> = samples.iter().filter(in_bed).filter(|s| s.4 == canonical).copied().collect();
+        let in_bed = |s: &&&Stage| s.stage == SleepStage::InBed && s.start_ms < wake && s.end_ms > onset;
+        let own: Vec<&Stage> = samples.iter().filter(in_bed).filter(|s| s.source_id == canonical).copied().collect();
         let candidates: Vec<&Stage> =
             if own.is_empty() { samples.iter().filter(in_bed).copied().collect() } else { own };
-        let bedtime = candidates.iter().map(|s| s.0).min().map_or(onset, |b| b.min(onset));
-        let rise = candidates.iter().map(|s| s.1).max().map_or(wake, |r| r.max(wake));
+        let bedtime = candidates.iter().map(|s| s.start_ms).min().map_or(onset, |b| b.min(onset));
+        let rise = candidates.iter().map(|s| s.end_ms).max().map_or(wake, |r| r.max(wake));
         let last_zone = samples
             .iter()
-            .filter(|s| srcs.contains(&s.4.as_str()) && s.2.is_asleep() && s.0 < pb && s.1 > pa)
-            .max_by(|x, y| (x.1, x.0, &x.4).cmp(&(y.1, y.0, &y.4)))
-            .map_or(Zone::UTC, |s| s.6);
+            .filter(|s| srcs.contains(&s.source_id.as_str()) && s.stage.is_asleep() && s.start_ms < pb && s.end_ms > pa)
+            .max_by(|x, y| (x.end_ms, x.start_ms, &x.source_id).cmp(&(y.end_ms, y.start_ms, &y.source_id)))
+            .map_or(Zone::UTC, |s| s.zone);
         out.push(Period {
             onset,
             wake,
@@ -198,23 +219,65 @@ pub fn periods(samples: &[&Stage]) -> Vec<Period> {
     out
 }
 
-/// In: current samples. Out: one row per sleep period, keyed `(user_id, night_date, sleep_onset_at)`.
+/// One `sleep_nights` row (§3.3): a user's sleep period and whether it is the night's main one.
+/// [`SleepNight::to_row`] is the one mapping to [`DEF`]'s columns (durations in minutes).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct SleepNight {
+    pub user_id: String,
+    pub period: Period,
+    pub is_main: bool,
+}
+
+impl SleepNight {
+    /// The row of [`DEF`].
+    pub fn to_row(&self) -> Row {
+        let p = &self.period;
+        let min = |ms: i64| Datum::Float(OrdF64(ms as f64 / 60_000.0));
+        let in_bed = p.rise - p.bedtime;
+        vec![
+            Datum::Str(self.user_id.clone()),
+            Datum::Date(p.night_date),
+            Datum::Ts(p.onset),
+            Datum::Ts(p.wake),
+            Datum::Ts(p.bedtime),
+            Datum::Ts(p.rise),
+            min(p.asleep_ms[0]),
+            min(p.asleep_ms[1]),
+            min(p.asleep_ms[2]),
+            min(p.asleep_ms[3]),
+            min(p.asleep_ms[4]),
+            min((p.wake - p.onset) - p.asleep_ms[0]),
+            Datum::Int(p.awakenings),
+            min(in_bed),
+            if p.has_in_bed { min(p.onset - p.bedtime) } else { Datum::Null },
+            if in_bed > 0 { Datum::Float(OrdF64(p.asleep_ms[0] as f64 / in_bed as f64)) } else { Datum::Null },
+            Datum::Bool(p.asleep_ms[1] + p.asleep_ms[2] + p.asleep_ms[3] > 0),
+            Datum::Str(p.canonical.clone()),
+            Datum::Int(p.source_count),
+            Datum::Str(p.zone.name()),
+            Datum::Bool(self.is_main),
+        ]
+    }
+}
+
+/// In: current samples. Out: one [`SleepNight`] per sleep period, keyed `(user_id, night_date,
+/// sleep_onset_at)`.
 /// Each noon-to-noon window is computed on its own (a sample edit recomputes one window); main vs
 /// nap is decided per `(user, night_date)` across windows.
-pub fn sleep_nights<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch, Row> {
+pub fn sleep_nights<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch, SleepNight> {
     samples
         .clone()
         .flat_map_ref(|user, s| {
             let stage = s.category.filter(|c| s.metric == Metric::SleepAnalysis && *c != SleepStage::Unknown)?;
-            let stage: Stage = (
-                s.start_ms,
-                s.end_ms,
+            let stage = Stage {
+                start_ms: s.start_ms,
+                end_ms: s.end_ms,
                 stage,
-                s.source_class.rank(),
-                s.source_id.clone(),
-                s.source_record_id.clone(),
-                s.zone,
-            );
+                rank: s.source_class.rank(),
+                source_id: s.source_id.clone(),
+                source_record_id: s.source_record_id.clone(),
+                zone: s.zone,
+            };
             Some(((user.clone(), sleep_window(s.start_ms, s.zone)), stage))
         })
         .reduce_named("Sleep: periods per window", |_key, input, output| {
@@ -232,31 +295,5 @@ pub fn sleep_nights<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch,
                 output.push((((*p).clone(), main == Some(*p)), *r));
             }
         })
-        .map(|((user, night), (p, is_main))| {
-            let min = |ms: i64| Datum::Float(OrdF64(ms as f64 / 60_000.0));
-            let in_bed = p.rise - p.bedtime;
-            vec![
-                Datum::Str(user),
-                Datum::Date(night),
-                Datum::Ts(p.onset),
-                Datum::Ts(p.wake),
-                Datum::Ts(p.bedtime),
-                Datum::Ts(p.rise),
-                min(p.asleep_ms[0]),
-                min(p.asleep_ms[1]),
-                min(p.asleep_ms[2]),
-                min(p.asleep_ms[3]),
-                min(p.asleep_ms[4]),
-                min((p.wake - p.onset) - p.asleep_ms[0]),
-                Datum::Int(p.awakenings),
-                min(in_bed),
-                if p.has_in_bed { min(p.onset - p.bedtime) } else { Datum::Null },
-                if in_bed > 0 { Datum::Float(OrdF64(p.asleep_ms[0] as f64 / in_bed as f64)) } else { Datum::Null },
-                Datum::Bool(p.asleep_ms[1] + p.asleep_ms[2] + p.asleep_ms[3] > 0),
-                Datum::Str(p.canonical),
-                Datum::Int(p.source_count),
-                Datum::Str(p.zone.name()),
-                Datum::Bool(is_main),
-            ]
-        })
+        .map(|((user_id, _night), (period, is_main))| SleepNight { user_id, period, is_main })
 }

@@ -20,9 +20,39 @@ pub const DEF: ViewDef = ViewDef {
     range_via: None,
 };
 
-/// In: `daily_rollups`. Out: one row per `(user_id, week_start)`: the week's merged step total
-/// (the sum of its days' `sum`) and the number of days with steps.
-pub fn weekly_steps<'s>(daily: VecCollection<'s, Epoch, DailyRollup>) -> VecCollection<'s, Epoch, Row> {
+/// One `weekly_steps` row: a user's merged step total of one ISO week (the sum of its days'
+/// `daily_rollups.sum`, DOMAIN.md §1.5 M1) and the number of its days with steps.
+/// [`WeeklySteps::to_row`] is the one mapping to [`DEF`]'s columns.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct WeeklySteps {
+    pub user_id: String,
+    /// The Monday of the ISO week, in days since 1970-01-01.
+    pub week_start: i32,
+    pub steps: OrdF64,
+    pub days: i64,
+}
+
+impl WeeklySteps {
+    /// The row of [`DEF`].
+    pub fn to_row(&self) -> Row {
+        vec![
+            Datum::Str(self.user_id.clone()),
+            Datum::Date(self.week_start),
+            Datum::Float(self.steps),
+            Datum::Int(self.days),
+        ]
+    }
+}
+
+/// The week's figures, as the reduce keeps them per `(user_id, week_start)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+struct WeekTotal {
+    steps: OrdF64,
+    days: i64,
+}
+
+/// In: `daily_rollups`. Out: one [`WeeklySteps`] per `(user_id, week_start)` with steps.
+pub fn weekly_steps<'s>(daily: VecCollection<'s, Epoch, DailyRollup>) -> VecCollection<'s, Epoch, WeeklySteps> {
     daily
         .flat_map(|r| {
             let sum = r.sum.filter(|_| r.metric == Metric::Steps)?;
@@ -34,10 +64,8 @@ pub fn weekly_steps<'s>(daily: VecCollection<'s, Epoch, DailyRollup>) -> VecColl
             let days = input.iter().filter(|(_, r)| *r > 0).count() as i64;
             let total: f64 = input.iter().filter(|(_, r)| *r > 0).map(|((_, s), r)| s.0 * *r as f64).sum();
             if days > 0 {
-                output.push(((OrdF64(total), days), 1));
+                output.push((WeekTotal { steps: OrdF64(total), days }, 1));
             }
         })
-        .map(|((user, week), (total, days))| {
-            vec![Datum::Str(user), Datum::Date(week), Datum::Float(total), Datum::Int(days)]
-        })
+        .map(|((user_id, week_start), total)| WeeklySteps { user_id, week_start, steps: total.steps, days: total.days })
 }

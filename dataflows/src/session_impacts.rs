@@ -772,7 +772,9 @@ fn discrete_sums<'s>(
     let one_by_one = partial_minutes
         .join_core(by_minute, |(user, _), sw, x| {
             let (a, b) = sw.bounds();
-            contribution(x, a, b).map(|sum| ((WindowKey::new(user, &sw.span, x.metric), sw.window), sum))
+            Piece::of(x)
+                .contribution(false, a, b)
+                .map(|sum| ((WindowKey::new(user, &sw.span, x.metric), sw.window), sum))
         })
         .explode(|(key, sum)| Some((key, sum)));
     from_hours.concat(from_minutes).concat(one_by_one)
@@ -787,10 +789,10 @@ fn cumulative_sums<'s>(
 ) -> VecCollection<'s, Epoch, (WindowKey, u8), WindowSum> {
     // Every sample under every hour its extent touches (with positive overlap).
     let touching = samples.flat_map(|(user, x)| x.hours().map(|h| ((user.clone(), h), x.clone())).collect::<Vec<_>>());
-    let by_hour = touching.clone().arrange_by_key_named("Impact: cumulative samples by hour");
     // One index per (user, hour, metric) of the streams of the samples touching the hour.
-    let index = by_hour
+    let index = touching
         .clone()
+        .arrange_by_key_named("Impact: cumulative samples by hour")
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(String, i64), HourIndex, Epoch, isize>, _, _>(
             "Impact: stream index per hour",
             |(_, h): &(String, i64), input: &[(&HourSample, isize)], output: &mut Vec<(HourIndex, isize)>| {
@@ -848,44 +850,36 @@ fn cumulative_sums<'s>(
                 .collect::<Vec<_>>()
         })
         .arrange_by_key_named("Impact: best source's hours per window");
-    let in_part = best
-        .flat_map(|(key, (window, source))| {
-            let (a, b) = key.bounds(window);
-            buckets(a, b)
-                .filter(|h| !holds(a, b, BUCKET_MS, *h))
-                .map(|h| ((key.user_id.clone(), h), (key.clone(), window, source.clone())))
-                .collect::<Vec<_>>()
-        })
-        .arrange_by_key_named("Impact: best source's partial hours per window");
     let hour_totals = touching
         .clone()
         .filter(|(_, x)| x.in_one_hour())
         .explode(|(block, x)| Some(((block, x.metric_source()), WindowSum::of(x.value.0))))
         .map(|key| (key, ()))
         .arrange_by_key_named("Impact: cumulative hour totals per source");
-    let spanning = touching
-        .filter(|(_, x)| !x.in_one_hour())
-        .map(|(block, x)| ((block, x.metric_source()), x))
-        .arrange_by_key_named("Impact: spanning samples by hour and source");
+    // Every sample's extent and value under each hour it touches and its `sourceId`: a lookup meets
+    // only the best source's samples, never the hour's other sources.
+    let pieces = touching
+        .map(|(block, x)| ((block, x.metric_source()), Piece::of(&x)))
+        .arrange_by_key_named("Impact: cumulative samples by hour and source");
     let from_totals = by_source.clone().join_core(hour_totals, |((_, h), _), (key, window), _| {
         let (a, b) = key.bounds(*window);
         holds(a, b, BUCKET_MS, *h).then(|| (key.clone(), *window))
     });
-    let from_spanning = by_source.join_core(spanning, |((_, h), _), (key, window), x| {
-        let (a, b) = key.bounds(*window);
-        if *h != a.div_euclid(BUCKET_MS).max(x.first_hour()) {
-            return None;
-        }
-        contribution(x, a, b).map(|sum| ((key.clone(), *window), sum))
-    });
-    let from_partial = in_part.join_core(by_hour, |_, (key, window, source), x| {
-        if !x.in_one_hour() || x.metric != key.metric || x.source_id != *source {
-            return None;
-        }
-        let (a, b) = key.bounds(*window);
-        contribution(x, a, b).map(|sum| ((key.clone(), *window), sum))
-    });
-    from_totals.concat(from_spanning.concat(from_partial).explode(|(key, sum)| Some((key, sum))))
+    let one_by_one = by_source
+        .join_core(pieces, |((_, h), _), (key, window), piece| {
+            let (a, b) = key.bounds(*window);
+            let first_hour = piece.start_ms.div_euclid(BUCKET_MS);
+            let hours = piece.hours();
+            let in_one_hour = hours.start() == hours.end();
+            // A sample of one hour counts here where the window covers that hour in part (the
+            // hour's total holds it where the window holds the hour whole); a sample spanning
+            // hours counts in the first hour it shares with the window.
+            let here =
+                if in_one_hour { !holds(a, b, BUCKET_MS, *h) } else { *h == a.div_euclid(BUCKET_MS).max(first_hour) };
+            here.then(|| piece.contribution(true, a, b)).flatten().map(|sum| ((key.clone(), *window), sum))
+        })
+        .explode(|(key, sum)| Some((key, sum)));
+    from_totals.concat(one_by_one)
 }
 
 /// The kinds of block a session window meets (see [`impacts`]).
@@ -896,26 +890,44 @@ enum Block {
     PartialMinute,
 }
 
-/// Whether sample `x` counts in the window `[a, b)` (§4): a CUMULATIVE one where it overlaps it
-/// (an instantaneous one where its instant lies), never in an empty window; a DISCRETE one where
-/// it starts.
-fn overlaps(x: &HourSample, a: i64, b: i64) -> bool {
-    if x.cumulative() {
-        b > a && if x.end_ms > x.start_ms { x.start_ms < b && x.end_ms > a } else { a <= x.start_ms && x.start_ms < b }
-    } else {
-        a <= x.start_ms && x.start_ms < b
-    }
+/// What a window sum needs of one sample: its interval `[start_ms, end_ms)` (UTC ms; equal for an
+/// instantaneous sample) and its value in the metric's canonical unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Piece {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub value: OrdF64,
 }
 
-/// What sample `x` adds to the window `[a, b)` if it counts there (§4): CUMULATIVE, its C1 share
-/// of the window (the whole value when the window holds it whole); DISCRETE, its value.
-fn contribution(x: &HourSample, a: i64, b: i64) -> Option<WindowSum> {
-    if !overlaps(x, a, b) {
-        return None;
+impl Piece {
+    fn of(x: &HourSample) -> Self {
+        Piece { start_ms: x.start_ms, end_ms: x.end_ms, value: x.value }
     }
-    let inside = a <= x.start_ms && x.end_ms <= b;
-    let add = if x.cumulative() && !inside { share(x.start_ms, x.end_ms, x.value.0, a, b) } else { x.value.0 };
-    Some(WindowSum::of(add))
+
+    /// The hour buckets of a CUMULATIVE sample's extent.
+    fn hours(&self) -> std::ops::RangeInclusive<i64> {
+        buckets(self.start_ms, self.end_ms.max(self.start_ms + 1))
+    }
+
+    /// Whether the sample counts in the window `[a, b)` (§4): a CUMULATIVE one where it overlaps
+    /// it (an instantaneous one where its instant lies), never in an empty window; a DISCRETE one
+    /// where it starts.
+    fn counts(&self, cumulative: bool, a: i64, b: i64) -> bool {
+        let (s, e) = (self.start_ms, self.end_ms);
+        if cumulative { b > a && if e > s { s < b && e > a } else { a <= s && s < b } } else { a <= s && s < b }
+    }
+
+    /// What the sample adds to the window `[a, b)` if it counts there (§4): CUMULATIVE, its C1
+    /// share of the window (the whole value when the window holds it whole); DISCRETE, its value.
+    fn contribution(&self, cumulative: bool, a: i64, b: i64) -> Option<WindowSum> {
+        if !self.counts(cumulative, a, b) {
+            return None;
+        }
+        let inside = a <= self.start_ms && self.end_ms <= b;
+        let add =
+            if cumulative && !inside { share(self.start_ms, self.end_ms, self.value.0, a, b) } else { self.value.0 };
+        Some(WindowSum::of(add))
+    }
 }
 
 /// A session's three windows for one metric from its per-window sums (§4): DISCRETE, the mean of

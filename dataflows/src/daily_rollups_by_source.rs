@@ -69,13 +69,7 @@ pub fn daily_rollups_by_source<'s>(samples: &SamplesByUser<'s>) -> VecCollection
                 output.push((DayStats { count, sum: OrdF64(sum), min: None, max: None }, 1));
             }
         })
-        .map(|((user_id, metric, local_date, source_id), stats)| DailyRollupBySource {
-            user_id,
-            metric,
-            local_date,
-            source_id,
-            stats,
-        });
+        .map(DailyRollupBySource::of);
 
     let discrete = samples
         .clone()
@@ -94,13 +88,7 @@ pub fn daily_rollups_by_source<'s>(samples: &SamplesByUser<'s>) -> VecCollection
                 output.push((stats, 1));
             }
         })
-        .map(|((user_id, metric, local_date, source_id), stats)| DailyRollupBySource {
-            user_id,
-            metric,
-            local_date,
-            source_id,
-            stats,
-        });
+        .map(DailyRollupBySource::of);
 
     summed.concat(discrete)
 }
@@ -128,6 +116,10 @@ pub struct DailyRollupBySource {
 }
 
 impl DailyRollupBySource {
+    fn of(((user_id, metric, local_date, source_id), stats): (SourceDayKey, DayStats)) -> Self {
+        DailyRollupBySource { user_id, metric, local_date, source_id, stats }
+    }
+
     /// The row of [`DEF`].
     pub fn to_row(&self) -> Row {
         let f = |v: Option<OrdF64>| v.map_or(Datum::Null, Datum::Float);

@@ -165,10 +165,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FramingErrors<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let len: usize = bufs.iter().map(|b| b.len()).sum();
-        if self.protocol == Protocol::Http1 && !self.rewritten && len <= 512 {
-            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-            return self.poll_write(cx, &joined);
+        // hyper writes its automatic answer as one buffer: only a write of one non-empty slice that
+        // starts like it goes through the check (no copy of any other write).
+        let mut non_empty = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (non_empty.next(), non_empty.next())
+            && self.protocol == Protocol::Http1
+            && !self.rewritten
+            && only.starts_with(b"HTTP/1.1 4")
+        {
+            return self.poll_write(cx, only);
         }
         std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)

@@ -377,8 +377,8 @@ pub struct MinuteRun {
 }
 
 /// One hour's CUMULATIVE samples of one metric, reduced to what a session window needs of them in
-/// step 1 of [`impacts`]: the best stream overlapping any part of the hour that is not inside one
-/// minute, found from minute tables instead of the samples one by one, so that a window's
+/// step 1 of [`impacts`]: the best stream overlapping any part of the hour (a window shorter than a
+/// minute included), found from minute tables instead of the samples one by one, so that a window's
 /// candidates do not grow with the hour's sources. Offsets are ms from the hour's start, extents
 /// clipped to the hour. Streams are numbered in rank order (§1.5: rank, then `sourceId`), so the
 /// best of several is the smallest number. Built anew when a sample of the hour changes (O(n log n)
@@ -641,11 +641,12 @@ pub struct WindowStream {
 ///   every minute it holds whole inside the (at most two) hours it partly covers, and meets one by
 ///   one only the samples of the (at most two) minutes it partly covers.
 /// - CUMULATIVE metrics take one source per window (§4), found in two steps. First the window's
-///   best stream: the best stream of every hour it holds whole (one per hour, however many
-///   sources the hour has) and the streams of the samples in the hours it partly covers. Then the
-///   best `sourceId`'s sums, looked up by that `sourceId` in every hour of the window: the hour's
-///   total where the window holds the hour whole, the source's samples one by one where it does
-///   not (and a sample spanning hours in the first hour both touch).
+///   best stream: one candidate per hour it touches, read from that hour's [`HourIndex`] (the
+///   hour's best stream where the window holds the hour whole, else the best overlapping the part
+///   it covers), however many sources the hour has. Then the best `sourceId`'s sums, looked up by
+///   that `sourceId` in every hour of the window: the hour's total where the window holds the hour
+///   whole, the source's samples one by one where it does not (and a sample spanning hours in the
+///   first hour both touch).
 ///
 /// A sample change costs one update per session window covering it; a new session costs
 /// O(hours + 60 · partial hours) lookups plus the samples of its partial blocks; memory holds the

@@ -6,7 +6,6 @@ use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semig
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use vitalflow_schemas::domain::Session;
-use vitalflow_schemas::split::share;
 use vitalflow_schemas::view::{ColumnType::*, RangeVia, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ValueKind, ViewDef};
 
@@ -192,6 +191,25 @@ fn negate(units: i128, fraction: u128) -> (i128, u128) {
     (if fraction == 0 { units.wrapping_neg() } else { !units }, fraction)
 }
 
+impl WindowSum {
+    /// The total divided by `d ≥ 1`, truncated toward zero at 2⁻¹²⁸ (`n` kept).
+    fn divided_by(&self, d: u64) -> Self {
+        let negative = self.units < 0;
+        let (units, fraction) = if negative { negate(self.units, self.fraction) } else { (self.units, self.fraction) };
+        // |total| < 2¹²⁷, so `units` is non-negative here; long division by 64-bit limbs.
+        let (units, d) = (units as u128, u128::from(d));
+        let (q_units, rem) = (units / d, units % d);
+        let (high, low) = (fraction >> 64, fraction & u128::from(u64::MAX));
+        let step = (rem << 64) | high;
+        let (q_high, rem) = (step / d, step % d);
+        let step = (rem << 64) | low;
+        let q_low = step / d;
+        let (units, fraction) = (q_units as i128, (q_high << 64) | q_low);
+        let (units, fraction) = if negative { negate(units, fraction) } else { (units, fraction) };
+        WindowSum { n: self.n, units, fraction }
+    }
+}
+
 impl IsZero for WindowSum {
     fn is_zero(&self) -> bool {
         self.n == 0 && self.units == 0 && self.fraction == 0
@@ -336,12 +354,6 @@ impl HourSample {
     fn hours(&self) -> std::ops::RangeInclusive<i64> {
         let (from, to) = self.extent();
         buckets(from, to)
-    }
-
-    /// Whether one hour bucket holds the sample's extent.
-    fn in_one_hour(&self) -> bool {
-        let hours = self.hours();
-        hours.start() == hours.end()
     }
 
     fn metric_source(&self) -> MetricSource {
@@ -643,14 +655,15 @@ pub struct WindowStream {
 /// - CUMULATIVE metrics take one source per window (§4), found in two steps. First the window's
 ///   best stream: one candidate per hour it touches, read from that hour's [`HourIndex`] (the
 ///   hour's best stream where the window holds the hour whole, else the best overlapping the part
-///   it covers), however many sources the hour has. Then the best `sourceId`'s sums, looked up by
-///   that `sourceId` in every hour of the window: the hour's total where the window holds the hour
-///   whole, the source's samples one by one where it does not (and a sample spanning hours in the
-///   first hour both touch).
+///   it covers), however many sources the hour has. Then the best `sourceId`'s sums in every hour
+///   of the window, read from that source's prefix sums of the hour ([`SourceHour`]) in O(log n),
+///   however many samples the hour has.
 ///
-/// A sample change costs one update per session window covering it; a new session costs
-/// O(hours + 60 · partial hours) lookups plus the samples of its partial blocks; memory holds the
-/// samples, the sessions, per-block sums and a few candidates per window.
+/// A sample change costs one update per session window covering it (CUMULATIVE: the rebuild of
+/// its hours' indexes, O(n log n) in the hour's samples, then O(log n) per session window touching
+/// them); a new session costs O(hours + 60 · partial hours) lookups plus the DISCRETE samples of
+/// its partial minutes; memory holds the samples, the sessions, per-block sums, per-(hour, source)
+/// prefix sums and a few candidates per window.
 pub fn impacts<'s>(
     samples: &SamplesByUser<'s>,
     sessions: VecCollection<'s, Epoch, Session>,
@@ -773,9 +786,9 @@ fn discrete_sums<'s>(
     let one_by_one = partial_minutes
         .join_core(by_minute, |(user, _), sw, x| {
             let (a, b) = sw.bounds();
-            Piece::of(x)
-                .contribution(false, a, b)
-                .map(|sum| ((WindowKey::new(user, &sw.span, x.metric), sw.window), sum))
+            // A DISCRETE sample counts, its value whole, in the window where it starts (§4).
+            (a <= x.start_ms && x.start_ms < b)
+                .then(|| ((WindowKey::new(user, &sw.span, x.metric), sw.window), WindowSum::of(x.value.0)))
         })
         .explode(|(key, sum)| Some((key, sum)));
     from_hours.concat(from_minutes).concat(one_by_one)
@@ -838,11 +851,10 @@ fn cumulative_sums<'s>(
         },
     );
 
-    // Step 2: the best `sourceId`'s sums in every hour of the window, all its classes included:
-    // an hour's total where the window holds the hour whole, its samples of one hour one by one
-    // where it does not, and samples spanning hours in the first hour they share with the window.
+    // Step 2: the best `sourceId`'s sums in every hour of the window, all its classes included,
+    // each read from that source's prefix sums of the hour in O(log n): however many samples the
+    // hour holds, a window meets none of them one by one.
     let by_source = best
-        .clone()
         .flat_map(|(key, (window, source))| {
             let (a, b) = key.bounds(window);
             let wanted = MetricSource { metric: key.metric, source };
@@ -851,36 +863,29 @@ fn cumulative_sums<'s>(
                 .collect::<Vec<_>>()
         })
         .arrange_by_key_named("Impact: best source's hours per window");
-    let hour_totals = touching
-        .clone()
-        .filter(|(_, x)| x.in_one_hour())
-        .explode(|(block, x)| Some(((block, x.metric_source()), WindowSum::of(x.value.0))))
-        .map(|key| (key, ()))
-        .arrange_by_key_named("Impact: cumulative hour totals per source");
-    // Every sample's extent and value under each hour it touches and its `sourceId`: a lookup meets
-    // only the best source's samples, never the hour's other sources.
-    let pieces = touching
-        .map(|(block, x)| ((block, x.metric_source()), Piece::of(&x)))
-        .arrange_by_key_named("Impact: cumulative samples by hour and source");
-    let from_totals = by_source.clone().join_core(hour_totals, |((_, h), _), (key, window), _| {
-        let (a, b) = key.bounds(*window);
-        holds(a, b, BUCKET_MS, *h).then(|| (key.clone(), *window))
-    });
-    let one_by_one = by_source
-        .join_core(pieces, |((_, h), _), (key, window), piece| {
-            let (a, b) = key.bounds(*window);
-            let first_hour = piece.start_ms.div_euclid(BUCKET_MS);
-            let hours = piece.hours();
-            let in_one_hour = hours.start() == hours.end();
-            // A sample of one hour counts here where the window covers that hour in part (the
-            // hour's total holds it where the window holds the hour whole); a sample spanning
-            // hours counts in the first hour it shares with the window.
-            let here =
-                if in_one_hour { !holds(a, b, BUCKET_MS, *h) } else { *h == a.div_euclid(BUCKET_MS).max(first_hour) };
-            here.then(|| piece.contribution(true, a, b)).flatten().map(|sum| ((key.clone(), *window), sum))
+    let source_hours = touching
+        .map(|((user, h), x)| {
+            let h0 = h * BUCKET_MS;
+            let (from, to) = x.extent();
+            (((user, h), x.metric_source()), Span { start: from - h0, end: to - h0, value: x.value })
         })
-        .explode(|(key, sum)| Some((key, sum)));
-    from_totals.concat(one_by_one)
+        .arrange_by_key_named("Impact: cumulative samples by hour and source")
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<((String, i64), MetricSource), SourceHour, Epoch, isize>, _, _>(
+            "Impact: prefix sums per hour and source",
+            |_key, input: &[(&Span, isize)], output: &mut Vec<(SourceHour, isize)>| {
+                output.push((SourceHour::build(input), 1));
+            },
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
+            },
+        );
+    by_source
+        .join_core(source_hours, |((_, h), _), (key, window), hour| {
+            let (a, b) = key.bounds(*window);
+            Some(((key.clone(), *window), hour.window_sum(a, b, *h)?))
+        })
+        .explode(|(key, sum)| Some((key, sum)))
 }
 
 /// The kinds of block a session window meets (see [`impacts`]).
@@ -891,43 +896,163 @@ enum Block {
     PartialMinute,
 }
 
-/// What a window sum needs of one sample: its interval `[start_ms, end_ms)` (UTC ms; equal for an
-/// instantaneous sample) and its value in the metric's canonical unit.
+/// One CUMULATIVE sample of one source as an hour bucket it touches keeps it: its extent
+/// `[start, end)` in ms from the hour's start (an instantaneous sample as `[s, s + 1)`, the
+/// instants where it counts; a sample spanning hours keeps its whole extent, so `start` may be
+/// negative and `end` past the hour) and its value in the metric's canonical unit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Piece {
-    pub start_ms: i64,
-    pub end_ms: i64,
+pub struct Span {
+    pub start: i64,
+    pub end: i64,
     pub value: OrdF64,
 }
 
-impl Piece {
-    fn of(x: &HourSample) -> Self {
-        Piece { start_ms: x.start_ms, end_ms: x.end_ms, value: x.value }
+impl Span {
+    /// Its value per ms (C1: a window takes `value · overlap / duration`) in fixed point, off by
+    /// less than 2⁻¹²⁸ (so `rate · overlap` is off by less than 2⁻¹⁰⁰ for any overlap the G-rules
+    /// allow, whatever the sample's length: a 1 ms share of a day-long sample keeps its digits). An
+    /// instant's rate is never used: no instant `t` lies strictly inside `[s, s + 1)`.
+    fn rate(&self) -> WindowSum {
+        let value = WindowSum { n: 0, ..WindowSum::of(self.value.0) };
+        value.divided_by((self.end - self.start).unsigned_abs().max(1))
+    }
+}
+
+/// Exact sums over samples, `weight` times each: the count (`value.n`), the values, the rates and
+/// rate × start ([`WindowSum`]s with `n = 0` for the last two). Exact, so that a difference of
+/// two prefixes is the exact sum over the samples between them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Moments {
+    pub value: WindowSum,
+    pub rate: WindowSum,
+    pub rate_start: WindowSum,
+}
+
+impl Moments {
+    fn of(span: &Span, weight: i64) -> Self {
+        let rate = span.rate();
+        let weight = weight as isize;
+        Moments {
+            value: WindowSum::of(span.value.0).multiply(&weight),
+            rate: rate.multiply(&weight),
+            rate_start: rate.multiply(&(span.start as isize)).multiply(&weight),
+        }
     }
 
-    /// The hour buckets of a CUMULATIVE sample's extent.
-    fn hours(&self) -> std::ops::RangeInclusive<i64> {
-        buckets(self.start_ms, self.end_ms.max(self.start_ms + 1))
+    fn add(&mut self, other: &Moments) {
+        self.value.plus_equals(&other.value);
+        self.rate.plus_equals(&other.rate);
+        self.rate_start.plus_equals(&other.rate_start);
+    }
+}
+
+/// `a − b`, exactly.
+fn minus(mut a: WindowSum, b: &WindowSum) -> WindowSum {
+    a.plus_equals(&b.multiply(&-1));
+    a
+}
+
+/// Samples between two stored prefix sums of a [`SourceHour`]: a lookup sums at most this many
+/// samples one by one, and the prefix sums take `3 · 48 / PREFIX_EVERY` bytes per sample per order.
+const PREFIX_EVERY: usize = 16;
+
+/// One source's CUMULATIVE samples of one metric touching one hour bucket, as prefix sums that
+/// answer what any part `[a, b)` of the hour adds to a window in O(log n), however many samples
+/// the hour holds (step 2 of [`impacts`]). With `F(t)` the samples' C1 shares of `(−∞, t)`,
+///
+/// `F(t) = Σ_{end ≤ t} value + t · Σ_{start < t < end} rate − Σ_{start < t < end} rate · start`,
+///
+/// the part of a window inside the hour adds `F(b) − F(a)`: the value of a sample it holds whole,
+/// `rate · overlap` of one it cuts. Each straddling sum is a prefix by start minus a prefix by
+/// end, in exact fixed point, so the only rounding is each sample's rate; across the hours of a
+/// window a spanning sample's parts telescope exactly. Built anew when a sample of the source in
+/// the hour changes (O(n log n)).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct SourceHour {
+    /// The samples by start (with their multiplicity).
+    by_start: Vec<(Span, i64)>,
+    /// Indexes into `by_start`, by end.
+    by_end: Vec<u32>,
+    /// Sums over `by_start[..k · PREFIX_EVERY]`, k = 0, 1, ….
+    start_prefixes: Vec<Moments>,
+    /// Sums over the samples of `by_end[..k · PREFIX_EVERY]`.
+    end_prefixes: Vec<Moments>,
+}
+
+impl SourceHour {
+    /// The prefix sums of `input`, the samples by `Span` with their multiplicities.
+    fn build(input: &[(&Span, isize)]) -> Self {
+        let by_start: Vec<(Span, i64)> = input.iter().map(|(span, w)| (**span, *w as i64)).collect();
+        let mut by_end: Vec<u32> = (0..by_start.len() as u32).collect();
+        by_end.sort_by_key(|i| (by_start[*i as usize].0.end, *i));
+        let prefixes = |order: &mut dyn Iterator<Item = &(Span, i64)>| {
+            let mut out = vec![Moments::default()];
+            let mut acc = Moments::default();
+            for (i, (span, w)) in order.enumerate() {
+                acc.add(&Moments::of(span, *w));
+                if (i + 1) % PREFIX_EVERY == 0 {
+                    out.push(acc);
+                }
+            }
+            out
+        };
+        let start_prefixes = prefixes(&mut by_start.iter());
+        let end_prefixes = prefixes(&mut by_end.iter().map(|i| &by_start[*i as usize]));
+        SourceHour { by_start, by_end, start_prefixes, end_prefixes }
     }
 
-    /// Whether the sample counts in the window `[a, b)` (§4): a CUMULATIVE one where it overlaps
-    /// it (an instantaneous one where its instant lies), never in an empty window; a DISCRETE one
-    /// where it starts.
-    fn counts(&self, cumulative: bool, a: i64, b: i64) -> bool {
-        let (s, e) = (self.start_ms, self.end_ms);
-        if cumulative { b > a && if e > s { s < b && e > a } else { a <= s && s < b } } else { a <= s && s < b }
+    /// Sums over the samples starting before `t` (ms from the hour's start).
+    fn starting_before(&self, t: i64) -> Moments {
+        let k = self.by_start.partition_point(|(span, _)| span.start < t);
+        let mut acc = self.start_prefixes[k / PREFIX_EVERY];
+        for (span, w) in &self.by_start[k / PREFIX_EVERY * PREFIX_EVERY..k] {
+            acc.add(&Moments::of(span, *w));
+        }
+        acc
     }
 
-    /// What the sample adds to the window `[a, b)` if it counts there (§4): CUMULATIVE, its C1
-    /// share of the window (the whole value when the window holds it whole); DISCRETE, its value.
-    fn contribution(&self, cumulative: bool, a: i64, b: i64) -> Option<WindowSum> {
-        if !self.counts(cumulative, a, b) {
+    /// Sums over the samples ending by `t`.
+    fn ending_by(&self, t: i64) -> Moments {
+        let k = self.by_end.partition_point(|i| self.by_start[*i as usize].0.end <= t);
+        let mut acc = self.end_prefixes[k / PREFIX_EVERY];
+        for i in &self.by_end[k / PREFIX_EVERY * PREFIX_EVERY..k] {
+            let (span, w) = &self.by_start[*i as usize];
+            acc.add(&Moments::of(span, *w));
+        }
+        acc
+    }
+
+    /// `F(t)` (see above) with its `n` the samples ending by `t`.
+    fn shares_before(&self, t: i64) -> (WindowSum, Moments, Moments) {
+        let (starting, ending) = (self.starting_before(t), self.ending_by(t));
+        let straddling = minus(starting.rate, &ending.rate).multiply(&(t as isize));
+        let mut f = minus(ending.value, &minus(starting.rate_start, &ending.rate_start));
+        f.plus_equals(&straddling);
+        (f, starting, ending)
+    }
+
+    /// What these samples add to the window `[a, b)` (UTC ms) within hour bucket `hour` (§4):
+    /// their C1 shares of the part of the window inside the hour, and as `n` the samples that
+    /// overlap the window and are counted here, each in the first hour it shares with the window
+    /// (the window's first hour for a sample begun before it, else its start hour). `None` when
+    /// the window misses the hour or adds nothing here.
+    fn window_sum(&self, a: i64, b: i64, hour: i64) -> Option<WindowSum> {
+        let h0 = hour * BUCKET_MS;
+        let (lo, hi) = (a.max(h0) - h0, b.min(h0 + BUCKET_MS) - h0);
+        if lo >= hi {
             return None;
         }
-        let inside = a <= self.start_ms && self.end_ms <= b;
-        let add =
-            if cumulative && !inside { share(self.start_ms, self.end_ms, self.value.0, a, b) } else { self.value.0 };
-        Some(WindowSum::of(add))
+        let (at_hi, begun_hi, _) = self.shares_before(hi);
+        let (at_lo, _, ended_lo) = self.shares_before(lo);
+        let mut sum = minus(at_hi, &at_lo);
+        // Overlapping `[lo, hi)`: begun before `hi` and not ended by `lo`. A later hour of the
+        // window counts only the samples starting in it.
+        sum.n = if lo == a - h0 {
+            begun_hi.value.n - ended_lo.value.n
+        } else {
+            begun_hi.value.n - self.starting_before(0).value.n
+        };
+        (!sum.is_zero()).then_some(sum)
     }
 }
 
@@ -978,6 +1103,7 @@ pub fn session_impacts<'s>(impacts: VecCollection<'s, Epoch, Impact>) -> VecColl
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vitalflow_schemas::split::share;
 
     fn values() -> Vec<f64> {
         let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -1054,6 +1180,82 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, ..Default::default() })]
+
+        /// A source's prefix sums, summed over the hours of a window, give what summing every
+        /// sample's C1 share does (`n` exactly, the total to 1e-12 of the shares' magnitude):
+        /// instants, samples within one hour, spanning hours and overlapping each other, equal
+        /// samples counted twice, windows of 1 ms to five hours on and off the hour.
+        #[test]
+        fn prefix_sums_give_the_shares_a_scan_gives(
+            samples in proptest::collection::vec((0..4u8, 0..4u8, 0..18_000_000i64, 0..4u8, -1e6..1e9f64, 1..3i64), 1..60),
+            windows in proptest::collection::vec((0..18_000_000i64, 0..4u8, 0..6u8), 1..12),
+        ) {
+            let snap = |v: i64, how: u8| match how {
+                0 => v - v.rem_euclid(MINUTE_MS),
+                1 => v - v.rem_euclid(BUCKET_MS),
+                _ => v,
+            };
+            let spans: Vec<(i64, i64, f64, i64)> = samples
+                .iter()
+                .map(|(how_s, how_e, start, len, value, weight)| {
+                    let s = snap(start - 1_000_000, *how_s);
+                    let e = match len {
+                        0 => s,
+                        1 => s + 1 + start % 7_000,
+                        2 => snap(s + start % 9_000_000, *how_e).max(s + 1),
+                        _ => s + 3_600_000 + start % 50_000_000,
+                    };
+                    (s, e, *value, *weight)
+                })
+                .collect();
+            let hours: std::collections::BTreeSet<i64> =
+                spans.iter().flat_map(|(s, e, _, _)| buckets(*s, (*e).max(s + 1))).collect();
+            let index: std::collections::BTreeMap<i64, SourceHour> = hours
+                .iter()
+                .map(|h| {
+                    let mut input: Vec<(Span, isize)> = spans
+                        .iter()
+                        .filter(|(s, e, _, _)| buckets(*s, (*e).max(s + 1)).contains(h))
+                        .map(|(s, e, v, w)| {
+                            let e = (*e).max(s + 1);
+                            (Span { start: s - h * BUCKET_MS, end: e - h * BUCKET_MS, value: OrdF64(*v) }, *w as isize)
+                        })
+                        .collect();
+                    input.sort();
+                    let refs: Vec<(&Span, isize)> = input.iter().map(|(x, w)| (x, *w)).collect();
+                    (*h, SourceHour::build(&refs))
+                })
+                .collect();
+            for (a, how, len) in windows {
+                let a = snap(a - 1_000_000, how);
+                let b = a + [1, 999, 60_000, 3_600_000, 7_200_000, 18_000_001][usize::from(len)];
+                let (mut want, mut want_n, mut magnitude) = (0.0, 0, 0.0);
+                for (s, e, v, w) in &spans {
+                    let overlaps = if e > s { *s < b && *e > a } else { a <= *s && *s < b };
+                    if overlaps {
+                        let add = share(*s, *e, *v, a, b) * *w as f64;
+                        want += add;
+                        magnitude += add.abs();
+                        want_n += w;
+                    }
+                }
+                let mut got = WindowSum::default();
+                for h in buckets(a, b) {
+                    if let Some(sum) = index.get(&h).and_then(|x| x.window_sum(a, b, h)) {
+                        got.plus_equals(&sum);
+                    }
+                }
+                proptest::prop_assert_eq!(got.n, want_n, "n of [{}, {})", a, b);
+                proptest::prop_assert!(
+                    (got.total_f64() - want).abs() <= 1e-12 * magnitude.max(1e-300),
+                    "sum of [{}, {}): {} vs {}", a, b, got.total_f64(), want
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_window_sum_holds_any_value_exactly() {
         for v in values() {
@@ -1088,6 +1290,32 @@ mod tests {
         let mut tiny = WindowSum::of(1e-21);
         tiny.plus_equals(&WindowSum::of(2e-21));
         assert!((tiny.total_f64() - 3e-21).abs() <= 1e-15 * 3e-21, "{}", tiny.total_f64());
+    }
+
+    #[test]
+    fn dividing_a_window_sum_truncates_at_its_last_bit() {
+        for v in values().into_iter().step_by(7) {
+            for d in [1u64, 3, 7, 1_000, 60_000, 3_600_000, 86_400_000, 90_061_001, u64::MAX >> 1] {
+                let q = WindowSum::of(v).divided_by(d);
+                // q · d is within d units of 2⁻¹²⁸ of v, below it in magnitude.
+                let back = q.multiply(&(d as isize));
+                let (gap_units, gap_fraction) = {
+                    let mut gap = WindowSum::of(v);
+                    gap.plus_equals(&back.multiply(&-1));
+                    (gap.units, gap.fraction)
+                };
+                let toward_zero =
+                    if v >= 0.0 { gap_units == 0 } else { gap_units == -1 || (gap_units, gap_fraction) == (0, 0) };
+                assert!(toward_zero, "{v:e} / {d}: gap {gap_units} {gap_fraction}");
+                let gap = if v >= 0.0 { gap_fraction } else { gap_fraction.wrapping_neg() };
+                assert!(gap < u128::from(d), "{v:e} / {d}: gap {gap}");
+                let want = v / d as f64;
+                assert!(
+                    (q.total_f64() - want).abs() <= 2.0 * f64::EPSILON * want.abs() + 2f64.powi(-127),
+                    "{v:e} / {d}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,174 @@
+//! The single-worker kernel of each view (issue 13): every view maintained alone by one timely
+//! worker, fed the issue-5 workload (benches/support/workload.rs) as validated records, one epoch
+//! per request, as the writer would feed it (an edit is a retraction and an insertion, a deletion
+//! a retraction). No HTTP, no store, no snapshot: the time from the first epoch pushed to the
+//! view's frontier passing the last one, and the input updates per second it gives.
+//!
+//! `cargo bench --bench views -- [--users 12] [--days 30] [--runs 3] [--views a,b]`
+//!
+//! A view built on another (`weekly_steps` on `daily_rollups`, `product_impacts` on
+//! `session_impacts`) includes what it is built on. Prints one JSON line per view and a
+//! Markdown table.
+
+#[allow(dead_code)]
+#[path = "support/workload.rs"]
+mod workload;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use vitalflow_dataflows::registry::{VIEWS, ViewSpec};
+use vitalflow_dataflows::runtime::Runtime;
+use vitalflow_ingest::http::parse_batch;
+use vitalflow_schemas::domain::{DomainChange, parse_change};
+use vitalflow_schemas::validate::{RequestContext, validate_sample};
+use vitalflow_schemas::{Change, EpochBatch, Limits, Sample, Zone};
+
+/// The workload as the dataflow sees it, and its size.
+struct Epochs {
+    batches: Vec<EpochBatch>,
+    updates: usize,
+    samples: usize,
+    sessions: usize,
+}
+
+/// A sample's identity in the store (I3): user, source, record.
+type RecordKey = (String, String, String);
+
+/// Validates the workload into epochs: domain changes first (epoch 1), then one epoch per batch.
+fn epochs(users: usize, days: usize) -> Epochs {
+    let w = workload::generate(users, days, 500, 1);
+    let limits = Limits::default();
+    // After the workload's last day, so that G6 takes every instant as past.
+    let received_at_ms = 1_709_251_200_000 + (days as i64 + 30) * 86_400_000;
+    let mut batches = Vec::new();
+    let mut domain = Vec::new();
+    let mut sessions = 0;
+    for request in &w.domain {
+        for change in request["changes"].as_array().into_iter().flatten() {
+            match parse_change(change, received_at_ms, &limits) {
+                Ok(DomainChange::UpsertSession(s)) => {
+                    sessions += 1;
+                    domain.push(Change::Session(s.resolve(None), 1));
+                }
+                Ok(DomainChange::UpsertProduct(p)) => domain.push(Change::Product(p, 1)),
+                Ok(other) => panic!("the workload has no {other:?}"),
+                Err(e) => panic!("workload domain change refused: {e:?}"),
+            }
+        }
+    }
+    batches.push(EpochBatch { epoch: 1, changes: domain });
+    let mut store: HashMap<RecordKey, Sample> = HashMap::new();
+    let mut samples = 0;
+    for body in &w.batches {
+        let (req, _) = parse_batch(axum::body::Bytes::from(body.clone()), &limits)
+            .unwrap_or_else(|e| panic!("workload batch refused: {e:?}"));
+        let zone = req.device_time_zone.as_deref().and_then(Zone::parse);
+        let ctx = RequestContext {
+            user_id: &req.user_id,
+            platform: req.platform.as_deref(),
+            device_zone: zone,
+            profile: None,
+            received_at_ms,
+            limits: &limits,
+        };
+        let mut changes = Vec::new();
+        for ws in &req.samples {
+            let sample = validate_sample(ws, &ctx).unwrap_or_else(|e| panic!("workload sample refused: {e:?}")).sample;
+            let key = (sample.user_id.clone(), sample.source_id.clone(), sample.source_record_id.clone());
+            if let Some(old) = store.insert(key, sample.clone()) {
+                changes.push(Change::Sample(old, -1));
+            }
+            changes.push(Change::Sample(sample, 1));
+            samples += 1;
+        }
+        for d in &req.deletions {
+            let key = (req.user_id.clone(), d.source_id.clone(), d.source_record_id.clone());
+            if let Some(old) = store.remove(&key) {
+                changes.push(Change::Sample(old, -1));
+            }
+        }
+        let epoch = batches.len() as u64 + 1;
+        batches.push(EpochBatch { epoch, changes });
+    }
+    let updates = batches.iter().map(|b| b.changes.len()).sum();
+    Epochs { batches, updates, samples, sessions }
+}
+
+/// One run of `view` alone on one worker: seconds until its frontier passes the last epoch, and
+/// the output updates it produced.
+fn run(view: ViewSpec, epochs: &Epochs) -> (f64, usize) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut runtime = Runtime::start(1, vec![view], tx).unwrap_or_else(|e| panic!("{e}"));
+    let last = epochs.batches.last().map_or(0, |b| b.epoch);
+    let batches = epochs.batches.clone();
+    let start = Instant::now();
+    // Pushing and draining on two threads: the worker queue is bounded.
+    let drain = std::thread::spawn(move || {
+        let mut out = 0;
+        for progress in rx {
+            out += progress.updates.len();
+            if progress.frontier > last {
+                break;
+            }
+        }
+        out
+    });
+    for batch in batches {
+        runtime.push(batch).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let out = drain.join().unwrap_or(0);
+    let seconds = start.elapsed().as_secs_f64();
+    runtime.shutdown();
+    (seconds, out)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let num = |name: &str, default: usize| flag(name).and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (users, days, runs) = (num("--users", 12), num("--days", 30), num("--runs", 3).max(1));
+    let only: Option<Vec<String>> = flag("--views").map(|v| v.split(',').map(str::to_owned).collect());
+    let t = Instant::now();
+    let epochs = epochs(users, days);
+    eprintln!(
+        "workload: {users} users × {days} days: {} samples, {} sessions, {} input updates in {} epochs ({:.1} s to build)",
+        epochs.samples,
+        epochs.sessions,
+        epochs.updates,
+        epochs.batches.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let mut table = Vec::new();
+    for view in VIEWS.iter().filter(|v| only.as_ref().is_none_or(|o| o.iter().any(|n| n == v.def.name))) {
+        let mut times: Vec<f64> = Vec::new();
+        let mut out = 0;
+        for _ in 0..runs {
+            let (s, o) = run(*view, &epochs);
+            times.push(s);
+            out = o;
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let line = serde_json::json!({
+            "view": view.def.name, "runs": runs, "median_s": median, "min_s": times[0],
+            "max_s": times[times.len() - 1], "input_updates": epochs.updates,
+            "updates_per_s": (epochs.updates as f64 / median).round(), "output_updates": out,
+        });
+        println!("{line}");
+        table.push(line);
+    }
+    println!("\n| view | median s (min–max) | input updates/s | output updates |\n|---|---|---|---|");
+    for l in &table {
+        let f = |k: &str| l[k].as_f64().unwrap_or(0.0);
+        println!(
+            "| `{}` | {:.2} ({:.2}–{:.2}) | {:.0} | {} |",
+            l["view"].as_str().unwrap_or(""),
+            f("median_s"),
+            f("min_s"),
+            f("max_s"),
+            f("updates_per_s"),
+            l["output_updates"].as_u64().unwrap_or(0)
+        );
+    }
+}

@@ -262,32 +262,18 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
     let acks = Arc::new(Mutex::new(Vec::new()));
     let visible = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // reads: point reads and a whole-view SQL aggregate, back to back, while the stream runs.
+    // reads: point reads and a whole-view SQL aggregate, back to back, while the stream runs. The
+    // reader has a thread, a runtime and a client of its own, so that its timings measure the
+    // server, not the driver's queue of sync tasks (the driver shares the two cores).
     let readers = if late {
         None
     } else {
-        let (client, base, stop, users) = (client.clone(), base.to_owned(), stop.clone(), args.users.max(1));
-        Some(tokio::spawn(async move {
-            let (mut point, mut sql, mut i) = (Vec::new(), Vec::new(), 0usize);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let t = Instant::now();
-                let r =
-                    client.get(format!("{base}/v1/users/user-{}/daily-rollups?metric=steps", i % users)).send().await;
-                if r.is_ok_and(|r| r.status().is_success()) {
-                    point.push(t.elapsed().as_secs_f64() * 1000.0);
-                }
-                if i % 20 == 0 {
-                    let t = Instant::now();
-                    let body = json!({"sql": "SELECT metric, count(*) AS n, sum(sum) AS s FROM daily_rollups GROUP BY metric"});
-                    let r = client.post(format!("{base}/v1/sql")).json(&body).send().await;
-                    if r.is_ok_and(|r| r.status().is_success()) {
-                        sql.push(t.elapsed().as_secs_f64() * 1000.0);
-                    }
-                }
-                i += 1;
-            }
-            (point, sql)
-        }))
+        let (base, stop, users) = (base.to_owned(), stop.clone(), args.users.max(1));
+        let reader = move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("reader runtime");
+            runtime.block_on(reader_loop(base, stop, users))
+        };
+        Some(std::thread::spawn(reader))
     };
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let mut ticker = tokio::time::interval(interval);
@@ -370,10 +356,38 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
         "ack_ms": percentiles(acks), "ack_to_visible_ms": percentiles(visible),
     });
     if let Some(r) = readers {
-        let (point, sql) = r.await.unwrap_or_default();
+        let (point, sql) = r.join().unwrap_or_default();
         out["reads"] = json!({"point_read_ms": percentiles(point), "sql_aggregate_ms": percentiles(sql)});
     }
     out
+}
+
+/// Point reads and, every 20th, a whole-view SQL aggregate, back to back until `stop`: their
+/// latencies in ms.
+async fn reader_loop(
+    base: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    users: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let client = reqwest::Client::new();
+    let (mut point, mut sql, mut i) = (Vec::new(), Vec::new(), 0usize);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let t = Instant::now();
+        let r = client.get(format!("{base}/v1/users/user-{}/daily-rollups?metric=steps", i % users)).send().await;
+        if r.is_ok_and(|r| r.status().is_success()) {
+            point.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        if i % 20 == 0 {
+            let t = Instant::now();
+            let body = json!({"sql": "SELECT metric, count(*) AS n, sum(sum) AS s FROM daily_rollups GROUP BY metric"});
+            let r = client.post(format!("{base}/v1/sql")).json(&body).send().await;
+            if r.is_ok_and(|r| r.status().is_success()) {
+                sql.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        i += 1;
+    }
+    (point, sql)
 }
 
 /// Produces every batch to the samples topic while the server consumes; waits until every record

@@ -10,6 +10,10 @@
 //! `session_impacts`) includes what it is built on. Prints one JSON line per view and a
 //! Markdown table.
 
+/// The server's allocator, so that the kernel allocates as the server does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[allow(dead_code)]
 #[path = "support/workload.rs"]
 mod workload;

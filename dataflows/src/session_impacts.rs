@@ -568,12 +568,13 @@ impl HourIndex {
             }
             return self.stream(best);
         }
-        // Whole minutes: every sample touching them overlaps.
+        // Whole minutes `lo..hi` (none when `lo ≥ hi`: a window of two partly covered minutes):
+        // every sample touching them overlaps.
         let (lo, hi) = ((a + minute - 1) / minute, b / minute);
         let mut best = self
             .runs
             .iter()
-            .filter(|r| i32::from(r.last) >= lo && i32::from(r.first) < hi)
+            .filter(|r| lo < hi && i32::from(r.last) >= lo && i32::from(r.first) < hi)
             .map(|r| r.touching)
             .min()
             .unwrap_or(NO_STREAM);
@@ -908,19 +909,47 @@ pub struct Span {
 }
 
 impl Span {
-    /// Its value per ms (C1: a window takes `value · overlap / duration`) in fixed point, off by
-    /// less than 2⁻¹²⁸ (so `rate · overlap` is off by less than 2⁻¹⁰⁰ for any overlap the G-rules
-    /// allow, whatever the sample's length: a 1 ms share of a day-long sample keeps its digits). An
-    /// instant's rate is never used: no instant `t` lies strictly inside `[s, s + 1)`.
+    /// Its value per ms (C1: a window takes `value · overlap / duration`), in [`SCALED`] fixed
+    /// point: off by less than 2⁻¹⁹² per ms, so `rate · overlap` is off by less than 2⁻¹⁶⁵ for any
+    /// overlap the G-rules allow, and the parts of a share are exact to the 2⁻¹²⁸ a [`WindowSum`]
+    /// keeps, whatever the sample's length. An instant's rate is never used: no instant `t` lies
+    /// strictly inside `[s, s + 1)`.
     fn rate(&self) -> WindowSum {
-        let value = WindowSum { n: 0, ..WindowSum::of(self.value.0) };
-        value.divided_by((self.end - self.start).unsigned_abs().max(1))
+        scaled_up(self.value.0).divided_by((self.end - self.start).unsigned_abs().max(1))
     }
 }
 
-/// Exact sums over samples, `weight` times each: the count (`value.n`), the values, the rates and
-/// rate × start ([`WindowSum`]s with `n = 0` for the last two). Exact, so that a difference of
-/// two prefixes is the exact sum over the samples between them.
+/// The sums of [`SourceHour`] are kept 2⁶⁴ times larger than the values they stand for (a
+/// [`WindowSum`] holding `x · 2⁶⁴`), so that a rate's truncation lies 64 bits below what a
+/// `WindowSum` keeps: without it, `value − rate · elapsed` (the part of a sample after `t`) was
+/// off by up to 2⁻¹²⁸ · duration, which is 10⁻⁹ of a 1 ms share of a day-long sample of 10⁻¹⁴.
+/// |value| ≤ 10⁹ (G-bounds), so `value · 2⁶⁴` fits.
+const SCALED: u32 = 64;
+
+/// `v · 2⁶⁴` as a [`WindowSum`] (`n = 0`), exactly (as [`WindowSum::of`]).
+fn scaled_up(v: f64) -> WindowSum {
+    let x = WindowSum::of(v);
+    let units = (x.units << SCALED) | (x.fraction >> (128 - SCALED)) as i128;
+    WindowSum { n: 0, units, fraction: x.fraction << SCALED }
+}
+
+/// `x / 2⁶⁴`, rounded toward −∞ at 2⁻¹²⁸ (`n` kept): the value a scaled sum stands for.
+fn scaled_down(x: WindowSum) -> WindowSum {
+    let fraction = (x.fraction >> SCALED) | ((x.units as u128) << (128 - SCALED));
+    WindowSum { n: x.n, units: x.units >> SCALED, fraction }
+}
+
+/// One sample of a [`SourceHour`] with its multiplicity and its rate (see [`Span::rate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Entry {
+    pub span: Span,
+    pub weight: i64,
+    rate: WindowSum,
+}
+
+/// Exact sums over samples, `weight` times each, in [`SCALED`] fixed point: the count
+/// (`value.n`), the values, the rates and rate × start. Exact, so that a difference of two
+/// prefixes is the exact sum over the samples between them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Moments {
     pub value: WindowSum,
@@ -929,13 +958,13 @@ pub struct Moments {
 }
 
 impl Moments {
-    fn of(span: &Span, weight: i64) -> Self {
-        let rate = span.rate();
-        let weight = weight as isize;
+    fn of(entry: &Entry) -> Self {
+        let weight = entry.weight as isize;
+        let rate = entry.rate.multiply(&weight);
         Moments {
-            value: WindowSum::of(span.value.0).multiply(&weight),
-            rate: rate.multiply(&weight),
-            rate_start: rate.multiply(&(span.start as isize)).multiply(&weight),
+            value: WindowSum { n: entry.weight, ..scaled_up(entry.span.value.0).multiply(&weight) },
+            rate,
+            rate_start: rate.multiply(&(entry.span.start as isize)),
         }
     }
 
@@ -964,32 +993,38 @@ const PREFIX_EVERY: usize = 16;
 ///
 /// the part of a window inside the hour adds `F(b) − F(a)`: the value of a sample it holds whole,
 /// `rate · overlap` of one it cuts. Each straddling sum is a prefix by start minus a prefix by
-/// end, in exact fixed point, so the only rounding is each sample's rate; across the hours of a
-/// window a spanning sample's parts telescope exactly. Built anew when a sample of the source in
-/// the hour changes (O(n log n)).
+/// end, in exact fixed point, so the only rounding is each sample's rate (2⁻¹⁹² per ms); across
+/// the hours of a window a spanning sample's parts telescope exactly. The whole hour's sum is
+/// kept apart, so a window holding the hour reads it in O(1). Built anew when a sample of the
+/// source in the hour changes (O(n log n)).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SourceHour {
-    /// The samples by start (with their multiplicity).
-    by_start: Vec<(Span, i64)>,
+    /// The samples by start.
+    by_start: Vec<Entry>,
     /// Indexes into `by_start`, by end.
     by_end: Vec<u32>,
     /// Sums over `by_start[..k · PREFIX_EVERY]`, k = 0, 1, ….
     start_prefixes: Vec<Moments>,
     /// Sums over the samples of `by_end[..k · PREFIX_EVERY]`.
     end_prefixes: Vec<Moments>,
+    /// What the whole hour adds (`n`: every sample, as they all touch it).
+    whole: WindowSum,
+    /// The samples starting in the hour (what a window begun in an earlier hour counts here).
+    starting_here: i64,
 }
 
 impl SourceHour {
     /// The prefix sums of `input`, the samples by `Span` with their multiplicities.
     fn build(input: &[(&Span, isize)]) -> Self {
-        let by_start: Vec<(Span, i64)> = input.iter().map(|(span, w)| (**span, *w as i64)).collect();
+        let by_start: Vec<Entry> =
+            input.iter().map(|(span, w)| Entry { span: **span, weight: *w as i64, rate: span.rate() }).collect();
         let mut by_end: Vec<u32> = (0..by_start.len() as u32).collect();
-        by_end.sort_by_key(|i| (by_start[*i as usize].0.end, *i));
-        let prefixes = |order: &mut dyn Iterator<Item = &(Span, i64)>| {
+        by_end.sort_by_key(|i| (by_start[*i as usize].span.end, *i));
+        let prefixes = |order: &mut dyn Iterator<Item = &Entry>| {
             let mut out = vec![Moments::default()];
             let mut acc = Moments::default();
-            for (i, (span, w)) in order.enumerate() {
-                acc.add(&Moments::of(span, *w));
+            for (i, entry) in order.enumerate() {
+                acc.add(&Moments::of(entry));
                 if (i + 1) % PREFIX_EVERY == 0 {
                     out.push(acc);
                 }
@@ -998,31 +1033,36 @@ impl SourceHour {
         };
         let start_prefixes = prefixes(&mut by_start.iter());
         let end_prefixes = prefixes(&mut by_end.iter().map(|i| &by_start[*i as usize]));
-        SourceHour { by_start, by_end, start_prefixes, end_prefixes }
+        let starting_here = by_start.iter().filter(|e| e.span.start >= 0).map(|e| e.weight).sum();
+        let mut hour =
+            SourceHour { by_start, by_end, start_prefixes, end_prefixes, whole: WindowSum::default(), starting_here };
+        let (at_end, all, _) = hour.shares_before(BUCKET_MS);
+        let (at_start, _, _) = hour.shares_before(0);
+        hour.whole = WindowSum { n: all.value.n, ..scaled_down(minus(at_end, &at_start)) };
+        hour
     }
 
     /// Sums over the samples starting before `t` (ms from the hour's start).
     fn starting_before(&self, t: i64) -> Moments {
-        let k = self.by_start.partition_point(|(span, _)| span.start < t);
+        let k = self.by_start.partition_point(|e| e.span.start < t);
         let mut acc = self.start_prefixes[k / PREFIX_EVERY];
-        for (span, w) in &self.by_start[k / PREFIX_EVERY * PREFIX_EVERY..k] {
-            acc.add(&Moments::of(span, *w));
+        for entry in &self.by_start[k / PREFIX_EVERY * PREFIX_EVERY..k] {
+            acc.add(&Moments::of(entry));
         }
         acc
     }
 
     /// Sums over the samples ending by `t`.
     fn ending_by(&self, t: i64) -> Moments {
-        let k = self.by_end.partition_point(|i| self.by_start[*i as usize].0.end <= t);
+        let k = self.by_end.partition_point(|i| self.by_start[*i as usize].span.end <= t);
         let mut acc = self.end_prefixes[k / PREFIX_EVERY];
         for i in &self.by_end[k / PREFIX_EVERY * PREFIX_EVERY..k] {
-            let (span, w) = &self.by_start[*i as usize];
-            acc.add(&Moments::of(span, *w));
+            acc.add(&Moments::of(&self.by_start[*i as usize]));
         }
         acc
     }
 
-    /// `F(t)` (see above) with its `n` the samples ending by `t`.
+    /// `F(t)` (see above, scaled), and the sums over the samples begun before `t` and ended by it.
     fn shares_before(&self, t: i64) -> (WindowSum, Moments, Moments) {
         let (starting, ending) = (self.starting_before(t), self.ending_by(t));
         let straddling = minus(starting.rate, &ending.rate).multiply(&(t as isize));
@@ -1042,15 +1082,20 @@ impl SourceHour {
         if lo >= hi {
             return None;
         }
-        let (at_hi, begun_hi, _) = self.shares_before(hi);
-        let (at_lo, _, ended_lo) = self.shares_before(lo);
-        let mut sum = minus(at_hi, &at_lo);
-        // Overlapping `[lo, hi)`: begun before `hi` and not ended by `lo`. A later hour of the
-        // window counts only the samples starting in it.
-        sum.n = if lo == a - h0 {
-            begun_hi.value.n - ended_lo.value.n
+        let first_hour = lo == a - h0;
+        let sum = if lo == 0 && hi == BUCKET_MS {
+            WindowSum { n: if first_hour { self.whole.n } else { self.starting_here }, ..self.whole }
         } else {
-            begun_hi.value.n - self.starting_before(0).value.n
+            let (at_hi, begun_hi, _) = self.shares_before(hi);
+            let (at_lo, _, ended_lo) = self.shares_before(lo);
+            // Overlapping `[lo, hi)`: begun before `hi` and not ended by `lo`. A later hour of the
+            // window counts only the samples starting in it.
+            let n = if first_hour {
+                begun_hi.value.n - ended_lo.value.n
+            } else {
+                begun_hi.value.n - self.starting_before(0).value.n
+            };
+            WindowSum { n, ..scaled_down(minus(at_hi, &at_lo)) }
         };
         (!sum.is_zero()).then_some(sum)
     }
@@ -1189,7 +1234,7 @@ mod tests {
         /// samples counted twice, windows of 1 ms to five hours on and off the hour.
         #[test]
         fn prefix_sums_give_the_shares_a_scan_gives(
-            samples in proptest::collection::vec((0..4u8, 0..4u8, 0..18_000_000i64, 0..4u8, -1e6..1e9f64, 1..3i64), 1..60),
+            samples in proptest::collection::vec((0..4u8, 0..4u8, 0..18_000_000i64, 0..4u8, -20.0..9.0f64, 1..3i64), 1..60),
             windows in proptest::collection::vec((0..18_000_000i64, 0..4u8, 0..6u8), 1..12),
         ) {
             let snap = |v: i64, how: u8| match how {
@@ -1207,7 +1252,9 @@ mod tests {
                         2 => snap(s + start % 9_000_000, *how_e).max(s + 1),
                         _ => s + 3_600_000 + start % 50_000_000,
                     };
-                    (s, e, *value, *weight)
+                    // Magnitudes from 10⁻²⁰ to 10⁹ (the G-bound), both signs.
+                    let v = 10f64.powf(*value) * if start % 3 == 0 { -1.0 } else { 1.0 };
+                    (s, e, v, *weight)
                 })
                 .collect();
             let hours: std::collections::BTreeSet<i64> =
@@ -1248,12 +1295,64 @@ mod tests {
                     }
                 }
                 proptest::prop_assert_eq!(got.n, want_n, "n of [{}, {})", a, b);
+                // The shares' own f64 rounding is 1e-16 of each; the fixed point keeps 2⁻¹²⁸.
                 proptest::prop_assert!(
-                    (got.total_f64() - want).abs() <= 1e-12 * magnitude.max(1e-300),
+                    (got.total_f64() - want).abs() <= 1e-13 * magnitude + 1e-37,
                     "sum of [{}, {}): {} vs {}", a, b, got.total_f64(), want
                 );
             }
         }
+    }
+
+    /// A 1 ms share of a day-long sample of 10⁻¹⁴ keeps its digits (a break attempt found the
+    /// rate's truncation at 2⁻¹²⁸ per ms off by 2·10⁻⁹ of it, enough to break G4 on a percentage).
+    #[test]
+    fn a_tiny_share_of_a_long_sample_keeps_its_digits() {
+        for v in [1e-14, 1e-15, 1e-20, 3.3e-7, 1e9] {
+            let hour = 24i64;
+            let h0 = hour * BUCKET_MS;
+            // Ends 1 ms into the hour; began 24 h before.
+            let span = Span { start: 1 - 86_400_000, end: 1, value: OrdF64(v) };
+            let index = SourceHour::build(&[(&span, 1)]);
+            let got = index.window_sum(h0, h0 + 600_000, hour).map(|x| x.total_f64()).unwrap_or(f64::NAN);
+            let want = v / 86_400_000.0;
+            // A `WindowSum` keeps 2⁻¹²⁸ (1e-20 gives a share of 1e-28: 35 bits).
+            assert!((got - want).abs() <= 1e-15 * want + 2f64.powi(-124), "{v:e}: {got:e} vs {want:e}");
+            // The rest of the day telescopes to the value: hour by hour, exactly.
+            let mut total = WindowSum::default();
+            for h in hour - 24..=hour {
+                let span =
+                    Span { start: span.start + (hour - h) * BUCKET_MS, end: span.end + (hour - h) * BUCKET_MS, ..span };
+                if let Some(x) = SourceHour::build(&[(&span, 1)]).window_sum(h0 - 86_400_000, h0 + 1, h) {
+                    total.plus_equals(&x);
+                }
+            }
+            assert_eq!((total.n, total.total_f64()), (1, v), "{v:e}");
+        }
+    }
+
+    /// A window of two partly covered minutes holds no whole minute: a run of minutes with one
+    /// best stream does not count as overlapping it (found by a break attempt).
+    #[test]
+    fn a_window_across_one_minute_boundary_sees_only_what_overlaps_it() {
+        let hour = 10i64;
+        let h0 = hour * BUCKET_MS;
+        let sample = |source: &str, rank: u8, a: i64, b: i64| HourSample {
+            metric: Metric::Steps,
+            start_ms: h0 + a,
+            end_ms: h0 + b,
+            value: OrdF64(1.0),
+            rank,
+            source_id: source.into(),
+        };
+        let xs = [
+            sample("a-manual", 0, 10_000, 20_000),
+            sample("a-manual", 0, 90_000, 100_000),
+            sample("b-phone", 3, -1_800_000, 1_800_000),
+        ];
+        let index = HourIndex::build(Metric::Steps, hour, xs.iter());
+        assert_eq!(index.best_in(h0 + 40_000, h0 + 80_000, hour), Some(&(3, "b-phone".to_owned())));
+        assert_eq!(index.best_in(h0 + 15_000, h0 + 80_000, hour), Some(&(0, "a-manual".to_owned())));
     }
 
     #[test]

@@ -63,6 +63,9 @@ for k in range(0, len(changes), 500):
 r = get(f"/v1/users/u1/session-impacts?minEpoch={epoch}&waitMs=900000")
 took = time.time() - start
 rows = r["rows"]
+import os
+if os.environ.get("DUMP_ROWS"):
+    json.dump(rows, open(os.environ["DUMP_ROWS"], "w"), sort_keys=True, indent=0)
 print(json.dumps({"binary": binary, "sources": nsrc, "sessions": nsess, "partial": partial, "short": short, "visible_s": round(took, 1),
                   "peak_and_current_rss_kb": list(rss()), "rows": len(rows),
                   "digest": hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]}))

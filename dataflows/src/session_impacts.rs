@@ -145,15 +145,32 @@ impl WindowSum {
         WindowSum { n: 1, units, fraction }
     }
 
-    /// The total in the metric's canonical unit: the exact sum, rounded once or twice.
+    /// The total in the metric's canonical unit: the exact sum, rounded once (to nearest, ties to
+    /// even).
     pub fn total_f64(&self) -> f64 {
-        const TWO_POW_128: f64 = 340_282_366_920_938_463_463_374_607_431_768_211_456.0;
         let (negative, (units, fraction)) = if self.units < 0 {
             (true, negate(self.units, self.fraction))
         } else {
             (false, (self.units, self.fraction))
         };
-        let magnitude = units as f64 + fraction as f64 / TWO_POW_128;
+        // |total| = (units · 2¹²⁸ + fraction) · 2⁻¹²⁸. Its top 128 bits, with every bit below them
+        // folded into the last one (a sticky bit: 128 bits are far more than the 53 kept, so
+        // it decides only ties), round once in the conversion, and the power of two is exact.
+        let units = units as u128;
+        let (top, shift) = if units != 0 {
+            let lz = units.leading_zeros();
+            let (top, rest) =
+                if lz == 0 { (units, fraction) } else { ((units << lz) | (fraction >> (128 - lz)), fraction << lz) };
+            (top | u128::from(rest != 0), lz as i32)
+        } else if fraction != 0 {
+            let lz = fraction.leading_zeros();
+            (fraction << lz, 128 + lz as i32)
+        } else {
+            return 0.0;
+        };
+        // 2^−shift, shift ≤ 255: a normal f64, built from its exponent.
+        let scale = f64::from_bits(((1023 - shift) as u64) << 52);
+        let magnitude = top as f64 * scale;
         if negative { -magnitude } else { magnitude }
     }
 }
@@ -1366,6 +1383,24 @@ mod tests {
                 assert!((got - v).abs() <= 2f64.powi(-128), "{v:e}: {got:e}");
             }
         }
+    }
+
+    /// The total is rounded once: the sum of two exactly held values is IEEE's `a + b`.
+    #[test]
+    fn a_window_sum_total_is_correctly_rounded() {
+        let xs: Vec<f64> = values().into_iter().filter(|v| *v == 0.0 || v.abs() >= 2f64.powi(-75)).collect();
+        let mut checked = 0;
+        for (i, a) in xs.iter().enumerate() {
+            for b in xs.iter().skip(i % 7).step_by(13) {
+                let mut sum = WindowSum::of(*a);
+                sum.plus_equals(&WindowSum::of(*b));
+                assert_eq!(sum.total_f64(), a + b, "{a:e} + {b:e}");
+                checked += 1;
+            }
+        }
+        let third = WindowSum::of(5.0).divided_by(3);
+        assert_eq!(third.total_f64(), 5.0 / 3.0);
+        assert!(checked > 10_000, "{checked}");
     }
 
     #[test]

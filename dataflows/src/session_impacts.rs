@@ -927,7 +927,7 @@ pub struct Span {
 
 impl Span {
     /// Its value per ms (C1: a window takes `value · overlap / duration`), in [`SCALED`] fixed
-    /// point: off by less than 2⁻¹⁹² per ms, so `rate · overlap` is off by less than 2⁻¹⁶⁵ for any
+    /// point: off by less than 2⁻¹⁶⁰ per ms, so `rate · overlap` is off by less than 2⁻¹³³ for any
     /// overlap the G-rules allow, and the parts of a share are exact to the 2⁻¹²⁸ a [`WindowSum`]
     /// keeps, whatever the sample's length. An instant's rate is never used: no instant `t` lies
     /// strictly inside `[s, s + 1)`.
@@ -936,21 +936,24 @@ impl Span {
     }
 }
 
-/// The sums of [`SourceHour`] are kept 2⁶⁴ times larger than the values they stand for (a
-/// [`WindowSum`] holding `x · 2⁶⁴`), so that a rate's truncation lies 64 bits below what a
-/// `WindowSum` keeps: without it, `value − rate · elapsed` (the part of a sample after `t`) was
-/// off by up to 2⁻¹²⁸ · duration, which is 10⁻⁹ of a 1 ms share of a day-long sample of 10⁻¹⁴.
-/// |value| ≤ 10⁹ (G-bounds), so `value · 2⁶⁴` fits.
-const SCALED: u32 = 64;
+/// The sums of [`SourceHour`] are kept 2³² times larger than the values they stand for (a
+/// [`WindowSum`] holding `x · 2³²`), so that a rate's truncation (2⁻¹⁶⁰ per ms) times any
+/// elapsed time the G-rules allow (under 2²⁷ ms) stays below the 2⁻¹²⁸ a `WindowSum` keeps:
+/// unscaled, `value − rate · elapsed` (the part of a sample after `t`) was off by up to
+/// 2⁻¹²⁸ · duration, 10⁻⁹ of a 1 ms share of a day-long sample of 10⁻¹⁴. Values up to 2⁹⁴ fit
+/// (the G-bound is 10⁹; a store written before it may hold more), and larger ones saturate
+/// there, as [`WindowSum::of`] saturates at 2¹²⁷.
+const SCALED: u32 = 32;
 
-/// `v · 2⁶⁴` as a [`WindowSum`] (`n = 0`), exactly (as [`WindowSum::of`]).
+/// `v · 2³²` as a [`WindowSum`] (`n = 0`), exactly (as [`WindowSum::of`]) for |v| < 2⁹⁴.
 fn scaled_up(v: f64) -> WindowSum {
-    let x = WindowSum::of(v);
+    const LIMIT: f64 = 19_807_040_628_566_084_398_385_987_584.0; // 2⁹⁴
+    let x = WindowSum::of(v.clamp(-LIMIT, LIMIT));
     let units = (x.units << SCALED) | (x.fraction >> (128 - SCALED)) as i128;
     WindowSum { n: 0, units, fraction: x.fraction << SCALED }
 }
 
-/// `x / 2⁶⁴`, rounded toward −∞ at 2⁻¹²⁸ (`n` kept): the value a scaled sum stands for.
+/// `x / 2³²`, rounded toward −∞ at 2⁻¹²⁸ (`n` kept): the value a scaled sum stands for.
 fn scaled_down(x: WindowSum) -> WindowSum {
     let fraction = (x.fraction >> SCALED) | ((x.units as u128) << (128 - SCALED));
     WindowSum { n: x.n, units: x.units >> SCALED, fraction }
@@ -1010,7 +1013,7 @@ const PREFIX_EVERY: usize = 16;
 ///
 /// the part of a window inside the hour adds `F(b) − F(a)`: the value of a sample it holds whole,
 /// `rate · overlap` of one it cuts. Each straddling sum is a prefix by start minus a prefix by
-/// end, in exact fixed point, so the only rounding is each sample's rate (2⁻¹⁹² per ms); across
+/// end, in exact fixed point, so the only rounding is each sample's rate (2⁻¹⁶⁰ per ms); across
 /// the hours of a window a spanning sample's parts telescope exactly. The whole hour's sum is
 /// kept apart, so a window holding the hour reads it in O(1). Built anew when a sample of the
 /// source in the hour changes (O(n log n)).
@@ -1345,6 +1348,27 @@ mod tests {
                 }
             }
             assert_eq!((total.n, total.total_f64()), (1, v), "{v:e}");
+        }
+    }
+
+    /// A value beyond the G-bound, as a store written before the bound may hold, keeps its
+    /// shares (a break attempt found 10¹⁹ wrapping to a negative mean under a 2⁶⁴ scale).
+    #[test]
+    fn a_value_beyond_the_g_bound_keeps_its_shares() {
+        for v in [1e19, 9.3e18, -4e27, 1e9] {
+            let hour = 4i64;
+            // Two hours from the hour's start; the window holds its first half hour.
+            let span = Span { start: 0, end: 2 * BUCKET_MS, value: OrdF64(v) };
+            let h0 = hour * BUCKET_MS;
+            let mut got = WindowSum::default();
+            for (h, span) in
+                [(hour, span), (hour + 1, Span { start: span.start - BUCKET_MS, end: span.end - BUCKET_MS, ..span })]
+            {
+                if let Some(x) = SourceHour::build(&[(&span, 1)]).window_sum(h0, h0 + 1_800_000, h) {
+                    got.plus_equals(&x);
+                }
+            }
+            assert_eq!((got.n, got.total_f64()), (1, v / 4.0), "{v:e}");
         }
     }
 

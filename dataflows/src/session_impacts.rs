@@ -65,13 +65,17 @@ pub struct Impact {
     pub contaminated: bool,
     /// BEFORE, DURING, AFTER.
     pub windows: [Window; 3],
+    /// `deltaDuring`, `deltaAfter` (see [`Impact::deltas`]).
+    pub deltas: [Option<OrdF64>; 2],
 }
 
 impl Impact {
-    /// `deltaDuring`, `deltaAfter`: null when either mean is null.
+    /// `deltaDuring = duringMean − beforeMean` and `deltaAfter` likewise (§4), null when either
+    /// mean is null: the difference of the exact means, rounded once or twice (not the
+    /// difference of the two rounded means, which is off by an ulp of the means: 6·10⁻⁸ for
+    /// means near 3·10⁸, beyond G4's 10⁻⁹ for a delta near 0).
     pub fn deltas(&self) -> [Option<f64>; 2] {
-        let before = self.windows[0].0.map(|m| m.0);
-        [1, 2].map(|w| Some(self.windows[w].0?.0 - before?))
+        self.deltas.map(|d| d.map(|d| d.0))
     }
 }
 
@@ -745,9 +749,9 @@ pub fn impacts<'s>(
     let windows = discrete
         .concat(cumulative)
         .reduce_named("Impact: windows", |key: &WindowKey, input, output| {
-            let windows = window_means(key, input);
+            let (windows, deltas) = window_means(key, input);
             if windows.iter().any(|w| w.1 >= 1) {
-                output.push((windows, 1isize));
+                output.push(((windows, deltas), 1isize));
             }
         })
         .map(|(key, windows)| ((key.user_id, key.session_id), (key.metric, windows)));
@@ -755,7 +759,7 @@ pub fn impacts<'s>(
     let attributes =
         eligible.map(|s| ((s.user_id, s.session_id), (s.product_id, s.start_ms, s.quantity))).join(contamination);
     windows.join(attributes).map(
-        |((user_id, session_id), ((metric, windows), ((product_id, start_ms, quantity), dirty)))| Impact {
+        |((user_id, session_id), ((metric, (windows, deltas)), ((product_id, start_ms, quantity), dirty)))| Impact {
             user_id,
             session_id,
             metric,
@@ -764,6 +768,7 @@ pub fn impacts<'s>(
             quantity,
             contaminated: dirty,
             windows,
+            deltas,
         },
     )
 }
@@ -1124,23 +1129,41 @@ impl SourceHour {
 /// A session's three windows for one metric from its per-window sums (§4): DISCRETE, the mean of
 /// the samples starting in the window (null below `MIN_N`); CUMULATIVE, the best source's total
 /// (every overlapping sample of that `sourceId`, whatever its class) per hour of window. `input`
-/// holds only non-zero sums, by window.
-fn window_means(key: &WindowKey, input: &[(&u8, WindowSum)]) -> [Window; 3] {
+/// holds only non-zero sums, by window. Also the deltas DURING − BEFORE and AFTER − BEFORE, from
+/// the exact sums: with mean `T · k / d` (CUMULATIVE `d` the window's ms and `k` 3,600,000 ms per
+/// hour; DISCRETE `d = n`, `k = 1`), `mean_w − mean_0 = (T_w · d_0 − T_0 · d_w) · k / (d_w · d_0)`,
+/// whose numerator is exact in the fixed point.
+fn window_means(key: &WindowKey, input: &[(&u8, WindowSum)]) -> ([Window; 3], [Option<OrdF64>; 2]) {
     let cumulative = key.metric.kind() == ValueKind::Cumulative;
     let mut out = [(None, 0); 3];
+    // Per window with a mean: its exact total and the denominator `d` above.
+    let mut exact: [Option<(WindowSum, i64)>; 3] = [None; 3];
     for (window, acc) in input {
         if acc.n <= 0 {
             continue;
         }
+        let w = usize::from(**window);
         let (a, b) = key.bounds(**window);
-        out[usize::from(**window)] = if cumulative {
+        out[w] = if cumulative {
             let hours = (b - a) as f64 / 3_600_000.0;
+            exact[w] = Some((*acc, b - a));
             (Some(OrdF64(acc.total_f64() / hours)), acc.n)
         } else {
-            ((acc.n >= MIN_N).then(|| OrdF64(acc.total_f64() / acc.n as f64)), acc.n)
+            let mean = (acc.n >= MIN_N).then(|| OrdF64(acc.total_f64() / acc.n as f64));
+            if mean.is_some() {
+                exact[w] = Some((*acc, acc.n));
+            }
+            (mean, acc.n)
         };
     }
-    out
+    let k = if cumulative { 3_600_000.0 } else { 1.0 };
+    let delta = |w: usize| {
+        let ((t_w, d_w), (t_0, d_0)) = (exact[w]?, exact[0]?);
+        let mut numerator = t_w.multiply(&(d_0 as isize));
+        numerator.plus_equals(&t_0.multiply(&(-d_w as isize)));
+        Some(OrdF64(numerator.total_f64() * k / (d_w as f64 * d_0 as f64)))
+    };
+    (out, [delta(1), delta(2)])
 }
 
 /// In: current samples and sessions. Out: one row per `(user_id, session_id, metric)`.

@@ -700,6 +700,30 @@ fn tiny_shares_keep_their_precision() {
     assert!((row("before_mean").unwrap_or(f64::NAN) - before).abs() <= 1e-15 * before);
 }
 
+/// `deltaDuring` is the difference of the exact means: equal means of 2.5·10⁸ give 0, not an ulp of
+/// the means between their two roundings (G4 compares a delta near 0 to 1e-9; found by a break attempt).
+#[test]
+fn equal_large_means_give_a_zero_delta() {
+    for during_ms in [1, 7, 1_000, 60_000] {
+        let mut h = Harness::new(1);
+        let s = ms("2024-03-10T05:00:00Z");
+        h.step(vec![
+            Change::Session(closed_session("s", s, s + during_ms), 1),
+            Change::Sample(
+                sample("u1", "w", "big", Metric::Steps, s - 3_600_000, s + 10_800_000, 1e9, SourceClass::Watch, "UTC"),
+                1,
+            ),
+        ]);
+        let row = |c: &str| float(&col(&h, "session_impacts", c).pop().unwrap_or(Datum::Null));
+        let mean = 1e9 / 4.0;
+        assert!((row("before_mean").unwrap_or(f64::NAN) - mean).abs() <= 1e-9 * mean, "{during_ms}");
+        assert!((row("during_mean").unwrap_or(f64::NAN) - mean).abs() <= 1e-9 * mean, "{during_ms}");
+        for c in ["delta_during", "delta_after", "pct_delta_during", "pct_delta_after"] {
+            assert!(row(c).unwrap_or(f64::NAN).abs() <= 1e-9, "{c} of a {during_ms} ms session: {:?}", row(c));
+        }
+    }
+}
+
 // ---- sleep nights (DOMAIN.md §3) ----
 
 fn stage(

@@ -231,6 +231,13 @@ impl WindowSum {
     }
 }
 
+impl WindowSum {
+    /// `(units, fraction)`, the count dropped.
+    fn parts(&self) -> (i128, u128) {
+        (self.units, self.fraction)
+    }
+}
+
 impl IsZero for WindowSum {
     fn is_zero(&self) -> bool {
         self.n == 0 && self.units == 0 && self.fraction == 0
@@ -969,7 +976,8 @@ fn scaled_down(x: WindowSum) -> WindowSum {
 pub struct Entry {
     pub span: Span,
     pub weight: i64,
-    rate: WindowSum,
+    /// The rate's `(units, fraction)` ([`WindowSum`] without its count: 32 bytes, not 48).
+    rate: (i128, u128),
 }
 
 /// Exact sums over samples, `weight` times each, in [`SCALED`] fixed point: the count
@@ -985,7 +993,7 @@ pub struct Moments {
 impl Moments {
     fn of(entry: &Entry) -> Self {
         let weight = entry.weight as isize;
-        let rate = entry.rate.multiply(&weight);
+        let rate = WindowSum { n: 0, units: entry.rate.0, fraction: entry.rate.1 }.multiply(&weight);
         Moments {
             value: WindowSum { n: entry.weight, ..scaled_up(entry.span.value.0).multiply(&weight) },
             rate,
@@ -1007,7 +1015,8 @@ fn minus(mut a: WindowSum, b: &WindowSum) -> WindowSum {
 }
 
 /// Samples between two stored prefix sums of a [`SourceHour`]: a lookup sums at most this many
-/// samples one by one, and the prefix sums take `3 · 48 / PREFIX_EVERY` bytes per sample per order.
+/// samples one by one, and the prefix sums take `3 · 48 / PREFIX_EVERY` bytes per sample per order
+/// (none for an hour of fewer samples).
 const PREFIX_EVERY: usize = 16;
 
 /// One source's CUMULATIVE samples of one metric touching one hour bucket, as prefix sums that
@@ -1028,9 +1037,9 @@ pub struct SourceHour {
     by_start: Vec<Entry>,
     /// Indexes into `by_start`, by end.
     by_end: Vec<u32>,
-    /// Sums over `by_start[..k · PREFIX_EVERY]`, k = 0, 1, ….
+    /// Sums over `by_start[..k · PREFIX_EVERY]`, k = 1, 2, … (an hour of fewer samples keeps none).
     start_prefixes: Vec<Moments>,
-    /// Sums over the samples of `by_end[..k · PREFIX_EVERY]`.
+    /// Sums over the samples of `by_end[..k · PREFIX_EVERY]`, k = 1, 2, ….
     end_prefixes: Vec<Moments>,
     /// What the whole hour adds (`n`: every sample, as they all touch it).
     whole: WindowSum,
@@ -1038,15 +1047,22 @@ pub struct SourceHour {
     starting_here: i64,
 }
 
+/// The stored sum over the first `k / PREFIX_EVERY · PREFIX_EVERY` samples of an order.
+fn prefix(prefixes: &[Moments], k: usize) -> Moments {
+    (k / PREFIX_EVERY).checked_sub(1).map_or_else(Moments::default, |i| prefixes[i])
+}
+
 impl SourceHour {
     /// The prefix sums of `input`, the samples by `Span` with their multiplicities.
     fn build(input: &[(&Span, isize)]) -> Self {
-        let by_start: Vec<Entry> =
-            input.iter().map(|(span, w)| Entry { span: **span, weight: *w as i64, rate: span.rate() }).collect();
+        let by_start: Vec<Entry> = input
+            .iter()
+            .map(|(span, w)| Entry { span: **span, weight: *w as i64, rate: span.rate().parts() })
+            .collect();
         let mut by_end: Vec<u32> = (0..by_start.len() as u32).collect();
         by_end.sort_by_key(|i| (by_start[*i as usize].span.end, *i));
         let prefixes = |order: &mut dyn Iterator<Item = &Entry>| {
-            let mut out = vec![Moments::default()];
+            let mut out = Vec::new();
             let mut acc = Moments::default();
             for (i, entry) in order.enumerate() {
                 acc.add(&Moments::of(entry));
@@ -1070,7 +1086,7 @@ impl SourceHour {
     /// Sums over the samples starting before `t` (ms from the hour's start).
     fn starting_before(&self, t: i64) -> Moments {
         let k = self.by_start.partition_point(|e| e.span.start < t);
-        let mut acc = self.start_prefixes[k / PREFIX_EVERY];
+        let mut acc = prefix(&self.start_prefixes, k);
         for entry in &self.by_start[k / PREFIX_EVERY * PREFIX_EVERY..k] {
             acc.add(&Moments::of(entry));
         }
@@ -1080,7 +1096,7 @@ impl SourceHour {
     /// Sums over the samples ending by `t`.
     fn ending_by(&self, t: i64) -> Moments {
         let k = self.by_end.partition_point(|i| self.by_start[*i as usize].span.end <= t);
-        let mut acc = self.end_prefixes[k / PREFIX_EVERY];
+        let mut acc = prefix(&self.end_prefixes, k);
         for i in &self.by_end[k / PREFIX_EVERY * PREFIX_EVERY..k] {
             acc.add(&Moments::of(&self.by_start[*i as usize]));
         }

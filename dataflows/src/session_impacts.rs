@@ -1134,7 +1134,8 @@ impl SourceHour {
             let n = if first_hour {
                 begun_hi.value.n - ended_lo.value.n
             } else {
-                begun_hi.value.n - self.starting_before(0).value.n
+                // Begun before the hour: every sample touching it but those starting in it.
+                begun_hi.value.n - (self.whole.n - self.starting_here)
             };
             WindowSum { n, ..scaled_down(minus(at_hi, &at_lo)) }
         };

@@ -5,6 +5,7 @@ use vitalflow_schemas::split::day_pieces;
 use vitalflow_schemas::view::{ColumnType::*, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, SourceClass, ValueKind, ViewDef};
 
+use crate::names::Name;
 use crate::registry::SamplesByUser;
 use crate::stats::{discrete_entry, discrete_stats, slice_shares, sum_and_distinct};
 
@@ -32,15 +33,15 @@ pub const DEF: ViewDef = ViewDef {
     range_via: None,
 };
 
-type DayKey = (String, Metric, i32);
+type DayKey = (Name, Metric, i32);
 
 /// One `daily_rollups` row (DOMAIN.md §1.2, §6): per user, metric and local date (days since
 /// 1970-01-01), with the fields a kind has no use for as `None`: CUMULATIVE has `sum`; DISCRETE
 /// `sum`, `mean`, `min`, `max`, `last`; INTERVAL `total_min` (minutes). Views built on the
 /// rollups read these fields; [`DailyRollup::to_row`] is the one mapping to [`DEF`]'s columns.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct DailyRollup {
-    pub user_id: String,
+    pub user_id: Name,
     pub metric: Metric,
     pub local_date: i32,
     pub count: i64,
@@ -53,7 +54,7 @@ pub struct DailyRollup {
 }
 
 impl DailyRollup {
-    fn new(user_id: String, metric: Metric, local_date: i32, count: i64) -> Self {
+    fn new(user_id: Name, metric: Metric, local_date: i32, count: i64) -> Self {
         DailyRollup {
             user_id,
             metric,
@@ -72,7 +73,7 @@ impl DailyRollup {
     pub fn to_row(&self) -> Row {
         let f = |v: Option<OrdF64>| v.map_or(Datum::Null, Datum::Float);
         vec![
-            Datum::Str(self.user_id.clone()),
+            Datum::Str(self.user_id.to_string()),
             Datum::Str(self.metric.key().to_owned()),
             Datum::Date(self.local_date),
             Datum::Str(self.metric.canonical_unit().to_owned()),
@@ -91,7 +92,7 @@ impl DailyRollup {
 /// The unit that competes for an M1 slice: a `(sourceId, sourceClass)` pair, led by the class's
 /// rank so that the derived order is the priority order (rank, then `sourceId`). Each class has its
 /// own rank, so the class only names the stream; it never reorders two streams.
-type Stream = (u8, String, SourceClass);
+type Stream = (u8, Name, SourceClass);
 
 /// In: current samples. Out: one [`DailyRollup`] per `(user_id, metric, local_date)`.
 ///
@@ -110,11 +111,11 @@ pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch
             if s.metric.kind() != ValueKind::Cumulative || s.value.is_none() {
                 return Vec::new();
             }
-            let stream: Stream = (s.source_class.rank(), s.source_id.clone(), s.source_class);
+            let stream: Stream = (s.source_class.rank(), s.source_id, s.source_class);
             slice_shares(s)
                 .map(|(k, day, share)| {
-                    let entry = (stream.clone(), s.source_record_id.clone(), day, OrdF64(share));
-                    ((user.clone(), s.metric, k), entry)
+                    let entry = (stream, s.source_record_id, day, OrdF64(share));
+                    ((*user, s.metric, k), entry)
                 })
                 .collect::<Vec<_>>()
         })
@@ -123,7 +124,7 @@ pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch
             let Some(winner) = input.iter().find(|(_, r)| *r > 0).map(|(e, _)| &e.0) else { return };
             for ((stream, record, day, share), r) in input {
                 if stream == winner && *r > 0 {
-                    output.push(((*day, stream.1.clone(), record.clone(), *share), *r));
+                    output.push(((*day, stream.1, *record, *share), *r));
                 }
             }
         })
@@ -141,7 +142,7 @@ pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch
         .clone()
         .flat_map_ref(|user, s| {
             let (day, entry) = discrete_entry(s)?;
-            Some(((user.clone(), s.metric, day), entry))
+            Some(((*user, s.metric, day), entry))
         })
         .reduce_named("Discrete: day stats", |_day: &DayKey, input, output| {
             if let Some(st) = discrete_stats(input) {
@@ -167,9 +168,7 @@ pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch
             day_pieces(s.start_ms, s.end_ms, s.zone)
                 .into_iter()
                 .enumerate()
-                .map(|(i, (day, a, b))| {
-                    ((user.clone(), s.metric, day), (a, b, i == 0, s.source_id.clone(), s.source_record_id.clone()))
-                })
+                .map(|(i, (day, a, b))| ((*user, s.metric, day), (a, b, i == 0, s.source_id, s.source_record_id)))
                 .collect::<Vec<_>>()
         })
         .reduce_named("Interval: day union", |_day: &DayKey, input, output| {

@@ -6,6 +6,7 @@ use vitalflow_schemas::split::day_shares;
 use vitalflow_schemas::view::{ColumnType::*, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ValueKind, ViewDef};
 
+use crate::names::Name;
 use crate::registry::SamplesByUser;
 use crate::stats::{discrete_entry, discrete_stats, sum_and_distinct};
 
@@ -31,7 +32,7 @@ pub const DEF: ViewDef = ViewDef {
     range_via: None,
 };
 
-type SourceDayKey = (String, Metric, i32, String);
+type SourceDayKey = (Name, Metric, i32, Name);
 
 /// In: current samples. Out: one [`DailyRollupBySource`] per `(user_id, metric, local_date, source_id)`.
 ///
@@ -58,9 +59,7 @@ pub fn daily_rollups_by_source<'s>(samples: &SamplesByUser<'s>) -> VecCollection
             };
             day_shares(s.start_ms, s.end_ms, v, s.zone)
                 .into_iter()
-                .map(|(day, share, _)| {
-                    ((user.clone(), s.metric, day, s.source_id.clone()), (s.source_record_id.clone(), OrdF64(share)))
-                })
+                .map(|(day, share, _)| ((*user, s.metric, day, s.source_id), (s.source_record_id, OrdF64(share))))
                 .collect::<Vec<_>>()
         })
         .reduce_named("BySource: day sum", |_key: &SourceDayKey, input, output| {
@@ -75,7 +74,7 @@ pub fn daily_rollups_by_source<'s>(samples: &SamplesByUser<'s>) -> VecCollection
         .clone()
         .flat_map_ref(|user, s| {
             let (day, entry) = discrete_entry(s)?;
-            Some(((user.clone(), s.metric, day, s.source_id.clone()), entry))
+            Some(((*user, s.metric, day, s.source_id), entry))
         })
         .reduce_named("BySource: discrete day stats", |_key: &SourceDayKey, input, output| {
             if let Some(st) = discrete_stats(input) {
@@ -106,12 +105,12 @@ pub struct DayStats {
 /// One `daily_rollups_by_source` row (§1.5 rule 6): one source's unmerged day figures, per user,
 /// metric, local date (days since 1970-01-01) and `sourceId`. [`DailyRollupBySource::to_row`] is
 /// the one mapping to [`DEF`]'s columns.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct DailyRollupBySource {
-    pub user_id: String,
+    pub user_id: Name,
     pub metric: Metric,
     pub local_date: i32,
-    pub source_id: String,
+    pub source_id: Name,
     pub stats: DayStats,
 }
 
@@ -124,10 +123,10 @@ impl DailyRollupBySource {
     pub fn to_row(&self) -> Row {
         let f = |v: Option<OrdF64>| v.map_or(Datum::Null, Datum::Float);
         vec![
-            Datum::Str(self.user_id.clone()),
+            Datum::Str(self.user_id.to_string()),
             Datum::Str(self.metric.key().to_owned()),
             Datum::Date(self.local_date),
-            Datum::Str(self.source_id.clone()),
+            Datum::Str(self.source_id.to_string()),
             Datum::Str(self.metric.canonical_unit().to_owned()),
             Datum::Str(self.metric.kind().as_str().to_owned()),
             Datum::Int(self.stats.count),

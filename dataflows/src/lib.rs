@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  EpochBatch ─▶ Runtime::push ─▶ worker inputs (advance to every epoch together)
+//!                │ ids interned: SampleRecord, SessionRecord (`Copy`, no `String`; names.rs)
 //!                                     │ samples arranged by user once (SamplesByUser)
 //!                                     ▼
 //!                       registry::VIEWS[i].build(&inputs) ─▶ VecCollection<Epoch, Row>
@@ -15,7 +16,9 @@
 
 pub mod daily_rollups;
 pub mod daily_rollups_by_source;
+pub mod names;
 pub mod product_impacts;
+pub mod records;
 pub mod registry;
 pub mod routine_bins;
 pub mod runtime;
@@ -25,6 +28,8 @@ pub mod sleep_nights;
 mod stats;
 pub mod weekly_steps;
 
+pub use names::Name;
+pub use records::{SampleRecord, SessionRecord};
 pub use registry::{Inputs, SamplesByUser, VIEWS, ViewSpec, select};
 pub use runtime::{Runtime, RuntimeError, RuntimeHealth, ViewProgress};
 

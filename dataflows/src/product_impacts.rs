@@ -5,6 +5,7 @@ use differential_dataflow::VecCollection;
 use vitalflow_schemas::view::{ColumnType::*, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ViewDef};
 
+use crate::names::Name;
 use crate::session_impacts::Impact;
 
 /// Key `(user_id, product_id, metric)`.
@@ -83,10 +84,10 @@ fn mean(xs: impl Iterator<Item = f64>) -> Option<OrdF64> {
 /// with an impact row for the metric. `last_session_at` is UTC ms; the means are the means of the
 /// per-session window means (null where no session has one). [`ProductImpact::to_row`] is the one
 /// mapping to [`DEF`]'s columns.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ProductImpact {
-    pub user_id: String,
-    pub product_id: String,
+    pub user_id: Name,
+    pub product_id: Name,
     pub metric: Metric,
     pub session_count: i64,
     pub contaminated_count: i64,
@@ -104,8 +105,8 @@ impl ProductImpact {
     pub fn to_row(&self) -> Row {
         let f = |v: Option<OrdF64>| v.map_or(Datum::Null, Datum::Float);
         let mut row = vec![
-            Datum::Str(self.user_id.clone()),
-            Datum::Str(self.product_id.clone()),
+            Datum::Str(self.user_id.to_string()),
+            Datum::Str(self.product_id.to_string()),
             Datum::Str(self.metric.key().to_owned()),
             Datum::Int(self.session_count),
             Datum::Int(self.contaminated_count),
@@ -126,7 +127,7 @@ impl ProductImpact {
 /// least one impact.
 pub fn product_impacts<'s>(impacts: VecCollection<'s, Epoch, Impact>) -> VecCollection<'s, Epoch, ProductImpact> {
     impacts
-        .map(|i| ((i.user_id.clone(), i.product_id.clone(), i.metric), i))
+        .map(|i| ((i.user_id, i.product_id, i.metric), i))
         .reduce_named("ProductImpact: stats", |(user_id, product_id, metric), input, output| {
             let rows: Vec<&Impact> = input.iter().filter(|(_, r)| *r > 0).map(|(i, _)| *i).collect();
             if rows.is_empty() {
@@ -135,8 +136,8 @@ pub fn product_impacts<'s>(impacts: VecCollection<'s, Epoch, Impact>) -> VecColl
             let window_mean = |w: usize| mean(rows.iter().filter_map(|i| i.windows[w].0.map(|m| m.0)));
             let deltas = |d: usize| delta_stats(&rows.iter().filter_map(|i| i.deltas()[d]).collect::<Vec<f64>>());
             let impact = ProductImpact {
-                user_id: user_id.clone(),
-                product_id: product_id.clone(),
+                user_id: *user_id,
+                product_id: *product_id,
                 metric: *metric,
                 session_count: rows.len() as i64,
                 contaminated_count: rows.iter().filter(|i| i.contaminated).count() as i64,

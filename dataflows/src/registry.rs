@@ -6,10 +6,12 @@ use std::cell::OnceCell;
 use differential_dataflow::VecCollection;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::implementations::ValSpine;
-use vitalflow_schemas::domain::{Product, Session};
-use vitalflow_schemas::{Epoch, Row, Sample, UserProfile, ViewDef};
+use vitalflow_schemas::domain::Product;
+use vitalflow_schemas::{Epoch, Row, UserProfile, ViewDef};
 
 use crate::daily_rollups::DailyRollup;
+use crate::names::Name;
+use crate::records::{SampleRecord, SessionRecord};
 use crate::session_impacts::Impact;
 use crate::{
     daily_rollups, daily_rollups_by_source, product_impacts, routine_bins, session_impacts, sessions, sleep_nights,
@@ -19,16 +21,16 @@ use crate::{
 /// Current samples arranged by `user_id`: one shared trace, exchanged once (the runtime already
 /// sends a user's changes to the worker that owns the user's key, so the exchange stays local).
 /// Views read it with `flat_map_ref`, cloning only the fields of the samples they keep.
-pub type SamplesByUser<'s> = Arranged<'s, TraceAgent<ValSpine<String, Sample, Epoch, isize>>>;
+pub type SamplesByUser<'s> = Arranged<'s, TraceAgent<ValSpine<Name, SampleRecord, Epoch, isize>>>;
 
 /// The collections every view may read. Shared intermediate collections are built on first use,
 /// so a runtime that maintains only some views builds only what they need.
 pub struct Inputs<'s> {
     /// Current samples: an edit is a retraction of the old row and an insertion of the new one.
     /// Views read them through [`Inputs::samples`].
-    raw_samples: VecCollection<'s, Epoch, Sample>,
+    raw_samples: VecCollection<'s, Epoch, SampleRecord>,
     /// Current consumption sessions (open ones included).
-    pub sessions: VecCollection<'s, Epoch, Session>,
+    pub sessions: VecCollection<'s, Epoch, SessionRecord>,
     /// Current products.
     pub products: VecCollection<'s, Epoch, Product>,
     /// Current user profiles.
@@ -41,8 +43,8 @@ pub struct Inputs<'s> {
 impl<'s> Inputs<'s> {
     /// The inputs, with the shared intermediate collections built on them.
     pub fn new(
-        samples: VecCollection<'s, Epoch, Sample>,
-        sessions: VecCollection<'s, Epoch, Session>,
+        samples: VecCollection<'s, Epoch, SampleRecord>,
+        sessions: VecCollection<'s, Epoch, SessionRecord>,
         products: VecCollection<'s, Epoch, Product>,
         profiles: VecCollection<'s, Epoch, UserProfile>,
     ) -> Self {
@@ -60,9 +62,7 @@ impl<'s> Inputs<'s> {
     /// The samples arranged by user, built once and shared by every view that reads samples.
     pub fn samples(&self) -> SamplesByUser<'s> {
         self.samples
-            .get_or_init(|| {
-                self.raw_samples.clone().map(|s| (s.user_id.clone(), s)).arrange_by_key_named("Samples by user")
-            })
+            .get_or_init(|| self.raw_samples.clone().map(|s| (s.user_id, s)).arrange_by_key_named("Samples by user"))
             .clone()
     }
 

@@ -3,9 +3,11 @@
 
 use chrono::{Datelike, NaiveDateTime, Timelike};
 use differential_dataflow::VecCollection;
-use vitalflow_schemas::domain::Session;
 use vitalflow_schemas::view::{ColumnType::*, col};
 use vitalflow_schemas::{Datum, Epoch, OrdF64, Row, ViewDef};
+
+use crate::names::Name;
+use crate::records::SessionRecord;
 
 /// Symmetric Dirichlet prior (Jeffreys).
 pub const ALPHA: f64 = 0.5;
@@ -62,10 +64,11 @@ pub struct BinStats {
 
 /// One `routine_bins` row (§5): per user, scope (`*` or a product id) and bin with at least one
 /// event. [`RoutineBin::to_row`] is the one mapping to [`DEF`]'s columns.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct RoutineBin {
-    pub user_id: String,
-    pub scope: String,
+    pub user_id: Name,
+    /// `*` or a product id (a product id `*` shares the all-products scope).
+    pub scope: Name,
     pub stats: BinStats,
 }
 
@@ -74,8 +77,8 @@ impl RoutineBin {
     pub fn to_row(&self) -> Row {
         let b = &self.stats;
         vec![
-            Datum::Str(self.user_id.clone()),
-            Datum::Str(self.scope.clone()),
+            Datum::Str(self.user_id.to_string()),
+            Datum::Str(self.scope.to_string()),
             Datum::Int(i64::from(b.bin)),
             Datum::Int(i64::from(b.bin / 24 + 1)),
             Datum::Int(i64::from(b.bin % 24)),
@@ -92,11 +95,12 @@ impl RoutineBin {
 /// with `count ≥ 1`, binned by `startAt` in the session's zone; `scope` is `*` or the product id.
 /// Peaks: at most [`MAX_PEAKS`] bins by posterior mean (ties to the smaller bin), among those with
 /// `n ≥ N_MIN`, `count ≥ C_MIN` and `lift ≥ LIFT_MIN`.
-pub fn routine_bins<'s>(sessions: VecCollection<'s, Epoch, Session>) -> VecCollection<'s, Epoch, RoutineBin> {
+pub fn routine_bins<'s>(sessions: VecCollection<'s, Epoch, SessionRecord>) -> VecCollection<'s, Epoch, RoutineBin> {
+    let all = Name::intern("*");
     sessions
-        .flat_map(|s| {
+        .flat_map(move |s| {
             let bin = bin_index(s.zone.local(s.start_ms));
-            [((s.user_id.clone(), "*".to_owned()), bin), ((s.user_id, s.product_id), bin)]
+            [((s.user_id, all), bin), ((s.user_id, s.product_id), bin)]
         })
         .reduce_named("Routine: scope histogram", |_scope, input: &[(&u32, isize)], output| {
             let n: i64 = input.iter().map(|(_, c)| *c as i64).sum();

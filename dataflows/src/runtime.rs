@@ -20,9 +20,11 @@ use differential_dataflow::input::InputSession;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::execute::Config;
-use vitalflow_schemas::domain::{Product, Session};
-use vitalflow_schemas::{Change, Epoch, EpochBatch, Row, Sample, UserProfile};
+use vitalflow_schemas::domain::Product;
+use vitalflow_schemas::{Change, Epoch, EpochBatch, Row, UserProfile};
 
+use crate::names::Interner;
+use crate::records::{SampleRecord, SessionRecord};
 use crate::registry::{Inputs, ViewSpec};
 
 /// The updates of one view for every epoch below `frontier`, consolidated. After applying them the
@@ -38,11 +40,20 @@ pub struct ViewProgress {
 
 enum WorkerMsg {
     /// Changes at an epoch; more may follow for the same epoch.
-    Changes(Epoch, Vec<Change>),
+    Changes(Epoch, Vec<Update>),
     /// Every change below this epoch has been sent.
     Advance(Epoch),
     /// Test-only fault hook: the worker panics (see [`Runtime::inject_fault`]).
     Fault,
+}
+
+/// One change as a worker's inputs take it: samples and sessions with their identifiers interned
+/// ([`SampleRecord`], [`SessionRecord`]), and a difference (+1 insert, −1 retract).
+enum Update {
+    Sample(SampleRecord, isize),
+    Session(SessionRecord, isize),
+    Product(Product, isize),
+    Profile(UserProfile, isize),
 }
 
 /// Messages queued to one worker before the writer waits (each is one chunk of changes or an
@@ -111,8 +122,8 @@ impl Runtime {
             let _ = thread_tx.send((index, std::thread::current()));
             let out = out.clone();
             let input = worker.dataflow::<Epoch, _, _>(|scope| {
-                let (samples_in, samples) = scope.new_collection::<Sample, isize>();
-                let (sessions_in, sessions) = scope.new_collection::<Session, isize>();
+                let (samples_in, samples) = scope.new_collection::<SampleRecord, isize>();
+                let (sessions_in, sessions) = scope.new_collection::<SessionRecord, isize>();
                 let (products_in, products) = scope.new_collection::<Product, isize>();
                 let (profiles_in, profiles) = scope.new_collection::<UserProfile, isize>();
                 let inputs = Inputs::new(samples, sessions, products, profiles);
@@ -189,21 +200,30 @@ impl Runtime {
     }
 
     /// Sends changes at `epoch` without closing it (recovery feeds one epoch in bounded chunks).
+    /// Samples and sessions enter the dataflow here, their identifiers interned ([`crate::names`]).
     pub fn push_changes(&mut self, epoch: Epoch, changes: Vec<Change>) -> Result<(), RuntimeError> {
         if !self.is_healthy() {
             return Err(RuntimeError::WorkerDied);
         }
         let n = self.senders.len();
-        let mut per_worker: Vec<Vec<Change>> = (0..n).map(|_| Vec::new()).collect();
+        let mut per_worker: Vec<Vec<Update>> = (0..n).map(|_| Vec::new()).collect();
+        let mut names = Interner::lock();
         for change in changes {
-            let user = match &change {
-                Change::Sample(s, _) => &s.user_id,
-                Change::Profile(p, _) => &p.user_id,
-                Change::Session(s, _) => &s.user_id,
-                Change::Product(p, _) => &p.product_id,
+            let (worker, update) = match change {
+                Change::Sample(s, d) => {
+                    let s = SampleRecord::intern(&s, &mut names);
+                    (worker_for(&s.user_id, n), Update::Sample(s, d as isize))
+                }
+                Change::Session(s, d) => {
+                    let s = SessionRecord::intern(&s, &mut names);
+                    (worker_for(&s.user_id, n), Update::Session(s, d as isize))
+                }
+                Change::Profile(p, d) => (worker_for(&p.user_id, n), Update::Profile(p, d as isize)),
+                Change::Product(p, d) => (worker_for(&p.product_id, n), Update::Product(p, d as isize)),
             };
-            per_worker[worker_for(user, n)].push(change);
+            per_worker[worker].push(update);
         }
+        drop(names);
         for (i, chunk) in per_worker.into_iter().enumerate() {
             if !chunk.is_empty() {
                 self.send(i, WorkerMsg::Changes(epoch, chunk))?;
@@ -271,21 +291,21 @@ impl Drop for Runtime {
 
 /// One worker's input handles, one per input collection; they advance together.
 struct InputSessions {
-    samples: InputSession<Epoch, Sample, isize>,
-    sessions: InputSession<Epoch, Session, isize>,
+    samples: InputSession<Epoch, SampleRecord, isize>,
+    sessions: InputSession<Epoch, SessionRecord, isize>,
     products: InputSession<Epoch, Product, isize>,
     profiles: InputSession<Epoch, UserProfile, isize>,
 }
 
 impl InputSessions {
-    fn apply(&mut self, epoch: Epoch, changes: Vec<Change>) {
+    fn apply(&mut self, epoch: Epoch, updates: Vec<Update>) {
         self.advance_to(epoch);
-        for change in changes {
-            match change {
-                Change::Sample(s, d) => self.samples.update(s, d as isize),
-                Change::Session(s, d) => self.sessions.update(s, d as isize),
-                Change::Product(p, d) => self.products.update(p, d as isize),
-                Change::Profile(p, d) => self.profiles.update(p, d as isize),
+        for update in updates {
+            match update {
+                Update::Sample(s, d) => self.samples.update(s, d),
+                Update::Session(s, d) => self.sessions.update(s, d),
+                Update::Product(p, d) => self.products.update(p, d),
+                Update::Profile(p, d) => self.profiles.update(p, d),
             }
         }
     }
@@ -306,10 +326,11 @@ impl InputSessions {
     }
 }
 
-/// The worker that owns `user`: the one differential's exchange sends the key `user` to, so the
-/// shared by-user arrangement of samples ([`crate::SamplesByUser`]) moves no data between workers.
-fn worker_for(user: &String, workers: usize) -> usize {
-    (user.hashed() % workers as u64) as usize
+/// The worker that owns `key`: for a user's [`Name`], the one differential's exchange sends that
+/// key to, so the shared by-user arrangement of samples ([`crate::SamplesByUser`]) moves no data
+/// between workers.
+fn worker_for<K: Hashable<Output = u64> + ?Sized>(key: &K, workers: usize) -> usize {
+    (key.hashed() % workers as u64) as usize
 }
 
 /// Gathers a view's updates on worker 0 and, each time the view's frontier advances, sends the

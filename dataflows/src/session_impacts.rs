@@ -5,10 +5,11 @@ use differential_dataflow::VecCollection;
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
-use vitalflow_schemas::domain::Session;
 use vitalflow_schemas::view::{ColumnType::*, RangeVia, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ValueKind, ViewDef};
 
+use crate::names::Name;
+use crate::records::SessionRecord;
 use crate::registry::SamplesByUser;
 
 /// BEFORE window length: 60 min.
@@ -54,12 +55,12 @@ pub const DEF: ViewDef = ViewDef {
 pub type Window = (Option<OrdF64>, i64);
 
 /// One session's impact on one metric, with what `product_impacts` needs of the session.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Impact {
-    pub user_id: String,
-    pub session_id: String,
+    pub user_id: Name,
+    pub session_id: Name,
     pub metric: Metric,
-    pub product_id: String,
+    pub product_id: Name,
     pub start_ms: i64,
     pub quantity: OrdF64,
     pub contaminated: bool,
@@ -96,9 +97,9 @@ fn buckets(a: i64, b: i64) -> std::ops::RangeInclusive<i64> {
 /// interval). That holds exactly when `o` starts before `s` and its end (a point's start + 1) passes `s − B`, so
 /// one sort and a running maximum of ends answer it for all sessions: O(n log n), not every pair
 /// (a user with 10,000 sessions cost ~1 s of worker time per change).
-pub fn contamination_flags(mut live: Vec<&Session>) -> Vec<(String, bool)> {
+pub fn contamination_flags(mut live: Vec<&SessionRecord>) -> Vec<(Name, bool)> {
     live.sort_by_key(|s| s.start_ms);
-    let reach = |o: &Session| match o.end_ms {
+    let reach = |o: &SessionRecord| match o.end_ms {
         Some(e) if e > o.start_ms => e,
         Some(e) if e < o.start_ms => i64::MIN,
         _ => o.start_ms.saturating_add(1),
@@ -110,7 +111,7 @@ pub fn contamination_flags(mut live: Vec<&Session>) -> Vec<(String, bool)> {
         let group_end = live[i..].iter().position(|s| s.start_ms != start).map_or(live.len(), |n| i + n);
         for s in &live[i..group_end] {
             if s.end_ms.is_some() {
-                out.push((s.session_id.clone(), max_reach > s.start_ms.saturating_sub(BEFORE_MS)));
+                out.push((s.session_id, max_reach > s.start_ms.saturating_sub(BEFORE_MS)));
             }
         }
         for o in &live[i..group_end] {
@@ -289,9 +290,9 @@ impl Multiply<WindowSum> for isize {
 
 /// A session as its windows see it: its bounds (UTC ms; `end_ms` is the end of an eligible, closed
 /// session).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SessionSpan {
-    pub session_id: String,
+    pub session_id: Name,
     pub start_ms: i64,
     pub end_ms: i64,
 }
@@ -302,7 +303,7 @@ fn windows_of(s: i64, e: i64) -> [(i64, i64); 3] {
 }
 
 /// One window of one session, as a block of time it meets is keyed under.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SessionWindow {
     pub span: SessionSpan,
     /// 0 BEFORE, 1 DURING, 2 AFTER.
@@ -348,14 +349,14 @@ const MINUTE_MS: i64 = 60_000;
 /// What a session window needs of one sample: metric, `[start_ms, end_ms)` (UTC ms), value, source
 /// rank and `sourceId` (§1.5). Equal samples of different `sourceRecordId`s are one record with
 /// multiplicity 2, as they count twice.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct HourSample {
     pub metric: Metric,
     pub start_ms: i64,
     pub end_ms: i64,
     pub value: OrdF64,
     pub rank: u8,
-    pub source_id: String,
+    pub source_id: Name,
 }
 
 impl HourSample {
@@ -385,16 +386,16 @@ impl HourSample {
     }
 
     fn metric_source(&self) -> MetricSource {
-        MetricSource { metric: self.metric, source: self.source_id.clone() }
+        MetricSource { metric: self.metric, source: self.source_id }
     }
 }
 
 /// A CUMULATIVE metric and one `sourceId`: what a window's sums are looked up by once its best
 /// source is known (§4 sums that `sourceId` over all its classes).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct MetricSource {
     pub metric: Metric,
-    pub source: String,
+    pub source: Name,
 }
 
 /// "No stream" in an [`HourIndex`].
@@ -427,7 +428,7 @@ pub struct MinuteRun {
 pub struct HourIndex {
     pub metric: Metric,
     /// The hour's streams `(rank, sourceId)`, sorted: stream `i` is `streams[i]`.
-    pub streams: Vec<(u8, String)>,
+    pub streams: Vec<(u8, Name)>,
     /// The minutes with a sample, as runs of minutes with the same best streams, in order.
     runs: Vec<MinuteRun>,
     /// Samples ending inside a minute, as `(minute, end offset, best stream ending there or
@@ -458,7 +459,7 @@ fn inside_one_minute(a: i64, b: i64, hour: i64) -> bool {
 impl HourIndex {
     /// The index of `samples`, every one of `metric` and touching hour bucket `hour`.
     fn build<'a>(metric: Metric, hour: i64, samples: impl Iterator<Item = &'a HourSample> + Clone) -> Self {
-        let mut streams: Vec<(u8, String)> = samples.clone().map(|x| (x.rank, x.source_id.clone())).collect();
+        let mut streams: Vec<(u8, Name)> = samples.clone().map(|x| (x.rank, x.source_id)).collect();
         streams.sort();
         streams.dedup();
         let (h0, minute) = (hour * BUCKET_MS, MINUTE_MS as i32);
@@ -548,12 +549,12 @@ impl HourIndex {
         HourIndex { metric, streams, runs, ending, starting, entering, leaving, inside }
     }
 
-    fn stream(&self, i: u32) -> Option<&(u8, String)> {
+    fn stream(&self, i: u32) -> Option<&(u8, Name)> {
         self.streams.get(i as usize)
     }
 
     /// The best stream with a sample in the hour.
-    fn best(&self) -> Option<&(u8, String)> {
+    fn best(&self) -> Option<&(u8, Name)> {
         self.stream(self.runs.iter().map(|r| r.touching).min().unwrap_or(NO_STREAM))
     }
 
@@ -565,7 +566,7 @@ impl HourIndex {
 
     /// The best stream with a sample overlapping `[a, b)` (UTC ms) within the hour bucket
     /// `hour` (§4: positive overlap, or an instant inside it).
-    fn best_in(&self, a: i64, b: i64, hour: i64) -> Option<&(u8, String)> {
+    fn best_in(&self, a: i64, b: i64, hour: i64) -> Option<&(u8, Name)> {
         let short = inside_one_minute(a, b, hour);
         let (h0, minute) = (hour * BUCKET_MS, MINUTE_MS as i32);
         let (a, b) = ((a.max(h0) - h0) as i32, (b.min(h0 + BUCKET_MS) - h0) as i32);
@@ -637,24 +638,18 @@ impl HourIndex {
 
 /// The reduce key of one (session, metric): the session's bounds travel with it, as the
 /// CUMULATIVE rate divides by the window's length.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct WindowKey {
-    pub user_id: String,
-    pub session_id: String,
+    pub user_id: Name,
+    pub session_id: Name,
     pub start_ms: i64,
     pub end_ms: i64,
     pub metric: Metric,
 }
 
 impl WindowKey {
-    fn new(user_id: &str, s: &SessionSpan, metric: Metric) -> Self {
-        WindowKey {
-            user_id: user_id.to_owned(),
-            session_id: s.session_id.clone(),
-            start_ms: s.start_ms,
-            end_ms: s.end_ms,
-            metric,
-        }
+    fn new(user_id: Name, s: &SessionSpan, metric: Metric) -> Self {
+        WindowKey { user_id, session_id: s.session_id, start_ms: s.start_ms, end_ms: s.end_ms, metric }
     }
 
     fn bounds(&self, window: u8) -> (i64, i64) {
@@ -665,11 +660,11 @@ impl WindowKey {
 /// A CUMULATIVE stream that has a sample in window `window` (0 BEFORE, 1 DURING, 2 AFTER) of a
 /// session. Ordered so that a window's best stream (smallest rank, then smallest `sourceId`, §1.5)
 /// comes first.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct WindowStream {
     pub window: u8,
     pub rank: u8,
-    pub source: String,
+    pub source: Name,
 }
 
 /// In: current samples and sessions. Out: one [`Impact`] per (session, metric) with at least one
@@ -695,15 +690,15 @@ pub struct WindowStream {
 /// prefix sums and a few candidates per window.
 pub fn impacts<'s>(
     samples: &SamplesByUser<'s>,
-    sessions: VecCollection<'s, Epoch, Session>,
+    sessions: VecCollection<'s, Epoch, SessionRecord>,
 ) -> VecCollection<'s, Epoch, Impact> {
     let eligible =
         sessions.clone().filter(|s| matches!(s.end_ms, Some(e) if e >= s.start_ms && e - s.start_ms <= MAX_SESSION_MS));
 
     let contamination = sessions
-        .map(|s| (s.user_id.clone(), s))
+        .map(|s| (s.user_id, s))
         .reduce_named("Impact: contamination", |_user, input, output| {
-            let live: Vec<&Session> = input.iter().filter(|(_, r)| *r > 0).map(|(s, _)| *s).collect();
+            let live: Vec<&SessionRecord> = input.iter().filter(|(_, r)| *r > 0).map(|(s, _)| *s).collect();
             for flag in contamination_flags(live) {
                 output.push((flag, 1));
             }
@@ -718,11 +713,11 @@ pub fn impacts<'s>(
     let session_blocks = spans.flat_map(|(user, span)| {
         let mut out = Vec::new();
         for (w, (a, b)) in (0u8..).zip(windows_of(span.start_ms, span.end_ms)) {
-            let sw = SessionWindow { span: span.clone(), window: w };
+            let sw = SessionWindow { span, window: w };
             let Blocks { whole_hours, partial_hours, partial_minutes } = blocks(a, b);
-            out.extend(whole_hours.map(|h| (Block::WholeHour, (user.clone(), h), sw.clone())));
-            out.extend(partial_hours.into_iter().map(|h| (Block::PartialHour, (user.clone(), h), sw.clone())));
-            out.extend(partial_minutes.into_iter().map(|m| (Block::PartialMinute, (user.clone(), m), sw.clone())));
+            out.extend(whole_hours.map(|h| (Block::WholeHour, (user, h), sw)));
+            out.extend(partial_hours.into_iter().map(|h| (Block::PartialHour, (user, h), sw)));
+            out.extend(partial_minutes.into_iter().map(|m| (Block::PartialMinute, (user, m), sw)));
         }
         out
     });
@@ -745,9 +740,9 @@ pub fn impacts<'s>(
             end_ms: x.end_ms,
             value,
             rank: x.source_class.rank(),
-            source_id: x.source_id.clone(),
+            source_id: x.source_id,
         };
-        Some((user.clone(), lite))
+        Some((*user, lite))
     });
     let discrete =
         discrete_sums(lite.clone().filter(|(_, x)| !x.cumulative()), &whole_hours, &partial_hours, partial_minutes);
@@ -781,14 +776,14 @@ pub fn impacts<'s>(
 }
 
 /// Session windows arranged by the (user, hour) or (user, minute) block they meet.
-type WindowsByBlock<'s> = Arranged<'s, TraceAgent<ValSpine<(String, i64), SessionWindow, Epoch, isize>>>;
+type WindowsByBlock<'s> = Arranged<'s, TraceAgent<ValSpine<(Name, i64), SessionWindow, Epoch, isize>>>;
 
 /// Per (session, metric, window), the sum of a DISCRETE metric's samples starting in the window,
 /// every source pooled: whole hours and whole minutes of partial hours from the blocks' sums, the
 /// partial minutes sample by sample (every DISCRETE sample lies in one minute, as it counts where
 /// it starts).
 fn discrete_sums<'s>(
-    samples: VecCollection<'s, Epoch, (String, HourSample)>,
+    samples: VecCollection<'s, Epoch, (Name, HourSample)>,
     whole_hours: &WindowsByBlock<'s>,
     partial_hours: &WindowsByBlock<'s>,
     partial_minutes: WindowsByBlock<'s>,
@@ -808,17 +803,17 @@ fn discrete_sums<'s>(
 
     let from_hours = whole_hours
         .clone()
-        .join_core(hour_sums, |(user, _), sw, metric| Some((WindowKey::new(user, &sw.span, *metric), sw.window)));
+        .join_core(hour_sums, |(user, _), sw, metric| Some((WindowKey::new(*user, &sw.span, *metric), sw.window)));
     let from_minutes = partial_hours.clone().join_core(minute_sums, |(user, _), sw, (minute, metric)| {
         let (a, b) = sw.bounds();
-        holds(a, b, MINUTE_MS, *minute).then(|| (WindowKey::new(user, &sw.span, *metric), sw.window))
+        holds(a, b, MINUTE_MS, *minute).then(|| (WindowKey::new(*user, &sw.span, *metric), sw.window))
     });
     let one_by_one = partial_minutes
         .join_core(by_minute, |(user, _), sw, x| {
             let (a, b) = sw.bounds();
             // A DISCRETE sample counts, its value whole, in the window where it starts (§4).
             (a <= x.start_ms && x.start_ms < b)
-                .then(|| ((WindowKey::new(user, &sw.span, x.metric), sw.window), WindowSum::of(x.value.0)))
+                .then(|| ((WindowKey::new(*user, &sw.span, x.metric), sw.window), WindowSum::of(x.value.0)))
         })
         .explode(|(key, sum)| Some((key, sum)));
     from_hours.concat(from_minutes).concat(one_by_one)
@@ -827,19 +822,19 @@ fn discrete_sums<'s>(
 /// Per (session, metric, window), the sum of a CUMULATIVE metric's best source (§4) over the
 /// window, in two steps (see [`impacts`]): each window's best stream, then its `sourceId`'s sums.
 fn cumulative_sums<'s>(
-    samples: VecCollection<'s, Epoch, (String, HourSample)>,
+    samples: VecCollection<'s, Epoch, (Name, HourSample)>,
     whole_hours: &WindowsByBlock<'s>,
     partial_hours: &WindowsByBlock<'s>,
 ) -> VecCollection<'s, Epoch, (WindowKey, u8), WindowSum> {
     // Every sample under every hour its extent touches (with positive overlap).
-    let touching = samples.flat_map(|(user, x)| x.hours().map(|h| ((user.clone(), h), x.clone())).collect::<Vec<_>>());
+    let touching = samples.flat_map(|(user, x)| x.hours().map(|h| ((user, h), x)).collect::<Vec<_>>());
     // One index per (user, hour, metric) of the streams of the samples touching the hour.
     let index = touching
         .clone()
         .arrange_by_key_named("Impact: cumulative samples by hour")
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(String, i64), HourIndex, Epoch, isize>, _, _>(
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Name, i64), HourIndex, Epoch, isize>, _, _>(
             "Impact: stream index per hour",
-            |(_, h): &(String, i64), input: &[(&HourSample, isize)], output: &mut Vec<(HourIndex, isize)>| {
+            |(_, h): &(Name, i64), input: &[(&HourSample, isize)], output: &mut Vec<(HourIndex, isize)>| {
                 // Sorted by sample, so by metric first.
                 let mut rest = input;
                 while let Some((first, _)) = rest.first() {
@@ -850,15 +845,15 @@ fn cumulative_sums<'s>(
             },
             |vec, key, upds| {
                 vec.clear();
-                vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
             },
         );
 
     // Step 1: candidates, one per hour of the window: the hour's best stream where the window
     // holds the hour whole, else the best stream overlapping the part it covers.
-    let candidate = |user: &str, sw: &SessionWindow, metric: Metric, (rank, source): &(u8, String)| {
-        let stream = WindowStream { window: sw.window, rank: *rank, source: source.clone() };
-        (WindowKey::new(user, &sw.span, metric), stream)
+    let candidate = |user: &Name, sw: &SessionWindow, metric: Metric, &(rank, source): &(u8, Name)| {
+        let stream = WindowStream { window: sw.window, rank, source };
+        (WindowKey::new(*user, &sw.span, metric), stream)
     };
     let from_whole_hours = whole_hours
         .clone()
@@ -875,7 +870,7 @@ fn cumulative_sums<'s>(
             for (stream, _) in input {
                 if last != Some(stream.window) {
                     last = Some(stream.window);
-                    output.push(((stream.window, stream.source.clone()), 1isize));
+                    output.push(((stream.window, stream.source), 1isize));
                 }
             }
         },
@@ -888,9 +883,7 @@ fn cumulative_sums<'s>(
         .flat_map(|(key, (window, source))| {
             let (a, b) = key.bounds(window);
             let wanted = MetricSource { metric: key.metric, source };
-            buckets(a, b)
-                .map(|h| (((key.user_id.clone(), h), wanted.clone()), (key.clone(), window)))
-                .collect::<Vec<_>>()
+            buckets(a, b).map(|h| (((key.user_id, h), wanted), (key, window))).collect::<Vec<_>>()
         })
         .arrange_by_key_named("Impact: best source's hours per window");
     let source_hours = touching
@@ -900,20 +893,20 @@ fn cumulative_sums<'s>(
             (((user, h), x.metric_source()), Span { start: from - h0, end: to - h0, value: x.value })
         })
         .arrange_by_key_named("Impact: cumulative samples by hour and source")
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<((String, i64), MetricSource), SourceHour, Epoch, isize>, _, _>(
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<((Name, i64), MetricSource), SourceHour, Epoch, isize>, _, _>(
             "Impact: prefix sums per hour and source",
             |_key, input: &[(&Span, isize)], output: &mut Vec<(SourceHour, isize)>| {
                 output.push((SourceHour::build(input), 1));
             },
             |vec, key, upds| {
                 vec.clear();
-                vec.extend(upds.drain(..).map(|(v, t, r)| ((key.clone(), v), t, r)));
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
             },
         );
     by_source
         .join_core(source_hours, |((_, h), _), (key, window), hour| {
             let (a, b) = key.bounds(*window);
-            Some(((key.clone(), *window), hour.window_sum(a, b, *h)?))
+            Some(((*key, *window), hour.window_sum(a, b, *h)?))
         })
         .explode(|(key, sum)| Some((key, sum)))
 }
@@ -1190,10 +1183,10 @@ pub fn session_impacts<'s>(impacts: VecCollection<'s, Epoch, Impact>) -> VecColl
         let before = i.windows[0].0.map(|m| m.0).filter(|b| *b != 0.0);
         let pct = |d: Option<f64>| Some(d? / before?);
         let mut row = vec![
-            Datum::Str(i.user_id.clone()),
-            Datum::Str(i.session_id.clone()),
+            Datum::Str(i.user_id.to_string()),
+            Datum::Str(i.session_id.to_string()),
             Datum::Str(i.metric.key().to_owned()),
-            Datum::Str(i.product_id.clone()),
+            Datum::Str(i.product_id.to_string()),
         ];
         for (mean, n) in i.windows {
             row.push(mean.map_or(Datum::Null, Datum::Float));
@@ -1259,14 +1252,14 @@ mod tests {
                         end_ms: end,
                         value: OrdF64(1.0),
                         rank: *rank,
-                        source_id: format!("s{source}"),
+                        source_id: Name::intern(&format!("s{source}")),
                     }
                 })
                 .filter(|x| x.hours().contains(&hour))
                 .collect();
             proptest::prop_assume!(!xs.is_empty());
             let index = HourIndex::build(Metric::Steps, hour, xs.iter());
-            let want_best = xs.iter().map(|x| (x.rank, x.source_id.clone())).min();
+            let want_best = xs.iter().map(|x| (x.rank, x.source_id)).min();
             proptest::prop_assert_eq!(index.best().cloned(), want_best);
             for (a, len, how_a, how_b) in windows {
                 let a = snap(h0 - 200_000 + a, how_a);
@@ -1278,7 +1271,7 @@ mod tests {
                         let (f, t) = x.extent();
                         ca < cb && f < cb && t > ca
                     })
-                    .map(|x| (x.rank, x.source_id.clone()))
+                    .map(|x| (x.rank, x.source_id))
                     .min();
                 proptest::prop_assert_eq!(index.best_in(a, b, hour).cloned(), want, "window [{}, {})", a - h0, b - h0);
             }
@@ -1424,7 +1417,7 @@ mod tests {
             end_ms: h0 + b,
             value: OrdF64(1.0),
             rank,
-            source_id: source.into(),
+            source_id: Name::intern(source),
         };
         let xs = [
             sample("a-manual", 0, 10_000, 20_000),
@@ -1432,8 +1425,8 @@ mod tests {
             sample("b-phone", 3, -1_800_000, 1_800_000),
         ];
         let index = HourIndex::build(Metric::Steps, hour, xs.iter());
-        assert_eq!(index.best_in(h0 + 40_000, h0 + 80_000, hour), Some(&(3, "b-phone".to_owned())));
-        assert_eq!(index.best_in(h0 + 15_000, h0 + 80_000, hour), Some(&(0, "a-manual".to_owned())));
+        assert_eq!(index.best_in(h0 + 40_000, h0 + 80_000, hour), Some(&(3, Name::intern("b-phone"))));
+        assert_eq!(index.best_in(h0 + 15_000, h0 + 80_000, hour), Some(&(0, Name::intern("a-manual"))));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! deleted ones absent.
 
 use differential_dataflow::VecCollection;
-use vitalflow_schemas::domain::{Product, Session};
+use vitalflow_schemas::domain::Product;
 use vitalflow_schemas::view::{ColumnType::*, col};
 use vitalflow_schemas::{Datum, Epoch, Row, UserProfile, ViewDef};
+
+use crate::records::SessionRecord;
 
 /// Key `(user_id, session_id)`.
 pub const SESSIONS: ViewDef = ViewDef {
@@ -54,12 +56,12 @@ pub const USER_PROFILES: ViewDef = ViewDef {
 };
 
 /// In: current sessions. Out: one row per `(user_id, session_id)`.
-pub fn sessions<'s>(sessions: VecCollection<'s, Epoch, Session>) -> VecCollection<'s, Epoch, Row> {
+pub fn sessions<'s>(sessions: VecCollection<'s, Epoch, SessionRecord>) -> VecCollection<'s, Epoch, Row> {
     sessions.map(|s| {
         vec![
-            Datum::Str(s.user_id),
-            Datum::Str(s.session_id),
-            Datum::Str(s.product_id),
+            Datum::Str(s.user_id.to_string()),
+            Datum::Str(s.session_id.to_string()),
+            Datum::Str(s.product_id.to_string()),
             Datum::Ts(s.start_ms),
             s.end_ms.map_or(Datum::Null, Datum::Ts),
             Datum::Float(s.quantity),

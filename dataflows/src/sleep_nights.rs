@@ -8,6 +8,7 @@ use vitalflow_schemas::time::date_to_days;
 use vitalflow_schemas::view::{ColumnType::*, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ViewDef, Zone};
 
+use crate::names::Name;
 use crate::registry::SamplesByUser;
 
 /// Fragments of one source join an episode when the gap is below this.
@@ -51,19 +52,19 @@ pub const DEF: ViewDef = ViewDef {
 /// What the sleep pipeline (§3.3) needs of one sleep-stage sample: its interval (UTC ms), stage,
 /// source rank (§1.5), `sourceId`, `sourceRecordId` (two equal stages of different records stay
 /// two) and zone. Ordered by start, then end, as the fragment merge reads them.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Stage {
     pub start_ms: i64,
     pub end_ms: i64,
     pub stage: SleepStage,
     pub rank: u8,
-    pub source_id: String,
-    pub source_record_id: String,
+    pub source_id: Name,
+    pub source_record_id: Name,
     pub zone: Zone,
 }
 
 /// A period's computed fields, before main/nap is decided.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Period {
     pub onset: i64,
     pub wake: i64,
@@ -73,7 +74,7 @@ pub struct Period {
     /// Milliseconds asleep: total, core, deep, rem, unspecified.
     pub asleep_ms: [i64; 5],
     pub awakenings: i64,
-    pub canonical: String,
+    pub canonical: Name,
     pub source_count: i64,
     pub zone: Zone,
     pub night_date: i32,
@@ -133,11 +134,11 @@ fn stage_ms(asleep: &[&Stage], a: i64, b: i64) -> [i64; 4] {
 
 /// Steps 1–6 of §3.3 for one `(user, window)`.
 pub fn periods(samples: &[&Stage]) -> Vec<Period> {
-    let mut sources: Vec<(u8, &str)> = samples.iter().map(|s| (s.rank, s.source_id.as_str())).collect();
+    let mut sources: Vec<(u8, Name)> = samples.iter().map(|s| (s.rank, s.source_id)).collect();
     sources.sort_unstable();
     sources.dedup_by(|a, b| a.1 == b.1);
     // Episodes per source: (onset, offset, source).
-    let mut episodes: Vec<(i64, i64, &str)> = Vec::new();
+    let mut episodes: Vec<(i64, i64, Name)> = Vec::new();
     for (_, src) in &sources {
         let mut asleep: Vec<&Stage> = samples
             .iter()
@@ -148,13 +149,13 @@ pub fn periods(samples: &[&Stage]) -> Vec<Period> {
         for (a, b) in fragments(&asleep) {
             match episodes.last_mut() {
                 Some(e) if e.2 == *src && a - e.1 < GAP_MERGE_MS => e.1 = e.1.max(b),
-                _ => episodes.push((a, b, src)),
+                _ => episodes.push((a, b, *src)),
             }
         }
     }
     // Periods: episodes of different sources whose intervals overlap, joined transitively.
     episodes.sort_unstable();
-    let mut groups: Vec<(i64, i64, Vec<&str>)> = Vec::new();
+    let mut groups: Vec<(i64, i64, Vec<Name>)> = Vec::new();
     for (a, b, src) in episodes {
         match groups.last_mut() {
             Some(g) if a < g.1 => {
@@ -168,19 +169,19 @@ pub fn periods(samples: &[&Stage]) -> Vec<Period> {
     for (pa, pb, mut srcs) in groups {
         srcs.sort_unstable();
         srcs.dedup();
-        let in_period = |s: &&Stage, src: &str| {
+        let in_period = |s: &&Stage, src: Name| {
             s.source_id == src && s.stage.is_asleep() && s.end_ms > s.start_ms && s.start_ms < pb && s.end_ms > pa
         };
-        let asleep_of = |src: &str| -> Vec<&Stage> {
+        let asleep_of = |src: Name| -> Vec<&Stage> {
             let mut v: Vec<&Stage> = samples.iter().copied().filter(|s| in_period(s, src)).collect();
             v.sort();
             v
         };
-        let total_of = |src: &str| fragments(&asleep_of(src)).iter().map(|(a, b)| b - a).sum::<i64>();
+        let total_of = |src: Name| fragments(&asleep_of(src)).iter().map(|(a, b)| b - a).sum::<i64>();
         let rank_of =
-            |src: &str| samples.iter().filter(|s| s.source_id == src).map(|s| s.rank).min().unwrap_or(u8::MAX);
+            |src: Name| samples.iter().filter(|s| s.source_id == src).map(|s| s.rank).min().unwrap_or(u8::MAX);
         let Some(canonical) =
-            srcs.iter().copied().min_by(|x, y| (rank_of(x), -total_of(x), *x).cmp(&(rank_of(y), -total_of(y), *y)))
+            srcs.iter().copied().min_by(|&x, &y| (rank_of(x), -total_of(x), x).cmp(&(rank_of(y), -total_of(y), y)))
         else {
             continue;
         };
@@ -199,7 +200,7 @@ pub fn periods(samples: &[&Stage]) -> Vec<Period> {
         let rise = candidates.iter().map(|s| s.end_ms).max().map_or(wake, |r| r.max(wake));
         let last_zone = samples
             .iter()
-            .filter(|s| srcs.contains(&s.source_id.as_str()) && s.stage.is_asleep() && s.start_ms < pb && s.end_ms > pa)
+            .filter(|s| srcs.contains(&s.source_id) && s.stage.is_asleep() && s.start_ms < pb && s.end_ms > pa)
             .max_by(|x, y| (x.end_ms, x.start_ms, &x.source_id).cmp(&(y.end_ms, y.start_ms, &y.source_id)))
             .map_or(Zone::UTC, |s| s.zone);
         out.push(Period {
@@ -210,7 +211,7 @@ pub fn periods(samples: &[&Stage]) -> Vec<Period> {
             has_in_bed: !candidates.is_empty(),
             asleep_ms: [total, core, deep, rem, unspecified],
             awakenings,
-            canonical: canonical.to_owned(),
+            canonical,
             source_count: srcs.len() as i64,
             zone: last_zone,
             night_date: date_to_days(last_zone.local_date(wake)),
@@ -221,9 +222,9 @@ pub fn periods(samples: &[&Stage]) -> Vec<Period> {
 
 /// One `sleep_nights` row (§3.3): a user's sleep period and whether it is the night's main one.
 /// [`SleepNight::to_row`] is the one mapping to [`DEF`]'s columns (durations in minutes).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SleepNight {
-    pub user_id: String,
+    pub user_id: Name,
     pub period: Period,
     pub is_main: bool,
 }
@@ -235,7 +236,7 @@ impl SleepNight {
         let min = |ms: i64| Datum::Float(OrdF64(ms as f64 / 60_000.0));
         let in_bed = p.rise - p.bedtime;
         vec![
-            Datum::Str(self.user_id.clone()),
+            Datum::Str(self.user_id.to_string()),
             Datum::Date(p.night_date),
             Datum::Ts(p.onset),
             Datum::Ts(p.wake),
@@ -252,7 +253,7 @@ impl SleepNight {
             if p.has_in_bed { min(p.onset - p.bedtime) } else { Datum::Null },
             if in_bed > 0 { Datum::Float(OrdF64(p.asleep_ms[0] as f64 / in_bed as f64)) } else { Datum::Null },
             Datum::Bool(p.asleep_ms[1] + p.asleep_ms[2] + p.asleep_ms[3] > 0),
-            Datum::Str(p.canonical.clone()),
+            Datum::Str(p.canonical.to_string()),
             Datum::Int(p.source_count),
             Datum::Str(p.zone.name()),
             Datum::Bool(self.is_main),
@@ -274,11 +275,11 @@ pub fn sleep_nights<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch,
                 end_ms: s.end_ms,
                 stage,
                 rank: s.source_class.rank(),
-                source_id: s.source_id.clone(),
-                source_record_id: s.source_record_id.clone(),
+                source_id: s.source_id,
+                source_record_id: s.source_record_id,
                 zone: s.zone,
             };
-            Some(((user.clone(), sleep_window(s.start_ms, s.zone)), stage))
+            Some(((*user, sleep_window(s.start_ms, s.zone)), stage))
         })
         .reduce_named("Sleep: periods per window", |_key, input, output| {
             let stages: Vec<&Stage> = input.iter().filter(|(_, r)| *r > 0).map(|(s, _)| *s).collect();
@@ -292,7 +293,7 @@ pub fn sleep_nights<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch,
                 (a.asleep_ms[0], a.wake).cmp(&(b.asleep_ms[0], b.wake)).then(b.canonical.cmp(&a.canonical))
             });
             for (p, r) in input.iter().filter(|(_, r)| *r > 0) {
-                output.push((((*p).clone(), main == Some(*p)), *r));
+                output.push(((*(*p), main == Some(*p)), *r));
             }
         })
         .map(|((user_id, _night), (period, is_main))| SleepNight { user_id, period, is_main })

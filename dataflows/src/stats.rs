@@ -1,20 +1,23 @@
 //! Group kernels shared by the rollup views: they run inside `reduce` over one group's sorted
 //! values, so every sum is taken in the same order whatever order the rows arrived in (G5).
 
+use vitalflow_schemas::OrdF64;
 use vitalflow_schemas::split::{SLICE_MS, share_of_overlap, slice_overlaps};
 use vitalflow_schemas::time::date_to_days;
-use vitalflow_schemas::{OrdF64, Sample};
+
+use crate::names::Name;
+use crate::records::SampleRecord;
 
 /// A discrete reading inside a day group, ordered so that the last element is `last` (K3): greatest
 /// `startAt`, then greater `endAt`, then greater `sourceRecordId` (then `sourceId`, for determinism).
-pub type DiscreteEntry = (i64, i64, String, String, OrdF64);
+pub type DiscreteEntry = (i64, i64, Name, Name, OrdF64);
 
 /// A discrete sample's local date (of `startAt`, in its zone) and its entry; `None` for other kinds
 /// and for samples without a value.
-pub fn discrete_entry(s: &Sample) -> Option<(i32, DiscreteEntry)> {
+pub fn discrete_entry(s: &SampleRecord) -> Option<(i32, DiscreteEntry)> {
     let value = s.value.filter(|_| s.metric.kind() == vitalflow_schemas::ValueKind::Discrete)?;
     let day = date_to_days(s.zone.local_date(s.start_ms));
-    Some((day, (s.start_ms, s.end_ms, s.source_record_id.clone(), s.source_id.clone(), value)))
+    Some((day, (s.start_ms, s.end_ms, s.source_record_id, s.source_id, value)))
 }
 
 /// count, sum, min, max and last of a day group of discrete readings (K2–K4).
@@ -44,12 +47,12 @@ pub fn discrete_stats(input: &[(&DiscreteEntry, isize)]) -> Option<DiscreteStats
 }
 
 /// The local date (days since epoch) of a slice's start in the sample's zone (C3).
-pub fn slice_day(sample: &Sample, k: i64) -> i32 {
+pub fn slice_day(sample: &SampleRecord, k: i64) -> i32 {
     date_to_days(sample.zone.local_date(k * SLICE_MS))
 }
 
 /// A cumulative sample's C1 share of every slice it touches, with the slice's local date.
-pub fn slice_shares(sample: &Sample) -> impl Iterator<Item = (i64, i32, f64)> + '_ {
+pub fn slice_shares(sample: &SampleRecord) -> impl Iterator<Item = (i64, i32, f64)> + '_ {
     let v = sample.value.map_or(0.0, |v| v.0);
     slice_overlaps(sample.start_ms, sample.end_ms)
         .map(move |(k, o)| (k, slice_day(sample, k), share_of_overlap(sample.start_ms, sample.end_ms, v, o)))

@@ -1514,7 +1514,12 @@ fn contamination_flags_equal_the_pairwise_definition() {
                 s
             })
             .collect();
-        let mut got = contamination_flags(sessions.iter().collect());
+        let mut names = crate::names::Interner::lock();
+        let records: Vec<crate::SessionRecord> =
+            sessions.iter().map(|s| crate::SessionRecord::intern(s, &mut names)).collect();
+        drop(names);
+        let mut got: Vec<(String, bool)> =
+            contamination_flags(records.iter().collect()).into_iter().map(|(s, d)| (s.to_string(), d)).collect();
         got.sort();
         let mut want: Vec<(String, bool)> = sessions
             .iter()

@@ -8,6 +8,7 @@ use vitalflow_schemas::view::{ColumnType::*, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ViewDef};
 
 use crate::daily_rollups::DailyRollup;
+use crate::names::Name;
 
 /// Key `(user_id, week_start)`; `week_start` is the Monday of the ISO week.
 pub const DEF: ViewDef = ViewDef {
@@ -23,9 +24,9 @@ pub const DEF: ViewDef = ViewDef {
 /// One `weekly_steps` row: a user's merged step total of one ISO week (the sum of its days'
 /// `daily_rollups.sum`, DOMAIN.md §1.5 M1) and the number of its days with steps.
 /// [`WeeklySteps::to_row`] is the one mapping to [`DEF`]'s columns.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct WeeklySteps {
-    pub user_id: String,
+    pub user_id: Name,
     /// The Monday of the ISO week, in days since 1970-01-01.
     pub week_start: i32,
     pub steps: OrdF64,
@@ -36,7 +37,7 @@ impl WeeklySteps {
     /// The row of [`DEF`].
     pub fn to_row(&self) -> Row {
         vec![
-            Datum::Str(self.user_id.clone()),
+            Datum::Str(self.user_id.to_string()),
             Datum::Date(self.week_start),
             Datum::Float(self.steps),
             Datum::Int(self.days),

@@ -135,7 +135,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     }
     vitalflow_ingest::configure_limits(config.limits.clone());
     let store = Arc::new(
-        Store::open(&config.data_dir)
+        Store::open_with_cache(&config.data_dir, config.store_cache_mb.saturating_mul(1 << 20))
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?,
     );
     let recovered_epoch = store.last_epoch()?;

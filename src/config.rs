@@ -31,6 +31,9 @@ pub struct Config {
     /// advanced are written; also at a graceful stop), read back at the next start so that reads
     /// are served while the dataflow rehydrates; 0 turns persistence off.
     pub snapshot_persist_secs: u64,
+    /// MiB of the store's pages kept in memory (pages beyond it are read through the operating
+    /// system's page cache).
+    pub store_cache_mb: usize,
     /// Where input comes from besides HTTP (none by default).
     pub sources: Sources,
     /// `[server]`: connection, request and ingestion limits (README, "Limits").
@@ -143,6 +146,7 @@ impl Default for Config {
             sql_timeout_ms: 10_000,
             views: None,
             snapshot_persist_secs: 30,
+            store_cache_mb: vitalflow_ingest::store::DEFAULT_CACHE_BYTES >> 20,
             sources: Sources::default(),
             sinks: Sinks::default(),
             server: ServerLimits::default(),
@@ -226,6 +230,9 @@ impl Config {
         if let Some(v) = env("VITALFLOW_SNAPSHOT_PERSIST_SECS") {
             c.snapshot_persist_secs =
                 v.parse().context("VITALFLOW_SNAPSHOT_PERSIST_SECS must be a non-negative integer")?;
+        }
+        if let Some(v) = env("VITALFLOW_STORE_CACHE_MB") {
+            c.store_cache_mb = v.parse().context("VITALFLOW_STORE_CACHE_MB must be a non-negative integer")?;
         }
         if let Some(v) = env("VITALFLOW_VIEWS") {
             c.views = Some(v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());
@@ -559,6 +566,14 @@ mod tests {
         assert_eq!(d.data_dir, PathBuf::from("./vitalflow-data"));
         assert_eq!(d.listen, "127.0.0.1:8080");
         assert_eq!(d.sources, Sources::default(), "no connector unless configured");
+        assert_eq!(d.store_cache_mb, 64);
+        std::fs::write(&file, "store_cache_mb = 16\n").unwrap();
+        let from_file = Overrides { config: Some(file.clone()), ..Default::default() };
+        assert_eq!(Config::load(&from_file, |_| None).unwrap().store_cache_mb, 16);
+        let env = |k: &str| (k == "VITALFLOW_STORE_CACHE_MB").then(|| "256".to_owned());
+        assert_eq!(Config::load(&from_file, env).unwrap().store_cache_mb, 256);
+        let env = |k: &str| (k == "VITALFLOW_STORE_CACHE_MB").then(|| "lots".to_owned());
+        assert!(Config::load(&from_file, env).is_err());
         std::fs::write(&file, "[sources.kafka]\nbrokers = \"k:1\"\n[sinks.postgres]\nurl = \"postgres://x\"\n")
             .unwrap();
         let env = |k: &str| (k == "VITALFLOW_KAFKA_GROUP_ID").then(|| "g".to_owned());

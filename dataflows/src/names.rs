@@ -8,10 +8,11 @@
 //! the store and interns afresh), so a `Name` means nothing outside the process that made it.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 
+use hashbrown::{DefaultHashBuilder, HashTable};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An interned identifier. Equality and hashing are the id's; the order is the string's byte
@@ -25,8 +26,21 @@ pub struct Name(u32);
 /// to only under [`IDS`]'s lock, so an id is the index its string was pushed at.
 static STRINGS: boxcar::Vec<Box<str>> = boxcar::Vec::new();
 
-/// The string → id map, used only where names are interned (the writer thread).
-static IDS: LazyLock<Mutex<HashMap<&'static str, u32>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+/// The string → id index, used only where names are interned (the writer thread). Its entries are
+/// the ids alone (4 bytes); a probe compares the string through [`STRINGS`].
+static IDS: LazyLock<Mutex<Index>> =
+    LazyLock::new(|| Mutex::new(Index { ids: HashTable::new(), hasher: DefaultHashBuilder::default() }));
+
+struct Index {
+    ids: HashTable<u32>,
+    /// Randomly seeded per process, so that no client can choose colliding identifiers.
+    hasher: DefaultHashBuilder,
+}
+
+/// The string of an id pushed to [`STRINGS`].
+fn resolve(id: u32) -> &'static str {
+    STRINGS.get(id as usize).map_or("", |s| s)
+}
 
 impl Name {
     /// The name of `s`, interned on first sight.
@@ -38,7 +52,7 @@ impl Name {
     pub fn as_str(self) -> &'static str {
         // Every `Name` was made by `Interner::name` (or checked by `Deserialize`), after its string
         // was pushed, so the lookup cannot miss.
-        STRINGS.get(self.0 as usize).map_or("", |s| s)
+        resolve(self.0)
     }
 
     /// The process-local id (what `Serialize` writes).
@@ -49,14 +63,14 @@ impl Name {
 
 /// Holds the interning lock, so that a batch of changes interns its names with one acquisition.
 pub struct Interner {
-    ids: MutexGuard<'static, HashMap<&'static str, u32>>,
+    index: MutexGuard<'static, Index>,
 }
 
 impl Interner {
-    /// Takes the interning lock (a poisoned lock is taken over: the map is only ever inserted
-    /// into after its string is pushed, so it is consistent at every point a panic can occur).
+    /// Takes the interning lock (a poisoned lock is taken over: an id enters the index only after
+    /// its string is pushed, so the index is consistent at every point a panic can occur).
     pub fn lock() -> Interner {
-        Interner { ids: IDS.lock().unwrap_or_else(PoisonError::into_inner) }
+        Interner { index: IDS.lock().unwrap_or_else(PoisonError::into_inner) }
     }
 
     /// The name of `s`, interned on first sight.
@@ -64,15 +78,13 @@ impl Interner {
     /// Panics after 2³² distinct strings; each costs more than 40 bytes of table, so memory runs
     /// out first on any machine vitalflow runs on.
     pub fn name(&mut self, s: &str) -> Name {
-        if let Some(&id) = self.ids.get(s) {
+        let Index { ids, hasher } = &mut *self.index;
+        let hash = hasher.hash_one(s);
+        if let Some(&id) = ids.find(hash, |&id| resolve(id) == s) {
             return Name(id);
         }
-        let index = STRINGS.push(s.into());
-        let id = u32::try_from(index).expect("more than 2^32 interned names");
-        // The table is static and append-only, so the entry lives (unmoved) for the process.
-        if let Some(stored) = STRINGS.get(index) {
-            self.ids.insert(stored, id);
-        }
+        let id = u32::try_from(STRINGS.push(s.into())).expect("more than 2^32 interned names");
+        ids.insert_unique(hash, id, |&id| hasher.hash_one(resolve(id)));
         Name(id)
     }
 }
@@ -138,6 +150,19 @@ mod tests {
         let mut names: Vec<Name> = ["z", "é", "Z", "a"].map(Name::intern).to_vec();
         names.sort();
         assert_eq!(names.iter().map(|n| n.as_str()).collect::<Vec<_>>(), ["Z", "a", "z", "é"]);
+    }
+
+    #[test]
+    fn every_string_keeps_its_one_name_as_the_index_grows() {
+        let strings: Vec<String> = (0..50_000).map(|i| format!("names-test-grow-{i}")).collect();
+        let names: Vec<Name> = strings.iter().map(|s| Name::intern(s)).collect();
+        let mut names_again = Interner::lock();
+        for (s, n) in strings.iter().zip(&names) {
+            assert_eq!(n.as_str(), s);
+            assert_eq!(names_again.name(s), *n);
+        }
+        let distinct: std::collections::HashSet<u32> = names.iter().map(|n| n.id()).collect();
+        assert_eq!(distinct.len(), strings.len());
     }
 
     #[test]

@@ -9,29 +9,16 @@ over all of H (every window's best source changes) and its deletion, each timed 
 sees). Prints JSON lines with times (s) and the server's VmRSS/VmHWM (MB).
 
 usage: BIN=path/to/vitalflow [NSRC=1] python3 benches/support/best_source_flip.py PORT NSAMPLES NSESS NFLIPS [spanning]"""
-import os, json, sys, time, threading, shutil, subprocess, urllib.request
+import os, json, sys, time, threading
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from server import Server, iso
 port, nsamp, nsess, nflips = map(int, sys.argv[1:5])
 spanning = len(sys.argv) > 5 and sys.argv[5] == "spanning"
 binary = os.environ["BIN"]
-data = f"/tmp/vitalflow-flip-{port}"
-shutil.rmtree(data, ignore_errors=True)
-srv = subprocess.Popen([binary, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}"],
-                       stdout=open(data + ".log", "w"), stderr=subprocess.STDOUT)
-base = f"http://127.0.0.1:{port}"
-def post(path, body):
-    req = urllib.request.Request(base + path, json.dumps(body).encode(), {"content-type": "application/json"})
-    return json.load(urllib.request.urlopen(req, timeout=900))
-def get(path): return json.load(urllib.request.urlopen(base + path, timeout=900))
-def rss():
-    d = {}
-    for line in open(f"/proc/{srv.pid}/status"):
-        if line.startswith(("VmRSS", "VmHWM")): d[line.split(":")[0]] = int(line.split()[1]) // 1024
-    return d
-for _ in range(200):
-    try: get("/readyz"); break
-    except Exception: time.sleep(0.2)
+srv = Server(binary, port, f"/tmp/vitalflow-flip-{port}", log=True, timeout=900)
+post, get, rss = srv.post, srv.get, srv.rss_mb
+srv.wait_ready(200)
 H = 1717243200000  # 2024-06-01T12:00Z
-def iso(ms): return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 samples = []
 for i in range(nsamp):
     if spanning:   # 24h samples from many sources, all touching hour H
@@ -46,7 +33,6 @@ t0 = time.time(); epoch = 0
 for k in range(0, len(samples), 5000):
     epoch = post("/v1/health/samples/batch-upsert", {"requestId": f"r{k}", "userId": "u1", "deviceTimeZone": "UTC",
                  "samples": samples[k:k + 5000]})["epoch"]
-import os
 get(f"/v1/users/u1/{os.environ.get('ROUTE', 'session-impacts')}?minEpoch={epoch}&waitMs=900000")
 print(json.dumps({"phase": "samples", "n": nsamp, "s": round(time.time() - t0, 2), **rss()}), flush=True)
 # zero-length sessions inside hour H: BEFORE and AFTER both cover H in part
@@ -60,7 +46,7 @@ r = get(f"/v1/users/u1/session-impacts?minEpoch={epoch}&waitMs=900000")
 print(json.dumps({"phase": "sessions", "n": nsess, "rows": len(r["rows"]), "s": round(time.time() - t0, 2), **rss()}), flush=True)
 
 if nflips == 0:
-    srv.kill(); srv.wait(); sys.exit(0)
+    srv.stop(kill=True); sys.exit(0)
 probe_lat = []
 stop = [False]
 def probe():
@@ -100,4 +86,4 @@ probe_lat.sort()
 print(json.dumps({"phase": "changes", "noflip_s": [round(x, 3) for x in lat_noflip], "flip_s": [round(x, 3) for x in lat_flip],
                   "unflip_s": [round(x, 3) for x in lat_unflip], "other_user_max_s": round(probe_lat[-1], 3) if probe_lat else None,
                   "other_user_med_s": round(probe_lat[len(probe_lat) // 2], 3) if probe_lat else None, **rss()}), flush=True)
-srv.kill(); srv.wait()
+srv.stop(kill=True)

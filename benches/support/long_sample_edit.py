@@ -9,38 +9,17 @@ sample; `flip` adds a manual sample (every DURING window's best source changes) 
 Prints JSON lines with times (s) and the server's VmRSS/VmHWM (MB).
 
 usage: BIN=path/to/vitalflow [SPANS=N SPANSTEP=MS] python3 benches/support/long_sample_edit.py PORT NSESS PERHOUR NEDITS [edit|short|flip]"""
-import os, json, sys, time, threading, shutil, subprocess, urllib.request
+import os, json, sys, time, threading
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from server import Server, iso
 port, nsess, perhour, nedits = map(int, sys.argv[1:5])
 mode = sys.argv[5] if len(sys.argv) > 5 else "edit"
 binary = os.environ["BIN"]
-data = f"/tmp/vitalflow-long-edit-{port}"
-shutil.rmtree(data, ignore_errors=True)
-srv = subprocess.Popen([binary, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}"],
-                       stdout=open(data + ".log", "w"), stderr=subprocess.STDOUT)
-base = f"http://127.0.0.1:{port}"
-def post(path, body):
-    req = urllib.request.Request(base + path, json.dumps(body).encode(), {"content-type": "application/json"})
-    for _ in range(100):
-        try:
-            return json.load(urllib.request.urlopen(req, timeout=900))
-        except urllib.error.HTTPError as e:
-            if e.code in (429, 503): time.sleep(0.2); continue
-            raise
-def get(path): return json.load(urllib.request.urlopen(base + path, timeout=900))
-def cpu():
-    f = open(f"/proc/{srv.pid}/stat").read().split(")")[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-def rss():
-    d = {}
-    for line in open(f"/proc/{srv.pid}/status"):
-        if line.startswith(("VmRSS", "VmHWM")): d[line.split(":")[0]] = int(line.split()[1]) // 1024
-    return d
-for _ in range(300):
-    try: get("/readyz"); break
-    except Exception: time.sleep(0.2)
+srv = Server(binary, port, f"/tmp/vitalflow-long-edit-{port}", log=True, timeout=900, busy_retries=100)
+post, get, cpu, rss = srv.post, srv.get, srv.cpu_s, srv.rss_mb
+srv.wait_ready(300)
 H0 = 1717200000000  # 2024-06-01T00:00Z
 HOUR = 3600_000
-def iso(ms): return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 samples = []
 for h in range(-2, 52):
     for j in range(perhour):
@@ -106,4 +85,4 @@ for c in range(nedits):
 stop[0] = True; th.join(); probe_lat.sort()
 print(json.dumps({"other_user_max_s": round(probe_lat[-1], 3), "other_user_med_s": round(probe_lat[len(probe_lat) // 2], 3)}))
 print(json.dumps({"phase": mode, "bin": binary, "nsess": nsess, "perhour": perhour, "lat_cpu": lat, **rss()}), flush=True)
-srv.kill(); srv.wait()
+srv.stop(kill=True)

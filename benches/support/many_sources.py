@@ -11,31 +11,18 @@ visible in `session_impacts` is reported (median, max).
 
 usage: python3 benches/support/many_sources.py BINARY PORT SOURCES SESSIONS [CHANGES] [--partial | --short]
 """
-import hashlib, json, shutil, subprocess, sys, time, urllib.request
+import hashlib, json, os, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from server import Server, iso
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 partial = "--partial" in sys.argv
 short = "--short" in sys.argv
 binary, port, nsrc, nsess = args[0], int(args[1]), int(args[2]), int(args[3])
 nchanges = int(args[4]) if len(args) > 4 else 10
-data = f"/tmp/vitalflow-sources-{port}"
-shutil.rmtree(data, ignore_errors=True)
-srv = subprocess.Popen([binary, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-base = f"http://127.0.0.1:{port}"
-def post(path, body):
-    req = urllib.request.Request(base + path, json.dumps(body).encode(), {"content-type": "application/json"})
-    return json.load(urllib.request.urlopen(req, timeout=900))
-def get(path):
-    return json.load(urllib.request.urlopen(base + path, timeout=900))
-def rss():
-    for line in open(f"/proc/{srv.pid}/status"):
-        if line.startswith("VmRSS") or line.startswith("VmHWM"):
-            yield int(line.split()[1])
-for _ in range(100):
-    try: get("/readyz"); break
-    except Exception: time.sleep(0.2)
+srv = Server(binary, port, f"/tmp/vitalflow-sources-{port}", timeout=900)
+post, get = srv.post, srv.get
+srv.wait_ready(100)
 hour = 1717243200000  # 2024-06-01T12:00Z
-def iso(ms): return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 def extent(i):
     if short:
         s = hour + 300_000 + (i * 7) % 55_000
@@ -63,11 +50,10 @@ for k in range(0, len(changes), 500):
 r = get(f"/v1/users/u1/session-impacts?minEpoch={epoch}&waitMs=900000")
 took = time.time() - start
 rows = r["rows"]
-import os
 if os.environ.get("DUMP_ROWS"):
     json.dump(rows, open(os.environ["DUMP_ROWS"], "w"), sort_keys=True, indent=0)
 print(json.dumps({"binary": binary, "sources": nsrc, "sessions": nsess, "partial": partial, "short": short, "visible_s": round(took, 1),
-                  "peak_and_current_rss_kb": list(rss()), "rows": len(rows),
+                  "peak_and_current_rss_kb": srv.rss_kb(), "rows": len(rows),
                   "digest": hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]}))
 lat = []
 for c in range(nchanges):
@@ -82,5 +68,5 @@ for c in range(nchanges):
 lat.sort()
 if lat:
     print(json.dumps({"changes": nchanges, "change_visible_median_s": round(lat[len(lat) // 2], 3),
-                      "change_visible_max_s": round(lat[-1], 3), "peak_and_current_rss_kb": list(rss())}))
-srv.terminate(); srv.wait()
+                      "change_visible_max_s": round(lat[-1], 3), "peak_and_current_rss_kb": srv.rss_kb()}))
+srv.stop()

@@ -12,27 +12,16 @@ session covers, and the time until each is visible in `session_impacts` is repor
 
 usage: python3 benches/support/overlapping_sessions.py BINARY PORT SESSIONS [CHANGES [HR_EVERY_S]]
 """
-import json, os, subprocess, sys, time, urllib.request, shutil
+import json, os, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from server import Server, iso as iso_ms
 binary, port, nsess = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-data = f"/tmp/vitalflow-overlap-{port}"
-shutil.rmtree(data, ignore_errors=True)
-srv = subprocess.Popen([binary, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-base = f"http://127.0.0.1:{port}"
-def post(path, body):
-    req = urllib.request.Request(base + path, json.dumps(body).encode(), {"content-type": "application/json"})
-    return json.load(urllib.request.urlopen(req, timeout=600))
-def get(path):
-    return json.load(urllib.request.urlopen(base + path, timeout=600))
-def rss():
-    for line in open(f"/proc/{srv.pid}/status"):
-        if line.startswith("VmRSS") or line.startswith("VmHWM"):
-            yield line.split()[1]
-for _ in range(100):
-    try: get("/readyz"); break
-    except Exception: time.sleep(0.2)
+srv = Server(binary, port, f"/tmp/vitalflow-overlap-{port}", timeout=600)
+post, get = srv.post, srv.get
+def rss(): return [str(kb) for kb in srv.rss_kb()]   # this script has always printed them as strings
+srv.wait_ready(100)
 t0 = 1717200000000  # 2024-06-01T00:00Z
-def iso(ms): return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + "Z"
+def iso(ms): return iso_ms(ms, millis=False)   # whole seconds: the timestamps (and digests) of the published runs
 # heart rate every HR_EVERY_S seconds and steps per minute over 30 hours
 hr_every = int(sys.argv[5]) if len(sys.argv) > 5 else 30
 samples = []
@@ -58,7 +47,7 @@ r = get(f"/v1/users/u1/session-impacts?minEpoch={epoch}&waitMs=600000")
 took = time.time() - start
 rows = r["rows"]
 print(json.dumps({"binary": binary, "sessions": nsess, "samples": len(samples), "visible_s": round(took, 1),
-                  "peak_and_current_rss_kb": list(rss()), "rows": len(rows), "digest": __import__("hashlib").sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]}))
+                  "peak_and_current_rss_kb": rss(), "rows": len(rows), "digest": __import__("hashlib").sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]}))
 nchanges = int(sys.argv[4]) if len(sys.argv) > 4 else 10
 lat = []
 for c in range(nchanges):
@@ -72,7 +61,7 @@ for c in range(nchanges):
     lat.append(time.time() - start)
 lat.sort()
 if not lat:
-    srv.terminate(); srv.wait(); sys.exit(0)
+    srv.stop(); sys.exit(0)
 print(json.dumps({"changes": nchanges, "change_visible_median_s": round(lat[len(lat) // 2], 3),
-                  "change_visible_max_s": round(lat[-1], 3), "peak_and_current_rss_kb": list(rss())}))
-srv.terminate(); srv.wait()
+                  "change_visible_max_s": round(lat[-1], 3), "peak_and_current_rss_kb": rss()}))
+srv.stop()

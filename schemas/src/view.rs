@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use chrono::Datelike;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder,
     TimestampMillisecondBuilder,
@@ -13,6 +14,7 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
+use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -180,6 +182,15 @@ impl ViewDef {
         Ok(rows)
     }
 
+    /// `rows` as a JSON array of objects with camelCase keys, written straight to the serializer:
+    /// the same bytes as serializing [`ViewDef::row_to_json`] of each row (keys in sorted order,
+    /// as `serde_json::Map` keeps them), without building a `Value` tree per row.
+    pub fn json_rows<'a>(&self, rows: &'a [&'a Row]) -> JsonRows<'a> {
+        let mut keys: Vec<(String, usize)> = self.columns.iter().map(|c| camel_case(c.name)).zip(0..).collect();
+        keys.sort();
+        JsonRows { keys, rows }
+    }
+
     /// The row as a JSON object with camelCase keys.
     pub fn row_to_json(&self, row: &Row) -> Value {
         let mut map = Map::with_capacity(self.columns.len());
@@ -250,8 +261,70 @@ pub fn datum_to_json(d: &Datum) -> Value {
         Datum::Int(i) => Value::from(*i),
         Datum::Float(f) => serde_json::Number::from_f64(f.0).map_or(Value::Null, Value::Number),
         Datum::Str(s) => Value::String(s.clone()),
-        Datum::Date(days) => Value::String(days_to_date(*days).format("%Y-%m-%d").to_string()),
+        Datum::Date(days) => Value::String(format_date(*days)),
         Datum::Ts(ms) => Value::String(format_instant(*ms)),
+    }
+}
+
+/// Days since 1970-01-01 as `YYYY-MM-DD` (chrono's `%Y-%m-%d`, whose years outside 0–9999 carry a
+/// sign).
+fn format_date(days: i32) -> String {
+    let date = days_to_date(days);
+    let (y, m, d) = (date.year(), date.month(), date.day());
+    if (0..=9999).contains(&y) { format!("{y:04}-{m:02}-{d:02}") } else { date.format("%Y-%m-%d").to_string() }
+}
+
+/// A view's rows as JSON, from [`ViewDef::json_rows`]: serializes as an array of objects.
+pub struct JsonRows<'a> {
+    /// The camelCase key of each column and the column's index, sorted by key.
+    keys: Vec<(String, usize)>,
+    rows: &'a [&'a Row],
+}
+
+impl Serialize for JsonRows<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.rows.len()))?;
+        for row in self.rows {
+            seq.serialize_element(&JsonRow { keys: &self.keys, row })?;
+        }
+        seq.end()
+    }
+}
+
+/// One row of [`JsonRows`].
+struct JsonRow<'a> {
+    keys: &'a [(String, usize)],
+    row: &'a Row,
+}
+
+impl Serialize for JsonRow<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // A row shorter than its columns lacks the keys of the missing cells, as `row_to_json`'s.
+        let cells: Vec<(&String, &Datum)> =
+            self.keys.iter().filter_map(|(k, i)| self.row.get(*i).map(|d| (k, d))).collect();
+        let mut map = serializer.serialize_map(Some(cells.len()))?;
+        for (k, d) in cells {
+            map.serialize_entry(k, &JsonDatum(d))?;
+        }
+        map.end()
+    }
+}
+
+/// One datum as [`datum_to_json`] writes it.
+struct JsonDatum<'a>(&'a Datum);
+
+impl Serialize for JsonDatum<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Datum::Null => serializer.serialize_unit(),
+            Datum::Bool(b) => serializer.serialize_bool(*b),
+            Datum::Int(i) => serializer.serialize_i64(*i),
+            Datum::Float(f) if f.0.is_finite() => serializer.serialize_f64(f.0),
+            Datum::Float(_) => serializer.serialize_unit(),
+            Datum::Str(s) => serializer.serialize_str(s),
+            Datum::Date(days) => serializer.serialize_str(&format_date(*days)),
+            Datum::Ts(ms) => serializer.serialize_str(&format_instant(*ms)),
+        }
     }
 }
 
@@ -309,6 +382,51 @@ mod tests {
         assert_eq!(batch.column(2).null_count(), 1);
         let json = DEF.row_to_json(&rows[0]);
         assert_eq!(json, serde_json::json!({"userId": "u", "localDate": "2024-06-01", "totalMin": 1.5}));
+    }
+
+    fn datum() -> impl proptest::strategy::Strategy<Value = Datum> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Datum::Null),
+            any::<bool>().prop_map(Datum::Bool),
+            any::<i64>().prop_map(Datum::Int),
+            prop_oneof![any::<f64>(), Just(f64::NAN), Just(f64::INFINITY), Just(-0.0), Just(1e300), Just(5e-324)]
+                .prop_map(|f| Datum::Float(OrdF64(f))),
+            ".{0,12}".prop_map(Datum::Str),
+            prop_oneof![any::<i32>(), -800_000..3_000_000i32].prop_map(Datum::Date),
+            prop_oneof![any::<i64>(), -70_000_000_000_000..300_000_000_000_000i64].prop_map(Datum::Ts),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The streamed rows are byte for byte the rows built as `Value`s: any datum in any
+        /// column (a mismatched one included), non-finite floats, dates and instants far outside
+        /// the plausible range, rows shorter or longer than the columns.
+        #[test]
+        fn streamed_json_rows_equal_the_value_rows(
+            rows in proptest::collection::vec(proptest::collection::vec(datum(), 0..8), 0..6)
+        ) {
+            const ALL: ViewDef = ViewDef {
+                name: "all",
+                columns: &[
+                    col("user_id", ColumnType::Str),
+                    col("n", ColumnType::Int),
+                    col("x_value", ColumnType::Float),
+                    col("b", ColumnType::Bool),
+                    col("local_date", ColumnType::Date),
+                    col("start_at", ColumnType::Timestamp),
+                ],
+                key_len: 1,
+                route: None,
+                filters: &[],
+                range_column: None,
+                range_via: None,
+            };
+            let refs: Vec<&Row> = rows.iter().collect();
+            let streamed = serde_json::to_string(&ALL.json_rows(&refs)).unwrap_or_default();
+            let values: Vec<Value> = rows.iter().map(|r| ALL.row_to_json(r)).collect();
+            proptest::prop_assert_eq!(streamed, serde_json::to_string(&values).unwrap_or_default());
+        }
     }
 
     #[test]

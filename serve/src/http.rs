@@ -298,8 +298,8 @@ async fn read_view(
     }
     // A large read is CPU work: the worker thread hands its other tasks over while it encodes.
     let encode = || -> Response {
-        let rows: Vec<Value> = rows.iter().map(|r| def.row_to_json(r)).collect();
-        Json(json!({"asOfEpoch": snap.as_of, "latestEpoch": latest, "pending": pending, "rows": rows})).into_response()
+        Json(RowsBody { as_of_epoch: snap.as_of, latest_epoch: latest, pending, rows: def.json_rows(&rows) })
+            .into_response()
     };
     let multi_thread = tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
     Ok(if rows.len() > 2_000 && multi_thread { tokio::task::block_in_place(encode) } else { encode() })
@@ -317,6 +317,17 @@ fn row_date(r: &Row, idx: usize, zone_idx: Option<usize>) -> Option<i32> {
         }
         _ => None,
     }
+}
+
+/// The body of a per-user read: `asOfEpoch`, `latestEpoch`, `pending` and the rows, keys in that
+/// (sorted) order, the rows streamed ([`vitalflow_schemas::ViewDef::json_rows`]).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RowsBody<'a> {
+    as_of_epoch: Epoch,
+    latest_epoch: Epoch,
+    pending: bool,
+    rows: vitalflow_schemas::view::JsonRows<'a>,
 }
 
 #[derive(Deserialize)]

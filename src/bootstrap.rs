@@ -510,6 +510,7 @@ async fn supervise(
         if let Some(rss) = resident_bytes() {
             metrics::gauge!("vitalflow_process_resident_memory_bytes").set(rss as f64);
         }
+        metrics::gauge!("vitalflow_dataflow_interned_names").set(vitalflow_dataflows::Name::interned() as f64);
         if failed.is_empty() {
             failing_since = None;
             components.failed.write().clear();

@@ -290,6 +290,9 @@ impl Config {
         if c.workers == 0 {
             bail!("workers must be at least 1");
         }
+        if c.store_cache_mb == 0 {
+            bail!("store_cache_mb must be at least 1 (the store buffers its writes in half of it)");
+        }
         c.check_auth()?;
         Ok(c)
     }
@@ -572,8 +575,10 @@ mod tests {
         assert_eq!(Config::load(&from_file, |_| None).unwrap().store_cache_mb, 16);
         let env = |k: &str| (k == "VITALFLOW_STORE_CACHE_MB").then(|| "256".to_owned());
         assert_eq!(Config::load(&from_file, env).unwrap().store_cache_mb, 256);
-        let env = |k: &str| (k == "VITALFLOW_STORE_CACHE_MB").then(|| "lots".to_owned());
-        assert!(Config::load(&from_file, env).is_err());
+        for bad in ["lots", "0"] {
+            let env = |k: &str| (k == "VITALFLOW_STORE_CACHE_MB").then(|| bad.to_owned());
+            assert!(Config::load(&from_file, env).is_err(), "{bad}");
+        }
         std::fs::write(&file, "[sources.kafka]\nbrokers = \"k:1\"\n[sinks.postgres]\nurl = \"postgres://x\"\n")
             .unwrap();
         let env = |k: &str| (k == "VITALFLOW_KAFKA_GROUP_ID").then(|| "g".to_owned());

@@ -1,4 +1,4 @@
-//! Interned identifiers (issue 13 §1, ADR 0008): the dataflow carries `userId`, `sourceId`,
+//! Interned identifiers (issue 13 §1, ADR 0010): the dataflow carries `userId`, `sourceId`,
 //! `sourceRecordId`, `sessionId` and `productId` as 4-byte [`Name`]s, so that its records are
 //! fixed-size `Copy` values and cloning one into an arrangement allocates nothing.
 //!
@@ -9,10 +9,10 @@
 
 use std::cmp::Ordering;
 use std::fmt;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::HashTable;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An interned identifier. Equality and hashing are the id's; the order is the string's byte
@@ -26,15 +26,31 @@ pub struct Name(u32);
 /// to only under [`IDS`]'s lock, so an id is the index its string was pushed at.
 static STRINGS: boxcar::Vec<Box<str>> = boxcar::Vec::new();
 
-/// The string → id index, used only where names are interned (the writer thread). Its entries are
-/// the ids alone (4 bytes); a probe compares the string through [`STRINGS`].
+/// The string → id index, used where names are interned (the writer thread, and a view that
+/// names a constant while the dataflow is built). A probe compares the string through
+/// [`STRINGS`].
 static IDS: LazyLock<Mutex<Index>> =
-    LazyLock::new(|| Mutex::new(Index { ids: HashTable::new(), hasher: DefaultHashBuilder::default() }));
+    LazyLock::new(|| Mutex::new(Index { ids: HashTable::new(), hasher: RandomState::new() }));
+
+/// One entry of the index: an id and 32 bits of its string's hash, so that growing the index
+/// rehashes from the entries alone, without reading millions of strings under the lock.
+#[derive(Clone, Copy)]
+struct Entry {
+    id: u32,
+    hash: u32,
+}
+
+/// The table's hash of an entry: its 32 stored bits spread over 64 (hashbrown takes its control
+/// byte from the top bits and its bucket from the low ones).
+fn spread(hash: u32) -> u64 {
+    u64::from(hash).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
 
 struct Index {
-    ids: HashTable<u32>,
-    /// Randomly seeded per process, so that no client can choose colliding identifiers.
-    hasher: DefaultHashBuilder,
+    ids: HashTable<Entry>,
+    /// SipHash with per-process random keys: identifiers come from clients, and a hash they could
+    /// predict would let them build long probe chains under the writer's lock.
+    hasher: RandomState,
 }
 
 /// The string of an id pushed to [`STRINGS`].
@@ -53,6 +69,12 @@ impl Name {
         // Every `Name` was made by `Interner::name` (or checked by `Deserialize`), after its string
         // was pushed, so the lookup cannot miss.
         resolve(self.0)
+    }
+
+    /// How many names this process has interned (a gauge: the table never shrinks before a
+    /// restart).
+    pub fn interned() -> usize {
+        STRINGS.count()
     }
 
     /// The process-local id (what `Serialize` writes).
@@ -79,12 +101,12 @@ impl Interner {
     /// out first on any machine vitalflow runs on.
     pub fn name(&mut self, s: &str) -> Name {
         let Index { ids, hasher } = &mut *self.index;
-        let hash = hasher.hash_one(s);
-        if let Some(&id) = ids.find(hash, |&id| resolve(id) == s) {
-            return Name(id);
+        let hash = hasher.hash_one(s) as u32;
+        if let Some(e) = ids.find(spread(hash), |e| e.hash == hash && resolve(e.id) == s) {
+            return Name(e.id);
         }
         let id = u32::try_from(STRINGS.push(s.into())).expect("more than 2^32 interned names");
-        ids.insert_unique(hash, id, |&id| hasher.hash_one(resolve(id)));
+        ids.insert_unique(spread(hash), Entry { id, hash }, |e| spread(e.hash));
         Name(id)
     }
 }

@@ -1,4 +1,4 @@
-//! The records the dataflow sees (issue 13 §1, ADR 0008): the stored records of DOMAIN.md §0.1
+//! The records the dataflow sees (issue 13 §1, ADR 0010): the stored records of DOMAIN.md §0.1
 //! with their identifiers interned as [`Name`]s, so that each is a fixed-size `Copy` value. They are
 //! made where a change enters the runtime; views never see a `String` id.
 

@@ -329,7 +329,7 @@ impl InputSessions {
 /// The worker that owns `key`: for a user's [`Name`], the one differential's exchange sends that
 /// key to, so the shared by-user arrangement of samples ([`crate::SamplesByUser`]) moves no data
 /// between workers.
-fn worker_for<K: Hashable<Output = u64> + ?Sized>(key: &K, workers: usize) -> usize {
+fn worker_for<K: Hashable<Output = u64>>(key: &K, workers: usize) -> usize {
     (key.hashed() % workers as u64) as usize
 }
 

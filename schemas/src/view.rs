@@ -430,6 +430,15 @@ mod tests {
     }
 
     #[test]
+    fn dates_format_as_chrono_formats_them() {
+        let edges = [i32::MIN, -719_529, -719_528, -1, 0, 1, 19_875, 2_932_896, 2_932_897, i32::MAX];
+        let days = edges.into_iter().chain((-800_000..3_100_000).step_by(997));
+        for d in days {
+            assert_eq!(format_date(d), days_to_date(d).format("%Y-%m-%d").to_string(), "{d}");
+        }
+    }
+
+    #[test]
     fn record_batches_turn_back_into_the_same_rows() {
         const ALL: ViewDef = ViewDef {
             name: "all",

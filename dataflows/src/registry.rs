@@ -20,7 +20,7 @@ use crate::{
 
 /// Current samples arranged by `user_id`: one shared trace, exchanged once (the runtime already
 /// sends a user's changes to the worker that owns the user's key, so the exchange stays local).
-/// Views read it with `flat_map_ref`, cloning only the fields of the samples they keep.
+/// Views read it with `flat_map_ref`, copying only the fields of the samples they keep.
 pub type SamplesByUser<'s> = Arranged<'s, TraceAgent<ValSpine<Name, SampleRecord, Epoch, isize>>>;
 
 /// The collections every view may read. Shared intermediate collections are built on first use,

@@ -470,9 +470,8 @@ impl HourIndex {
         let (mut ending, mut starting, mut entering, mut leaving, mut inside) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for x in samples {
-            let stream = streams
-                .binary_search_by(|(rank, source)| (*rank, source.as_str()).cmp(&(x.rank, x.source_id.as_str())))
-                .map_or(NO_STREAM, |i| i as u32);
+            // Names order as their strings, and equal ones compare without reading them.
+            let stream = streams.binary_search(&(x.rank, x.source_id)).map_or(NO_STREAM, |i| i as u32);
             let (from, to) = x.extent();
             // The sample touches the hour, so 0 ≤ f < t ≤ one hour.
             let (f, t) = ((from.max(h0) - h0) as i32, (to.min(h0 + BUCKET_MS) - h0) as i32);

@@ -188,6 +188,8 @@ impl ViewDef {
     pub fn json_rows<'a>(&self, rows: &'a [&'a Row]) -> JsonRows<'a> {
         let mut keys: Vec<(String, usize)> = self.columns.iter().map(|c| camel_case(c.name)).zip(0..).collect();
         keys.sort();
+        // `row_to_json`'s map would keep one value of a repeated key; no view has one.
+        debug_assert!(keys.windows(2).all(|w| w[0].0 != w[1].0), "{}: two columns share a JSON key", self.name);
         JsonRows { keys, rows }
     }
 
@@ -300,11 +302,12 @@ struct JsonRow<'a> {
 impl Serialize for JsonRow<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         // A row shorter than its columns lacks the keys of the missing cells, as `row_to_json`'s.
-        let cells: Vec<(&String, &Datum)> =
-            self.keys.iter().filter_map(|(k, i)| self.row.get(*i).map(|d| (k, d))).collect();
-        let mut map = serializer.serialize_map(Some(cells.len()))?;
-        for (k, d) in cells {
-            map.serialize_entry(k, &JsonDatum(d))?;
+        let present = self.keys.iter().filter(|(_, i)| *i < self.row.len()).count();
+        let mut map = serializer.serialize_map(Some(present))?;
+        for (k, i) in self.keys {
+            if let Some(d) = self.row.get(*i) {
+                map.serialize_entry(k, &JsonDatum(d))?;
+            }
         }
         map.end()
     }

@@ -395,6 +395,9 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    // The handlers are installed before the address is printed: whoever learns the address and
+    // sends SIGTERM gets the graceful stop, not the default action.
+    let shutdown = shutdown_signal()?;
     tracing::info!(%addr, workers = config.workers, data_dir = %config.data_dir.display(), "vitalflow serving");
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("vitalflow listening on {scheme}://{addr}");
@@ -405,7 +408,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
         write_timeout: Duration::from_millis(config.server.request_timeout_ms),
         drain_timeout: Duration::from_secs(30),
     };
-    crate::server::serve(listener, app, tls, limits, shutdown_signal()).await;
+    crate::server::serve(listener, app, tls, limits, shutdown).await;
     tracing::info!("HTTP drained; flushing");
     components.stopping.store(true, Ordering::SeqCst);
     supervisor.abort();
@@ -764,24 +767,23 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> axum::response::
     (status, axum::Json(ErrorBody { code: code.into(), message: message.into() })).into_response()
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT or SIGTERM, as a future. The handlers are installed by this call (not when the future is
+/// first polled), so a signal that arrives before the server polls it is not lost.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    #[cfg(unix)]
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot install the SIGINT handler")?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown requested");
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested");
+    })
 }

@@ -5,6 +5,7 @@ mod auth;
 mod bootstrap;
 mod config;
 mod framing;
+mod linger;
 mod server;
 mod tls;
 

@@ -140,7 +140,10 @@ impl Conn {
         });
         let conn = watcher.watch(
             builder
-                .serve_connection_with_upgrades(TokioIo::new(crate::framing::FramingErrors::new(io)), service)
+                .serve_connection_with_upgrades(
+                    TokioIo::new(crate::linger::Linger::new(crate::framing::FramingErrors::new(io))),
+                    service,
+                )
                 .into_owned(),
         );
         let watchdog = async {

@@ -86,11 +86,20 @@ impl Server {
         self.post("/v1/sql", &json!({ "sql": sql, "minEpoch": epoch, "waitMs": 20000 })).await
     }
 
-    /// SIGTERM, then wait for a clean exit; returns whether it exited with status 0.
-    pub fn stop(mut self) -> bool {
+    /// SIGTERM, then waits for the process to end; panics, naming the exit code or the signal,
+    /// unless it exited with status 0.
+    pub fn stop(mut self) {
+        use std::os::unix::process::ExitStatusExt;
         let mut child = self.child.take().expect("child");
         let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-        child.wait().map(|s| s.success()).unwrap_or(false)
+        let status = child.wait().expect("wait for vitalflow");
+        assert!(
+            status.success(),
+            "vitalflow did not exit cleanly on SIGTERM: code {:?}, signal {:?}, core dumped {}",
+            status.code(),
+            status.signal(),
+            status.core_dumped()
+        );
     }
 
     /// SIGKILL: a crash, no chance to flush anything.

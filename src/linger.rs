@@ -79,8 +79,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Linger<I> {
         let this = &mut *self;
         if this.draining.is_none() {
             std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
-            this.draining =
-                Some(Draining { deadline: Box::pin(tokio::time::sleep(this.max_time)), discarded: 0 });
+            this.draining = Some(Draining { deadline: Box::pin(tokio::time::sleep(this.max_time)), discarded: 0 });
         }
         let Some(draining) = this.draining.as_mut() else { return Poll::Ready(Ok(())) };
         let mut scratch = [0_u8; 16 * 1024];

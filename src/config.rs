@@ -293,6 +293,9 @@ impl Config {
         if c.store_cache_mb == 0 {
             bail!("store_cache_mb must be at least 1 (the store buffers its writes in half of it)");
         }
+        if c.max_body_bytes == 0 {
+            bail!("max_body_bytes must be at least 1 (0 would refuse every ingestion request)");
+        }
         c.check_auth()?;
         Ok(c)
     }
@@ -578,7 +581,11 @@ mod tests {
         for bad in ["lots", "0"] {
             let env = |k: &str| (k == "VITALFLOW_STORE_CACHE_MB").then(|| bad.to_owned());
             assert!(Config::load(&from_file, env).is_err(), "{bad}");
+            let env = |k: &str| (k == "VITALFLOW_MAX_BODY_BYTES").then(|| bad.to_owned());
+            assert!(Config::load(&from_file, env).is_err(), "max_body_bytes {bad}");
         }
+        let env = |k: &str| (k == "VITALFLOW_MAX_BODY_BYTES").then(|| "1".to_owned());
+        assert_eq!(Config::load(&from_file, env).unwrap().max_body_bytes, 1);
         std::fs::write(&file, "[sources.kafka]\nbrokers = \"k:1\"\n[sinks.postgres]\nurl = \"postgres://x\"\n")
             .unwrap();
         let env = |k: &str| (k == "VITALFLOW_KAFKA_GROUP_ID").then(|| "g".to_owned());

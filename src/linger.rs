@@ -2,14 +2,18 @@
 //! a request body (a body refused for its size, or a route that answers without reading it), a
 //! plain close makes the kernel answer the unread bytes with a TCP reset, and a client that is
 //! still writing sees a broken pipe instead of the refusal sitting in its receive buffer.
-//! [`Linger`] wraps a connection's stream so that its shutdown first sends FIN, then reads and
-//! discards what the client still sends, until the client closes, [`LINGER_BYTES`] have been
-//! discarded or [`LINGER_TIME`] has passed (nginx's `lingering_close`, for the same reason).
+//! [`Linger`] wraps a connection's stream so that its shutdown first sends FIN, then, if a request
+//! body may still be arriving (a flag the HTTP layer keeps), reads and discards what the client
+//! still sends, until the client closes, [`LINGER_BYTES`] have been discarded or [`LINGER_TIME`]
+//! has passed (nginx's `lingering_close`, for the same reason). An idle keep-alive connection
+//! closes at once. A graceful stop drops every connection, lingering or not, at its drain timeout.
 //! Nothing read while lingering reaches hyper. ADR 0009 says why this lives in the stream.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +28,9 @@ pub const LINGER_TIME: Duration = Duration::from_secs(5);
 /// A connection's stream whose shutdown lingers (module docs). Reads and writes pass through.
 pub struct Linger<I> {
     inner: I,
+    /// Whether the client may still be sending a request body: set by the HTTP layer. When it is
+    /// not, a shutdown only sends FIN: an idle keep-alive connection has nothing to drain.
+    unread: Arc<AtomicBool>,
     max_bytes: usize,
     max_time: Duration,
     /// Set once the write side is shut down: what is left of the lingering.
@@ -36,13 +43,13 @@ struct Draining {
 }
 
 impl<I> Linger<I> {
-    /// Lingers up to [`LINGER_BYTES`] and [`LINGER_TIME`].
-    pub fn new(inner: I) -> Self {
-        Self::with_limits(inner, LINGER_BYTES, LINGER_TIME)
+    /// Lingers up to [`LINGER_BYTES`] and [`LINGER_TIME`], when `unread` is set at shutdown.
+    pub fn new(inner: I, unread: Arc<AtomicBool>) -> Self {
+        Self::with_limits(inner, unread, LINGER_BYTES, LINGER_TIME)
     }
 
-    fn with_limits(inner: I, max_bytes: usize, max_time: Duration) -> Self {
-        Self { inner, max_bytes, max_time, draining: None }
+    fn with_limits(inner: I, unread: Arc<AtomicBool>, max_bytes: usize, max_time: Duration) -> Self {
+        Self { inner, unread, max_bytes, max_time, draining: None }
     }
 }
 
@@ -79,6 +86,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Linger<I> {
         let this = &mut *self;
         if this.draining.is_none() {
             std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            if !this.unread.load(Ordering::Relaxed) {
+                return Poll::Ready(Ok(()));
+            }
             this.draining = Some(Draining { deadline: Box::pin(tokio::time::sleep(this.max_time)), discarded: 0 });
         }
         let Some(draining) = this.draining.as_mut() else { return Poll::Ready(Ok(())) };
@@ -112,7 +122,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.expect("accept");
-            let mut stream = Linger::new(stream);
+            let mut stream = Linger::new(stream, Arc::new(AtomicBool::new(true)));
             let mut head = [0_u8; 64];
             let _ = stream.read(&mut head).await.expect("read the start");
             stream.write_all(b"refused").await.expect("answer");
@@ -135,7 +145,8 @@ mod tests {
     #[tokio::test]
     async fn lingering_ends_at_its_limits() {
         let (server_side, _silent) = tokio::io::duplex(1024);
-        let mut stream = Linger::with_limits(server_side, LINGER_BYTES, Duration::from_millis(20));
+        let unread = Arc::new(AtomicBool::new(true));
+        let mut stream = Linger::with_limits(server_side, unread.clone(), LINGER_BYTES, Duration::from_millis(20));
         stream.shutdown().await.expect("ends at the time limit");
 
         let (server_side, mut flood) = tokio::io::duplex(64 * 1024);
@@ -147,10 +158,19 @@ mod tests {
             }
             sent
         });
-        let mut stream = Linger::with_limits(server_side, 256 * 1024, Duration::from_secs(3600));
+        let mut stream = Linger::with_limits(server_side, unread, 256 * 1024, Duration::from_secs(3600));
         stream.shutdown().await.expect("ends at the byte limit");
         drop(stream);
         let sent = writer.await.expect("writer");
         assert!((256 * 1024..=(256 + 64 + 16 + 4) * 1024).contains(&sent), "{sent}");
+    }
+
+    /// A connection whose last request body was read to the end closes at once: nothing to drain.
+    #[tokio::test]
+    async fn no_lingering_when_every_body_was_read() {
+        let (server_side, _silent) = tokio::io::duplex(1024);
+        let mut stream =
+            Linger::with_limits(server_side, Arc::new(AtomicBool::new(false)), LINGER_BYTES, Duration::from_secs(3600));
+        stream.shutdown().await.expect("closes without waiting for the silent client");
     }
 }

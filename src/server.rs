@@ -7,8 +7,10 @@
 //! `bootstrap`). With `[tls]` each connection first completes a rustls handshake, bounded by the
 //! same header read timeout, on its own task (a slow handshake never holds the accept loop).
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -53,6 +55,8 @@ pub async fn serve(
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
     let mut shutdown = std::pin::pin!(shutdown);
+    // Set once the drain timeout has passed: every connection still open is then dropped.
+    let (closing, closed) = tokio::sync::watch::channel(false);
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
@@ -79,7 +83,13 @@ pub async fn serve(
         let mut io = TimeoutStream::new(stream);
         io.set_write_timeout(Some(limits.write_timeout));
         let io = Box::pin(io);
-        let conn = Conn { app: app.clone(), builder: builder.clone(), watcher: graceful.watcher(), permit };
+        let conn = Conn {
+            app: app.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            permit,
+            closed: closed.clone(),
+        };
         let (timeout, idle) = (limits.header_read_timeout, limits.write_timeout.max(Duration::from_secs(1)));
         match tls.clone() {
             None => {
@@ -105,6 +115,7 @@ pub async fn serve(
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!("connections still open after the drain timeout; closing them");
+            let _ = closing.send(true);
         }
     }
 }
@@ -115,6 +126,9 @@ struct Conn {
     builder: Builder<TokioExecutor>,
     watcher: Watcher,
     permit: OwnedSemaphorePermit,
+    /// Becomes `true` when shutdown's drain timeout has passed: the connection is dropped then,
+    /// whatever it is doing (a request, a lingering close), so that a stop is bounded.
+    closed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Conn {
@@ -126,12 +140,16 @@ impl Conn {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Conn { app, builder, watcher, permit } = self;
+        let Conn { app, builder, watcher, permit, mut closed } = self;
         let activity = Arc::new(Activity::default());
         let seen = activity.clone();
+        // Until a request has come and its body has been read to the end, a close lingers.
+        let unread = Arc::new(AtomicBool::new(true));
+        let body_read = unread.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let guard = seen.begin();
-            let fut = app.clone().oneshot(req.map(axum::body::Body::new));
+            let body_read = body_read.clone();
+            let fut = app.clone().oneshot(req.map(|body| axum::body::Body::new(TrackedBody::new(body, body_read))));
             async move {
                 let response = fut.await;
                 drop(guard);
@@ -141,7 +159,7 @@ impl Conn {
         let conn = watcher.watch(
             builder
                 .serve_connection_with_upgrades(
-                    TokioIo::new(crate::linger::Linger::new(crate::framing::FramingErrors::new(io))),
+                    TokioIo::new(crate::linger::Linger::new(crate::framing::FramingErrors::new(io), unread)),
                     service,
                 )
                 .into_owned(),
@@ -163,6 +181,7 @@ impl Conn {
             () = watchdog => {
                 metrics::counter!("vitalflow_http_idle_connections_closed_total").increment(1);
             }
+            _ = closed.wait_for(|closed| *closed) => {}
         }
         drop(permit);
     }
@@ -201,5 +220,46 @@ impl Drop for RunningRequest {
     fn drop(&mut self) {
         self.0.last_end_ms.store(EPOCH.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request body that records, in its connection's flag, whether it has been read to the end:
+/// `true` (unread) from the request's start until its last frame, so that a connection closed
+/// with a body still arriving lingers ([`crate::linger::Linger`]) and one closed between requests
+/// does not.
+struct TrackedBody {
+    inner: Incoming,
+    unread: Arc<AtomicBool>,
+}
+
+impl TrackedBody {
+    fn new(inner: Incoming, unread: Arc<AtomicBool>) -> Self {
+        use hyper::body::Body as _;
+        unread.store(!inner.is_end_stream(), Ordering::Relaxed);
+        Self { inner, unread }
+    }
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.unread.store(false, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -190,15 +190,15 @@ async fn ingestion_contract_and_reads() {
     let r = raw(r#"{"requestId": "x", "userId": "u1"}"#, "text/plain").await.expect("send");
     assert_eq!(r.status(), 415);
     assert_eq!(r.json::<Value>().await.expect("json")["code"], json!("UNSUPPORTED_MEDIA_TYPE"));
-    // A body declared larger than the limit is refused from its headers, before any of it is
-    // sent (raw TCP: a client that kept writing would race the server's close).
-    {
+    // A body declared larger than its route's limit is refused from its headers, before any of it
+    // is sent (raw TCP: a client that kept writing would race the server's close), with the
+    // route's own limit in the message and `Connection: close`.
+    for (path, declared, limit) in [(UPSERT, 9 * 1024 * 1024, "8388608"), ("/v1/users/u1/profile", 70_000, "65536")] {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = server.base.trim_start_matches("http://").to_owned();
         let mut conn = tokio::net::TcpStream::connect(&addr).await.expect("connect");
         let head = format!(
-            "POST {UPSERT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            9 * 1024 * 1024
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
         );
         conn.write_all(head.as_bytes()).await.expect("write the head");
         let mut answer = Vec::new();
@@ -209,8 +209,10 @@ async fn ingestion_contract_and_reads() {
         let answer = String::from_utf8_lossy(&answer);
         let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
         assert!(head.starts_with("HTTP/1.1 413 "), "{answer}");
+        assert!(head.to_ascii_lowercase().contains("\r\nconnection: close"), "{answer}");
         let resp: Value = serde_json::from_str(body).unwrap_or(Value::Null);
         assert_eq!(resp["code"], json!("PAYLOAD_TOO_LARGE"), "{answer}");
+        assert!(resp["message"].as_str().is_some_and(|m| m.ends_with(limit)), "{answer}");
     }
     let (status, bad_dz) = server
         .post(UPSERT, &{

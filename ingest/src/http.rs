@@ -33,26 +33,33 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// The ingestion routes, with `max_body_bytes` as the body limit.
 pub fn router(ingest: Ingest, max_body_bytes: usize) -> Router {
+    let profile_limit = PROFILE_MAX_BODY_BYTES.min(max_body_bytes);
     Router::new()
-        .route("/v1/health/samples/batch-upsert", post(batch_upsert))
+        .route(
+            "/v1/health/samples/batch-upsert",
+            post(batch_upsert).layer(middleware::from_fn_with_state(max_body_bytes, declared_size)),
+        )
         // A profile is a few fields: its own, smaller body limit.
         .route(
             "/v1/users/{user_id}/profile",
             post(upsert_profile)
-                .layer(DefaultBodyLimit::max(PROFILE_MAX_BODY_BYTES.min(max_body_bytes)))
-                .layer(middleware::from_fn_with_state(PROFILE_MAX_BODY_BYTES.min(max_body_bytes), declared_size)),
+                .layer(DefaultBodyLimit::max(profile_limit))
+                .layer(middleware::from_fn_with_state(profile_limit, declared_size)),
         )
-        .route("/v1/domain/changes", post(domain_changes))
+        .route(
+            "/v1/domain/changes",
+            post(domain_changes).layer(middleware::from_fn_with_state(max_body_bytes, declared_size)),
+        )
         .route("/v1/users/{user_id}", axum::routing::delete(erase_user))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn_with_state(max_body_bytes, declared_size))
         .with_state(ingest)
 }
 
 /// Refuses a body whose `Content-Length` exceeds `limit` bytes before reading any of it: 413
-/// `PAYLOAD_TOO_LARGE`, so that a client is not made to send megabytes only to be refused, and one
-/// that sent `Expect: 100-continue` sends none. A body without `Content-Length` (chunked) is
-/// refused by `DefaultBodyLimit` once `limit` bytes have been read.
+/// `PAYLOAD_TOO_LARGE` with `Connection: close` (the unread body makes the connection unusable),
+/// so that a client is not made to send megabytes only to be refused, and one that sent
+/// `Expect: 100-continue` sends none. A body without `Content-Length` (chunked) is refused by
+/// `DefaultBodyLimit` once `limit` bytes have been read.
 async fn declared_size(State(limit): State<usize>, request: Request, next: Next) -> Response {
     let declared = request
         .headers()
@@ -60,12 +67,16 @@ async fn declared_size(State(limit): State<usize>, request: Request, next: Next)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     match declared {
-        Some(bytes) if bytes > limit as u64 => IngestError::Invalid {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "PAYLOAD_TOO_LARGE",
-            message: format!("the declared body of {bytes} bytes exceeds the limit of {limit}"),
+        Some(bytes) if bytes > limit as u64 => {
+            let mut refused = IngestError::Invalid {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "PAYLOAD_TOO_LARGE",
+                message: format!("the declared body of {bytes} bytes exceeds the limit of {limit}"),
+            }
+            .into_response();
+            refused.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            refused
         }
-        .into_response(),
         _ => next.run(request).await,
     }
 }

@@ -317,7 +317,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
                 tick.tick().await;
                 if snapshots.is_ready() {
                     let (p, s) = (p.clone(), snapshots.clone());
-                    persist_now(tokio::task::spawn_blocking(move || p.persist(&s)).await);
+                    persist_now(tokio::task::spawn_blocking(move || timed(|| p.persist(&s))).await);
                 }
             }
         })
@@ -436,7 +436,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     // The views as they stand are persisted, so that the next start serves them at once.
     if let Some(p) = persister.filter(|_| snapshots.is_ready()) {
         let s = snapshots.clone();
-        persist_now(tokio::task::spawn_blocking(move || p.persist(&s)).await);
+        persist_now(tokio::task::spawn_blocking(move || timed(|| p.persist(&s))).await);
     }
     // The sink writes what was published last (bounded: Postgres may be away).
     let _ = sink_shutdown_tx.send(true);
@@ -447,16 +447,25 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     Ok(())
 }
 
-/// Logs and counts the outcome of one round of snapshot persistence. A failure is not fatal: the
+/// Runs `f`, returning its result and how long it took.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let start = std::time::Instant::now();
+    let out = f();
+    (out, start.elapsed())
+}
+
+/// Logs and counts the outcome of one round of snapshot persistence (its duration as the
+/// histogram `vitalflow_snapshot_persist_seconds`). A failure is not fatal: the
 /// previous files stay, and only the next start's rehydration takes longer.
-fn persist_now(outcome: Result<Result<usize, String>, tokio::task::JoinError>) {
+fn persist_now(outcome: Result<(Result<usize, String>, Duration), tokio::task::JoinError>) {
     match outcome {
-        Ok(Ok(written)) => {
+        Ok((Ok(written), took)) => {
             if written > 0 {
-                tracing::debug!(views = written, "view snapshots persisted");
+                metrics::histogram!("vitalflow_snapshot_persist_seconds").record(took.as_secs_f64());
+                tracing::debug!(views = written, elapsed_ms = took.as_millis() as u64, "view snapshots persisted");
             }
         }
-        Ok(Err(e)) => {
+        Ok((Err(e), _)) => {
             metrics::counter!("vitalflow_snapshot_persist_errors_total").increment(1);
             tracing::error!(error = %e, "cannot persist a view snapshot; the previous file stays");
         }

@@ -784,7 +784,10 @@ fn apply_group(
     }
     if wrote {
         crate::store::fault_point()?;
+        // The group's durable commit (its fsync): what every acknowledgement in it waits for.
+        let committing = std::time::Instant::now();
         txn.commit().map_err(storage)?;
+        metrics::histogram!("vitalflow_store_commit_seconds").record(committing.elapsed().as_secs_f64());
     } else {
         txn.abort().map_err(storage)?;
     }

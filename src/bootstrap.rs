@@ -316,8 +316,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
             loop {
                 tick.tick().await;
                 if snapshots.is_ready() {
-                    let (p, s) = (p.clone(), snapshots.clone());
-                    persist_now(tokio::task::spawn_blocking(move || timed(|| p.persist(&s))).await);
+                    persist_round(p.clone(), snapshots.clone()).await;
                 }
             }
         })
@@ -435,8 +434,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     .await?;
     // The views as they stand are persisted, so that the next start serves them at once.
     if let Some(p) = persister.filter(|_| snapshots.is_ready()) {
-        let s = snapshots.clone();
-        persist_now(tokio::task::spawn_blocking(move || timed(|| p.persist(&s))).await);
+        persist_round(p, snapshots.clone()).await;
     }
     // The sink writes what was published last (bounded: Postgres may be away).
     let _ = sink_shutdown_tx.send(true);
@@ -447,25 +445,20 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     Ok(())
 }
 
-/// Runs `f`, returning its result and how long it took.
-fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
-    let start = std::time::Instant::now();
-    let out = f();
-    (out, start.elapsed())
-}
-
-/// Logs and counts the outcome of one round of snapshot persistence (its duration as the
-/// histogram `vitalflow_snapshot_persist_seconds`). A failure is not fatal: the
-/// previous files stay, and only the next start's rehydration takes longer.
-fn persist_now(outcome: Result<(Result<usize, String>, Duration), tokio::task::JoinError>) {
-    match outcome {
-        Ok((Ok(written), took)) => {
+/// One round of snapshot persistence on the blocking pool, logged and counted (its duration as
+/// the histogram `vitalflow_snapshot_persist_seconds`). A failure is not fatal: the previous
+/// files stay, and only the next start's rehydration takes longer.
+async fn persist_round(p: Arc<Persister>, s: Arc<SnapshotStore>) {
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || p.persist(&s)).await {
+        Ok(Ok(written)) => {
             if written > 0 {
+                let took = started.elapsed();
                 metrics::histogram!("vitalflow_snapshot_persist_seconds").record(took.as_secs_f64());
                 tracing::debug!(views = written, elapsed_ms = took.as_millis() as u64, "view snapshots persisted");
             }
         }
-        Ok((Err(e), _)) => {
+        Ok(Err(e)) => {
             metrics::counter!("vitalflow_snapshot_persist_errors_total").increment(1);
             tracing::error!(error = %e, "cannot persist a view snapshot; the previous file stays");
         }

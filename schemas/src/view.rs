@@ -255,17 +255,11 @@ fn build_array<'a>(ty: ColumnType, cells: impl Iterator<Item = &'a Datum>) -> Ar
     }
 }
 
-/// JSON for one datum: dates as `YYYY-MM-DD`, instants as ISO 8601 with `Z`, non-finite floats null.
+/// JSON for one datum: dates as `YYYY-MM-DD`, instants as ISO 8601 with `Z`, non-finite floats null
+/// (the one mapping, [`JsonDatum`], that streamed reads write too).
 pub fn datum_to_json(d: &Datum) -> Value {
-    match d {
-        Datum::Null => Value::Null,
-        Datum::Bool(b) => Value::Bool(*b),
-        Datum::Int(i) => Value::from(*i),
-        Datum::Float(f) => serde_json::Number::from_f64(f.0).map_or(Value::Null, Value::Number),
-        Datum::Str(s) => Value::String(s.clone()),
-        Datum::Date(days) => Value::String(format_date(*days)),
-        Datum::Ts(ms) => Value::String(format_instant(*ms)),
-    }
+    // Nothing a datum holds fails to become a `Value` (strings, finite numbers, null).
+    serde_json::to_value(JsonDatum(d)).unwrap_or(Value::Null)
 }
 
 /// Days since 1970-01-01 as `YYYY-MM-DD` (chrono's `%Y-%m-%d`, whose years outside 0–9999 carry a
@@ -313,7 +307,8 @@ impl Serialize for JsonRow<'_> {
     }
 }
 
-/// One datum as [`datum_to_json`] writes it.
+/// One datum as JSON: dates as `YYYY-MM-DD`, instants as ISO 8601 with `Z`, non-finite floats
+/// null.
 struct JsonDatum<'a>(&'a Datum);
 
 impl Serialize for JsonDatum<'_> {

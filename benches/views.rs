@@ -6,6 +6,12 @@
 //!
 //! `cargo bench --bench views -- [--users 12] [--days 30] [--runs 3] [--views a,b]`
 //!
+//! With `--probe N` (issue 14: does a small change cost more with more history behind it?), each
+//! view is first fed the whole workload, then N syncs of 50 one-second `steps` samples, one user
+//! each in turn, on the workload's last day: each sync is its own epoch, pushed only after the
+//! previous one has passed the view's frontier, and timed from push to frontier. Run it at two
+//! `--days` to compare the same sync behind 30 and 240 days of history.
+//!
 //! A view built on another (`weekly_steps` on `daily_rollups`, `product_impacts` on
 //! `session_impacts`) includes what it is built on. Prints one JSON line per view and a
 //! Markdown table.
@@ -39,12 +45,16 @@ struct Epochs {
 /// A sample's identity in the store (I3): user, source, record.
 type RecordKey = (String, String, String);
 
+/// After the workload's last day, so that G6 takes every instant as past.
+fn received_at(days: usize) -> i64 {
+    1_709_251_200_000 + (days as i64 + 30) * 86_400_000
+}
+
 /// Validates the workload into epochs: domain changes first (epoch 1), then one epoch per batch.
 fn epochs(users: usize, days: usize) -> Epochs {
     let w = workload::generate(users, days, 500, 1);
     let limits = Limits::default();
-    // After the workload's last day, so that G6 takes every instant as past.
-    let received_at_ms = 1_709_251_200_000 + (days as i64 + 30) * 86_400_000;
+    let received_at_ms = received_at(days);
     let mut batches = Vec::new();
     let mut domain = Vec::new();
     let mut sessions = 0;
@@ -65,38 +75,71 @@ fn epochs(users: usize, days: usize) -> Epochs {
     let mut store: HashMap<RecordKey, Sample> = HashMap::new();
     let mut samples = 0;
     for body in &w.batches {
-        let (req, _) = parse_batch(axum::body::Bytes::from(body.clone()), &limits)
-            .unwrap_or_else(|e| panic!("workload batch refused: {e:?}"));
-        let zone = req.device_time_zone.as_deref().and_then(Zone::parse);
-        let ctx = RequestContext {
-            user_id: &req.user_id,
-            platform: req.platform.as_deref(),
-            device_zone: zone,
-            profile: None,
-            received_at_ms,
-            limits: &limits,
-        };
-        let mut changes = Vec::new();
-        for ws in &req.samples {
-            let sample = validate_sample(ws, &ctx).unwrap_or_else(|e| panic!("workload sample refused: {e:?}")).sample;
-            let key = (sample.user_id.clone(), sample.source_id.clone(), sample.source_record_id.clone());
-            if let Some(old) = store.insert(key, sample.clone()) {
-                changes.push(Change::Sample(old, -1));
-            }
-            changes.push(Change::Sample(sample, 1));
-            samples += 1;
-        }
-        for d in &req.deletions {
-            let key = (req.user_id.clone(), d.source_id.clone(), d.source_record_id.clone());
-            if let Some(old) = store.remove(&key) {
-                changes.push(Change::Sample(old, -1));
-            }
-        }
+        let (changes, n) = changes_of(body, &mut store, received_at_ms);
+        samples += n;
         let epoch = batches.len() as u64 + 1;
         batches.push(EpochBatch { epoch, changes });
     }
     let updates = batches.iter().map(|b| b.changes.len()).sum();
     Epochs { batches, updates, samples, sessions }
+}
+
+/// The changes one batch-upsert body makes against `store` (the records stored so far), as the
+/// writer would push them, and the number of samples in it.
+fn changes_of(body: &[u8], store: &mut HashMap<RecordKey, Sample>, received_at_ms: i64) -> (Vec<Change>, usize) {
+    let limits = Limits::default();
+    let (req, _) = parse_batch(axum::body::Bytes::from(body.to_vec()), &limits)
+        .unwrap_or_else(|e| panic!("workload batch refused: {e:?}"));
+    let zone = req.device_time_zone.as_deref().and_then(Zone::parse);
+    let ctx = RequestContext {
+        user_id: &req.user_id,
+        platform: req.platform.as_deref(),
+        device_zone: zone,
+        profile: None,
+        received_at_ms,
+        limits: &limits,
+    };
+    let mut changes = Vec::new();
+    for ws in &req.samples {
+        let sample = validate_sample(ws, &ctx).unwrap_or_else(|e| panic!("workload sample refused: {e:?}")).sample;
+        let key = (sample.user_id.clone(), sample.source_id.clone(), sample.source_record_id.clone());
+        if let Some(old) = store.insert(key, sample.clone()) {
+            changes.push(Change::Sample(old, -1));
+        }
+        changes.push(Change::Sample(sample, 1));
+    }
+    for d in &req.deletions {
+        let key = (req.user_id.clone(), d.source_id.clone(), d.source_record_id.clone());
+        if let Some(old) = store.remove(&key) {
+            changes.push(Change::Sample(old, -1));
+        }
+    }
+    (changes, req.samples.len())
+}
+
+/// `n` syncs of 50 one-second `steps` samples from a watch, one workload user each in turn, from
+/// noon UTC of the workload's last day on (as the end-to-end bench's steady syncs), each its own
+/// epoch from `first` on.
+fn probe_batches(n: usize, users: usize, days: usize, first: u64) -> Vec<EpochBatch> {
+    let mut store = HashMap::new();
+    let noon = 1_709_251_200_000 + (days as i64 - 1) * 86_400_000 + 43_200_000;
+    let iso = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339()).unwrap_or_default();
+    (0..n)
+        .map(|i| {
+            let t0 = noon + i as i64 * 60_000;
+            let samples: Vec<serde_json::Value> = (0..50_i64)
+                .map(|k| {
+                    serde_json::json!({"sourceId": "watch", "sourceRecordId": format!("probe-{i}-{k}"),
+                        "metric": "steps", "startAt": iso(t0 + k * 1000), "endAt": iso(t0 + k * 1000 + 1000),
+                        "value": 1, "unit": "count", "sourceClass": "watch"})
+                })
+                .collect();
+            let body = serde_json::json!({"requestId": format!("probe-{i}"), "userId": format!("user-{}", i % users),
+                "deviceTimeZone": "UTC", "samples": samples});
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            EpochBatch { epoch: first + i as u64, changes: changes_of(&bytes, &mut store, received_at(days)).0 }
+        })
+        .collect()
 }
 
 /// One run of `view` alone on one worker: seconds until its frontier passes the last epoch, and
@@ -127,6 +170,47 @@ fn run(view: ViewSpec, epochs: &Epochs) -> (f64, usize) {
     (seconds, out)
 }
 
+/// Feeds `view` the whole workload, then each of `probes` alone: the milliseconds from pushing a
+/// probe to the view's frontier passing it.
+fn run_probes(view: ViewSpec, epochs: &Epochs, probes: &[EpochBatch]) -> Vec<f64> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut runtime = Runtime::start(1, vec![view], tx).unwrap_or_else(|e| panic!("{e}"));
+    // The frontiers, read on their own thread: the worker queue is bounded, so the history is
+    // pushed while its output drains.
+    let (ftx, frx) = crossbeam_channel::unbounded();
+    let drain = std::thread::spawn(move || {
+        for progress in rx {
+            if ftx.send(progress.frontier).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_past = |epoch: u64| {
+        if !frx.iter().any(|frontier| frontier > epoch) {
+            panic!("the view stopped before passing epoch {epoch}");
+        }
+    };
+    for batch in epochs.batches.clone() {
+        runtime.push(batch).unwrap_or_else(|e| panic!("{e}"));
+    }
+    wait_past(epochs.batches.last().map_or(0, |b| b.epoch));
+    let mut ms = Vec::with_capacity(probes.len());
+    for probe in probes {
+        let (epoch, t) = (probe.epoch, Instant::now());
+        runtime.push(probe.clone()).unwrap_or_else(|e| panic!("{e}"));
+        wait_past(epoch);
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    runtime.shutdown();
+    drain.join().ok();
+    ms
+}
+
+/// The `q` quantile of sorted `xs`.
+fn quantile(xs: &[f64], q: f64) -> f64 {
+    xs.get(((xs.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
@@ -143,6 +227,18 @@ fn main() {
         epochs.batches.len(),
         t.elapsed().as_secs_f64()
     );
+    if let Some(n) = flag("--probe").and_then(|v| v.parse::<usize>().ok()) {
+        let first = epochs.batches.last().map_or(0, |b| b.epoch) + 1;
+        let probes = probe_batches(n, users, days, first);
+        println!("\n| view | {users} users × {days} days: sync → frontier p50 / p90 / p99 / max ms |\n|---|---|");
+        for view in VIEWS.iter().filter(|v| only.as_ref().is_none_or(|o| o.iter().any(|n| n == v.def.name))) {
+            let mut ms = run_probes(*view, &epochs, &probes);
+            ms.sort_by(f64::total_cmp);
+            let [p50, p90, p99, max] = [0.5, 0.9, 0.99, 1.0].map(|q| quantile(&ms, q));
+            println!("| `{}` | {p50:.2} / {p90:.2} / {p99:.2} / {max:.2} |", view.def.name);
+        }
+        return;
+    }
     let mut table = Vec::new();
     for view in VIEWS.iter().filter(|v| only.as_ref().is_none_or(|o| o.iter().any(|n| n == v.def.name))) {
         let mut times: Vec<f64> = Vec::new();

@@ -37,6 +37,14 @@ struct Args {
     rate: u64,
     /// Seconds of `steady` and of `late`.
     seconds: u64,
+    /// During `steady`, every this many point reads one whole-view SQL aggregate (0: none).
+    sql_every: usize,
+    /// Point reads and visibility reads during `steady` ask for the last this many days up to the
+    /// live edge (`from=`), as a dashboard would; 0 (default): the user's whole history.
+    read_days: usize,
+    /// Point reads per second during `steady` (0, the default: back to back, as fast as the server
+    /// answers).
+    read_rate: u64,
     /// `S` or `M`: the issue-5 workload (benches/support/workload.rs) instead of the simple one.
     scale: Option<String>,
     seed: u64,
@@ -65,6 +73,9 @@ fn parse_args() -> Args {
         server_bin: None,
         scenario: "bulk".into(),
         rate: 1000,
+        sql_every: 20,
+        read_days: 0,
+        read_rate: 0,
         seconds: 20,
         scale: None,
         seed: 1,
@@ -89,6 +100,9 @@ fn parse_args() -> Args {
             "--scenario" => a.scenario = it.next().unwrap_or_default(),
             "--rate" => a.rate = num("--rate") as u64,
             "--seconds" => a.seconds = num("--seconds") as u64,
+            "--sql-every" => a.sql_every = num("--sql-every"),
+            "--read-days" => a.read_days = num("--read-days"),
+            "--read-rate" => a.read_rate = num("--read-rate") as u64,
             "--scale" => {
                 a.scale = it.next();
                 let (u, d) =
@@ -262,16 +276,29 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
     let acks = Arc::new(Mutex::new(Vec::new()));
     let visible = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // reads: point reads and a whole-view SQL aggregate, back to back, while the stream runs. The
-    // reader has a thread, a runtime and a client of its own, so that its timings measure the
-    // server, not the driver's queue of sync tasks (the driver shares the two cores).
+    // The live edge is the day after the loaded history (the issue-5 workload starts 2024-03-01,
+    // the simple one 2024-06-01), so `late` lands 25 days back inside the history.
+    let first_day = if args.issue_workload() { 1_709_251_200_000_i64 } else { 1_717_200_000_000 };
+    let base_ms = first_day + args.days as i64 * 86_400_000;
+    // `&from=` for `--read-days`: the window's first day, the live edge its last.
+    let window = match args.read_days {
+        0 => String::new(),
+        n => chrono::DateTime::from_timestamp_millis(base_ms - (n as i64 - 1) * 86_400_000)
+            .map(|d| format!("&from={}", d.format("%Y-%m-%d")))
+            .unwrap_or_default(),
+    };
+    // reads: point reads and whole-view SQL aggregates while the stream runs (`Reads`). The reader
+    // has a thread, a runtime and a client of its own, so that its timings measure the server, not
+    // the driver's queue of sync tasks (the driver shares the two cores).
     let readers = if late {
         None
     } else {
-        let (base, stop, users) = (base.to_owned(), stop.clone(), args.users.max(1));
+        let reads =
+            Reads { users: args.users.max(1), sql_every: args.sql_every, window: window.clone(), rate: args.read_rate };
+        let (base, stop) = (base.to_owned(), stop.clone());
         let reader = move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("reader runtime");
-            runtime.block_on(reader_loop(base, stop, users))
+            runtime.block_on(reader_loop(base, stop, reads))
         };
         Some(std::thread::spawn(reader))
     };
@@ -279,10 +306,6 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let total = rate * args.seconds;
-    // The live edge is the day after the loaded history (the issue-5 workload starts 2024-03-01,
-    // the simple one 2024-06-01), so `late` lands 25 days back inside the history.
-    let first_day = if args.issue_workload() { 1_709_251_200_000_i64 } else { 1_717_200_000_000 };
-    let base_ms = first_day + args.days as i64 * 86_400_000;
     let mut tasks = Vec::new();
     let started = Instant::now();
     // At most this many syncs in flight (the driver's and the server's open files are finite); a
@@ -307,6 +330,8 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
             .collect();
         let body = json!({"requestId": format!("{}-{n}", if late { "late" } else { "steady" }), "userId": format!("user-{user}"),
                           "deviceTimeZone": "UTC", "samples": samples});
+        // `--read-days` shapes the steady reads only: a late sample lands 25 days back.
+        let window = if late { String::new() } else { window.clone() };
         let (client, base, acks, visible) = (client.clone(), base.to_owned(), acks.clone(), visible.clone());
         let (late_reads, refused, errors) = (late_reads.clone(), refused.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
@@ -326,7 +351,8 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
                 return;
             }
             let epoch = v["epoch"].as_u64().unwrap_or(0);
-            let url = format!("{base}/v1/users/user-{user}/daily-rollups?metric=steps&minEpoch={epoch}&waitMs=30000");
+            let url =
+                format!("{base}/v1/users/user-{user}/daily-rollups?metric=steps{window}&minEpoch={epoch}&waitMs=30000");
             let Ok(r) = client.get(url).send().await else { return failed() };
             let Ok(r) = r.json::<Value>().await else { return failed() };
             let seen = t.elapsed();
@@ -356,38 +382,110 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
         "ack_ms": percentiles(acks), "ack_to_visible_ms": percentiles(visible),
     });
     if let Some(r) = readers {
-        let (point, sql) = r.join().unwrap_or_default();
-        out["reads"] = json!({"point_read_ms": percentiles(point), "sql_aggregate_ms": percentiles(sql)});
+        let stats = r.join().unwrap_or_default();
+        out["reads"] = json!({
+            "point_read_ms": percentiles(stats.point), "sql_aggregate_ms": percentiles(stats.sql),
+            "failed": stats.failed, "point_reads_per_s": stats.point_per_s,
+            "read_rate": args.read_rate, "read_days": args.read_days, "sql_every": args.sql_every,
+        });
     }
     out
 }
 
-/// Point reads and, every 20th, a whole-view SQL aggregate, back to back until `stop`: their
-/// latencies in ms.
-async fn reader_loop(
-    base: String,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+/// What the reader beside `steady` asks for.
+struct Reads {
+    /// Point reads go to `user-{i % users}`.
     users: usize,
-) -> (Vec<f64>, Vec<f64>) {
+    /// Every this many point reads, a whole-view SQL aggregate (never when 0).
+    sql_every: usize,
+    /// `&from=…` or nothing (the whole history).
+    window: String,
+    /// Point reads per second; 0: back to back.
+    rate: u64,
+}
+
+/// What the reader saw: latencies in ms, reads that failed (a transport error or a status other
+/// than 2xx), and the point reads served per second.
+#[derive(Default)]
+struct ReadStats {
+    point: Vec<f64>,
+    sql: Vec<f64>,
+    failed: usize,
+    point_per_s: f64,
+}
+
+/// Point reads and SQL aggregates as `reads` says, until `stop`. Back to back (`rate` 0): one
+/// after the other, an aggregate after every `sql_every`th read, each timed from its send. Paced:
+/// point reads at `rate` per second and aggregates at `rate / sql_every` per second, on two loops
+/// of their own (so that a read never waits behind the reader's own aggregate), each timed from
+/// its scheduled start, so that a request held up by the one before it counts its wait (as the
+/// syncs do).
+async fn reader_loop(base: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>, reads: Reads) -> ReadStats {
+    let Reads { users, sql_every, window, rate } = reads;
     let client = reqwest::Client::new();
-    let (mut point, mut sql, mut i) = (Vec::new(), Vec::new(), 0usize);
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let t = Instant::now();
-        let r = client.get(format!("{base}/v1/users/user-{}/daily-rollups?metric=steps", i % users)).send().await;
-        if r.is_ok_and(|r| r.status().is_success()) {
-            point.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        if i % 20 == 0 {
-            let t = Instant::now();
-            let body = json!({"sql": "SELECT metric, count(*) AS n, sum(sum) AS s FROM daily_rollups GROUP BY metric"});
-            let r = client.post(format!("{base}/v1/sql")).json(&body).send().await;
-            if r.is_ok_and(|r| r.status().is_success()) {
-                sql.push(t.elapsed().as_secs_f64() * 1000.0);
+    let running = || !stop.load(std::sync::atomic::Ordering::Relaxed);
+    let ticker = |per_s: f64| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / per_s));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    };
+    // One request, timed from `t`: its latency in ms, or `None` when it failed.
+    let point_read = |i: usize, t: Instant| {
+        let url = format!("{base}/v1/users/user-{}/daily-rollups?metric=steps{window}", i % users);
+        let request = client.get(url);
+        async move { request.send().await.ok().filter(|r| r.status().is_success()).map(|_| ms_since(t)) }
+    };
+    let aggregate = |t: Instant| {
+        let body = json!({"sql": "SELECT metric, count(*) AS n, sum(sum) AS s FROM daily_rollups GROUP BY metric"});
+        let request = client.post(format!("{base}/v1/sql")).json(&body);
+        async move { request.send().await.ok().filter(|r| r.status().is_success()).map(|_| ms_since(t)) }
+    };
+    let record = |into: &mut Vec<f64>, failed: &mut usize, r: Option<f64>| match r {
+        Some(ms) => into.push(ms),
+        None => *failed += 1,
+    };
+    let started = Instant::now();
+    let mut stats = ReadStats::default();
+    if rate == 0 {
+        let mut i = 0usize;
+        while running() {
+            record(&mut stats.point, &mut stats.failed, point_read(i, Instant::now()).await);
+            if sql_every > 0 && i % sql_every == 0 {
+                record(&mut stats.sql, &mut stats.failed, aggregate(Instant::now()).await);
             }
+            i += 1;
         }
-        i += 1;
+    } else {
+        let points = async {
+            let (mut ticks, mut out, mut failed, mut i) = (ticker(rate as f64), Vec::new(), 0, 0usize);
+            while running() {
+                let t = ticks.tick().await.into_std();
+                record(&mut out, &mut failed, point_read(i, t).await);
+                i += 1;
+            }
+            (out, failed)
+        };
+        let aggregates = async {
+            let (mut out, mut failed) = (Vec::new(), 0);
+            if sql_every > 0 {
+                let mut ticks = ticker(rate as f64 / sql_every as f64);
+                while running() {
+                    let t = ticks.tick().await.into_std();
+                    record(&mut out, &mut failed, aggregate(t).await);
+                }
+            }
+            (out, failed)
+        };
+        let ((point, f1), (sql, f2)) = tokio::join!(points, aggregates);
+        (stats.point, stats.sql, stats.failed) = (point, sql, f1 + f2);
     }
-    (point, sql)
+    stats.point_per_s = stats.point.len() as f64 / started.elapsed().as_secs_f64();
+    stats
+}
+
+/// Milliseconds since `t`.
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
 }
 
 /// Produces every batch to the samples topic while the server consumes; waits until every record

@@ -4,13 +4,14 @@
 //! a retraction). No HTTP, no store, no snapshot: the time from the first epoch pushed to the
 //! view's frontier passing the last one, and the input updates per second it gives.
 //!
-//! `cargo bench --bench views -- [--users 12] [--days 30] [--runs 3] [--views a,b]`
+//! `cargo bench --bench views -- [--users 12] [--days 30] [--runs 3] [--views a,b] [--probe N]`
 //!
 //! With `--probe N` (issue 14: does a small change cost more with more history behind it?), each
 //! view is first fed the whole workload, then N syncs of 50 one-second `steps` samples, one user
 //! each in turn, on the workload's last day: each sync is its own epoch, pushed only after the
 //! previous one has passed the view's frontier, and timed from push to frontier. Run it at two
-//! `--days` to compare the same sync behind 30 and 240 days of history.
+//! `--days` to compare the same sync behind 30 and 240 days of history. Prints a Markdown table of
+//! percentiles per view instead of the JSON lines.
 //!
 //! A view built on another (`weekly_steps` on `daily_rollups`, `product_impacts` on
 //! `session_impacts`) includes what it is built on. Prints one JSON line per view and a
@@ -117,9 +118,9 @@ fn changes_of(body: &[u8], store: &mut HashMap<RecordKey, Sample>, received_at_m
     (changes, req.samples.len())
 }
 
-/// `n` syncs of 50 one-second `steps` samples from a watch, one workload user each in turn, from
-/// noon UTC of the workload's last day on (as the end-to-end bench's steady syncs), each its own
-/// epoch from `first` on.
+/// `n` syncs of 50 one-second `steps` samples from a watch (the end-to-end bench's steady sync),
+/// one workload user each in turn, from noon UTC of the workload's last day on, each its own epoch
+/// from `first` on.
 fn probe_batches(n: usize, users: usize, days: usize, first: u64) -> Vec<EpochBatch> {
     let mut store = HashMap::new();
     let noon = 1_709_251_200_000 + (days as i64 - 1) * 86_400_000 + 43_200_000;
@@ -196,8 +197,9 @@ fn run_probes(view: ViewSpec, epochs: &Epochs, probes: &[EpochBatch]) -> Vec<f64
     wait_past(epochs.batches.last().map_or(0, |b| b.epoch));
     let mut ms = Vec::with_capacity(probes.len());
     for probe in probes {
-        let (epoch, t) = (probe.epoch, Instant::now());
-        runtime.push(probe.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let (epoch, batch) = (probe.epoch, probe.clone());
+        let t = Instant::now();
+        runtime.push(batch).unwrap_or_else(|e| panic!("{e}"));
         wait_past(epoch);
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
@@ -215,7 +217,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let num = |name: &str, default: usize| flag(name).and_then(|v| v.parse().ok()).unwrap_or(default);
-    let (users, days, runs) = (num("--users", 12), num("--days", 30), num("--runs", 3).max(1));
+    let (users, days, runs) = (num("--users", 12).max(1), num("--days", 30).max(1), num("--runs", 3).max(1));
     let only: Option<Vec<String>> = flag("--views").map(|v| v.split(',').map(str::to_owned).collect());
     let t = Instant::now();
     let epochs = epochs(users, days);

@@ -428,7 +428,11 @@ fn changed_rows<'a>(
                 other: &std::collections::HashSet<*const crate::snapshot::Chunk>| {
         let mut out: Vec<&'a Row> = s
             .map(|s| {
-                s.chunks().iter().filter(|c| !other.contains(&Arc::as_ptr(c))).flat_map(|c| c.rows.iter()).collect()
+                s.chunks()
+                    .iter()
+                    .filter(|c| !other.contains(&Arc::as_ptr(c)))
+                    .flat_map(|c| c.rows.iter().map(|r| &**r))
+                    .collect()
             })
             .unwrap_or_default();
         out.sort();

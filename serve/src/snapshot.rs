@@ -26,7 +26,9 @@ pub const CHUNK_ROWS: usize = 256;
 /// A run of one user's rows, sorted by key, with its Arrow batch.
 #[derive(Debug)]
 pub struct Chunk {
-    pub rows: Vec<Row>,
+    /// The rows, shared with the view's multiplicities (`ViewStore::state`) and with the chunks of
+    /// later snapshots: rebuilding a chunk copies pointers, not rows.
+    pub rows: Vec<Arc<Row>>,
     pub batch: RecordBatch,
     /// The smallest and largest value of the view's `range_column` in this chunk when that column
     /// is a date (days since 1970-01-01); SQL skips chunks a date filter excludes.
@@ -37,7 +39,7 @@ pub struct Chunk {
 /// `[lower[i], lower[i + 1])`; the first chunk's range starts at the smallest key.
 #[derive(Debug, Default)]
 pub struct UserShard {
-    lower: Vec<Row>,
+    lower: Vec<Arc<Row>>,
     chunks: Vec<Arc<Chunk>>,
     len: usize,
 }
@@ -45,7 +47,7 @@ pub struct UserShard {
 impl UserShard {
     /// Every row, sorted by key.
     pub fn rows(&self) -> impl Iterator<Item = &Row> {
-        self.chunks.iter().flat_map(|c| c.rows.iter())
+        self.chunks.iter().flat_map(|c| c.rows.iter().map(|r| &**r))
     }
 
     /// The chunks' record batches, in key order.
@@ -71,7 +73,7 @@ impl UserShard {
     /// Index of the chunk whose range holds `row`.
     fn chunk_of(&self, row: &Row) -> usize {
         // lower[0] is never compared: the first chunk starts at the smallest key.
-        self.lower[1..].partition_point(|l| l <= row)
+        self.lower[1..].partition_point(|l| **l <= *row)
     }
 }
 
@@ -120,8 +122,9 @@ fn bucket_of(user: &str) -> usize {
 
 struct ViewStore {
     def: ViewDef,
-    /// Current multiplicity of every row, per user (the writer's side).
-    state: Mutex<HashMap<String, BTreeMap<Row, i64>>>,
+    /// Current multiplicity of every row, per user (the writer's side). The chunks of the
+    /// published snapshots share these rows.
+    state: Mutex<HashMap<String, BTreeMap<Arc<Row>, i64>>>,
     current: RwLock<Arc<ViewSnapshot>>,
     /// A snapshot persisted by an earlier run ([`crate::persist`]), served until the dataflow's
     /// own snapshot reaches its `asOfEpoch` (issue 14 §3).
@@ -188,8 +191,9 @@ impl SnapshotStore {
         for (user, mut rows) in by_user {
             rows.sort();
             rows.dedup();
+            let rows: Vec<Arc<Row>> = rows.into_iter().map(Arc::new).collect();
             let mut shard = UserShard::default();
-            let lower = rows[0].clone();
+            let Some(lower) = rows.first().cloned() else { continue };
             snap.row_count += rows.len();
             push_split(&vs.def, &mut shard, lower, rows).map_err(|e| e.to_string())?;
             Arc::make_mut(&mut snap.buckets[bucket_of(&user)]).users.insert(user, Arc::new(shard));
@@ -292,7 +296,7 @@ impl SnapshotStore {
                     }
                 }
                 None => {
-                    rows.insert(row, diff);
+                    rows.insert(Arc::new(row), diff);
                 }
             }
         }
@@ -342,11 +346,11 @@ impl SnapshotStore {
 type ArrowResult<T> = Result<T, datafusion::arrow::error::ArrowError>;
 
 /// Appends `run` (sorted, non-empty or skipped) as one chunk starting the range at `lower`.
-fn push(def: &ViewDef, shard: &mut UserShard, lower: Row, run: Vec<Row>) -> ArrowResult<()> {
+fn push(def: &ViewDef, shard: &mut UserShard, lower: Arc<Row>, run: Vec<Arc<Row>>) -> ArrowResult<()> {
     if run.is_empty() {
         return Ok(());
     }
-    let batch = def.to_record_batch(&run)?;
+    let batch = def.to_record_batch(run.iter().map(|r| &**r))?;
     shard.len += run.len();
     shard.lower.push(lower);
     let days = def
@@ -367,7 +371,7 @@ fn push(def: &ViewDef, shard: &mut UserShard, lower: Row, run: Vec<Row>) -> Arro
 
 /// Appends `run` as chunks of [`CHUNK_ROWS`] when it is longer than twice that (the first piece
 /// keeps `lower`, the others start at their first row), else as one chunk.
-fn push_split(def: &ViewDef, shard: &mut UserShard, lower: Row, run: Vec<Row>) -> ArrowResult<()> {
+fn push_split(def: &ViewDef, shard: &mut UserShard, lower: Arc<Row>, run: Vec<Arc<Row>>) -> ArrowResult<()> {
     if run.len() <= 2 * CHUNK_ROWS {
         return push(def, shard, lower, run);
     }
@@ -380,21 +384,21 @@ fn push_split(def: &ViewDef, shard: &mut UserShard, lower: Row, run: Vec<Row>) -
 }
 
 /// The user's new shard: `old`'s chunks not in `dirty` (none of their rows changed) are kept
-/// (shared);
-/// the others are rebuilt from `rows` (the user's current multiplicities), split when they grow
-/// past 2 × [`CHUNK_ROWS`], dropped when empty.
+/// (shared); the others are rebuilt from `rows` (the user's current multiplicities, whose rows
+/// the new chunks share), split when they grow past 2 × [`CHUNK_ROWS`], dropped when empty.
 fn rebuild(
     def: &ViewDef,
     old: Option<&UserShard>,
-    rows: &BTreeMap<Row, i64>,
+    rows: &BTreeMap<Arc<Row>, i64>,
     dirty: &BTreeSet<usize>,
 ) -> ArrowResult<UserShard> {
-    let live = |r: &(&Row, &i64)| *r.1 > 0;
+    let live = |r: &(&Arc<Row>, &i64)| *r.1 > 0;
     let mut shard = UserShard::default();
     let Some(old) = old.filter(|o| !o.chunks.is_empty()) else {
-        let run: Vec<Row> = rows.iter().filter(live).map(|(r, _)| r.clone()).collect();
-        let lower = run.first().cloned().unwrap_or_default();
-        push_split(def, &mut shard, lower, run)?;
+        let run: Vec<Arc<Row>> = rows.iter().filter(live).map(|(r, _)| r.clone()).collect();
+        if let Some(lower) = run.first().cloned() {
+            push_split(def, &mut shard, lower, run)?;
+        }
         return Ok(shard);
     };
     for (i, chunk) in old.chunks.iter().enumerate() {
@@ -405,14 +409,14 @@ fn rebuild(
             shard.chunks.push(chunk.clone());
             continue;
         }
-        let upper = old.lower.get(i + 1);
+        let (lo, upper): (&Row, Option<&Row>) = (&lower, old.lower.get(i + 1).map(|u| &**u));
         let range = match (i, upper) {
             (0, None) => rows.range::<Row, _>(..),
             (0, Some(u)) => rows.range::<Row, _>(..u),
-            (_, None) => rows.range::<Row, _>(&lower..),
-            (_, Some(u)) => rows.range::<Row, _>(&lower..u),
+            (_, None) => rows.range::<Row, _>(lo..),
+            (_, Some(u)) => rows.range::<Row, _>(lo..u),
         };
-        let run: Vec<Row> = range.filter(live).map(|(r, _)| r.clone()).collect();
+        let run: Vec<Arc<Row>> = range.filter(live).map(|(r, _)| r.clone()).collect();
         push_split(def, &mut shard, lower, run)?;
     }
     Ok(shard)
@@ -451,6 +455,24 @@ mod tests {
         assert_eq!(s1.user("b").unwrap().len(), 2, "old snapshot is immutable");
         store.apply(0, 4, vec![(row("b", 2), -1)]);
         assert!(store.snapshot(0).user("b").is_none());
+    }
+
+    /// Rebuilding the chunk a change falls in reuses the rows it already held: the rows that did
+    /// not change are the same allocations in both snapshots (a publish copies pointers).
+    #[test]
+    fn a_rebuilt_chunk_shares_its_unchanged_rows() {
+        let store = SnapshotStore::new([DEF]);
+        store.apply(0, 2, (0..100).map(|n| (row("a", n), 1)).collect());
+        let s1 = store.snapshot(0);
+        store.apply(0, 3, vec![(row("a", 50), -1), (row("a", 1000), 1)]);
+        let s2 = store.snapshot(0);
+        let (c1, c2) = (&s1.user("a").unwrap().chunks()[0], &s2.user("a").unwrap().chunks()[0]);
+        assert!(!Arc::ptr_eq(c1, c2), "the chunk holding the change is rebuilt");
+        assert_eq!(c2.rows.len(), 100);
+        let old: Vec<&Arc<Row>> = c1.rows.iter().filter(|r| r[1] != Datum::Int(50)).collect();
+        assert_eq!(old.len(), 99);
+        assert!(old.iter().zip(&c2.rows).all(|(a, b)| Arc::ptr_eq(a, b)), "unchanged rows are shared");
+        assert_eq!(*c2.rows[99], row("a", 1000));
     }
 
     /// Random inserts and retractions over users with long histories: every snapshot holds

@@ -9,6 +9,7 @@
 //! with `--sink-postgres URL`, the Postgres sink's lag under that load. `--server-bin PATH` starts
 //! that binary (e.g. `target/release/vitalflow`) instead of the one built with the driver.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 #[path = "support/workload.rs"]
@@ -302,6 +303,7 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
         };
         Some(std::thread::spawn(reader))
     };
+    let metrics_before = scrape(&client, base).await;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -381,15 +383,61 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
         "history_samples": history, "samples_sent": acks.len() * per_sync,
         "ack_ms": percentiles(acks), "ack_to_visible_ms": percentiles(visible),
     });
+    // The server's own view of the same window, from its histograms: what it spent per request,
+    // per group commit and per publish, without the driver's share of the two cores.
+    let after = scrape(&client, base).await;
+    let server = |name: &str, labels: &str| server_histogram(&metrics_before, &after, name, labels);
+    out["server"] = json!({
+        "sync_handler": server("vitalflow_http_request_duration_seconds", "batch-upsert"),
+        "sql_handler": server("vitalflow_http_request_duration_seconds", "/v1/sql"),
+        "store_commit": server("vitalflow_store_commit_seconds", ""),
+        "snapshot_publish": server("vitalflow_snapshot_publish_seconds", ""),
+        "snapshot_persist": server("vitalflow_snapshot_persist_seconds", ""),
+    });
     if let Some(r) = readers {
         let stats = r.join().unwrap_or_default();
         out["reads"] = json!({
-            "point_read_ms": percentiles(stats.point), "sql_aggregate_ms": percentiles(stats.sql),
+            "point_read_ms": percentiles(stats.point), "point_read_server_ms": percentiles(stats.point_server),
+            "sql_aggregate_ms": percentiles(stats.sql),
             "failed": stats.failed, "point_reads_per_s": stats.point_per_s,
             "read_rate": args.read_rate, "read_days": args.read_days, "sql_every": args.sql_every,
         });
     }
     out
+}
+
+/// The server's metrics (`/metrics`, Prometheus text): each series' value by its name and labels,
+/// e.g. `vitalflow_store_commit_seconds_bucket{le="0.05"}`. Empty when the scrape fails.
+async fn scrape(client: &reqwest::Client, base: &str) -> HashMap<String, f64> {
+    let Ok(r) = client.get(format!("{base}/metrics")).send().await else { return HashMap::new() };
+    let text = r.text().await.unwrap_or_default();
+    let series = |l: &str| {
+        let (k, v) = l.rsplit_once(' ')?;
+        Some((k.to_owned(), v.parse().ok()?))
+    };
+    text.lines().filter(|l| !l.starts_with('#')).filter_map(series).collect()
+}
+
+/// What histogram `name` recorded between two scrapes, summed over the series whose labels contain
+/// `labels`: the count, and the bucket bounds (ms) that the median and the 99th percentile fall
+/// under (`null` past the last finite bound), and how many took over 50 ms.
+fn server_histogram(before: &HashMap<String, f64>, after: &HashMap<String, f64>, name: &str, labels: &str) -> Value {
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for (series, n) in after.iter().filter(|(k, _)| k.starts_with(&prefix) && k.contains(labels)) {
+        let Some(le) = series.split("le=\"").nth(1).and_then(|r| r.split('"').next()) else { continue };
+        let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) };
+        let n = n - before.get(series).copied().unwrap_or(0.0);
+        match buckets.iter_mut().find(|b| b.0 == le) {
+            Some(b) => b.1 += n,
+            None => buckets.push((le, n)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let under = |q: f64| buckets.iter().find(|b| b.1 >= q * total).map(|b| b.0 * 1000.0).filter(|ms| ms.is_finite());
+    let within_50ms = buckets.iter().find(|b| b.0 >= 0.05).map_or(total, |b| b.1);
+    json!({"count": total, "p50_under_ms": under(0.5), "p99_under_ms": under(0.99), "over_50ms": total - within_50ms})
 }
 
 /// What the reader beside `steady` asks for.
@@ -404,11 +452,13 @@ struct Reads {
     rate: u64,
 }
 
-/// What the reader saw: latencies in ms, reads that failed (a transport error or a status other
+/// What the reader saw: latencies in ms (with the server's share of each point read), reads that failed (a transport error or a status other
 /// than 2xx), and the point reads served per second.
 #[derive(Default)]
 struct ReadStats {
     point: Vec<f64>,
+    /// The server's own time for each point read (`Server-Timing`), ms.
+    point_server: Vec<f64>,
     sql: Vec<f64>,
     failed: usize,
     point_per_s: f64,
@@ -428,11 +478,18 @@ async fn reader_loop(base: String, stop: std::sync::Arc<std::sync::atomic::Atomi
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         t
     };
-    // One request, timed from `t`: its latency in ms, or `None` when it failed.
+    // One request, timed from `t`: its latency in ms and the server's own share of it (its
+    // `Server-Timing` header, from routing to the answer's last byte built), or `None` when it failed.
     let point_read = |i: usize, t: Instant| {
         let url = format!("{base}/v1/users/user-{}/daily-rollups?metric=steps{window}", i % users);
         let request = client.get(url);
-        async move { request.send().await.ok().filter(|r| r.status().is_success()).map(|_| ms_since(t)) }
+        async move {
+            let r = request.send().await.ok().filter(|r| r.status().is_success())?;
+            let server = r.headers().get("server-timing").and_then(|v| v.to_str().ok()).and_then(|v| {
+                v.split("dur=").nth(1).and_then(|d| d.parse::<f64>().ok())
+            });
+            Some((ms_since(t), server))
+        }
     };
     let aggregate = |t: Instant| {
         let body = json!({"sql": "SELECT metric, count(*) AS n, sum(sum) AS s FROM daily_rollups GROUP BY metric"});
@@ -448,7 +505,9 @@ async fn reader_loop(base: String, stop: std::sync::Arc<std::sync::atomic::Atomi
     if rate == 0 {
         let mut i = 0usize;
         while running() {
-            record(&mut stats.point, &mut stats.failed, point_read(i, Instant::now()).await);
+            let r = point_read(i, Instant::now()).await;
+            stats.point_server.extend(r.and_then(|r| r.1));
+            record(&mut stats.point, &mut stats.failed, r.map(|r| r.0));
             if sql_every > 0 && i % sql_every == 0 {
                 record(&mut stats.sql, &mut stats.failed, aggregate(Instant::now()).await);
             }
@@ -456,13 +515,16 @@ async fn reader_loop(base: String, stop: std::sync::Arc<std::sync::atomic::Atomi
         }
     } else {
         let points = async {
-            let (mut ticks, mut out, mut failed, mut i) = (ticker(rate as f64), Vec::new(), 0, 0usize);
+            let (mut ticks, mut out, mut server, mut failed, mut i) =
+                (ticker(rate as f64), Vec::new(), Vec::new(), 0, 0usize);
             while running() {
                 ticks.tick().await;
-                record(&mut out, &mut failed, point_read(i, Instant::now()).await);
+                let r = point_read(i, Instant::now()).await;
+                server.extend(r.and_then(|r| r.1));
+                record(&mut out, &mut failed, r.map(|r| r.0));
                 i += 1;
             }
-            (out, failed)
+            (out, server, failed)
         };
         let aggregates = async {
             let (mut out, mut failed) = (Vec::new(), 0);
@@ -475,8 +537,8 @@ async fn reader_loop(base: String, stop: std::sync::Arc<std::sync::atomic::Atomi
             }
             (out, failed)
         };
-        let ((point, f1), (sql, f2)) = tokio::join!(points, aggregates);
-        (stats.point, stats.sql, stats.failed) = (point, sql, f1 + f2);
+        let ((point, server, f1), (sql, f2)) = tokio::join!(points, aggregates);
+        (stats.point, stats.point_server, stats.sql, stats.failed) = (point, server, sql, f1 + f2);
     }
     stats.point_per_s = stats.point.len() as f64 / started.elapsed().as_secs_f64();
     stats

@@ -9,9 +9,10 @@
 //! With `--probe N` (issue 14: does a small change cost more with more history behind it?), each
 //! view is first fed the whole workload, then N syncs of 50 one-second `steps` samples, one user
 //! each in turn, on the workload's last day: each sync is its own epoch, pushed only after the
-//! previous one has passed the view's frontier, and timed from push to frontier. Run it at two
-//! `--days` to compare the same sync behind 30 and 240 days of history. Prints a Markdown table of
-//! percentiles per view instead of the JSON lines.
+//! previous one has passed the view's frontier, and timed from push to frontier; then the same N
+//! syncs 25 days back (issue 14 §4, the end-to-end bench's late samples). Run it at two `--days` to
+//! compare the same sync behind 30 and 240 days of history. Prints a Markdown table of percentiles
+//! per view instead of the JSON lines.
 //!
 //! A view built on another (`weekly_steps` on `daily_rollups`, `product_impacts` on
 //! `session_impacts`) includes what it is built on. Prints one JSON line per view and a
@@ -119,23 +120,24 @@ fn changes_of(body: &[u8], store: &mut HashMap<RecordKey, Sample>, received_at_m
 }
 
 /// `n` syncs of 50 one-second `steps` samples from a watch (the end-to-end bench's steady sync),
-/// one workload user each in turn, from noon UTC of the workload's last day on, each its own epoch
-/// from `first` on.
-fn probe_batches(n: usize, users: usize, days: usize, first: u64) -> Vec<EpochBatch> {
+/// one workload user each in turn, from noon UTC `days_back` days before the workload's last day
+/// on (0: the live edge; 25: the end-to-end bench's late samples), each its own epoch from `first`
+/// on. `tag` keeps the record and request ids of two probe sets apart.
+fn probe_batches(n: usize, users: usize, days: usize, days_back: usize, tag: &str, first: u64) -> Vec<EpochBatch> {
     let mut store = HashMap::new();
-    let noon = 1_709_251_200_000 + (days as i64 - 1) * 86_400_000 + 43_200_000;
+    let noon = 1_709_251_200_000 + (days as i64 - 1 - days_back as i64) * 86_400_000 + 43_200_000;
     let iso = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339()).unwrap_or_default();
     (0..n)
         .map(|i| {
             let t0 = noon + i as i64 * 60_000;
             let samples: Vec<serde_json::Value> = (0..50_i64)
                 .map(|k| {
-                    serde_json::json!({"sourceId": "watch", "sourceRecordId": format!("probe-{i}-{k}"),
+                    serde_json::json!({"sourceId": "watch", "sourceRecordId": format!("probe-{tag}-{i}-{k}"),
                         "metric": "steps", "startAt": iso(t0 + k * 1000), "endAt": iso(t0 + k * 1000 + 1000),
                         "value": 1, "unit": "count", "sourceClass": "watch"})
                 })
                 .collect();
-            let body = serde_json::json!({"requestId": format!("probe-{i}"), "userId": format!("user-{}", i % users),
+            let body = serde_json::json!({"requestId": format!("probe-{tag}-{i}"), "userId": format!("user-{}", i % users),
                 "deviceTimeZone": "UTC", "samples": samples});
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
             EpochBatch { epoch: first + i as u64, changes: changes_of(&bytes, &mut store, received_at(days)).0 }
@@ -143,68 +145,80 @@ fn probe_batches(n: usize, users: usize, days: usize, first: u64) -> Vec<EpochBa
         .collect()
 }
 
+/// One view alone on one worker, its input pushed: the runtime, and what it reports (each
+/// frontier with the number of output updates that came with it), read on a thread of its own,
+/// since the worker queue is bounded and a push can wait for the output to drain.
+struct Fed {
+    runtime: Runtime,
+    progress: crossbeam_channel::Receiver<(u64, usize)>,
+    drain: std::thread::JoinHandle<()>,
+}
+
+impl Fed {
+    /// Starts `view` on one worker and pushes `batches` into it (in order).
+    fn start(view: ViewSpec, batches: Vec<EpochBatch>) -> Fed {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut runtime = Runtime::start(1, vec![view], tx).unwrap_or_else(|e| panic!("{e}"));
+        let (ptx, progress) = crossbeam_channel::unbounded();
+        let drain = std::thread::spawn(move || {
+            for p in rx {
+                if ptx.send((p.frontier, p.updates.len())).is_err() {
+                    break;
+                }
+            }
+        });
+        for batch in batches {
+            runtime.push(batch).unwrap_or_else(|e| panic!("{e}"));
+        }
+        Fed { runtime, progress, drain }
+    }
+
+    /// Waits until the view's frontier passes `epoch`: the output updates reported until then.
+    fn wait_past(&self, epoch: u64) -> usize {
+        let mut out = 0;
+        for (frontier, updates) in self.progress.iter() {
+            out += updates;
+            if frontier > epoch {
+                return out;
+            }
+        }
+        panic!("the view stopped before passing epoch {epoch}")
+    }
+
+    /// Pushes one batch and waits for the frontier to pass it: milliseconds from push to frontier.
+    fn time_one(&mut self, batch: EpochBatch) -> f64 {
+        let (epoch, t) = (batch.epoch, Instant::now());
+        self.runtime.push(batch).unwrap_or_else(|e| panic!("{e}"));
+        self.wait_past(epoch);
+        t.elapsed().as_secs_f64() * 1000.0
+    }
+
+    fn stop(self) {
+        self.runtime.shutdown();
+        self.drain.join().ok();
+    }
+}
+
 /// One run of `view` alone on one worker: seconds until its frontier passes the last epoch, and
 /// the output updates it produced.
 fn run(view: ViewSpec, epochs: &Epochs) -> (f64, usize) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let mut runtime = Runtime::start(1, vec![view], tx).unwrap_or_else(|e| panic!("{e}"));
     let last = epochs.batches.last().map_or(0, |b| b.epoch);
-    let batches = epochs.batches.clone();
     let start = Instant::now();
-    // Pushing and draining on two threads: the worker queue is bounded.
-    let drain = std::thread::spawn(move || {
-        let mut out = 0;
-        for progress in rx {
-            out += progress.updates.len();
-            if progress.frontier > last {
-                break;
-            }
-        }
-        out
-    });
-    for batch in batches {
-        runtime.push(batch).unwrap_or_else(|e| panic!("{e}"));
-    }
-    let out = drain.join().unwrap_or(0);
+    let fed = Fed::start(view, epochs.batches.clone());
+    let out = fed.wait_past(last);
     let seconds = start.elapsed().as_secs_f64();
-    runtime.shutdown();
+    fed.stop();
     (seconds, out)
 }
 
-/// Feeds `view` the whole workload, then each of `probes` alone: the milliseconds from pushing a
-/// probe to the view's frontier passing it.
-fn run_probes(view: ViewSpec, epochs: &Epochs, probes: &[EpochBatch]) -> Vec<f64> {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let mut runtime = Runtime::start(1, vec![view], tx).unwrap_or_else(|e| panic!("{e}"));
-    // The frontiers, read on their own thread: the worker queue is bounded, so the history is
-    // pushed while its output drains.
-    let (ftx, frx) = crossbeam_channel::unbounded();
-    let drain = std::thread::spawn(move || {
-        for progress in rx {
-            if ftx.send(progress.frontier).is_err() {
-                break;
-            }
-        }
-    });
-    let wait_past = |epoch: u64| {
-        if !frx.iter().any(|frontier| frontier > epoch) {
-            panic!("the view stopped before passing epoch {epoch}");
-        }
-    };
-    for batch in epochs.batches.clone() {
-        runtime.push(batch).unwrap_or_else(|e| panic!("{e}"));
-    }
-    wait_past(epochs.batches.last().map_or(0, |b| b.epoch));
-    let mut ms = Vec::with_capacity(probes.len());
-    for probe in probes {
-        let (epoch, batch) = (probe.epoch, probe.clone());
-        let t = Instant::now();
-        runtime.push(batch).unwrap_or_else(|e| panic!("{e}"));
-        wait_past(epoch);
-        ms.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    runtime.shutdown();
-    drain.join().ok();
+/// Feeds `view` the whole workload, then each probe of each set alone, in turn: per set, the
+/// milliseconds from pushing a probe to the view's frontier passing it.
+fn run_probes(view: ViewSpec, epochs: &Epochs, sets: &[Vec<EpochBatch>]) -> Vec<Vec<f64>> {
+    let mut fed = Fed::start(view, epochs.batches.clone());
+    fed.wait_past(epochs.batches.last().map_or(0, |b| b.epoch));
+    // Cloned before timing, so that the copy is not part of a probe's time.
+    let ms = sets.iter().map(|set| set.clone().into_iter().map(|probe| fed.time_one(probe)).collect()).collect();
+    fed.stop();
     ms
 }
 
@@ -230,14 +244,26 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
     if let Some(n) = flag("--probe").and_then(|v| v.parse::<usize>().ok()) {
+        // The same syncs at the live edge, then 25 days back (issue 14 §4: late data stays cheap).
         let first = epochs.batches.last().map_or(0, |b| b.epoch) + 1;
-        let probes = probe_batches(n, users, days, first);
-        println!("\n| view | {users} users × {days} days: sync → frontier p50 / p90 / p99 / max ms |\n|---|---|");
+        let back = 25.min(days - 1);
+        let sets = [
+            probe_batches(n, users, days, 0, "live", first),
+            probe_batches(n, users, days, back, "late", first + n as u64),
+        ];
+        println!(
+            "\n| view | {users} users × {days} days: sync → frontier p50 / p90 / p99 / max ms, live edge | {back} days back |\n|---|---|---|"
+        );
         for view in VIEWS.iter().filter(|v| only.as_ref().is_none_or(|o| o.iter().any(|n| n == v.def.name))) {
-            let mut ms = run_probes(*view, &epochs, &probes);
-            ms.sort_by(f64::total_cmp);
-            let [p50, p90, p99, max] = [0.5, 0.9, 0.99, 1.0].map(|q| quantile(&ms, q));
-            println!("| `{}` | {p50:.2} / {p90:.2} / {p99:.2} / {max:.2} |", view.def.name);
+            let cells: Vec<String> = run_probes(*view, &epochs, &sets)
+                .into_iter()
+                .map(|mut ms| {
+                    ms.sort_by(f64::total_cmp);
+                    let [p50, p90, p99, max] = [0.5, 0.9, 0.99, 1.0].map(|q| quantile(&ms, q));
+                    format!("{p50:.2} / {p90:.2} / {p99:.2} / {max:.2}")
+                })
+                .collect();
+            println!("| `{}` | {} |", view.def.name, cells.join(" | "));
         }
         return;
     }

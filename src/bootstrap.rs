@@ -114,10 +114,13 @@ impl Freshness for IngestFreshness {
 
 /// Runs vitalflow until SIGINT or SIGTERM.
 pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> anyhow::Result<()> {
-    // Latencies as Prometheus histograms (buckets from 1 ms to 60 s), not summaries: they
-    // aggregate across instances and give quantiles over any window.
+    // Latencies as Prometheus histograms (buckets from 0.5 ms to 60 s), not summaries: they
+    // aggregate across instances and give quantiles over any window. 2 ms and 50 ms are bucket
+    // bounds because they are the point-read and freshness targets (issue 14).
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+        .set_buckets(&[
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ])
         .context("histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
@@ -719,11 +722,16 @@ async fn limit_requests(
             Err(_) => json_error(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", "the request took too long"),
         },
     };
-    let response = with_json_error_body(response).await;
+    let mut response = with_json_error_body(response).await;
     let status = response.status().as_u16().to_string();
+    let seconds = started.elapsed().as_secs_f64();
     metrics::counter!("vitalflow_http_requests_total", "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("vitalflow_http_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("vitalflow_http_request_duration_seconds", "route" => route).record(seconds);
+    // The same time on the answer itself (W3C Server Timing, milliseconds), so that a client can
+    // tell the server's share of a latency from the network's and its own queue's.
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("app;dur={:.3}", seconds * 1000.0)) {
+        response.headers_mut().insert("server-timing", v);
+    }
     response
 }
 

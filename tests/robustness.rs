@@ -249,4 +249,11 @@ async fn metrics_are_exposed_without_user_ids() {
     }
     assert!(!text.contains("secret-user-7"), "a user id leaked into /metrics");
     assert!(text.contains("route=\"/v1/users/{user_id}/{view}\""), "routes are templates");
+    // Every answer, a refusal too, says what the server spent on it (W3C Server Timing, ms).
+    for path in ["/v1/users/secret-user-7/daily-rollups?metric=steps", "/v1/users/secret-user-7/no-such-view"] {
+        let r = server.client.get(server.url(path)).send().await.expect("GET");
+        let timing = r.headers().get("server-timing").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let ms = timing.strip_prefix("app;dur=").and_then(|d| d.parse::<f64>().ok());
+        assert!(ms.is_some_and(|ms| ms >= 0.0), "{path}: Server-Timing {timing:?}");
+    }
 }

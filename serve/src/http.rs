@@ -257,11 +257,12 @@ async fn read_view(
         }),
         _ => None,
     };
+    let (lo, hi) = key_range(&def, &user, &params, from, to);
     let rows: Vec<&Row> = snap
         .user(&user)
         .map(|shard| {
             shard
-                .rows()
+                .range(&lo, &hi)
                 .filter(|r| filters.iter().all(|(i, v)| r.get(*i).and_then(Datum::as_str) == Some(v.as_str())))
                 .filter(|r| in_range(r, range_idx, zone_idx))
                 .filter(|r| via.as_ref().is_none_or(|(i, keys)| r.get(*i).is_some_and(|k| keys.contains(k))))
@@ -303,6 +304,42 @@ async fn read_view(
     };
     let multi_thread = tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
     Ok(if rows.len() > 2_000 && multi_thread { tokio::task::block_in_place(encode) } else { encode() })
+}
+
+/// The key range of a user's shard that a read can match ([`crate::snapshot::UserShard::range`]):
+/// from `[user_id, v₁, …, vₖ, from]` to `[user_id, v₁, …, vₖ, to]`, where `v₁…vₖ` are the
+/// equality filters given for the key columns right after `user_id` (string columns, in key
+/// order), and `from`/`to` (days) bound the next key column when it is the view's date column;
+/// an absent bound leaves that end at the prefix. The read's filters still apply to every row in
+/// the range: the range only spares the rows they would refuse, so that a read costs the rows it
+/// returns, not the user's whole history (issue 14 §1).
+fn key_range(
+    def: &vitalflow_schemas::ViewDef,
+    user: &str,
+    params: &HashMap<String, String>,
+    from: Option<i32>,
+    to: Option<i32>,
+) -> (Row, Row) {
+    use vitalflow_schemas::view::ColumnType;
+    let mut prefix = vec![Datum::Str(user.to_owned())];
+    for c in def.columns.iter().take(def.key_len).skip(1) {
+        let name = camel_case(c.name);
+        match params.get(&name) {
+            Some(v) if c.ty == ColumnType::Str && def.filters.contains(&name.as_str()) => {
+                prefix.push(Datum::Str(v.clone()))
+            }
+            _ => break,
+        }
+    }
+    let (mut lo, mut hi) = (prefix.clone(), prefix);
+    if let Some(c) = def.columns.get(lo.len()).filter(|_| lo.len() < def.key_len)
+        && c.ty == ColumnType::Date
+        && def.range_column == Some(c.name)
+    {
+        lo.extend(from.map(Datum::Date));
+        hi.extend(to.map(Datum::Date));
+    }
+    (lo, hi)
 }
 
 /// The local date of a row's date or timestamp column (a timestamp in the row's `zone_id`, if it

@@ -70,6 +70,27 @@ impl UserShard {
         self.len == 0
     }
 
+    /// The rows whose key starts within `[lo, hi]`, in key order: a row is in when its first
+    /// `lo.len()` columns are ≥ `lo` and its first `hi.len()` columns are ≤ `hi` (each compared as
+    /// a prefix, so `hi = [user, "steps"]` takes every date of `steps`). A binary search over the
+    /// chunks' lower bounds and then over one chunk's rows, then a scan of the rows returned only:
+    /// O(log n + rows in range), however long the user's history.
+    pub fn range<'a>(&'a self, lo: &'a [Datum], hi: &'a [Datum]) -> impl Iterator<Item = &'a Row> + 'a {
+        fn prefix(r: &Row, n: usize) -> &[Datum] {
+            r.get(..n).unwrap_or(r)
+        }
+        // Chunk `i` can hold a row ≥ `lo` only if the next chunk's lower bound is ≥ `lo`.
+        let first = self.lower.get(1..).unwrap_or_default().partition_point(|l| prefix(l, lo.len()) < lo);
+        let skip = self.chunks.get(first).map_or(0, |c| c.rows.partition_point(|r| prefix(r, lo.len()) < lo));
+        self.chunks
+            .get(first..)
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|c| c.rows.iter().map(|r| &**r))
+            .skip(skip)
+            .take_while(move |r| prefix(r, hi.len()) <= hi)
+    }
+
     /// Index of the chunk whose range holds `row`.
     fn chunk_of(&self, row: &Row) -> usize {
         // lower[0] is never compared: the first chunk starts at the smallest key.
@@ -473,6 +494,54 @@ mod tests {
         assert_eq!(old.len(), 99);
         assert!(old.iter().zip(&c2.rows).all(|(a, b)| Arc::ptr_eq(a, b)), "unchanged rows are shared");
         assert_eq!(*c2.rows[99], row("a", 1000));
+    }
+
+    /// A range over a shard of many chunks returns exactly the rows a full scan would keep, for
+    /// random bounds of every prefix length (equal bounds, empty ranges and bounds outside the
+    /// rows included).
+    #[test]
+    fn a_range_is_a_filtered_scan() {
+        const DEF3: ViewDef = ViewDef {
+            name: "t3",
+            columns: &[col("user_id", ColumnType::Str), col("m", ColumnType::Str), col("d", ColumnType::Date)],
+            key_len: 3,
+            route: Some("t3"),
+            filters: &[],
+            range_column: Some("d"),
+            range_via: None,
+        };
+        let r3 = |m: &str, d: i32| vec![Datum::Str("a".into()), Datum::Str(m.into()), Datum::Date(d)];
+        let store = SnapshotStore::new([DEF3]);
+        let metrics = ["hr", "sleep", "steps"];
+        let rows: Vec<Row> = metrics.iter().flat_map(|m| (0..400).map(move |d| r3(m, d * 2))).collect();
+        store.apply(0, 2, rows.iter().map(|r| (r.clone(), 1)).collect());
+        let snap = store.snapshot(0);
+        let shard = snap.user("a").expect("shard");
+        assert!(shard.chunks().len() > 3, "the test needs several chunks");
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let bound = |next: &mut dyn FnMut(u64) -> u64| -> Row {
+            let m = ["a", "hr", "sleep", "steps", "z"][next(5) as usize];
+            let mut b = r3(m, next(900) as i32 - 50);
+            b.truncate(1 + next(3) as usize);
+            b
+        };
+        for _ in 0..2_000 {
+            let (lo, hi) = (bound(&mut next), bound(&mut next));
+            let want: Vec<&Row> = shard
+                .rows()
+                .filter(|r| r[..lo.len()] >= lo[..] && r[..hi.len()] <= hi[..])
+                .collect();
+            let got: Vec<&Row> = shard.range(&lo, &hi).collect();
+            assert_eq!(got, want, "lo {lo:?} hi {hi:?}");
+        }
+        let steps: Vec<&Row> = shard.range(&r3("steps", 100), &r3("steps", 110)).collect();
+        assert_eq!(steps, [r3("steps", 100), r3("steps", 102), r3("steps", 104), r3("steps", 106), r3("steps", 108), r3("steps", 110)].iter().collect::<Vec<_>>());
     }
 
     /// Random inserts and retractions over users with long histories: every snapshot holds

@@ -232,10 +232,21 @@ fn main() {
         let restart_too = matches!(args.scenario.as_str(), "restart" | "all");
         if paced_too {
             println!("{bulk}");
-            let steady = rt.block_on(paced(&args, &base, false, samples));
+            // Each phase's CPU, the server's beside the driver's (they share the two cores).
+            let server_pid = child.as_ref().map(std::process::Child::id);
+            let cpu = || (server_pid.map(proc_cpu_seconds), proc_cpu_seconds(std::process::id()));
+            let with_cpu = |mut phase: Value, before: (Option<f64>, f64)| {
+                let after = cpu();
+                phase["server_cpu_seconds"] = json!(after.0.zip(before.0).map(|(a, b)| a - b));
+                phase["driver_cpu_seconds"] = json!(after.1 - before.1);
+                phase
+            };
+            let before = cpu();
+            let steady = with_cpu(rt.block_on(paced(&args, &base, false, samples)), before);
             println!("{steady}");
             let sent = |v: &Value| v["samples_sent"].as_u64().unwrap_or(0) as usize;
-            let late = rt.block_on(paced(&args, &base, true, samples + sent(&steady)));
+            let before = cpu();
+            let late = with_cpu(rt.block_on(paced(&args, &base, true, samples + sent(&steady))), before);
             // The restart's history is everything the server holds: the bulk load and the syncs.
             let samples = samples + sent(&steady) + sent(&late);
             if !restart_too {
@@ -392,6 +403,8 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
         "sql_handler": server("vitalflow_http_request_duration_seconds", "/v1/sql"),
         "store_commit": server("vitalflow_store_commit_seconds", ""),
         "snapshot_publish": server("vitalflow_snapshot_publish_seconds", ""),
+        // Commit → in the snapshot of the view the syncs are read back from.
+        "visible_daily_rollups": server("vitalflow_view_visible_seconds", "daily_rollups\""),
         "snapshot_persist": server("vitalflow_snapshot_persist_seconds", ""),
     });
     if let Some(r) = readers {
@@ -485,9 +498,11 @@ async fn reader_loop(base: String, stop: std::sync::Arc<std::sync::atomic::Atomi
         let request = client.get(url);
         async move {
             let r = request.send().await.ok().filter(|r| r.status().is_success())?;
-            let server = r.headers().get("server-timing").and_then(|v| v.to_str().ok()).and_then(|v| {
-                v.split("dur=").nth(1).and_then(|d| d.parse::<f64>().ok())
-            });
+            let server = r
+                .headers()
+                .get("server-timing")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split("dur=").nth(1).and_then(|d| d.parse::<f64>().ok()));
             Some((ms_since(t), server))
         }
     };

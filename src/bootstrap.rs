@@ -118,9 +118,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     // aggregate across instances and give quantiles over any window. 2 ms and 50 ms are bucket
     // bounds because they are the point-read and freshness targets (issue 14).
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&[
-            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-        ])
+        .set_buckets(&[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
         .context("histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
@@ -176,6 +174,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     let applier_fault = Arc::new(AtomicBool::new(false));
     let applier = {
         let snapshots = snapshots.clone();
+        let progress = progress.clone();
         let alive = applier_alive.clone();
         let fault = applier_fault.clone();
         std::thread::Builder::new().name("vitalflow-snapshots".into()).spawn(move || {
@@ -188,6 +187,8 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
                 }
             }
             let _alive = Alive(alive);
+            // Each view's frontier so far: the epochs a new frontier passes became visible now.
+            let mut frontiers: Vec<Epoch> = vec![0; snapshots.len()];
             loop {
                 if fault.load(Ordering::SeqCst) {
                     panic!("injected fault: snapshot applier");
@@ -203,6 +204,10 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
                         );
                         metrics::histogram!("vitalflow_snapshot_publish_seconds", "view" => name)
                             .record(started.elapsed().as_secs_f64());
+                        if let Some(seen) = frontiers.get_mut(p.view) {
+                            record_visible(&progress, name, *seen, p.frontier);
+                            *seen = (*seen).max(p.frontier);
+                        }
                     }
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
@@ -733,6 +738,19 @@ async fn limit_requests(
         response.headers_mut().insert("server-timing", v);
     }
     response
+}
+
+/// Records `vitalflow_view_visible_seconds` for `view`: for each epoch a frontier move from
+/// `from` to `to` made visible (`[from, to)`), the time since its durable commit. Epochs whose
+/// commit time is not remembered (recovered ones, or older than the last 100,000 commits) are
+/// skipped, and a move over more than 10,000 epochs records only its last 10,000.
+fn record_visible(progress: &IngestProgress, view: &'static str, from: Epoch, to: Epoch) {
+    let now = std::time::SystemTime::now();
+    for epoch in from.max(to.saturating_sub(10_000))..to {
+        if let Some(waited) = progress.committed_at(epoch).and_then(|t| now.duration_since(t).ok()) {
+            metrics::histogram!("vitalflow_view_visible_seconds", "view" => view).record(waited.as_secs_f64());
+        }
+    }
 }
 
 /// Replays the durable state into the dataflow at the recovered epoch, in bounded chunks.

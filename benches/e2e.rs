@@ -433,7 +433,8 @@ async fn scrape(client: &reqwest::Client, base: &str) -> HashMap<String, f64> {
 
 /// What histogram `name` recorded between two scrapes, summed over the series whose labels contain
 /// `labels`: the count, and the bucket bounds (ms) that the median and the 99th percentile fall
-/// under (`null` past the last finite bound), and how many took over 50 ms.
+/// under (`null` past the last finite bound, or when nothing was recorded), and how many took over
+/// 50 ms.
 fn server_histogram(before: &HashMap<String, f64>, after: &HashMap<String, f64>, name: &str, labels: &str) -> Value {
     let prefix = format!("{name}_bucket{{");
     let mut buckets: Vec<(f64, f64)> = Vec::new();
@@ -448,7 +449,10 @@ fn server_histogram(before: &HashMap<String, f64>, after: &HashMap<String, f64>,
     }
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     let total = buckets.last().map_or(0.0, |b| b.1);
-    let under = |q: f64| buckets.iter().find(|b| b.1 >= q * total).map(|b| b.0 * 1000.0).filter(|ms| ms.is_finite());
+    let under = |q: f64| {
+        let bound = buckets.iter().find(|b| b.1 >= q * total).map(|b| b.0 * 1000.0);
+        bound.filter(|ms| total > 0.0 && ms.is_finite())
+    };
     let within_50ms = buckets.iter().find(|b| b.0 >= 0.05).map_or(total, |b| b.1);
     json!({"count": total, "p50_under_ms": under(0.5), "p99_under_ms": under(0.99), "over_50ms": total - within_50ms})
 }

@@ -692,40 +692,43 @@ async fn limit_requests(
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let started = std::time::Instant::now();
-    // Bodies are JSON as sent: a compressed one would be read as garbage (415, not 400).
-    if let Some(enc) = req.headers().get(axum::http::header::CONTENT_ENCODING)
-        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
-    {
-        return json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UNSUPPORTED_CONTENT_ENCODING",
-            "request bodies must not be compressed (Content-Encoding: identity)",
-        );
-    }
-    // Probes and scrapes are cheap and must answer while the API is saturated (a liveness probe
-    // that sees 503 would restart a healthy process): outside the in-flight cap.
-    let exempt = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
-    let permit = if exempt { Ok(None) } else { limits.in_flight.clone().try_acquire_owned().map(Some) };
-    // Bodies being received count against one budget: 512 slow uploads of 8 MiB must not hold
-    // 4 GiB (each route's body limit still applies on its own).
-    let body = match limits.body_charge(&req) {
-        None => Ok(None),
-        Some(n) => limits.bodies.clone().try_acquire_many_owned(n).map(Some),
-    };
-    let permit = match (permit, body) {
-        (Ok(p), Ok(b)) => Ok((p, b)),
-        (Err(e), _) | (_, Err(e)) => Err(e),
-    };
-    let response = match permit {
-        Err(_) => {
-            let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", "too many requests in flight");
-            r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
-            r
+    // Every answer, a refusal here too, is counted and timed below.
+    let response = 'answer: {
+        // Bodies are JSON as sent: a compressed one would be read as garbage (415, not 400).
+        if let Some(enc) = req.headers().get(axum::http::header::CONTENT_ENCODING)
+            && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+        {
+            break 'answer json_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_CONTENT_ENCODING",
+                "request bodies must not be compressed (Content-Encoding: identity)",
+            );
         }
-        Ok(_permit) => match tokio::time::timeout(limits.timeout, next.run(req)).await {
-            Ok(r) => r,
-            Err(_) => json_error(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", "the request took too long"),
-        },
+        // Probes and scrapes are cheap and must answer while the API is saturated (a liveness probe
+        // that sees 503 would restart a healthy process): outside the in-flight cap.
+        let exempt = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
+        let permit = if exempt { Ok(None) } else { limits.in_flight.clone().try_acquire_owned().map(Some) };
+        // Bodies being received count against one budget: 512 slow uploads of 8 MiB must not hold
+        // 4 GiB (each route's body limit still applies on its own).
+        let body = match limits.body_charge(&req) {
+            None => Ok(None),
+            Some(n) => limits.bodies.clone().try_acquire_many_owned(n).map(Some),
+        };
+        let permit = match (permit, body) {
+            (Ok(p), Ok(b)) => Ok((p, b)),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        match permit {
+            Err(_) => {
+                let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", "too many requests in flight");
+                r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+                r
+            }
+            Ok(_permit) => match tokio::time::timeout(limits.timeout, next.run(req)).await {
+                Ok(r) => r,
+                Err(_) => json_error(StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT", "the request took too long"),
+            },
+        }
     };
     let mut response = with_json_error_body(response).await;
     let status = response.status().as_u16().to_string();
@@ -746,6 +749,8 @@ async fn limit_requests(
 /// skipped, and a move over more than 10,000 epochs records only its last 10,000.
 fn record_visible(progress: &IngestProgress, view: &'static str, from: Epoch, to: Epoch) {
     let now = std::time::SystemTime::now();
+    // At shutdown a frontier jumps past every epoch: only committed epochs can have become visible.
+    let to = to.min(progress.latest_epoch().saturating_add(1));
     for epoch in from.max(to.saturating_sub(10_000))..to {
         if let Some(waited) = progress.committed_at(epoch).and_then(|t| now.duration_since(t).ok()) {
             metrics::histogram!("vitalflow_view_visible_seconds", "view" => view).record(waited.as_secs_f64());

@@ -515,9 +515,6 @@ mod tests {
         let metrics = ["hr", "sleep", "steps"];
         let rows: Vec<Row> = metrics.iter().flat_map(|m| (0..400).map(move |d| r3(m, d * 2))).collect();
         store.apply(0, 2, rows.iter().map(|r| (r.clone(), 1)).collect());
-        let snap = store.snapshot(0);
-        let shard = snap.user("a").expect("shard");
-        assert!(shard.chunks().len() > 3, "the test needs several chunks");
         let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
         let mut next = move |n: u64| {
             seed ^= seed << 13;
@@ -525,20 +522,38 @@ mod tests {
             seed ^= seed << 17;
             seed % n
         };
-        let bound = |next: &mut dyn FnMut(u64) -> u64| -> Row {
-            let m = ["a", "hr", "sleep", "steps", "z"][next(5) as usize];
-            let mut b = r3(m, next(900) as i32 - 50);
-            b.truncate(1 + next(3) as usize);
-            b
+        let mut check = |shard: &UserShard| {
+            let mut bound = || -> Row {
+                let m = ["a", "hr", "sleep", "steps", "z"][next(5) as usize];
+                let mut b = r3(m, next(900) as i32 - 50);
+                b.truncate(1 + next(3) as usize);
+                b
+            };
+            for _ in 0..2_000 {
+                let (lo, hi) = (bound(), bound());
+                let want: Vec<&Row> =
+                    shard.rows().filter(|r| r[..lo.len()] >= lo[..] && r[..hi.len()] <= hi[..]).collect();
+                let got: Vec<&Row> = shard.range(&lo, &hi).collect();
+                assert_eq!(got, want, "lo {lo:?} hi {hi:?}");
+            }
         };
-        for _ in 0..2_000 {
-            let (lo, hi) = (bound(&mut next), bound(&mut next));
-            let want: Vec<&Row> = shard.rows().filter(|r| r[..lo.len()] >= lo[..] && r[..hi.len()] <= hi[..]).collect();
-            let got: Vec<&Row> = shard.range(&lo, &hi).collect();
-            assert_eq!(got, want, "lo {lo:?} hi {hi:?}");
-        }
+        let snap = store.snapshot(0);
+        let shard = snap.user("a").expect("shard");
+        assert!(shard.chunks().len() > 3, "the test needs several chunks");
+        check(shard);
+        // Retract the first chunks whole (every `hr` row) and every third `steps` row, add rows
+        // between the old ones: chunks are rebuilt, merged and split, and lower bounds go stale.
+        let mut updates: Vec<(Row, i64)> = (0..400).map(|d| (r3("hr", d * 2), -1)).collect();
+        updates.extend((0..400).filter(|d| d % 3 == 0).map(|d| (r3("steps", d * 2), -1)));
+        updates.extend((0..400).filter(|d| d % 5 == 0).map(|d| (r3("sleep", d * 2 + 1), 1)));
+        store.apply(0, 3, updates);
+        let snap = store.snapshot(0);
+        let shard = snap.user("a").expect("shard");
+        assert!(shard.rows().all(|r| r[1] != Datum::Str("hr".into())));
+        check(shard);
         let (lo, hi) = (r3("steps", 100), r3("steps", 110));
-        let want: Vec<Row> = (100..=110).step_by(2).map(|d| r3("steps", d)).collect();
+        // 102 and 108 were retracted (days 51 and 54).
+        let want: Vec<Row> = [100, 104, 106, 110].into_iter().map(|d| r3("steps", d)).collect();
         assert_eq!(shard.range(&lo, &hi).cloned().collect::<Vec<_>>(), want);
     }
 

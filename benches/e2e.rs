@@ -405,6 +405,8 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
         "snapshot_publish": server("vitalflow_snapshot_publish_seconds", ""),
         // Commit → in the snapshot of the view the syncs are read back from.
         "visible_daily_rollups": server("vitalflow_view_visible_seconds", "daily_rollups\""),
+        // Commit → the dataflow's output for it at the snapshot applier (before the publish).
+        "computed_daily_rollups": server("vitalflow_view_computed_seconds", "daily_rollups\""),
         "snapshot_persist": server("vitalflow_snapshot_persist_seconds", ""),
     });
     if let Some(r) = readers {

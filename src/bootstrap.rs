@@ -197,6 +197,9 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
                     Ok(p) => {
                         let started = std::time::Instant::now();
                         let name = snapshots.def(p.view).name;
+                        if let Some(seen) = frontiers.get(p.view) {
+                            record_since_commit(&progress, "vitalflow_view_computed_seconds", name, *seen, p.frontier);
+                        }
                         snapshots.apply(
                             p.view,
                             p.frontier,
@@ -205,7 +208,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
                         metrics::histogram!("vitalflow_snapshot_publish_seconds", "view" => name)
                             .record(started.elapsed().as_secs_f64());
                         if let Some(seen) = frontiers.get_mut(p.view) {
-                            record_visible(&progress, name, *seen, p.frontier);
+                            record_since_commit(&progress, "vitalflow_view_visible_seconds", name, *seen, p.frontier);
                             *seen = (*seen).max(p.frontier);
                         }
                     }
@@ -743,17 +746,20 @@ async fn limit_requests(
     response
 }
 
-/// Records `vitalflow_view_visible_seconds` for `view`: for each epoch a frontier move from
-/// `from` to `to` made visible (`[from, to)`), the time since its durable commit. Epochs whose
+/// Records histogram `metric` for `view`: for each epoch a frontier move from `from` to `to`
+/// completes (`[from, to)`), the time since its durable commit. The applier records
+/// `vitalflow_view_computed_seconds` when the dataflow's output for the epochs arrives and
+/// `vitalflow_view_visible_seconds` once the snapshot holding them is published; the difference
+/// is the applier's queue and publish. Epochs whose
 /// commit time is not remembered (recovered ones, or older than the last 100,000 commits) are
 /// skipped, and a move over more than 10,000 epochs records only its last 10,000.
-fn record_visible(progress: &IngestProgress, view: &'static str, from: Epoch, to: Epoch) {
+fn record_since_commit(progress: &IngestProgress, metric: &'static str, view: &'static str, from: Epoch, to: Epoch) {
     let now = std::time::SystemTime::now();
     // At shutdown a frontier jumps past every epoch: only committed epochs can have become visible.
     let to = to.min(progress.latest_epoch().saturating_add(1));
     for epoch in from.max(to.saturating_sub(10_000))..to {
         if let Some(waited) = progress.committed_at(epoch).and_then(|t| now.duration_since(t).ok()) {
-            metrics::histogram!("vitalflow_view_visible_seconds", "view" => view).record(waited.as_secs_f64());
+            metrics::histogram!(metric, "view" => view).record(waited.as_secs_f64());
         }
     }
 }

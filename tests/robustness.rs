@@ -245,6 +245,7 @@ async fn metrics_are_exposed_without_user_ids() {
         "vitalflow_process_resident_memory_bytes",
         "vitalflow_snapshot_publish_seconds",
         "vitalflow_view_visible_seconds",
+        "vitalflow_view_computed_seconds",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }

@@ -402,6 +402,7 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
         "sync_handler": server("vitalflow_http_request_duration_seconds", "batch-upsert"),
         "sql_handler": server("vitalflow_http_request_duration_seconds", "/v1/sql"),
         "store_commit": server("vitalflow_store_commit_seconds", ""),
+        "dataflow_push": server("vitalflow_dataflow_push_seconds", ""),
         "snapshot_publish": server("vitalflow_snapshot_publish_seconds", ""),
         // Commit → in the snapshot of the view the syncs are read back from.
         "visible_daily_rollups": server("vitalflow_view_visible_seconds", "daily_rollups\""),

@@ -246,6 +246,7 @@ async fn metrics_are_exposed_without_user_ids() {
         "vitalflow_snapshot_publish_seconds",
         "vitalflow_view_visible_seconds",
         "vitalflow_view_computed_seconds",
+        "vitalflow_dataflow_push_seconds",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }

@@ -472,8 +472,8 @@ struct Reads {
     rate: u64,
 }
 
-/// What the reader saw: latencies in ms (with the server's share of each point read), reads that failed (a transport error or a status other
-/// than 2xx), and the point reads served per second.
+/// What the reader saw: latencies in ms (with the server's share of each point read), reads that
+/// failed (a transport error or a status other than 2xx), and the point reads served per second.
 #[derive(Default)]
 struct ReadStats {
     point: Vec<f64>,

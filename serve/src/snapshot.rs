@@ -458,6 +458,16 @@ mod tests {
         range_via: None,
     };
 
+    /// A deterministic generator: `next(n)` is in `0..n`.
+    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
     fn row(u: &str, n: i64) -> Row {
         vec![Datum::Str(u.into()), Datum::Int(n)]
     }
@@ -515,13 +525,7 @@ mod tests {
         let metrics = ["hr", "sleep", "steps"];
         let rows: Vec<Row> = metrics.iter().flat_map(|m| (0..400).map(move |d| r3(m, d * 2))).collect();
         store.apply(0, 2, rows.iter().map(|r| (r.clone(), 1)).collect());
-        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
         let mut check = |shard: &UserShard| {
             let mut bound = || -> Row {
                 let m = ["a", "hr", "sleep", "steps", "z"][next(5) as usize];
@@ -564,13 +568,7 @@ mod tests {
     fn chunks_follow_the_changes_and_match_a_model() {
         let store = SnapshotStore::new([DEF]);
         let mut model: BTreeMap<Row, i64> = BTreeMap::new();
-        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
         let mut shared_seen = 0;
         for epoch in 1..=60_u64 {
             let mut updates = Vec::new();

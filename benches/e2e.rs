@@ -40,8 +40,9 @@ struct Args {
     seconds: u64,
     /// During `steady`, every this many point reads one whole-view SQL aggregate (0: none).
     sql_every: usize,
-    /// Point reads and visibility reads during `steady` ask for the last this many days up to the
-    /// live edge (`from=`), as a dashboard would; 0 (default): the user's whole history.
+    /// Point reads and visibility reads ask for the last this many days up to the live edge
+    /// (`from=`), as a dashboard would; a late sample's visibility read covers its day too (`late`
+    /// reads from it when the window is shorter than 26 days); 0 (default): the whole history.
     read_days: usize,
     /// Point reads per second during `steady` (0, the default: back to back, as fast as the server
     /// answers).
@@ -293,11 +294,19 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
     let first_day = if args.issue_workload() { 1_709_251_200_000_i64 } else { 1_717_200_000_000 };
     let base_ms = first_day + args.days as i64 * 86_400_000;
     // `&from=` for `--read-days`: the window's first day, the live edge its last.
+    let from = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms).map(|d| format!("&from={}", d.format("%Y-%m-%d"))).unwrap_or_default()
+    };
     let window = match args.read_days {
         0 => String::new(),
-        n => chrono::DateTime::from_timestamp_millis(base_ms - (n as i64 - 1) * 86_400_000)
-            .map(|d| format!("&from={}", d.format("%Y-%m-%d")))
-            .unwrap_or_default(),
+        n => from(base_ms - (n as i64 - 1) * 86_400_000),
+    };
+    // A late sample is read back through the same window when the window holds its day (26 days
+    // or more), else from its day on; `--read-days 0` reads the whole history in both phases.
+    let late_window = match args.read_days {
+        0 => String::new(),
+        n if n > 25 => window.clone(),
+        _ => from(base_ms - 25 * 86_400_000),
     };
     // reads: point reads and whole-view SQL aggregates while the stream runs (`Reads`). The reader
     // has a thread, a runtime and a client of its own, so that its timings measure the server, not
@@ -343,8 +352,7 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
             .collect();
         let body = json!({"requestId": format!("{}-{n}", if late { "late" } else { "steady" }), "userId": format!("user-{user}"),
                           "deviceTimeZone": "UTC", "samples": samples});
-        // `--read-days` shapes the steady reads only: a late sample lands 25 days back.
-        let window = if late { String::new() } else { window.clone() };
+        let window = if late { late_window.clone() } else { window.clone() };
         let (client, base, acks, visible) = (client.clone(), base.to_owned(), acks.clone(), visible.clone());
         let (late_reads, refused, errors) = (late_reads.clone(), refused.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {

@@ -158,7 +158,7 @@ impl Fed {
     /// Starts `view` on one worker.
     fn start(view: ViewSpec) -> Fed {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut runtime = Runtime::start(1, vec![view], tx).unwrap_or_else(|e| panic!("{e}"));
+        let runtime = Runtime::start(1, vec![view], tx).unwrap_or_else(|e| panic!("{e}"));
         let (ptx, progress) = crossbeam_channel::unbounded();
         let drain = std::thread::spawn(move || {
             for p in rx {

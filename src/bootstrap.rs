@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use vitalflow_dataflows::{Runtime, RuntimeHealth, ViewProgress};
+use vitalflow_dataflows::{Elapsed, Runtime, RuntimeHealth, RuntimeOptions, ViewProgress};
 use vitalflow_ingest::kafka::{KafkaSource, KafkaStatus};
 use vitalflow_ingest::outbox::OutboxStatus;
 use vitalflow_ingest::writer::IngestOptions;
@@ -47,6 +47,8 @@ struct Components {
     applier_alive: Arc<AtomicBool>,
     applier_fault: Arc<AtomicBool>,
     runtime: Arc<Mutex<Runtime>>,
+    /// The workers' time per view (`vitalflow_dataflow_elapsed_seconds`).
+    elapsed: Elapsed,
     stopping: AtomicBool,
     /// Names of the failed components, as `/readyz` reports them.
     failed: parking_lot::RwLock<Vec<&'static str>>,
@@ -168,7 +170,11 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "persisted snapshots read");
     }
     let (out_tx, out_rx) = crossbeam_channel::bounded::<ViewProgress>(APPLIER_QUEUE);
-    let runtime = Runtime::start(config.workers, views, out_tx).map_err(anyhow::Error::msg)?;
+    let options = RuntimeOptions {
+        slow_epoch: (config.slow_epoch_ms > 0).then(|| Duration::from_millis(config.slow_epoch_ms)),
+    };
+    let runtime = Runtime::start_with(config.workers, views, out_tx, options).map_err(anyhow::Error::msg)?;
+    let elapsed = runtime.elapsed();
     let workers = runtime.health();
     let applier_alive = Arc::new(AtomicBool::new(true));
     let applier_fault = Arc::new(AtomicBool::new(false));
@@ -292,6 +298,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
         applier_alive,
         applier_fault,
         runtime: runtime.clone(),
+        elapsed,
         stopping: AtomicBool::new(false),
         failed: parking_lot::RwLock::new(Vec::new()),
     });
@@ -534,6 +541,9 @@ async fn supervise(
             metrics::gauge!("vitalflow_process_resident_memory_bytes").set(rss as f64);
         }
         metrics::gauge!("vitalflow_dataflow_interned_names").set(vitalflow_dataflows::Name::interned() as f64);
+        for (account, spent) in components.elapsed.accounts() {
+            metrics::gauge!("vitalflow_dataflow_elapsed_seconds", "view" => account).set(spent.as_secs_f64());
+        }
         if failed.is_empty() {
             failing_since = None;
             components.failed.write().clear();

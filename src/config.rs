@@ -34,6 +34,10 @@ pub struct Config {
     /// MiB of the store's pages kept in memory (pages beyond it are read through the operating
     /// system's page cache).
     pub store_cache_mb: usize,
+    /// Log a warning for every epoch that takes a dataflow worker at least this many milliseconds
+    /// to carry through every view, naming the views that spent the time (docs/operations.md,
+    /// "Slow epochs"); 0 turns the warning off.
+    pub slow_epoch_ms: u64,
     /// Where input comes from besides HTTP (none by default).
     pub sources: Sources,
     /// `[server]`: connection, request and ingestion limits (README, "Limits").
@@ -147,6 +151,7 @@ impl Default for Config {
             views: None,
             snapshot_persist_secs: 30,
             store_cache_mb: vitalflow_ingest::store::DEFAULT_CACHE_BYTES >> 20,
+            slow_epoch_ms: 250,
             sources: Sources::default(),
             sinks: Sinks::default(),
             server: ServerLimits::default(),
@@ -233,6 +238,9 @@ impl Config {
         }
         if let Some(v) = env("VITALFLOW_STORE_CACHE_MB") {
             c.store_cache_mb = v.parse().context("VITALFLOW_STORE_CACHE_MB must be a non-negative integer")?;
+        }
+        if let Some(v) = env("VITALFLOW_SLOW_EPOCH_MS") {
+            c.slow_epoch_ms = v.parse().context("VITALFLOW_SLOW_EPOCH_MS must be a non-negative integer")?;
         }
         if let Some(v) = env("VITALFLOW_VIEWS") {
             c.views = Some(v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());

@@ -250,6 +250,14 @@ async fn metrics_are_exposed_without_user_ids() {
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
+    // The workers' time per view (docs/operations.md, "Slow epochs"): every view ran.
+    let elapsed = |account: &str| {
+        let prefix = format!("vitalflow_dataflow_elapsed_seconds{{view=\"{account}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse::<f64>().ok()))
+    };
+    for account in ["daily_rollups", "sleep_nights", "inputs", "progress"] {
+        assert!(elapsed(account).is_some_and(|s| s > 0.0), "{account}: {:?}\n{text}", elapsed(account));
+    }
     assert!(!text.contains("secret-user-7"), "a user id leaked into /metrics");
     assert!(text.contains("route=\"/v1/users/{user_id}/{view}\""), "routes are templates");
     // Every answer, a refusal too, says what the server spent on it (W3C Server Timing, ms).

@@ -16,6 +16,7 @@
 
 pub mod daily_rollups;
 pub mod daily_rollups_by_source;
+pub mod introspection;
 pub mod names;
 pub mod product_impacts;
 pub mod records;
@@ -31,7 +32,8 @@ pub mod weekly_steps;
 pub use names::Name;
 pub use records::{SampleRecord, SessionRecord};
 pub use registry::{Inputs, SamplesByUser, VIEWS, ViewSpec, select};
-pub use runtime::{Runtime, RuntimeError, RuntimeHealth, ViewProgress};
+pub use introspection::Elapsed;
+pub use runtime::{Runtime, RuntimeError, RuntimeHealth, RuntimeOptions, ViewProgress};
 
 #[cfg(test)]
 mod tests;

@@ -23,6 +23,7 @@ use timely::execute::Config;
 use vitalflow_schemas::domain::Product;
 use vitalflow_schemas::{Change, Epoch, EpochBatch, Row, UserProfile};
 
+use crate::introspection::{self, Attribution, Elapsed};
 use crate::names::Interner;
 use crate::records::{SampleRecord, SessionRecord};
 use crate::registry::{Inputs, ViewSpec};
@@ -76,6 +77,83 @@ pub struct Runtime {
     frontier: Epoch,
     /// Workers that ended by unwinding (a panic), not by a clean shutdown.
     died: Arc<AtomicUsize>,
+    elapsed: Elapsed,
+}
+
+/// How the runtime runs, beyond its views.
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeOptions {
+    /// Log a warning for every epoch that takes a worker at least this long, from the moment its
+    /// input closes to every view's output passing it, naming the views that spent the worker's
+    /// time meanwhile ([`Elapsed`]). `None`: no such warnings.
+    pub slow_epoch: Option<Duration>,
+}
+
+/// One worker's watch for slow epochs: each closed epoch with the instant it closed and the
+/// accounts then, until the probe over every view's output passes it.
+struct SlowEpochs {
+    threshold: Duration,
+    worker: usize,
+    open: std::collections::VecDeque<(Epoch, std::time::Instant, Duration, Vec<u64>)>,
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
+}
+
+impl SlowEpochs {
+    /// At most this many closed epochs are watched at once; older ones are dropped unreported.
+    const WATCHED: usize = 4096;
+
+    fn new(threshold: Duration, worker: usize) -> SlowEpochs {
+        SlowEpochs { threshold, worker, open: std::collections::VecDeque::new() }
+    }
+
+    /// The worker's inputs advanced to `frontier`: the epochs below it are closed.
+    fn closed(&mut self, frontier: Epoch, elapsed: &Elapsed) {
+        if self.open.len() == Self::WATCHED {
+            self.open.pop_front();
+        }
+        self.open.push_back((frontier, std::time::Instant::now(), thread_cpu(), elapsed.sample()));
+    }
+
+    /// Reports the watched epochs that every view's output has now passed and that took at least
+    /// the threshold.
+    fn check(&mut self, probe: &timely::dataflow::ProbeHandle<Epoch>, worker: &mut timely::worker::Worker, elapsed: &Elapsed) {
+        let mut flushed = false;
+        while self.open.front().is_some_and(|(frontier, _, _, _)| !probe.less_than(frontier)) {
+            let Some((frontier, closed_at, cpu_at, before)) = self.open.pop_front() else { return };
+            let took = closed_at.elapsed();
+            if took < self.threshold {
+                continue;
+            }
+            if !flushed {
+                // The log is flushed when the worker parks; the accounts must include this epoch.
+                if let Some(mut registry) = worker.log_register() {
+                    registry.flush();
+                }
+                flushed = true;
+            }
+            let top: Vec<String> = elapsed
+                .top(&before, &elapsed.sample(), 4)
+                .into_iter()
+                .map(|(name, d)| format!("{name} {:.1} ms", d.as_secs_f64() * 1000.0))
+                .collect();
+            // This worker's own CPU meanwhile: far below `ms`, the worker waited (for a core, or
+            // for the other workers) rather than worked.
+            let cpu = thread_cpu().saturating_sub(cpu_at);
+            tracing::warn!(
+                worker = self.worker,
+                epoch = frontier - 1,
+                ms = %format!("{:.1}", took.as_secs_f64() * 1000.0),
+                cpu_ms = %format!("{:.1}", cpu.as_secs_f64() * 1000.0),
+                spent = %top.join(", "),
+                "slow epoch: this worker's CPU, and the views' worker time meanwhile (all workers)"
+            );
+        }
+    }
 }
 
 /// Whether the runtime's workers are alive; see [`Runtime::health`].
@@ -104,8 +182,19 @@ impl Drop for DeathWatch {
 }
 
 impl Runtime {
-    /// Starts `workers` timely workers that maintain `views` and send progress to `out`.
+    /// Starts `workers` timely workers that maintain `views` and send progress to `out`, with
+    /// [`RuntimeOptions::default`].
     pub fn start(workers: usize, views: Vec<ViewSpec>, out: Sender<ViewProgress>) -> Result<Runtime, String> {
+        Runtime::start_with(workers, views, out, RuntimeOptions::default())
+    }
+
+    /// Starts `workers` timely workers that maintain `views` and send progress to `out`.
+    pub fn start_with(
+        workers: usize,
+        views: Vec<ViewSpec>,
+        out: Sender<ViewProgress>,
+        options: RuntimeOptions,
+    ) -> Result<Runtime, String> {
         let workers = workers.max(1);
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..workers).map(|_| crossbeam_channel::bounded(WORKER_QUEUE)).unzip();
@@ -114,6 +203,8 @@ impl Runtime {
         let receivers: Arc<Mutex<Vec<Option<Receiver<WorkerMsg>>>>> =
             Arc::new(Mutex::new(receivers.into_iter().map(Some).collect()));
         let (thread_tx, thread_rx) = crossbeam_channel::unbounded();
+        let elapsed = Elapsed::new(&views.iter().map(|v| v.def.name).collect::<Vec<_>>());
+        let elapsed_in_workers = elapsed.clone();
         let guards = timely::execute(Config::process(workers), move |worker| {
             let index = worker.index();
             let rx = receivers.lock().ok().and_then(|mut r| r.get_mut(index).and_then(Option::take));
@@ -121,6 +212,9 @@ impl Runtime {
             let mut watch = DeathWatch { died: died_in_workers.clone(), armed: true };
             let _ = thread_tx.send((index, std::thread::current()));
             let out = out.clone();
+            let attribution = Attribution::default();
+            introspection::install(worker, elapsed_in_workers.clone(), attribution.clone());
+            let probe = timely::dataflow::ProbeHandle::new();
             let input = worker.dataflow::<Epoch, _, _>(|scope| {
                 let (samples_in, samples) = scope.new_collection::<SampleRecord, isize>();
                 let (sessions_in, sessions) = scope.new_collection::<SessionRecord, isize>();
@@ -128,7 +222,9 @@ impl Runtime {
                 let (profiles_in, profiles) = scope.new_collection::<UserProfile, isize>();
                 let inputs = Inputs::new(samples, sessions, products, profiles);
                 for (view, spec) in views.iter().enumerate() {
-                    sink(view, spec.def.name, (spec.build)(&inputs), index == 0, out.clone());
+                    attribution.building(scope.worker().peek_identifier(), view);
+                    let rows = (spec.build)(&inputs).probe_with(&probe);
+                    sink(view, spec.def.name, rows, index == 0, out.clone());
                 }
                 InputSessions {
                     samples: samples_in,
@@ -137,12 +233,18 @@ impl Runtime {
                     profiles: profiles_in,
                 }
             });
+            let mut slow = options.slow_epoch.map(|threshold| SlowEpochs::new(threshold, index));
             let mut input = Some(input);
             while let Some(session) = input.as_mut() {
                 loop {
                     match rx.try_recv() {
                         Ok(WorkerMsg::Changes(epoch, changes)) => session.apply(epoch, changes),
-                        Ok(WorkerMsg::Advance(epoch)) => session.advance(epoch),
+                        Ok(WorkerMsg::Advance(epoch)) => {
+                            session.advance(epoch);
+                            if let Some(slow) = slow.as_mut() {
+                                slow.closed(epoch, &elapsed_in_workers);
+                            }
+                        }
                         Ok(WorkerMsg::Fault) => panic!("injected fault: dataflow worker {index}"),
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => {
@@ -152,6 +254,9 @@ impl Runtime {
                     }
                 }
                 worker.step_or_park(Some(Duration::from_millis(200)));
+                if let Some(slow) = slow.as_mut() {
+                    slow.check(&probe, worker, &elapsed_in_workers);
+                }
             }
             while worker.step_or_park(None) {}
             watch.armed = false;
@@ -164,7 +269,13 @@ impl Runtime {
             guards: Some(guards),
             frontier: 0,
             died,
+            elapsed,
         })
+    }
+
+    /// The workers' time per view, for metrics ([`Elapsed`]).
+    pub fn elapsed(&self) -> Elapsed {
+        self.elapsed.clone()
     }
 
     /// Whether every worker is alive (none has panicked). A dead worker stops every view.

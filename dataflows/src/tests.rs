@@ -120,6 +120,37 @@ fn cumulative_days(h: &Harness, metric: &str) -> Vec<(i32, i64, f64)> {
         .collect()
 }
 
+/// Introspection (docs/operations.md, "Slow epochs"): the workers' time is spent in, and
+/// attributed to, every view, the inputs and timely's progress tracking, not lumped together.
+#[test]
+fn worker_time_is_attributed_to_each_view() {
+    let mut h = Harness::new(2);
+    let s = sample(
+        "u1",
+        "watch-1",
+        "a1",
+        Metric::Steps,
+        ms("2024-06-01T03:50:00Z"),
+        ms("2024-06-01T04:30:00Z"),
+        1200.0,
+        SourceClass::Watch,
+        "UTC",
+    );
+    h.step(vec![Change::Sample(s, 1)]);
+    let elapsed = h.runtime.as_ref().expect("runtime").elapsed();
+    // The workers' logs are flushed as they park and when they stop.
+    if let Some(rt) = h.runtime.take() {
+        rt.shutdown();
+    }
+    let accounts = elapsed.accounts();
+    let names: Vec<&str> = accounts.iter().map(|(n, _)| *n).collect();
+    let expected: Vec<&str> = crate::VIEWS.iter().map(|v| v.def.name).chain(["inputs", "progress"]).collect();
+    assert_eq!(names, expected);
+    for (name, spent) in &accounts {
+        assert!(!spent.is_zero(), "no worker time attributed to {name}: {accounts:?}");
+    }
+}
+
 #[test]
 fn worked_example_2a_step_by_step_with_edit_and_delete() {
     let mut h = Harness::new(2);

@@ -295,7 +295,9 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
     let base_ms = first_day + args.days as i64 * 86_400_000;
     // `&from=` for `--read-days`: the window's first day, the live edge its last.
     let from = |ms: i64| {
-        chrono::DateTime::from_timestamp_millis(ms).map(|d| format!("&from={}", d.format("%Y-%m-%d"))).unwrap_or_default()
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|d| format!("&from={}", d.format("%Y-%m-%d")))
+            .unwrap_or_default()
     };
     let window = match args.read_days {
         0 => String::new(),
@@ -418,6 +420,20 @@ async fn paced(args: &Args, base: &str, late: bool, history: usize) -> Value {
         "computed_daily_rollups": server("vitalflow_view_computed_seconds", "daily_rollups\""),
         "snapshot_persist": server("vitalflow_snapshot_persist_seconds", ""),
     });
+    // Dataflow introspection (`slow_epoch_ms` > 0; docs/operations.md, "Slow epochs"): the epochs
+    // over the threshold, and the workers' seconds per view over the phase, largest first.
+    let delta = |k: &str| after.get(k).map(|a| a - metrics_before.get(k).copied().unwrap_or(0.0));
+    out["server"]["slow_epochs"] = json!(delta("vitalflow_dataflow_slow_epochs_total"));
+    let mut elapsed: Vec<(String, f64)> = after
+        .keys()
+        .filter_map(|k| {
+            let view = k.strip_prefix("vitalflow_dataflow_elapsed_seconds{view=\"")?.strip_suffix("\"}")?;
+            Some((view.to_owned(), delta(k)?))
+        })
+        .collect();
+    elapsed.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out["server"]["dataflow_elapsed_s"] =
+        elapsed.into_iter().map(|(view, s)| json!({"view": view, "seconds": (s * 1000.0).round() / 1000.0})).collect();
     if let Some(r) = readers {
         let stats = r.join().unwrap_or_default();
         out["reads"] = json!({

@@ -47,8 +47,10 @@ struct Components {
     applier_alive: Arc<AtomicBool>,
     applier_fault: Arc<AtomicBool>,
     runtime: Arc<Mutex<Runtime>>,
-    /// The workers' time per view (`vitalflow_dataflow_elapsed_seconds`).
+    /// The workers' time per view (`vitalflow_dataflow_elapsed_seconds`) and the slow epochs
+    /// (`vitalflow_dataflow_slow_epochs_total`), kept when `introspection` (`slow_epoch_ms` > 0).
     elapsed: Elapsed,
+    introspection: bool,
     stopping: AtomicBool,
     /// Names of the failed components, as `/readyz` reports them.
     failed: parking_lot::RwLock<Vec<&'static str>>,
@@ -170,9 +172,8 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "persisted snapshots read");
     }
     let (out_tx, out_rx) = crossbeam_channel::bounded::<ViewProgress>(APPLIER_QUEUE);
-    let options = RuntimeOptions {
-        slow_epoch: (config.slow_epoch_ms > 0).then(|| Duration::from_millis(config.slow_epoch_ms)),
-    };
+    let options =
+        RuntimeOptions { slow_epoch: (config.slow_epoch_ms > 0).then(|| Duration::from_millis(config.slow_epoch_ms)) };
     let runtime = Runtime::start_with(config.workers, views, out_tx, options).map_err(anyhow::Error::msg)?;
     let elapsed = runtime.elapsed();
     let workers = runtime.health();
@@ -299,6 +300,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
         applier_fault,
         runtime: runtime.clone(),
         elapsed,
+        introspection: config.slow_epoch_ms > 0,
         stopping: AtomicBool::new(false),
         failed: parking_lot::RwLock::new(Vec::new()),
     });
@@ -541,8 +543,11 @@ async fn supervise(
             metrics::gauge!("vitalflow_process_resident_memory_bytes").set(rss as f64);
         }
         metrics::gauge!("vitalflow_dataflow_interned_names").set(vitalflow_dataflows::Name::interned() as f64);
-        for (account, spent) in components.elapsed.accounts() {
-            metrics::gauge!("vitalflow_dataflow_elapsed_seconds", "view" => account).set(spent.as_secs_f64());
+        if components.introspection {
+            for (account, spent) in components.elapsed.accounts() {
+                metrics::gauge!("vitalflow_dataflow_elapsed_seconds", "view" => account).set(spent.as_secs_f64());
+            }
+            metrics::counter!("vitalflow_dataflow_slow_epochs_total").absolute(components.elapsed.slow_epochs());
         }
         if failed.is_empty() {
             failing_since = None;

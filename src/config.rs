@@ -34,9 +34,9 @@ pub struct Config {
     /// MiB of the store's pages kept in memory (pages beyond it are read through the operating
     /// system's page cache).
     pub store_cache_mb: usize,
-    /// Log a warning for every epoch that takes a dataflow worker at least this many milliseconds
-    /// to carry through every view, naming the views that spent the time (docs/operations.md,
-    /// "Slow epochs"); 0 turns the warning off.
+    /// Dataflow introspection (docs/operations.md, "Slow epochs"): the workers' time per view,
+    /// and a count of and warnings about the epochs that take the workers at least this many
+    /// milliseconds to carry through every view; 0 turns all of it off.
     pub slow_epoch_ms: u64,
     /// Where input comes from besides HTTP (none by default).
     pub sources: Sources,

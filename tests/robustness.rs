@@ -247,6 +247,7 @@ async fn metrics_are_exposed_without_user_ids() {
         "vitalflow_view_visible_seconds",
         "vitalflow_view_computed_seconds",
         "vitalflow_dataflow_push_seconds",
+        "vitalflow_dataflow_slow_epochs_total",
     ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }

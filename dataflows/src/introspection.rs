@@ -8,8 +8,13 @@
 //! root scope's time less its operators'). The time a worker spends outside operators (reading its
 //! channel, parking) is in none of them.
 //!
-//! Cost: one log event per operator start and stop, summed in batches when timely flushes its log;
-//! nothing is retained per event.
+//! Cost: installed only when asked for (`RuntimeOptions::slow_epoch`). Once a `timely` logger is
+//! registered, timely logs every operator's start and stop, every message batch on every channel
+//! and every progress round, each with a clock read; this module keeps only the schedule events'
+//! sums, in batches at each log flush (the end of every worker step), and retains nothing per
+//! event. Wall-clock times: a worker preempted inside an operator counts the wait as the
+//! operator's. Work done outside operators (the worker loop pushing its input batches into the
+//! dataflow, reading its queue, parking) is in no account.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -29,6 +34,7 @@ pub const PROGRESS: &str = "progress";
 pub struct Elapsed {
     names: Arc<[&'static str]>,
     nanos: Arc<[AtomicU64]>,
+    slow: Arc<AtomicU64>,
 }
 
 impl Elapsed {
@@ -36,12 +42,26 @@ impl Elapsed {
     pub(crate) fn new(views: &[&'static str]) -> Elapsed {
         let names: Vec<&'static str> = views.iter().copied().chain([INPUTS, PROGRESS]).collect();
         let nanos: Vec<AtomicU64> = names.iter().map(|_| AtomicU64::new(0)).collect();
-        Elapsed { names: names.into(), nanos: nanos.into() }
+        Elapsed { names: names.into(), nanos: nanos.into(), slow: Arc::new(AtomicU64::new(0)) }
     }
 
     /// Every account and the worker time it has spent since start (all workers together).
     pub fn accounts(&self) -> Vec<(&'static str, Duration)> {
-        self.names.iter().zip(self.nanos.iter()).map(|(n, v)| (*n, Duration::from_nanos(v.load(Ordering::Relaxed)))).collect()
+        self.names
+            .iter()
+            .zip(self.nanos.iter())
+            .map(|(n, v)| (*n, Duration::from_nanos(v.load(Ordering::Relaxed))))
+            .collect()
+    }
+
+    /// Epochs that took at least the slow-epoch threshold (`RuntimeOptions::slow_epoch`) since
+    /// start, as worker 0 saw them.
+    pub fn slow_epochs(&self) -> u64 {
+        self.slow.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_slow_epoch(&self) {
+        self.slow.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The accounts' nanoseconds now, in [`Elapsed::accounts`]' order.
@@ -93,11 +113,7 @@ impl Attribution {
 
 /// Registers the worker's `timely` logger that sums operators' exclusive time into `elapsed`.
 /// Call before building the dataflow, so that every operator's creation is seen.
-pub(crate) fn install(
-    worker: &mut timely::worker::Worker,
-    elapsed: Elapsed,
-    attribution: Attribution,
-) {
+pub(crate) fn install(worker: &mut timely::worker::Worker, elapsed: Elapsed, attribution: Attribution) {
     let (inputs, progress) = (elapsed.names.len() - 2, elapsed.names.len() - 1);
     // Account per operator id; the operators being scheduled, innermost last, each with its start
     // and the time its nested operators took.

@@ -29,10 +29,10 @@ pub mod sleep_nights;
 mod stats;
 pub mod weekly_steps;
 
+pub use introspection::Elapsed;
 pub use names::Name;
 pub use records::{SampleRecord, SessionRecord};
 pub use registry::{Inputs, SamplesByUser, VIEWS, ViewSpec, select};
-pub use introspection::Elapsed;
 pub use runtime::{Runtime, RuntimeError, RuntimeHealth, RuntimeOptions, ViewProgress};
 
 #[cfg(test)]

@@ -83,18 +83,22 @@ pub struct Runtime {
 /// How the runtime runs, beyond its views.
 #[derive(Clone, Debug, Default)]
 pub struct RuntimeOptions {
-    /// Log a warning for every epoch that takes a worker at least this long, from the moment its
-    /// input closes to every view's output passing it, naming the views that spent the worker's
-    /// time meanwhile ([`Elapsed`]). `None`: no such warnings.
+    /// Introspection: account the workers' time per view ([`Elapsed`]), count the epochs that take
+    /// at least this long, from the moment a worker takes the epoch's close off its queue to every
+    /// view's output passing it on every worker ([`Elapsed::slow_epochs`], worker 0's count), and
+    /// warn of them (at most once a second per worker). `None`: none of it, and no logging cost.
     pub slow_epoch: Option<Duration>,
 }
 
-/// One worker's watch for slow epochs: each closed epoch with the instant it closed and the
-/// accounts then, until the probe over every view's output passes it.
+/// One worker's watch for slow epochs: each closed epoch with the instant it closed, the worker's
+/// CPU clock and the accounts then, until the probe over every view's output passes it.
 struct SlowEpochs {
     threshold: Duration,
     worker: usize,
     open: std::collections::VecDeque<(Epoch, std::time::Instant, Duration, Vec<u64>)>,
+    /// When this worker last warned, and the slow epochs it has not warned of since.
+    warned: Option<std::time::Instant>,
+    unwarned: u64,
 }
 
 /// CPU time the calling thread has used.
@@ -104,38 +108,40 @@ fn thread_cpu() -> Duration {
 }
 
 impl SlowEpochs {
-    /// At most this many closed epochs are watched at once; older ones are dropped unreported.
+    /// At most this many closed epochs are watched at once; while that many are open, newly
+    /// closed epochs are not watched (a backlog is visible in the ones that are).
     const WATCHED: usize = 4096;
+    /// At most one warning per worker this often; the slow epochs in between are counted in it.
+    const WARN_EVERY: Duration = Duration::from_secs(1);
 
     fn new(threshold: Duration, worker: usize) -> SlowEpochs {
-        SlowEpochs { threshold, worker, open: std::collections::VecDeque::new() }
+        SlowEpochs { threshold, worker, open: std::collections::VecDeque::new(), warned: None, unwarned: 0 }
     }
 
     /// The worker's inputs advanced to `frontier`: the epochs below it are closed.
     fn closed(&mut self, frontier: Epoch, elapsed: &Elapsed) {
-        if self.open.len() == Self::WATCHED {
-            self.open.pop_front();
+        if self.open.len() < Self::WATCHED {
+            self.open.push_back((frontier, std::time::Instant::now(), thread_cpu(), elapsed.sample()));
         }
-        self.open.push_back((frontier, std::time::Instant::now(), thread_cpu(), elapsed.sample()));
     }
 
-    /// Reports the watched epochs that every view's output has now passed and that took at least
-    /// the threshold.
-    fn check(&mut self, probe: &timely::dataflow::ProbeHandle<Epoch>, worker: &mut timely::worker::Worker, elapsed: &Elapsed) {
-        let mut flushed = false;
+    /// Counts (worker 0) and reports the watched epochs that every view's output has now passed
+    /// and that took at least the threshold.
+    fn check(&mut self, probe: &timely::dataflow::ProbeHandle<Epoch>, elapsed: &Elapsed) {
         while self.open.front().is_some_and(|(frontier, _, _, _)| !probe.less_than(frontier)) {
             let Some((frontier, closed_at, cpu_at, before)) = self.open.pop_front() else { return };
             let took = closed_at.elapsed();
             if took < self.threshold {
                 continue;
             }
-            if !flushed {
-                // The log is flushed when the worker parks; the accounts must include this epoch.
-                if let Some(mut registry) = worker.log_register() {
-                    registry.flush();
-                }
-                flushed = true;
+            if self.worker == 0 {
+                elapsed.count_slow_epoch();
             }
+            if self.warned.is_some_and(|at| at.elapsed() < Self::WARN_EVERY) {
+                self.unwarned += 1;
+                continue;
+            }
+            // The accounts are as of timely's last log flush, at the end of the worker's last step.
             let top: Vec<String> = elapsed
                 .top(&before, &elapsed.sample(), 4)
                 .into_iter()
@@ -150,8 +156,11 @@ impl SlowEpochs {
                 ms = %format!("{:.1}", took.as_secs_f64() * 1000.0),
                 cpu_ms = %format!("{:.1}", cpu.as_secs_f64() * 1000.0),
                 spent = %top.join(", "),
-                "slow epoch: this worker's CPU, and the views' worker time meanwhile (all workers)"
+                more = self.unwarned,
+                "slow epoch"
             );
+            self.warned = Some(std::time::Instant::now());
+            self.unwarned = 0;
         }
     }
 }
@@ -212,8 +221,12 @@ impl Runtime {
             let mut watch = DeathWatch { died: died_in_workers.clone(), armed: true };
             let _ = thread_tx.send((index, std::thread::current()));
             let out = out.clone();
+            // Introspection only when asked for: timely logs every operator's scheduling, every
+            // message and every progress round once a logger is registered.
             let attribution = Attribution::default();
-            introspection::install(worker, elapsed_in_workers.clone(), attribution.clone());
+            if options.slow_epoch.is_some() {
+                introspection::install(worker, elapsed_in_workers.clone(), attribution.clone());
+            }
             let probe = timely::dataflow::ProbeHandle::new();
             let input = worker.dataflow::<Epoch, _, _>(|scope| {
                 let (samples_in, samples) = scope.new_collection::<SampleRecord, isize>();
@@ -223,7 +236,8 @@ impl Runtime {
                 let inputs = Inputs::new(samples, sessions, products, profiles);
                 for (view, spec) in views.iter().enumerate() {
                     attribution.building(scope.worker().peek_identifier(), view);
-                    let rows = (spec.build)(&inputs).probe_with(&probe);
+                    let rows = (spec.build)(&inputs);
+                    let rows = if options.slow_epoch.is_some() { rows.probe_with(&probe) } else { rows };
                     sink(view, spec.def.name, rows, index == 0, out.clone());
                 }
                 InputSessions {
@@ -255,7 +269,7 @@ impl Runtime {
                 }
                 worker.step_or_park(Some(Duration::from_millis(200)));
                 if let Some(slow) = slow.as_mut() {
-                    slow.check(&probe, worker, &elapsed_in_workers);
+                    slow.check(&probe, &elapsed_in_workers);
                 }
             }
             while worker.step_or_park(None) {}

@@ -10,7 +10,7 @@ use vitalflow_schemas::time::{date_to_days, parse_date, parse_instant};
 use vitalflow_schemas::{Change, Datum, EpochBatch, Metric, OrdF64, Row, Sample, SourceClass, Zone};
 
 use crate::registry::view_index;
-use crate::runtime::{Runtime, ViewProgress};
+use crate::runtime::{Runtime, RuntimeOptions, ViewProgress};
 
 /// A running dataflow and the accumulated contents of every view.
 struct Harness {
@@ -23,8 +23,12 @@ struct Harness {
 
 impl Harness {
     fn new(workers: usize) -> Self {
+        Harness::with_options(workers, RuntimeOptions::default())
+    }
+
+    fn with_options(workers: usize, options: RuntimeOptions) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let runtime = Runtime::start(workers, crate::VIEWS.to_vec(), tx).expect("runtime");
+        let runtime = Runtime::start_with(workers, crate::VIEWS.to_vec(), tx, options).expect("runtime");
         let n = crate::VIEWS.len();
         Harness { runtime: Some(runtime), rx, views: vec![BTreeMap::new(); n], frontiers: vec![0; n], epoch: 0 }
     }
@@ -121,10 +125,12 @@ fn cumulative_days(h: &Harness, metric: &str) -> Vec<(i32, i64, f64)> {
 }
 
 /// Introspection (docs/operations.md, "Slow epochs"): the workers' time is spent in, and
-/// attributed to, every view, the inputs and timely's progress tracking, not lumped together.
+/// attributed to, every view, the inputs and timely's progress tracking, not lumped together; and
+/// each epoch past the threshold is counted once.
 #[test]
 fn worker_time_is_attributed_to_each_view() {
-    let mut h = Harness::new(2);
+    // A zero threshold: every epoch counts as slow, so the count is the number of epochs closed.
+    let mut h = Harness::with_options(2, RuntimeOptions { slow_epoch: Some(std::time::Duration::ZERO) });
     let s = sample(
         "u1",
         "watch-1",
@@ -136,9 +142,18 @@ fn worker_time_is_attributed_to_each_view() {
         SourceClass::Watch,
         "UTC",
     );
-    h.step(vec![Change::Sample(s, 1)]);
+    h.step(vec![Change::Sample(s.clone(), 1)]);
+    h.step(vec![]);
+    h.step(vec![Change::Sample(s, -1)]);
     let elapsed = h.runtime.as_ref().expect("runtime").elapsed();
-    // The workers' logs are flushed as they park and when they stop.
+    // Worker 0 counts an epoch once every view's output on every worker has passed it, after its
+    // next step; it steps at least every 200 ms.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while elapsed.slow_epochs() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(elapsed.slow_epochs(), 3, "each of the three epochs once");
+    // The workers' logs are flushed at the end of every step, and when they stop.
     if let Some(rt) = h.runtime.take() {
         rt.shutdown();
     }

@@ -155,10 +155,17 @@ impl SlowEpochs {
                 epoch = frontier - 1,
                 ms = %format!("{:.1}", took.as_secs_f64() * 1000.0),
                 cpu_ms = %format!("{:.1}", cpu.as_secs_f64() * 1000.0),
-                spent = %top.join(", "),
+                spent = ?top.join(", "),
                 more = self.unwarned,
                 "slow epoch"
             );
+            self.warned = Some(std::time::Instant::now());
+            self.unwarned = 0;
+        }
+        // The slow epochs held back at the end of a burst are told once the pause is over, not
+        // only with the next slow epoch.
+        if self.unwarned > 0 && self.warned.is_some_and(|at| at.elapsed() >= Self::WARN_EVERY) {
+            tracing::warn!(worker = self.worker, more = self.unwarned, "slow epochs since the last warning");
             self.warned = Some(std::time::Instant::now());
             self.unwarned = 0;
         }

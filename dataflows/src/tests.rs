@@ -124,14 +124,10 @@ fn cumulative_days(h: &Harness, metric: &str) -> Vec<(i32, i64, f64)> {
         .collect()
 }
 
-/// Introspection (docs/operations.md, "Slow epochs"): the workers' time is spent in, and
-/// attributed to, every view, the inputs and timely's progress tracking, not lumped together; and
-/// each epoch past the threshold is counted once.
-#[test]
-fn worker_time_is_attributed_to_each_view() {
-    // A zero threshold: every epoch counts as slow, so the count is the number of epochs closed.
-    let mut h = Harness::with_options(2, RuntimeOptions { slow_epoch: Some(std::time::Duration::ZERO) });
-    let s = sample(
+/// Worked example 2a's sample (DOMAIN.md): 1,200 steps from a watch, 03:50–04:30 UTC, with device
+/// zone `zone` (the example's is America/New_York).
+fn example_2a_sample(zone: &str) -> Sample {
+    sample(
         "u1",
         "watch-1",
         "a1",
@@ -140,8 +136,18 @@ fn worker_time_is_attributed_to_each_view() {
         ms("2024-06-01T04:30:00Z"),
         1200.0,
         SourceClass::Watch,
-        "UTC",
-    );
+        zone,
+    )
+}
+
+/// Introspection (docs/operations.md, "Slow epochs"): the workers' time is spent in, and
+/// attributed to, every view, the inputs and timely's progress tracking, not lumped together; and
+/// each epoch past the threshold is counted once.
+#[test]
+fn worker_time_is_attributed_to_each_view() {
+    // A zero threshold: every epoch counts as slow, so the count is the number of epochs closed.
+    let mut h = Harness::with_options(2, RuntimeOptions { slow_epoch: Some(std::time::Duration::ZERO) });
+    let s = example_2a_sample("UTC");
     h.step(vec![Change::Sample(s.clone(), 1)]);
     h.step(vec![]);
     h.step(vec![Change::Sample(s, -1)]);
@@ -169,17 +175,7 @@ fn worker_time_is_attributed_to_each_view() {
 #[test]
 fn worked_example_2a_step_by_step_with_edit_and_delete() {
     let mut h = Harness::new(2);
-    let s = sample(
-        "u1",
-        "watch-1",
-        "a1",
-        Metric::Steps,
-        ms("2024-06-01T03:50:00Z"),
-        ms("2024-06-01T04:30:00Z"),
-        1200.0,
-        SourceClass::Watch,
-        "America/New_York",
-    );
+    let s = example_2a_sample("America/New_York");
     h.step(vec![Change::Sample(s.clone(), 1)]);
     assert_eq!(cumulative_days(&h, "steps"), vec![(day("2024-05-31"), 1, 300.0), (day("2024-06-01"), 1, 900.0)]);
     let by_source = h.rows("daily_rollups_by_source");

@@ -48,9 +48,8 @@ struct Components {
     applier_fault: Arc<AtomicBool>,
     runtime: Arc<Mutex<Runtime>>,
     /// The workers' time per view (`vitalflow_dataflow_elapsed_seconds`) and the slow epochs
-    /// (`vitalflow_dataflow_slow_epochs_total`), kept when `introspection` (`slow_epoch_ms` > 0).
-    elapsed: Elapsed,
-    introspection: bool,
+    /// (`vitalflow_dataflow_slow_epochs_total`), kept while `slow_epoch_ms` > 0.
+    elapsed: Option<Elapsed>,
     stopping: AtomicBool,
     /// Names of the failed components, as `/readyz` reports them.
     failed: parking_lot::RwLock<Vec<&'static str>>,
@@ -204,9 +203,9 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
                     Ok(p) => {
                         let started = std::time::Instant::now();
                         let name = snapshots.def(p.view).name;
-                        if let Some(seen) = frontiers.get(p.view) {
-                            record_since_commit(&progress, "vitalflow_view_computed_seconds", name, *seen, p.frontier);
-                        }
+                        let seen = frontiers.get(p.view).copied().unwrap_or(p.frontier);
+                        let commits = commit_times(&progress, seen, p.frontier);
+                        record_since(&commits, "vitalflow_view_computed_seconds", name);
                         snapshots.apply(
                             p.view,
                             p.frontier,
@@ -214,8 +213,8 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
                         );
                         metrics::histogram!("vitalflow_snapshot_publish_seconds", "view" => name)
                             .record(started.elapsed().as_secs_f64());
+                        record_since(&commits, "vitalflow_view_visible_seconds", name);
                         if let Some(seen) = frontiers.get_mut(p.view) {
-                            record_since_commit(&progress, "vitalflow_view_visible_seconds", name, *seen, p.frontier);
                             *seen = (*seen).max(p.frontier);
                         }
                     }
@@ -300,7 +299,6 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
         applier_fault,
         runtime: runtime.clone(),
         elapsed,
-        introspection: config.slow_epoch_ms > 0,
         stopping: AtomicBool::new(false),
         failed: parking_lot::RwLock::new(Vec::new()),
     });
@@ -543,11 +541,11 @@ async fn supervise(
             metrics::gauge!("vitalflow_process_resident_memory_bytes").set(rss as f64);
         }
         metrics::gauge!("vitalflow_dataflow_interned_names").set(vitalflow_dataflows::Name::interned() as f64);
-        if components.introspection {
-            for (account, spent) in components.elapsed.accounts() {
+        if let Some(elapsed) = &components.elapsed {
+            for (account, spent) in elapsed.accounts() {
                 metrics::gauge!("vitalflow_dataflow_elapsed_seconds", "view" => account).set(spent.as_secs_f64());
             }
-            metrics::counter!("vitalflow_dataflow_slow_epochs_total").absolute(components.elapsed.slow_epochs());
+            metrics::counter!("vitalflow_dataflow_slow_epochs_total").absolute(elapsed.slow_epochs());
         }
         if failed.is_empty() {
             failing_since = None;
@@ -768,21 +766,24 @@ async fn limit_requests(
     response
 }
 
-/// Records histogram `metric` for `view`: for each epoch a frontier move from `from` to `to`
-/// completes (`[from, to)`), the time since its durable commit. The applier records
-/// `vitalflow_view_computed_seconds` when the dataflow's output for the epochs arrives and
-/// `vitalflow_view_visible_seconds` once the snapshot holding them is published; the difference
-/// is the applier's queue and publish. Epochs whose
-/// commit time is not remembered (recovered ones, or older than the last 100,000 commits) are
-/// skipped, and a move over more than 10,000 epochs records only its last 10,000.
-fn record_since_commit(progress: &IngestProgress, metric: &'static str, view: &'static str, from: Epoch, to: Epoch) {
-    let now = std::time::SystemTime::now();
+/// The durable-commit instants of the epochs a frontier move from `from` to `to` completes
+/// (`[from, to)`). Epochs whose commit time is not remembered (recovered ones, or older than the
+/// last 100,000 commits) are skipped, and a move over more than 10,000 epochs gives only its last
+/// 10,000.
+fn commit_times(progress: &IngestProgress, from: Epoch, to: Epoch) -> Vec<SystemTime> {
     // At shutdown a frontier jumps past every epoch: only committed epochs can have become visible.
     let to = to.min(progress.latest_epoch().saturating_add(1));
-    for epoch in from.max(to.saturating_sub(10_000))..to {
-        if let Some(waited) = progress.committed_at(epoch).and_then(|t| now.duration_since(t).ok()) {
-            metrics::histogram!(metric, "view" => view).record(waited.as_secs_f64());
-        }
+    (from.max(to.saturating_sub(10_000))..to).filter_map(|epoch| progress.committed_at(epoch)).collect()
+}
+
+/// Records histogram `metric` for `view`: the time from each of `commits` to now. The applier
+/// records `vitalflow_view_computed_seconds` when the dataflow's output for the epochs arrives and
+/// `vitalflow_view_visible_seconds` once the snapshot holding them is published; the difference
+/// is the applier's queue and publish.
+fn record_since(commits: &[SystemTime], metric: &'static str, view: &'static str) {
+    let now = SystemTime::now();
+    for waited in commits.iter().filter_map(|t| now.duration_since(*t).ok()) {
+        metrics::histogram!(metric, "view" => view).record(waited.as_secs_f64());
     }
 }
 

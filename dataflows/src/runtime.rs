@@ -77,7 +77,8 @@ pub struct Runtime {
     frontier: Epoch,
     /// Workers that ended by unwinding (a panic), not by a clean shutdown.
     died: Arc<AtomicUsize>,
-    elapsed: Elapsed,
+    /// Present with introspection on ([`RuntimeOptions::slow_epoch`]).
+    elapsed: Option<Elapsed>,
 }
 
 /// How the runtime runs, beyond its views.
@@ -94,6 +95,7 @@ pub struct RuntimeOptions {
 /// CPU clock and the accounts then, until the probe over every view's output passes it.
 struct SlowEpochs {
     threshold: Duration,
+    elapsed: Elapsed,
     worker: usize,
     open: std::collections::VecDeque<(Epoch, std::time::Instant, Duration, Vec<u64>)>,
     /// When this worker last warned, and the slow epochs it has not warned of since.
@@ -114,20 +116,21 @@ impl SlowEpochs {
     /// At most one warning per worker this often; the slow epochs in between are counted in it.
     const WARN_EVERY: Duration = Duration::from_secs(1);
 
-    fn new(threshold: Duration, worker: usize) -> SlowEpochs {
-        SlowEpochs { threshold, worker, open: std::collections::VecDeque::new(), warned: None, unwarned: 0 }
+    fn new(threshold: Duration, elapsed: Elapsed, worker: usize) -> SlowEpochs {
+        SlowEpochs { threshold, elapsed, worker, open: std::collections::VecDeque::new(), warned: None, unwarned: 0 }
     }
 
     /// The worker's inputs advanced to `frontier`: the epochs below it are closed.
-    fn closed(&mut self, frontier: Epoch, elapsed: &Elapsed) {
+    fn closed(&mut self, frontier: Epoch) {
         if self.open.len() < Self::WATCHED {
-            self.open.push_back((frontier, std::time::Instant::now(), thread_cpu(), elapsed.sample()));
+            self.open.push_back((frontier, std::time::Instant::now(), thread_cpu(), self.elapsed.sample()));
         }
     }
 
     /// Counts (worker 0) and reports the watched epochs that every view's output has now passed
     /// and that took at least the threshold.
-    fn check(&mut self, probe: &timely::dataflow::ProbeHandle<Epoch>, elapsed: &Elapsed) {
+    fn check(&mut self, probe: &timely::dataflow::ProbeHandle<Epoch>) {
+        let elapsed = &self.elapsed;
         while self.open.front().is_some_and(|(frontier, _, _, _)| !probe.less_than(frontier)) {
             let Some((frontier, closed_at, cpu_at, before)) = self.open.pop_front() else { return };
             let took = closed_at.elapsed();
@@ -219,7 +222,7 @@ impl Runtime {
         let receivers: Arc<Mutex<Vec<Option<Receiver<WorkerMsg>>>>> =
             Arc::new(Mutex::new(receivers.into_iter().map(Some).collect()));
         let (thread_tx, thread_rx) = crossbeam_channel::unbounded();
-        let elapsed = Elapsed::new(&views.iter().map(|v| v.def.name).collect::<Vec<_>>());
+        let elapsed = options.slow_epoch.map(|_| Elapsed::new(&views.iter().map(|v| v.def.name).collect::<Vec<_>>()));
         let elapsed_in_workers = elapsed.clone();
         let guards = timely::execute(Config::process(workers), move |worker| {
             let index = worker.index();
@@ -231,8 +234,8 @@ impl Runtime {
             // Introspection only when asked for: timely logs every operator's scheduling, every
             // message and every progress round once a logger is registered.
             let attribution = Attribution::default();
-            if options.slow_epoch.is_some() {
-                introspection::install(worker, elapsed_in_workers.clone(), attribution.clone());
+            if let Some(elapsed) = &elapsed_in_workers {
+                introspection::install(worker, elapsed.clone(), attribution.clone());
             }
             let probe = timely::dataflow::ProbeHandle::new();
             let input = worker.dataflow::<Epoch, _, _>(|scope| {
@@ -244,7 +247,7 @@ impl Runtime {
                 for (view, spec) in views.iter().enumerate() {
                     attribution.building(scope.worker().peek_identifier(), view);
                     let rows = (spec.build)(&inputs);
-                    let rows = if options.slow_epoch.is_some() { rows.probe_with(&probe) } else { rows };
+                    let rows = if elapsed_in_workers.is_some() { rows.probe_with(&probe) } else { rows };
                     sink(view, spec.def.name, rows, index == 0, out.clone());
                 }
                 InputSessions {
@@ -254,7 +257,10 @@ impl Runtime {
                     profiles: profiles_in,
                 }
             });
-            let mut slow = options.slow_epoch.map(|threshold| SlowEpochs::new(threshold, index));
+            let mut slow = options
+                .slow_epoch
+                .zip(elapsed_in_workers.clone())
+                .map(|(threshold, elapsed)| SlowEpochs::new(threshold, elapsed, index));
             let mut input = Some(input);
             while let Some(session) = input.as_mut() {
                 loop {
@@ -263,7 +269,7 @@ impl Runtime {
                         Ok(WorkerMsg::Advance(epoch)) => {
                             session.advance(epoch);
                             if let Some(slow) = slow.as_mut() {
-                                slow.closed(epoch, &elapsed_in_workers);
+                                slow.closed(epoch);
                             }
                         }
                         Ok(WorkerMsg::Fault) => panic!("injected fault: dataflow worker {index}"),
@@ -276,7 +282,7 @@ impl Runtime {
                 }
                 worker.step_or_park(Some(Duration::from_millis(200)));
                 if let Some(slow) = slow.as_mut() {
-                    slow.check(&probe, &elapsed_in_workers);
+                    slow.check(&probe);
                 }
             }
             while worker.step_or_park(None) {}
@@ -294,8 +300,9 @@ impl Runtime {
         })
     }
 
-    /// The workers' time per view, for metrics ([`Elapsed`]).
-    pub fn elapsed(&self) -> Elapsed {
+    /// The workers' time per view and the slow epochs, for metrics ([`Elapsed`]); `None` with
+    /// introspection off ([`RuntimeOptions::slow_epoch`] `None`).
+    pub fn elapsed(&self) -> Option<Elapsed> {
         self.elapsed.clone()
     }
 

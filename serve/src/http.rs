@@ -128,7 +128,13 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "read failed");
         }
-        (self.status, Json(ErrorBody { code: self.code.to_owned(), message: self.message })).into_response()
+        let mut response =
+            (self.status, Json(ErrorBody { code: self.code.to_owned(), message: self.message })).into_response();
+        // Every 429 of the read API (`TOO_MANY_WAITERS`, `TOO_MANY_QUERIES`) is worth retrying.
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -390,7 +396,7 @@ async fn run_sql(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let (mut response, code) = match answer_sql(st, caller, headers, body).await {
+    let (response, code) = match answer_sql(st, caller, headers, body).await {
         Ok(r) => (r, "OK"),
         Err(e) => {
             let code = e.code;
@@ -400,9 +406,6 @@ async fn run_sql(
     metrics::counter!("vitalflow_sql_queries_total", "code" => code).increment(1);
     if code != "OK" {
         metrics::counter!("vitalflow_sql_refusals_total", "code" => code).increment(1);
-    }
-    if response.status() == StatusCode::TOO_MANY_REQUESTS {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
 }
@@ -614,5 +617,19 @@ async fn readyz(State(st): State<AppState>) -> Response {
             Json(json!({"status": s.as_str(), "serving": s == ViewsStatus::CatchingUp})),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// README: refusals worth retrying carry `Retry-After`; a 429 of the read API is one.
+    #[test]
+    fn a_429_says_when_to_retry() {
+        let r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_WAITERS", "retry later").into_response();
+        assert_eq!(r.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
+        let r = ApiError::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", "bad").into_response();
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
     }
 }

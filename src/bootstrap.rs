@@ -546,6 +546,11 @@ async fn supervise(
                 metrics::gauge!("vitalflow_dataflow_elapsed_seconds", "view" => account).set(spent.as_secs_f64());
             }
             metrics::counter!("vitalflow_dataflow_slow_epochs_total").absolute(elapsed.slow_epochs());
+            for a in elapsed.arrangements() {
+                let labels = [("view", a.view.to_owned()), ("operator", a.operator)];
+                metrics::gauge!("vitalflow_arrangement_records", &labels).set(a.records as f64);
+                metrics::gauge!("vitalflow_arrangement_batcher_records", &labels).set(a.batcher_records as f64);
+            }
         }
         if failed.is_empty() {
             failing_since = None;

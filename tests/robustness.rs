@@ -217,6 +217,19 @@ async fn a_read_over_the_row_cap_is_refused_and_a_narrower_one_answered() {
     // An unknown metric is a bad query, not an empty answer.
     let (status, b) = server.get("/v1/users/u1/daily-rollups?metric=nope").await;
     assert_eq!((status, &b["code"]), (400, &json!("INVALID_QUERY")), "{b}");
+    // Dates are exactly YYYY-MM-DD, as the refusal says; a parameter given twice is refused.
+    for query in [
+        "from=2024-6-2",
+        "from=%202024-06-02",
+        "to=2024-06-02%0A",
+        "from=-2024-06-02",
+        "to=2024-02-30",
+        "metric=steps&metric=heart_rate",
+        "from=2024-06-02&from=2024-06-03",
+    ] {
+        let (status, b) = server.get(&format!("/v1/users/u1/daily-rollups?{query}")).await;
+        assert_eq!((status, &b["code"]), (400, &json!("INVALID_QUERY")), "{query}: {b}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,6 +272,15 @@ async fn metrics_are_exposed_without_user_ids() {
     for account in ["daily_rollups", "sleep_nights", "inputs", "progress"] {
         assert!(elapsed(account).is_some_and(|s| s > 0.0), "{account}: {:?}\n{text}", elapsed(account));
     }
+    // Each arrangement's size (docs/operations.md, "Arrangement sizes"): the M1 input holds the
+    // sample's two 15-minute slices (10:00–10:15, 10:15–10:30).
+    let slices = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("vitalflow_arrangement_records{view=\"daily_rollups\",operator=\"Arrange: M1: slice winner #")
+        })
+        .find_map(|l| l.rsplit(' ').next().and_then(|v| v.trim().parse::<f64>().ok()));
+    assert_eq!(slices, Some(2.0), "{text}");
     assert!(!text.contains("secret-user-7"), "a user id leaked into /metrics");
     assert!(text.contains("route=\"/v1/users/{user_id}/{view}\""), "routes are templates");
     // Every answer, a refusal too, says what the server spent on it (W3C Server Timing, ms).

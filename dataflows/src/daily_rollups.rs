@@ -1,13 +1,14 @@
 //! `daily_rollups`: one row per (user, metric, local date), DOMAIN.md §1.2, §1.5 (M1), §2 and §6.
 
 use differential_dataflow::VecCollection;
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use vitalflow_schemas::split::day_pieces;
 use vitalflow_schemas::view::{ColumnType::*, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, SourceClass, ValueKind, ViewDef};
 
 use crate::names::Name;
 use crate::registry::SamplesByUser;
-use crate::stats::{discrete_entry, discrete_stats, slice_shares, sum_and_distinct};
+use crate::stats::{DayKey, DiscreteByDay, DiscreteEntry, discrete_stats, slice_shares, sum_and_distinct};
 
 /// Key `(user_id, metric, local_date)`; the fields a kind has no use for are null.
 pub const DEF: ViewDef = ViewDef {
@@ -32,8 +33,6 @@ pub const DEF: ViewDef = ViewDef {
     range_column: Some("local_date"),
     range_via: None,
 };
-
-type DayKey = (Name, Metric, i32);
 
 /// One `daily_rollups` row (DOMAIN.md §1.2, §6): per user, metric and local date (days since
 /// 1970-01-01), with the fields a kind has no use for as `None`: CUMULATIVE has `sum`; DISCRETE
@@ -104,7 +103,13 @@ type Stream = (u8, Name, SourceClass);
 /// - DISCRETE: not split; the day of `startAt`; count, sum, mean, min, max, last (K3).
 /// - INTERVAL (mindful minutes; sleep has its own view): `total_min` is the union of all sources'
 ///   intervals clipped to the day, `count` the intervals starting that day.
-pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch, DailyRollup> {
+///
+/// `discrete` is the DISCRETE readings by day, shared with `daily_rollups_by_source`
+/// ([`DiscreteByDay`]).
+pub fn daily_rollups<'s>(
+    samples: &SamplesByUser<'s>,
+    discrete: &DiscreteByDay<'s>,
+) -> VecCollection<'s, Epoch, DailyRollup> {
     let cumulative = samples
         .clone()
         .flat_map_ref(|user, s| {
@@ -138,19 +143,22 @@ pub fn daily_rollups<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch
             ..DailyRollup::new(user, metric, day, count)
         });
 
-    let discrete = samples
+    let discrete = discrete
         .clone()
-        .flat_map_ref(|user, s| {
-            let (day, entry) = discrete_entry(s)?;
-            Some(((*user, s.metric, day), entry))
-        })
-        .reduce_named("Discrete: day stats", |_day: &DayKey, input, output| {
-            if let Some(st) = discrete_stats(input) {
-                let mean = st.sum / st.count as f64;
-                output.push(((st.count, [st.sum, mean, st.min, st.max, st.last].map(OrdF64)), 1));
-            }
-        })
-        .map(|((user, metric, day), (count, [sum, mean, min, max, last]))| DailyRollup {
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<DayKey, (i64, [OrdF64; 5]), Epoch, isize>, _, _>(
+            "Discrete: day stats",
+            |_day: &DayKey, input: &[(&DiscreteEntry, isize)], output: &mut Vec<((i64, [OrdF64; 5]), isize)>| {
+                if let Some(st) = discrete_stats(input) {
+                    let mean = st.sum / st.count as f64;
+                    output.push(((st.count, [st.sum, mean, st.min, st.max, st.last].map(OrdF64)), 1));
+                }
+            },
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
+            },
+        )
+        .as_collection(|&(user, metric, day), &(count, [sum, mean, min, max, last])| DailyRollup {
             sum: Some(sum),
             mean: Some(mean),
             min: Some(min),

@@ -2,13 +2,14 @@
 //! (DOMAIN.md §1.2, §1.5 rule 6, §2). The naive all-source sum stays one SQL query away.
 
 use differential_dataflow::VecCollection;
+use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use vitalflow_schemas::split::day_shares;
 use vitalflow_schemas::view::{ColumnType::*, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ValueKind, ViewDef};
 
 use crate::names::Name;
 use crate::registry::SamplesByUser;
-use crate::stats::{discrete_entry, discrete_stats, sum_and_distinct};
+use crate::stats::{DayKey, DiscreteByDay, DiscreteEntry, discrete_stats_by_source, sum_and_distinct};
 
 /// Key `(user_id, metric, local_date, source_id)`.
 pub const DEF: ViewDef = ViewDef {
@@ -41,7 +42,13 @@ type SourceDayKey = (Name, Metric, i32, Name);
 /// - DISCRETE: count, sum, min, max of the source's readings whose `startAt` falls on the date.
 /// - INTERVAL (mindful minutes): `sum` is the source's minutes split by C4 (not a union), `count` the
 ///   samples that touch the date.
-pub fn daily_rollups_by_source<'s>(samples: &SamplesByUser<'s>) -> VecCollection<'s, Epoch, DailyRollupBySource> {
+///
+/// `discrete` is the DISCRETE readings by day, every source together, shared with
+/// `daily_rollups` ([`DiscreteByDay`]); each day group yields one row per source in it.
+pub fn daily_rollups_by_source<'s>(
+    samples: &SamplesByUser<'s>,
+    discrete: &DiscreteByDay<'s>,
+) -> VecCollection<'s, Epoch, DailyRollupBySource> {
     let summed = samples
         .clone()
         .flat_map_ref(|user, s| {
@@ -70,24 +77,33 @@ pub fn daily_rollups_by_source<'s>(samples: &SamplesByUser<'s>) -> VecCollection
         })
         .map(DailyRollupBySource::of);
 
-    let discrete = samples
+    let discrete = discrete
         .clone()
-        .flat_map_ref(|user, s| {
-            let (day, entry) = discrete_entry(s)?;
-            Some(((*user, s.metric, day, s.source_id), entry))
-        })
-        .reduce_named("BySource: discrete day stats", |_key: &SourceDayKey, input, output| {
-            if let Some(st) = discrete_stats(input) {
-                let stats = DayStats {
-                    count: st.count,
-                    sum: OrdF64(st.sum),
-                    min: Some(OrdF64(st.min)),
-                    max: Some(OrdF64(st.max)),
-                };
-                output.push((stats, 1));
-            }
-        })
-        .map(DailyRollupBySource::of);
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<DayKey, (Name, DayStats), Epoch, isize>, _, _>(
+            "BySource: discrete day stats",
+            |_day: &DayKey, input: &[(&DiscreteEntry, isize)], output: &mut Vec<((Name, DayStats), isize)>| {
+                for (source, st) in discrete_stats_by_source(input) {
+                    let stats = DayStats {
+                        count: st.count,
+                        sum: OrdF64(st.sum),
+                        min: Some(OrdF64(st.min)),
+                        max: Some(OrdF64(st.max)),
+                    };
+                    output.push(((source, stats), 1));
+                }
+            },
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
+            },
+        )
+        .as_collection(|&(user_id, metric, local_date), &(source_id, stats)| DailyRollupBySource {
+            user_id,
+            metric,
+            local_date,
+            source_id,
+            stats,
+        });
 
     summed.concat(discrete)
 }

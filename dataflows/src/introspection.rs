@@ -8,20 +8,29 @@
 //! root scope's time less its operators'). The time a worker spends outside operators (reading its
 //! channel, parking) is in none of them.
 //!
+//! Arrangements ([`Elapsed::arrangements`]): the updates each arrangement holds now (its trace's
+//! batches, after merges) and how many wait in its batcher, summed over workers, from
+//! differential's `differential/arrange` log (batch, merge and drop events; the same sums as
+//! Materialize's `mz_arrangement_sizes`), each attributed to the view that built it as above.
+//!
 //! Cost: installed only when asked for (`RuntimeOptions::slow_epoch`). Once a `timely` logger is
 //! registered, timely logs every operator's start and stop, every message batch on every channel
 //! and every progress round, each with a clock read; this module keeps only the schedule events'
 //! sums, in batches at each log flush (the end of every worker step), and retains nothing per
-//! event. Wall-clock times: a worker preempted inside an operator counts the wait as the
+//! event. Differential then logs every batch an arrangement seals, every merge's start and end,
+//! and every push to and pop from a batcher's chains; a flush with any of them takes one
+//! process-wide lock to add them up (a few per step, never held across other work). Wall-clock times: a worker preempted inside an operator counts the wait as the
 //! operator's. Work done outside operators (the worker loop pushing its input batches into the
 //! dataflow, reading its queue, parking) is in no account.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use differential_dataflow::logging::{DifferentialEvent, DifferentialEventBuilder};
 use timely::logging::{StartStop, TimelyEvent, TimelyEventBuilder};
 
 /// The account of the input collections.
@@ -35,6 +44,31 @@ pub struct Elapsed {
     names: Arc<[&'static str]>,
     nanos: Arc<[AtomicU64]>,
     slow: Arc<AtomicU64>,
+    arrangements: Arc<Mutex<Arrangements>>,
+}
+
+/// The size of one arrangement now, summed over all workers ([`Elapsed::arrangements`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArrangementSize {
+    /// The account that built the arrangement's operator: a view, or [`INPUTS`].
+    pub view: &'static str,
+    /// The operator's name and its timely identifier, e.g. `Arrange: M1: slice winner #11`
+    /// (identifiers are the build order: stable for one build of vitalflow, not across versions).
+    pub operator: String,
+    /// Updates (`(key, value, epoch, difference)`) held in the trace's batches.
+    pub records: i64,
+    /// Updates in the batcher's sorted chains, not yet sealed into a batch (the batcher holds them
+    /// until the frontier passes their epoch; a partly filled input chunk is not counted).
+    pub batcher_records: i64,
+}
+
+/// What the differential logger has summed, by operator identifier, and the operators' names.
+#[derive(Debug, Default)]
+struct Arrangements {
+    /// Operator id → (account, name), from timely's `Operates` events.
+    operators: BTreeMap<usize, (usize, String)>,
+    /// Operator id → sizes (only operators that logged an arrangement event).
+    sizes: BTreeMap<usize, ArrangementSize>,
 }
 
 impl Elapsed {
@@ -42,7 +76,30 @@ impl Elapsed {
     pub(crate) fn new(views: &[&'static str]) -> Elapsed {
         let names: Vec<&'static str> = views.iter().copied().chain([INPUTS, PROGRESS]).collect();
         let nanos: Vec<AtomicU64> = names.iter().map(|_| AtomicU64::new(0)).collect();
-        Elapsed { names: names.into(), nanos: nanos.into(), slow: Arc::new(AtomicU64::new(0)) }
+        Elapsed {
+            names: names.into(),
+            nanos: nanos.into(),
+            slow: Arc::new(AtomicU64::new(0)),
+            arrangements: Arc::new(Mutex::new(Arrangements::default())),
+        }
+    }
+
+    /// Every arrange and reduce operator that has logged since start (an empty batch is logged
+    /// too, so in practice all of them), in build order, with its current size (all workers
+    /// together).
+    pub fn arrangements(&self) -> Vec<ArrangementSize> {
+        let a = self.arrangements.lock().unwrap_or_else(PoisonError::into_inner);
+        a.sizes
+            .iter()
+            .map(|(id, size)| {
+                let (account, name) = a.operators.get(id).map_or((usize::MAX, "?"), |(acc, n)| (*acc, n.as_str()));
+                ArrangementSize {
+                    view: self.names.get(account).copied().unwrap_or(INPUTS),
+                    operator: format!("{name} #{id}"),
+                    ..size.clone()
+                }
+            })
+            .collect()
     }
 
     /// Every account and the worker time it has spent since start (all workers together).
@@ -115,6 +172,8 @@ impl Attribution {
 /// Call before building the dataflow, so that every operator's creation is seen.
 pub(crate) fn install(worker: &mut timely::worker::Worker, elapsed: Elapsed, attribution: Attribution) {
     let (inputs, progress) = (elapsed.names.len() - 2, elapsed.names.len() - 1);
+    let arrangements = elapsed.arrangements.clone();
+    let sized = elapsed.arrangements.clone();
     // Account per operator id; the operators being scheduled, innermost last, each with its start
     // and the time its nested operators took.
     let mut account_of: Vec<usize> = Vec::new();
@@ -132,6 +191,13 @@ pub(crate) fn install(worker: &mut timely::worker::Worker, elapsed: Elapsed, att
                         account_of.resize(op.id + 1, usize::MAX);
                     }
                     account_of[op.id] = account;
+                    // Every worker builds the same dataflow, so the first worker's entry stands.
+                    arrangements
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .operators
+                        .entry(op.id)
+                        .or_insert_with(|| (account, op.name.clone()));
                 }
                 TimelyEvent::Schedule(s) => match s.start_stop {
                     StartStop::Start => {
@@ -151,8 +217,41 @@ pub(crate) fn install(worker: &mut timely::worker::Worker, elapsed: Elapsed, att
             }
         }
     };
+    let sizes = move |_now: &Duration, batch: &mut Option<Vec<(Duration, DifferentialEvent)>>| {
+        let Some(events) = batch.as_mut() else { return };
+        if events.is_empty() {
+            return;
+        }
+        let mut a = sized.lock().unwrap_or_else(PoisonError::into_inner);
+        for (_, event) in events.drain(..) {
+            apply(&mut a.sizes, event);
+        }
+    };
     if let Some(mut registry) = worker.log_register() {
         registry.insert::<TimelyEventBuilder, _>("timely", action);
+        registry.insert::<DifferentialEventBuilder, _>("differential/arrange", sizes);
+    }
+}
+
+/// Adds one differential event to the sizes: a new batch adds its updates, a completed merge
+/// adds its output less its two inputs, a dropped batch (the trace dropped) removes its updates;
+/// batcher events carry their own differences (differential 0.26's `Vec` batcher reports records
+/// but no bytes). An arrangement whose trace no operator reads (only its stream of batches is
+/// used) keeps no batches and logs none: it stays at zero records.
+fn apply(sizes: &mut BTreeMap<usize, ArrangementSize>, event: DifferentialEvent) {
+    let signed = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    match event {
+        DifferentialEvent::Batch(b) => sizes.entry(b.operator).or_default().records += signed(b.length),
+        DifferentialEvent::Merge(m) => {
+            if let Some(done) = m.complete {
+                sizes.entry(m.operator).or_default().records += signed(done) - signed(m.length1) - signed(m.length2);
+            }
+        }
+        DifferentialEvent::Drop(d) => sizes.entry(d.operator).or_default().records -= signed(d.length),
+        DifferentialEvent::Batcher(b) => {
+            sizes.entry(b.operator).or_default().batcher_records += i64::try_from(b.records_diff).unwrap_or(0);
+        }
+        DifferentialEvent::MergeShortfall(_) | DifferentialEvent::TraceShare(_) => {}
     }
 }
 
@@ -171,6 +270,32 @@ mod tests {
         assert_eq!(a.account_of(9), Some(0));
         assert_eq!(a.account_of(10), Some(1));
         assert_eq!(a.account_of(500), Some(2));
+    }
+
+    #[test]
+    fn an_arrangement_holds_its_batches_less_what_merges_and_drops_removed() {
+        use differential_dataflow::logging::{BatchEvent, BatcherEvent, DropEvent, MergeEvent};
+        let mut sizes = BTreeMap::new();
+        apply(&mut sizes, BatchEvent { operator: 7, length: 10 }.into());
+        apply(&mut sizes, BatchEvent { operator: 7, length: 6 }.into());
+        // A merge that starts changes nothing; its completion replaces 16 updates by 12 (4
+        // cancelled or consolidated).
+        apply(&mut sizes, MergeEvent { operator: 7, scale: 1, length1: 10, length2: 6, complete: None }.into());
+        assert_eq!(sizes[&7].records, 16);
+        apply(&mut sizes, MergeEvent { operator: 7, scale: 1, length1: 10, length2: 6, complete: Some(12) }.into());
+        assert_eq!(sizes[&7].records, 12);
+        let batcher = |records_diff| BatcherEvent {
+            operator: 9,
+            records_diff,
+            size_diff: 0,
+            capacity_diff: 0,
+            allocations_diff: 0,
+        };
+        apply(&mut sizes, batcher(100).into());
+        apply(&mut sizes, batcher(-40).into());
+        assert_eq!(sizes[&9].batcher_records, 60);
+        apply(&mut sizes, DropEvent { operator: 7, length: 12 }.into());
+        assert_eq!(sizes[&7].records, 0);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::daily_rollups::DailyRollup;
 use crate::names::Name;
 use crate::records::{SampleRecord, SessionRecord};
 use crate::session_impacts::Impact;
+use crate::stats::{self, DiscreteByDay};
 use crate::{
     daily_rollups, daily_rollups_by_source, product_impacts, routine_bins, session_impacts, sessions, sleep_nights,
     weekly_steps,
@@ -36,6 +37,7 @@ pub struct Inputs<'s> {
     /// Current user profiles.
     pub profiles: VecCollection<'s, Epoch, UserProfile>,
     samples: OnceCell<SamplesByUser<'s>>,
+    discrete: OnceCell<DiscreteByDay<'s>>,
     daily: OnceCell<VecCollection<'s, Epoch, DailyRollup>>,
     impacts: OnceCell<VecCollection<'s, Epoch, Impact>>,
 }
@@ -54,6 +56,7 @@ impl<'s> Inputs<'s> {
             products,
             profiles,
             samples: OnceCell::new(),
+            discrete: OnceCell::new(),
             daily: OnceCell::new(),
             impacts: OnceCell::new(),
         }
@@ -66,9 +69,15 @@ impl<'s> Inputs<'s> {
             .clone()
     }
 
+    /// The DISCRETE readings arranged by (user, metric, local date), every source together: one
+    /// copy of each reading for `daily_rollups` and `daily_rollups_by_source` ([`DiscreteByDay`]).
+    pub fn discrete_by_day(&self) -> DiscreteByDay<'s> {
+        self.discrete.get_or_init(|| stats::discrete_by_day(&self.samples())).clone()
+    }
+
     /// `daily_rollups`, typed, built once and shared with the views built on them.
     pub fn daily(&self) -> VecCollection<'s, Epoch, DailyRollup> {
-        self.daily.get_or_init(|| daily_rollups::daily_rollups(&self.samples())).clone()
+        self.daily.get_or_init(|| daily_rollups::daily_rollups(&self.samples(), &self.discrete_by_day())).clone()
     }
 
     /// Session impacts, built once and shared by `session_impacts` and `product_impacts`.
@@ -89,7 +98,9 @@ pub const VIEWS: &[ViewSpec] = &[
     ViewSpec { def: daily_rollups::DEF, build: |i| i.daily().map(|r| r.to_row()) },
     ViewSpec {
         def: daily_rollups_by_source::DEF,
-        build: |i| daily_rollups_by_source::daily_rollups_by_source(&i.samples()).map(|r| r.to_row()),
+        build: |i| {
+            daily_rollups_by_source::daily_rollups_by_source(&i.samples(), &i.discrete_by_day()).map(|r| r.to_row())
+        },
     },
     ViewSpec { def: sleep_nights::DEF, build: |i| sleep_nights::sleep_nights(&i.samples()).map(|r| r.to_row()) },
     ViewSpec { def: session_impacts::DEF, build: |i| session_impacts::session_impacts(i.impacts()) },

@@ -1,12 +1,37 @@
 //! Group kernels shared by the rollup views: they run inside `reduce` over one group's sorted
 //! values, so every sum is taken in the same order whatever order the rows arrived in (G5).
 
-use vitalflow_schemas::OrdF64;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::implementations::ValSpine;
 use vitalflow_schemas::split::{SLICE_MS, share_of_overlap, slice_overlaps};
 use vitalflow_schemas::time::date_to_days;
+use vitalflow_schemas::{Epoch, Metric, OrdF64};
 
 use crate::names::Name;
 use crate::records::SampleRecord;
+use crate::registry::SamplesByUser;
+
+/// `(user_id, metric, local_date)`: one user's metric on one local date (days since 1970-01-01).
+pub type DayKey = (Name, Metric, i32);
+
+/// DISCRETE readings arranged by [`DayKey`] (the local date of `startAt` in the sample's zone),
+/// every source together, each as its [`DiscreteEntry`]. One arrangement serves both
+/// `daily_rollups` (K2–K4 over all sources) and `daily_rollups_by_source` (the same per source):
+/// a source's readings keep their relative order in the group, so each source's figures are
+/// summed in the order they would be in a group of their own (G5). Built once, by
+/// [`crate::Inputs::discrete_by_day`].
+pub type DiscreteByDay<'s> = Arranged<'s, TraceAgent<ValSpine<DayKey, DiscreteEntry, Epoch, isize>>>;
+
+/// Arranges the DISCRETE samples with a value by [`DayKey`] ([`DiscreteByDay`]).
+pub fn discrete_by_day<'s>(samples: &SamplesByUser<'s>) -> DiscreteByDay<'s> {
+    samples
+        .clone()
+        .flat_map_ref(|user, s| {
+            let (day, entry) = discrete_entry(s)?;
+            Some(((*user, s.metric, day), entry))
+        })
+        .arrange_by_key_named("Discrete: readings by day")
+}
 
 /// A discrete reading inside a day group, ordered so that the last element is `last` (K3): greatest
 /// `startAt`, then greater `endAt`, then greater `sourceRecordId` (then `sourceId`, for determinism).
@@ -29,21 +54,49 @@ pub struct DiscreteStats {
     pub last: f64,
 }
 
-/// Computes [`DiscreteStats`] over `(entry, multiplicity)` pairs sorted by entry.
-pub fn discrete_stats(input: &[(&DiscreteEntry, isize)]) -> Option<DiscreteStats> {
-    let mut st = DiscreteStats { count: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY, last: f64::NAN };
-    for (entry, r) in input {
-        if *r <= 0 {
-            continue;
+impl DiscreteStats {
+    /// No readings yet.
+    pub const EMPTY: DiscreteStats =
+        DiscreteStats { count: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY, last: f64::NAN };
+
+    /// Takes in the next reading of a sorted group, with its multiplicity (none for `r <= 0`).
+    pub fn add(&mut self, entry: &DiscreteEntry, r: isize) {
+        if r <= 0 {
+            return;
         }
         let v = entry.4.0;
-        st.count += *r as i64;
-        st.sum += v * *r as f64;
-        st.min = st.min.min(v);
-        st.max = st.max.max(v);
-        st.last = v;
+        self.count += r as i64;
+        self.sum += v * r as f64;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.last = v;
     }
-    (st.count > 0).then_some(st)
+
+    /// The figures, once at least one reading counted.
+    pub fn done(self) -> Option<DiscreteStats> {
+        (self.count > 0).then_some(self)
+    }
+}
+
+/// Computes [`DiscreteStats`] over `(entry, multiplicity)` pairs sorted by entry.
+pub fn discrete_stats(input: &[(&DiscreteEntry, isize)]) -> Option<DiscreteStats> {
+    let mut st = DiscreteStats::EMPTY;
+    for (entry, r) in input {
+        st.add(entry, *r);
+    }
+    st.done()
+}
+
+/// [`DiscreteStats`] of each `sourceId` in a sorted day group of every source's readings: one
+/// pass, each source's readings taken in the group's order (the order a group of that source
+/// alone would have), so its figures are those of [`discrete_stats`] over that group. Cost:
+/// O(n) hash lookups by id, however many sources the day has.
+pub fn discrete_stats_by_source(input: &[(&DiscreteEntry, isize)]) -> Vec<(Name, DiscreteStats)> {
+    let mut by_source: std::collections::HashMap<Name, DiscreteStats> = std::collections::HashMap::new();
+    for (entry, r) in input {
+        by_source.entry(entry.3).or_insert(DiscreteStats::EMPTY).add(entry, *r);
+    }
+    by_source.into_iter().filter_map(|(source, st)| Some((source, st.done()?))).collect()
 }
 
 /// The local date (days since epoch) of a slice's start in the sample's zone (C3).

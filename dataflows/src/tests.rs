@@ -149,9 +149,19 @@ fn worker_time_is_attributed_to_each_view() {
     let mut h = Harness::with_options(2, RuntimeOptions { slow_epoch: Some(std::time::Duration::ZERO) });
     let s = example_2a_sample("UTC");
     h.step(vec![Change::Sample(s.clone(), 1)]);
+    let elapsed = h.runtime.as_ref().and_then(Runtime::elapsed).expect("introspection is on");
+    // The input arrangement of the M1 slice winners holds the sample's three 15-minute slices
+    // (03:50–04:30 UTC touches those starting 03:45, 04:00 and 04:15), on one of the two workers; sizes are logged at the end of a
+    // step, and the arrangement belongs to the view that built it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let slices = || elapsed.arrangements().into_iter().find(|a| a.operator.starts_with("Arrange: M1: slice winner #"));
+    while slices().is_none_or(|a| a.records != 3) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let arranged = slices().expect("the M1 slices' arrangement is reported");
+    assert_eq!((arranged.view, arranged.records, arranged.batcher_records), ("daily_rollups", 3, 0), "{arranged:?}");
     h.step(vec![]);
     h.step(vec![Change::Sample(s, -1)]);
-    let elapsed = h.runtime.as_ref().and_then(Runtime::elapsed).expect("introspection is on");
     // Worker 0 counts an epoch once every view's output on every worker has passed it, after its
     // next step; it steps at least every 200 ms.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -292,10 +302,31 @@ fn discrete_stats_and_last_with_ties() {
     assert_eq!(r[5], Datum::Int(3));
     assert_eq!([6, 7, 8, 9, 10].map(|i| float(&r[i]).unwrap_or(f64::NAN)), [240.0, 80.0, 60.0, 100.0, 60.0]);
     assert_eq!(r[11], Datum::Null);
+    // Each source's own figures, from the same day group of readings (§1.5 rule 6).
+    let by_source = |h: &Harness| -> Vec<(Datum, Datum, [f64; 3])> {
+        h.rows("daily_rollups_by_source")
+            .into_iter()
+            .map(|r| (r[3].clone(), r[6].clone(), [7, 8, 9].map(|i| float(&r[i]).unwrap_or(f64::NAN))))
+            .collect()
+    };
+    assert_eq!(
+        by_source(&h),
+        vec![
+            (Datum::Str("p".into()), Datum::Int(1), [100.0, 100.0, 100.0]),
+            (Datum::Str("w".into()), Datum::Int(2), [140.0, 60.0, 80.0]),
+        ]
+    );
     // Retracting the current `last` makes the tie-break pick the other sample at the same instant.
     h.step(vec![Change::Sample(a, -1)]);
     let r = &h.rows("daily_rollups")[0];
     assert_eq!([8, 9, 10].map(|i| float(&r[i]).unwrap_or(f64::NAN)), [80.0, 100.0, 80.0]);
+    assert_eq!(
+        by_source(&h),
+        vec![
+            (Datum::Str("p".into()), Datum::Int(1), [100.0, 100.0, 100.0]),
+            (Datum::Str("w".into()), Datum::Int(1), [80.0, 80.0, 80.0]),
+        ]
+    );
 }
 
 #[test]

@@ -62,14 +62,39 @@ pub fn days_to_date(days: i32) -> NaiveDate {
     days.checked_add(EPOCH_DAYS_FROM_CE).and_then(NaiveDate::from_num_days_from_ce_opt).unwrap_or_default()
 }
 
-/// Parses `YYYY-MM-DD`.
+/// Parses exactly `YYYY-MM-DD`: four-digit year, two-digit month and day, nothing around them
+/// (`2024-5-1`, ` 2024-05-01` and `-2024-05-01` are `None`), and a real calendar date.
 pub fn parse_date(s: &str) -> Option<NaiveDate> {
-    NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok()
+    let b = s.as_bytes();
+    let shaped = b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() });
+    if !shaped {
+        return None;
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_are_exactly_yyyy_mm_dd() {
+        assert_eq!(parse_date("2024-05-01").map(date_to_days), Some(19_844));
+        for bad in [
+            "2024-5-1",
+            " 2024-05-01",
+            "2024-05-01\n",
+            "-2024-05-01",
+            "+2024-05-01",
+            "2024-02-30",
+            "2024/05/01",
+            "",
+            "20240501xx",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn instants_round_trip_in_utc() {

@@ -173,7 +173,7 @@ async fn read_view(
     State(st): State<AppState>,
     caller: Option<Extension<Caller>>,
     Path((user, route)): Path<(String, String)>,
-    Query(params): Query<HashMap<String, String>>,
+    Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     // No `Caller` (no auth middleware, as in the handler tests) is the trusted caller.
@@ -190,6 +190,14 @@ async fn read_view(
         ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_VIEW", format!("no view is served at '{route}'"))
     })?;
     let def = *st.store.def(view);
+    // A parameter given twice has no one meaning: refused rather than taking either.
+    let mut params: HashMap<String, String> = HashMap::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        if params.contains_key(&k) {
+            return Err(ApiError::bad("INVALID_QUERY", format!("query parameter '{k}' is given more than once")));
+        }
+        params.insert(k, v);
+    }
     let date_param = |name: &str| -> Result<Option<i32>, ApiError> {
         params
             .get(name)

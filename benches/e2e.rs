@@ -924,9 +924,20 @@ fn restart(
     let first_read = first_read.unwrap_or(ready);
     std::thread::sleep(Duration::from_millis(500));
     let (rss, hwm) = (proc_kib(c.id(), "VmRSS:"), proc_kib(c.id(), "VmHWM:"));
+    // The updates every arrangement holds after the replay (docs/operations.md, "Arrangement
+    // sizes"): one epoch, so no retraction is left in them.
+    let arranged: f64 = http_once(&addr, "GET", "/metrics", "")
+        .map(|(_, text)| {
+            text.lines()
+                .filter(|l| l.starts_with("vitalflow_arrangement_records{"))
+                .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0);
     let _ = c.kill();
     let _ = c.wait();
     json!({"scenario": "restart", "samples": samples, "start_to_ready_seconds": ready,
+           "arrangement_updates": arranged, "arrangement_updates_per_sample": arranged / samples.max(1) as f64,
            "start_to_first_read_seconds": first_read, "first_read_as_of_epoch": first_read_as_of,
            "first_read_readyz_status": first_read_status,
            "rss_after_ready_mb": rss / 1024, "peak_rss_during_recovery_mb": hwm / 1024,

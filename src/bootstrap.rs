@@ -547,7 +547,8 @@ async fn supervise(
             }
             metrics::counter!("vitalflow_dataflow_slow_epochs_total").absolute(elapsed.slow_epochs());
             for a in elapsed.arrangements() {
-                let labels = [("view", a.view.to_owned()), ("operator", a.operator)];
+                let labels =
+                    [("view", a.view.to_owned()), ("operator", a.operator), ("operator_id", a.operator_id.to_string())];
                 metrics::gauge!("vitalflow_arrangement_records", &labels).set(a.records as f64);
                 metrics::gauge!("vitalflow_arrangement_batcher_records", &labels).set(a.batcher_records as f64);
             }

@@ -277,7 +277,7 @@ async fn metrics_are_exposed_without_user_ids() {
     let slices = text
         .lines()
         .filter(|l| {
-            l.starts_with("vitalflow_arrangement_records{view=\"daily_rollups\",operator=\"Arrange: M1: slice winner #")
+            l.starts_with("vitalflow_arrangement_records{view=\"daily_rollups\",operator=\"Arrange: M1: slice winner\",operator_id=\"")
         })
         .find_map(|l| l.rsplit(' ').next().and_then(|v| v.trim().parse::<f64>().ok()));
     assert_eq!(slices, Some(2.0), "{text}");

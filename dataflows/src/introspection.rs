@@ -52,9 +52,12 @@ pub struct Elapsed {
 pub struct ArrangementSize {
     /// The account that built the arrangement's operator: a view, or [`INPUTS`].
     pub view: &'static str,
-    /// The operator's name and its timely identifier, e.g. `Arrange: M1: slice winner #11`
-    /// (identifiers are the build order: stable for one build of vitalflow, not across versions).
+    /// The operator's name, e.g. `Arrange: M1: slice winner` (names are stable across versions;
+    /// a few generic ones, such as `ArrangeByKey`, are shared by several operators of a view).
     pub operator: String,
+    /// The operator's timely identifier: unique, in build order, so stable for one build of
+    /// vitalflow but not across versions.
+    pub operator_id: usize,
     /// Updates (`(key, value, epoch, difference)`) held in the trace's batches.
     pub records: i64,
     /// Updates in the batcher's sorted chains, not yet sealed into a batch (the batcher holds them
@@ -95,7 +98,8 @@ impl Elapsed {
                 let (account, name) = a.operators.get(id).map_or((usize::MAX, "?"), |(acc, n)| (*acc, n.as_str()));
                 ArrangementSize {
                     view: self.names.get(account).copied().unwrap_or(INPUTS),
-                    operator: format!("{name} #{id}"),
+                    operator: name.to_owned(),
+                    operator_id: *id,
                     ..size.clone()
                 }
             })

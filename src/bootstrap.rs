@@ -171,8 +171,11 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "persisted snapshots read");
     }
     let (out_tx, out_rx) = crossbeam_channel::bounded::<ViewProgress>(APPLIER_QUEUE);
-    let options =
-        RuntimeOptions { slow_epoch: (config.slow_epoch_ms > 0).then(|| Duration::from_millis(config.slow_epoch_ms)) };
+    let options = RuntimeOptions {
+        slow_epoch: (config.slow_epoch_ms > 0).then(|| Duration::from_millis(config.slow_epoch_ms)),
+        idle_merge_effort: (config.idle_merge_effort > 0)
+            .then(|| usize::try_from(config.idle_merge_effort).unwrap_or(usize::MAX)),
+    };
     let runtime = Runtime::start_with(config.workers, views, out_tx, options).map_err(anyhow::Error::msg)?;
     let elapsed = runtime.elapsed();
     let workers = runtime.health();

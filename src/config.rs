@@ -38,6 +38,11 @@ pub struct Config {
     /// and a count of and warnings about the epochs that take the workers at least this many
     /// milliseconds to carry through every view; 0 turns all of it off.
     pub slow_epoch_ms: u64,
+    /// Idle merging (docs/operations.md, "Arrangement sizes"): while the workers are idle, an
+    /// arrangement not yet compact keeps merging, as if this many updates arrived each time it
+    /// runs, so that deleted and erased rows free their memory without waiting for later writes;
+    /// 0 merges only as batches arrive.
+    pub idle_merge_effort: u64,
     /// Where input comes from besides HTTP (none by default).
     pub sources: Sources,
     /// `[server]`: connection, request and ingestion limits (README, "Limits").
@@ -152,6 +157,7 @@ impl Default for Config {
             snapshot_persist_secs: 30,
             store_cache_mb: vitalflow_ingest::store::DEFAULT_CACHE_BYTES >> 20,
             slow_epoch_ms: 250,
+            idle_merge_effort: 1_000,
             sources: Sources::default(),
             sinks: Sinks::default(),
             server: ServerLimits::default(),
@@ -241,6 +247,9 @@ impl Config {
         }
         if let Some(v) = env("VITALFLOW_SLOW_EPOCH_MS") {
             c.slow_epoch_ms = v.parse().context("VITALFLOW_SLOW_EPOCH_MS must be a non-negative integer")?;
+        }
+        if let Some(v) = env("VITALFLOW_IDLE_MERGE_EFFORT") {
+            c.idle_merge_effort = v.parse().context("VITALFLOW_IDLE_MERGE_EFFORT must be a non-negative integer")?;
         }
         if let Some(v) = env("VITALFLOW_VIEWS") {
             c.views = Some(v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());

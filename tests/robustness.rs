@@ -230,6 +230,21 @@ async fn a_read_over_the_row_cap_is_refused_and_a_narrower_one_answered() {
         let (status, b) = server.get(&format!("/v1/users/u1/daily-rollups?{query}")).await;
         assert_eq!((status, &b["code"]), (400, &json!("INVALID_QUERY")), "{query}: {b}");
     }
+    // A refusal does not echo a long value back.
+    let (status, b) = server.get(&format!("/v1/users/u1/daily-rollups?metric={}", "a".repeat(10_000))).await;
+    assert_eq!(status, 400, "{b}");
+    assert!(b["message"].as_str().is_some_and(|m| m.len() < 200), "{b}");
+    // Identifiers follow DOMAIN.md §0.1 in reads as at ingest.
+    let long = "x".repeat(129);
+    for path in [
+        format!("/v1/users/{long}/daily-rollups"),
+        "/v1/users/u%01/daily-rollups".to_owned(),
+        format!("/v1/users/u1/daily-rollups-by-source?sourceId={long}"),
+        "/v1/users/u1/session-impacts?sessionId=".to_owned(),
+    ] {
+        let (status, b) = server.get(&path).await;
+        assert_eq!((status, &b["code"]), (400, &json!("INVALID_ID")), "{path}: {b}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

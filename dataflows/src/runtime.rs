@@ -89,6 +89,13 @@ pub struct RuntimeOptions {
     /// view's output passing it on every worker ([`Elapsed::slow_epochs`], worker 0's count), and
     /// warn of them (at most once a second per worker). `None`: none of it, and no logging cost.
     pub slow_epoch: Option<Duration>,
+    /// Idle merging: an arrangement whose trace is not yet in its compact form keeps merging its
+    /// batches while the workers have nothing else to do, as if this many updates had arrived
+    /// each time it is scheduled (differential's `idle_merge_effort`), so that retractions (a
+    /// deletion, an erasure, an edit's old row) meet their insertions and free their memory
+    /// without waiting for later writes to drive the merges. `None`: merges only as batches
+    /// arrive.
+    pub idle_merge_effort: Option<usize>,
 }
 
 /// One worker's watch for slow epochs: each closed epoch with the instant it closed, the worker's
@@ -224,7 +231,15 @@ impl Runtime {
         let (thread_tx, thread_rx) = crossbeam_channel::unbounded();
         let elapsed = options.slow_epoch.map(|_| Elapsed::new(&views.iter().map(|v| v.def.name).collect::<Vec<_>>()));
         let elapsed_in_workers = elapsed.clone();
-        let guards = timely::execute(Config::process(workers), move |worker| {
+        let mut config = Config::process(workers);
+        if let Some(effort) = options.idle_merge_effort {
+            let effort = isize::try_from(effort).unwrap_or(isize::MAX);
+            differential_dataflow::configure(
+                &mut config.worker,
+                &differential_dataflow::Config { idle_merge_effort: Some(effort) },
+            );
+        }
+        let guards = timely::execute(config, move |worker| {
             let index = worker.index();
             let rx = receivers.lock().ok().and_then(|mut r| r.get_mut(index).and_then(Option::take));
             let Some(rx) = rx else { return };

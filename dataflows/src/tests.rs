@@ -146,7 +146,10 @@ fn example_2a_sample(zone: &str) -> Sample {
 #[test]
 fn worker_time_is_attributed_to_each_view() {
     // A zero threshold: every epoch counts as slow, so the count is the number of epochs closed.
-    let mut h = Harness::with_options(2, RuntimeOptions { slow_epoch: Some(std::time::Duration::ZERO) });
+    let mut h = Harness::with_options(
+        2,
+        RuntimeOptions { slow_epoch: Some(std::time::Duration::ZERO), idle_merge_effort: None },
+    );
     let s = example_2a_sample("UTC");
     h.step(vec![Change::Sample(s.clone(), 1)]);
     let elapsed = h.runtime.as_ref().and_then(Runtime::elapsed).expect("introspection is on");
@@ -180,6 +183,28 @@ fn worker_time_is_attributed_to_each_view() {
     for (name, spent) in &accounts {
         assert!(!spent.is_zero(), "no worker time attributed to {name}: {accounts:?}");
     }
+}
+
+#[test]
+fn idle_merging_frees_a_deleted_samples_updates() {
+    // With idle merging on, the M1 input's three slices and their three retractions cancel once
+    // the workers are idle, with no later write to drive the merges (docs/operations.md,
+    // "Arrangement sizes").
+    let options =
+        RuntimeOptions { slow_epoch: Some(std::time::Duration::from_secs(60)), idle_merge_effort: Some(1_000) };
+    let mut h = Harness::with_options(2, options);
+    let s = example_2a_sample("UTC");
+    h.step(vec![Change::Sample(s.clone(), 1)]);
+    h.step(vec![Change::Sample(s, -1)]);
+    assert!(h.rows("daily_rollups").is_empty());
+    let elapsed = h.runtime.as_ref().and_then(Runtime::elapsed).expect("introspection is on");
+    let held =
+        || elapsed.arrangements().into_iter().find(|a| a.operator == "Arrange: M1: slice winner").map(|a| a.records);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while held() != Some(0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(held(), Some(0), "{:?}", elapsed.arrangements());
 }
 
 #[test]

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use vitalflow_schemas::auth::Caller;
 use vitalflow_schemas::time::{date_to_days, parse_date};
 use vitalflow_schemas::view::camel_case;
-use vitalflow_schemas::wire::ErrorBody;
+use vitalflow_schemas::wire::{ErrorBody, MAX_ID_BYTES, valid_id};
 use vitalflow_schemas::{Datum, Epoch, Row, Zone};
 
 use crate::snapshot::{Served, SnapshotStore};
@@ -194,9 +194,23 @@ async fn read_view(
     let mut params: HashMap<String, String> = HashMap::with_capacity(pairs.len());
     for (k, v) in pairs {
         if params.contains_key(&k) {
-            return Err(ApiError::bad("INVALID_QUERY", format!("query parameter '{k}' is given more than once")));
+            return Err(ApiError::bad(
+                "INVALID_QUERY",
+                format!("query parameter '{}' is given more than once", shown(&k)),
+            ));
         }
         params.insert(k, v);
+    }
+    // Identifiers, in the path and in the filters, follow DOMAIN.md §0.1 as they do at ingest: no
+    // stored row could match another, so the read is refused rather than answered empty.
+    let bad_id = |what: &str| {
+        ApiError::bad("INVALID_ID", format!("{what} must be 1 to {MAX_ID_BYTES} bytes with no control character"))
+    };
+    if !valid_id(&user) {
+        return Err(bad_id("userId"));
+    }
+    if let Some(p) = def.filters.iter().find(|p| **p != "metric" && params.get(**p).is_some_and(|v| !valid_id(v))) {
+        return Err(bad_id(p));
     }
     let date_param = |name: &str| -> Result<Option<i32>, ApiError> {
         params
@@ -223,7 +237,7 @@ async fn read_view(
     {
         return Err(ApiError::bad(
             "INVALID_QUERY",
-            format!("unknown metric '{m}' (DOMAIN.md §1.3 lists the metric keys)"),
+            format!("unknown metric '{}' (DOMAIN.md §1.3 lists the metric keys)", shown(m)),
         ));
     }
     let (from, to) = (date_param("from")?, date_param("to")?);
@@ -318,6 +332,16 @@ async fn read_view(
     };
     let multi_thread = tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
     Ok(if rows.len() > 2_000 && multi_thread { tokio::task::block_in_place(encode) } else { encode() })
+}
+
+/// A client's value as an error message repeats it: at most 64 bytes (cut at a character
+/// boundary, then `…`), so that a refusal never echoes a long query back.
+fn shown(s: &str) -> String {
+    if s.len() <= 64 {
+        return s.to_owned();
+    }
+    let cut = (0..=64).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}…", &s[..cut])
 }
 
 /// The key range of a user's shard that a read can match ([`crate::snapshot::UserShard::range`]):
@@ -631,6 +655,15 @@ async fn readyz(State(st): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_repeats_at_most_64_bytes_of_a_value() {
+        assert_eq!(shown("steps"), "steps");
+        let long = "é".repeat(100);
+        let s = shown(&long);
+        assert!(s.len() <= 64 + '…'.len_utf8() && s.ends_with('…'), "{s}");
+        assert!(s.trim_end_matches('…').chars().all(|c| c == 'é'));
+    }
 
     /// README: refusals worth retrying carry `Retry-After`; a 429 of the read API is one.
     #[test]

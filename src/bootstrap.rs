@@ -173,8 +173,10 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     let (out_tx, out_rx) = crossbeam_channel::bounded::<ViewProgress>(APPLIER_QUEUE);
     let options = RuntimeOptions {
         slow_epoch: (config.slow_epoch_ms > 0).then(|| Duration::from_millis(config.slow_epoch_ms)),
+        // At most 2²⁰: differential turns the effort into a spine level, and levels past 32 only
+        // print warnings; a million updates per activation is already a whole merge.
         idle_merge_effort: (config.idle_merge_effort > 0)
-            .then(|| usize::try_from(config.idle_merge_effort).unwrap_or(usize::MAX)),
+            .then(|| usize::try_from(config.idle_merge_effort.min(1 << 20)).unwrap_or(1 << 20)),
     };
     let runtime = Runtime::start_with(config.workers, views, out_tx, options).map_err(anyhow::Error::msg)?;
     let elapsed = runtime.elapsed();

@@ -245,6 +245,21 @@ async fn a_read_over_the_row_cap_is_refused_and_a_narrower_one_answered() {
         let (status, b) = server.get(&path).await;
         assert_eq!((status, &b["code"]), (400, &json!("INVALID_ID")), "{path}: {b}");
     }
+    // ... and every identifier ingest accepts is still read: `*`, 128 bytes, multibyte.
+    let longest = "y".repeat(128);
+    for path in [
+        "/v1/users/u1/routines?scope=*".to_owned(),
+        format!("/v1/users/{longest}/daily-rollups"),
+        format!("/v1/users/u1/daily-rollups-by-source?sourceId={longest}"),
+        "/v1/users/%C3%A9t%C3%A9/sessions?productId=caf%C3%A9".to_owned(),
+    ] {
+        let (status, b) = server.get(&path).await;
+        assert_eq!(status, 200, "{path}: {b}");
+    }
+    // An unknown view's name is not echoed in full either.
+    let (status, b) = server.get(&format!("/v1/users/u1/{}", "v".repeat(5_000))).await;
+    assert_eq!((status, &b["code"]), (404, &json!("UNKNOWN_VIEW")), "{b}");
+    assert!(b["message"].as_str().is_some_and(|m| m.len() < 200), "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

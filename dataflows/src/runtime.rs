@@ -89,12 +89,12 @@ pub struct RuntimeOptions {
     /// view's output passing it on every worker ([`Elapsed::slow_epochs`], worker 0's count), and
     /// warn of them (at most once a second per worker). `None`: none of it, and no logging cost.
     pub slow_epoch: Option<Duration>,
-    /// Idle merging: an arrangement whose trace is not yet in its compact form keeps merging its
-    /// batches while the workers have nothing else to do, as if this many updates had arrived
-    /// each time it is scheduled (differential's `idle_merge_effort`), so that retractions (a
-    /// deletion, an erasure, an edit's old row) meet their insertions and free their memory
-    /// without waiting for later writes to drive the merges. `None`: merges only as batches
-    /// arrive.
+    /// Idle merging: an arrangement whose trace is not yet in its compact form reschedules itself
+    /// and keeps merging its batches, as if this many updates had arrived each time it is
+    /// scheduled (differential's `idle_merge_effort`), so that retractions (a deletion, an
+    /// erasure, an edit's old row) meet their insertions and free their memory without waiting
+    /// for later writes to drive the merges. It merges during loads too (a third of bulk
+    /// throughput in benches/README.md). `None`: merges only as batches arrive.
     pub idle_merge_effort: Option<usize>,
 }
 

@@ -187,7 +187,7 @@ async fn read_view(
         ));
     }
     let view = st.store.view_by_route(&route).ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_VIEW", format!("no view is served at '{route}'"))
+        ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_VIEW", format!("no view is served at '{}'", shown(&route)))
     })?;
     let def = *st.store.def(view);
     // A parameter given twice has no one meaning: refused rather than taking either.

@@ -7,7 +7,7 @@ use vitalflow_schemas::view::{ColumnType::*, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, SourceClass, ValueKind, ViewDef};
 
 use crate::names::Name;
-use crate::registry::SamplesByUser;
+use crate::registry::{SamplesByUser, push_keyed};
 use crate::stats::{DayKey, DiscreteByDay, DiscreteEntry, discrete_stats, slice_shares, sum_and_distinct};
 
 /// Key `(user_id, metric, local_date)`; the fields a kind has no use for are null.
@@ -153,10 +153,7 @@ pub fn daily_rollups<'s>(
                     output.push(((st.count, [st.sum, mean, st.min, st.max, st.last].map(OrdF64)), 1));
                 }
             },
-            |vec, key, upds| {
-                vec.clear();
-                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
-            },
+            push_keyed,
         )
         .as_collection(|&(user, metric, day), &(count, [sum, mean, min, max, last])| DailyRollup {
             sum: Some(sum),

@@ -8,7 +8,7 @@ use vitalflow_schemas::view::{ColumnType::*, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ValueKind, ViewDef};
 
 use crate::names::Name;
-use crate::registry::SamplesByUser;
+use crate::registry::{SamplesByUser, push_keyed};
 use crate::stats::{DayKey, DiscreteByDay, DiscreteEntry, discrete_stats_by_source, sum_and_distinct};
 
 /// Key `(user_id, metric, local_date, source_id)`.
@@ -92,10 +92,7 @@ pub fn daily_rollups_by_source<'s>(
                     output.push(((source, stats), 1));
                 }
             },
-            |vec, key, upds| {
-                vec.clear();
-                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
-            },
+            push_keyed,
         )
         .as_collection(|&(user_id, metric, local_date), &(source_id, stats)| DailyRollupBySource {
             user_id,

@@ -19,7 +19,8 @@
 //! sums, in batches at each log flush (the end of every worker step), and retains nothing per
 //! event. Differential then logs every batch an arrangement seals, every merge's start and end,
 //! and every push to and pop from a batcher's chains; a flush with any of them takes one
-//! process-wide lock to add them up (a few per step, never held across other work). Wall-clock times: a worker preempted inside an operator counts the wait as the
+//! process-wide lock to add them up (a few per step, never held across other work).
+//! Wall-clock times: a worker preempted inside an operator counts the wait as the
 //! operator's. Work done outside operators (the worker loop pushing its input batches into the
 //! dataflow, reading its queue, parking) is in no account.
 

@@ -24,6 +24,15 @@ use crate::{
 /// Views read it with `flat_map_ref`, copying only the fields of the samples they keep.
 pub type SamplesByUser<'s> = Arranged<'s, TraceAgent<ValSpine<Name, SampleRecord, Epoch, isize>>>;
 
+/// The push of a keyed `reduce_abelian`/`reduce_core` over `Vec` containers: each output
+/// `(value, epoch, difference)` of `key` becomes `((key, value), epoch, difference)`, the builder's
+/// input (what `reduce_named` does inside differential, for views that reduce an arrangement they
+/// share or choose the output trace of).
+pub(crate) fn push_keyed<K: Copy, V, T, R>(out: &mut Vec<((K, V), T, R)>, key: &K, upds: &mut Vec<(V, T, R)>) {
+    out.clear();
+    out.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
+}
+
 /// The collections every view may read. Shared intermediate collections are built on first use,
 /// so a runtime that maintains only some views builds only what they need.
 pub struct Inputs<'s> {

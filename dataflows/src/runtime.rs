@@ -93,8 +93,8 @@ pub struct RuntimeOptions {
     /// and keeps merging its batches, as if this many updates had arrived each time it is
     /// scheduled (differential's `idle_merge_effort`), so that retractions (a deletion, an
     /// erasure, an edit's old row) meet their insertions and free their memory without waiting
-    /// for later writes to drive the merges. It merges during loads too (a third of bulk
-    /// throughput in benches/README.md). `None`: merges only as batches arrive.
+    /// for later writes to drive the merges. It merges during loads too (a quarter to a third of
+    /// bulk throughput, benches/README.md). `None`: merges only as batches arrive.
     pub idle_merge_effort: Option<usize>,
 }
 

@@ -10,7 +10,7 @@ use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ValueKind, ViewDef};
 
 use crate::names::Name;
 use crate::records::SessionRecord;
-use crate::registry::SamplesByUser;
+use crate::registry::{SamplesByUser, push_keyed};
 
 /// BEFORE window length: 60 min.
 pub const BEFORE_MS: i64 = 60 * 60_000;
@@ -842,10 +842,7 @@ fn cumulative_sums<'s>(
                     rest = &rest[n..];
                 }
             },
-            |vec, key, upds| {
-                vec.clear();
-                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
-            },
+            push_keyed,
         );
 
     // Step 1: candidates, one per hour of the window: the hour's best stream where the window
@@ -897,10 +894,7 @@ fn cumulative_sums<'s>(
             |_key, input: &[(&Span, isize)], output: &mut Vec<(SourceHour, isize)>| {
                 output.push((SourceHour::build(input), 1));
             },
-            |vec, key, upds| {
-                vec.clear();
-                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
-            },
+            push_keyed,
         );
     by_source
         .join_core(source_hours, |((_, h), _), (key, window), hour| {

@@ -154,8 +154,9 @@ fn worker_time_is_attributed_to_each_view() {
     h.step(vec![Change::Sample(s.clone(), 1)]);
     let elapsed = h.runtime.as_ref().and_then(Runtime::elapsed).expect("introspection is on");
     // The input arrangement of the M1 slice winners holds the sample's three 15-minute slices
-    // (03:50–04:30 UTC touches those starting 03:45, 04:00 and 04:15), on one of the two workers; sizes are logged at the end of a
-    // step, and the arrangement belongs to the view that built it.
+    // (03:50–04:30 UTC touches those starting 03:45, 04:00 and 04:15), on one of the two
+    // workers; sizes are logged at the end of a step, and the arrangement belongs to the view
+    // that built it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let slices = || elapsed.arrangements().into_iter().find(|a| a.operator == "Arrange: M1: slice winner");
     while slices().is_none_or(|a| a.records != 3) && std::time::Instant::now() < deadline {

@@ -17,6 +17,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use vitalflow_schemas::auth::Caller;
+use vitalflow_schemas::error::quote;
 use vitalflow_schemas::time::{date_to_days, parse_date};
 use vitalflow_schemas::view::camel_case;
 use vitalflow_schemas::wire::{ErrorBody, MAX_ID_BYTES, valid_id};
@@ -187,7 +188,7 @@ async fn read_view(
         ));
     }
     let view = st.store.view_by_route(&route).ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_VIEW", format!("no view is served at '{}'", shown(&route)))
+        ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_VIEW", format!("no view is served at '{}'", quote(&route)))
     })?;
     let def = *st.store.def(view);
     // A parameter given twice has no one meaning: refused rather than taking either.
@@ -196,7 +197,7 @@ async fn read_view(
         if params.contains_key(&k) {
             return Err(ApiError::bad(
                 "INVALID_QUERY",
-                format!("query parameter '{}' is given more than once", shown(&k)),
+                format!("query parameter '{}' is given more than once", quote(&k)),
             ));
         }
         params.insert(k, v);
@@ -237,7 +238,7 @@ async fn read_view(
     {
         return Err(ApiError::bad(
             "INVALID_QUERY",
-            format!("unknown metric '{}' (DOMAIN.md §1.3 lists the metric keys)", shown(m)),
+            format!("unknown metric '{}' (DOMAIN.md §1.3 lists the metric keys)", quote(m)),
         ));
     }
     let (from, to) = (date_param("from")?, date_param("to")?);
@@ -332,16 +333,6 @@ async fn read_view(
     };
     let multi_thread = tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
     Ok(if rows.len() > 2_000 && multi_thread { tokio::task::block_in_place(encode) } else { encode() })
-}
-
-/// A client's value as an error message repeats it: at most 64 bytes (cut at a character
-/// boundary, then `…`), so that a refusal never echoes a long query back.
-fn shown(s: &str) -> String {
-    if s.len() <= 64 {
-        return s.to_owned();
-    }
-    let cut = (0..=64).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
-    format!("{}…", &s[..cut])
 }
 
 /// The key range of a user's shard that a read can match ([`crate::snapshot::UserShard::range`]):
@@ -655,15 +646,6 @@ async fn readyz(State(st): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_refusal_repeats_at_most_64_bytes_of_a_value() {
-        assert_eq!(shown("steps"), "steps");
-        let long = "é".repeat(100);
-        let s = shown(&long);
-        assert!(s.len() <= 64 + '…'.len_utf8() && s.ends_with('…'), "{s}");
-        assert!(s.trim_end_matches('…').chars().all(|c| c == 'é'));
-    }
 
     /// README: refusals worth retrying carry `Retry-After`; a 429 of the read API is one.
     #[test]

@@ -316,14 +316,11 @@ impl SessionWindow {
     }
 }
 
-/// How one window `[a, b)` meets the aligned hour and minute blocks (UTC): the hours it holds
-/// whole, the hours it only partly covers, and the minutes it only partly covers (at most two,
-/// inside the partly covered hours). The minutes it holds whole inside a partly covered hour are
-/// found from the hour's minute sums.
+/// How one window `[a, b)` meets the aligned hour buckets (UTC): the hours it holds whole and
+/// the hours it only partly covers (at most two).
 struct Blocks {
     whole_hours: std::ops::Range<i64>,
     partial_hours: Vec<i64>,
-    partial_minutes: Vec<i64>,
 }
 
 /// Whether `[a, b)` holds the aligned block `k` of `size` ms whole.
@@ -333,17 +330,14 @@ fn holds(a: i64, b: i64, size: i64, k: i64) -> bool {
 
 fn blocks(a: i64, b: i64) -> Blocks {
     if b <= a {
-        return Blocks { whole_hours: 0..0, partial_hours: Vec::new(), partial_minutes: Vec::new() };
+        return Blocks { whole_hours: 0..0, partial_hours: Vec::new() };
     }
     let whole_hours = (-(-a).div_euclid(BUCKET_MS))..b.div_euclid(BUCKET_MS);
     let partial_hours = buckets(a, b).filter(|h| !holds(a, b, BUCKET_MS, *h)).collect();
-    let (first, last) = (a.div_euclid(MINUTE_MS), (b - 1).div_euclid(MINUTE_MS));
-    let mut partial_minutes: Vec<i64> = [first, last].into_iter().filter(|m| !holds(a, b, MINUTE_MS, *m)).collect();
-    partial_minutes.dedup();
-    Blocks { whole_hours, partial_hours, partial_minutes }
+    Blocks { whole_hours, partial_hours }
 }
 
-/// Minute blocks inside hour buckets.
+/// Minutes inside hour buckets ([`HourIndex`]'s minute tables).
 const MINUTE_MS: i64 = 60_000;
 
 /// What a session window needs of one sample: metric, `[start_ms, end_ms)` (UTC ms), value, source
@@ -672,9 +666,9 @@ pub struct WindowStream {
 /// Every window's sums ride on the difference type ([`WindowSum`]) and are built from aligned
 /// blocks, as a segment tree would, so that neither a change nor the state grows with the samples
 /// or sources near a session (ADR 0007):
-/// - DISCRETE metrics pool every source. A window takes the sum of every hour it holds whole, of
-///   every minute it holds whole inside the (at most two) hours it partly covers, and meets one by
-///   one only the samples of the (at most two) minutes it partly covers.
+/// - DISCRETE metrics pool every source. A window takes the total of every hour it holds whole and,
+///   in the (at most two) hours it partly covers, a difference of that hour's prefix sums
+///   ([`DiscreteHour`]) in O(log n), however many readings the hour has.
 /// - CUMULATIVE metrics take one source per window (§4), found in two steps. First the window's
 ///   best stream: one candidate per hour it touches, read from that hour's [`HourIndex`] (the
 ///   hour's best stream where the window holds the hour whole, else the best overlapping the part
@@ -682,11 +676,11 @@ pub struct WindowStream {
 ///   of the window, read from that source's prefix sums of the hour ([`SourceHour`]) in O(log n),
 ///   however many samples the hour has.
 ///
-/// A sample change costs one update per session window covering it (CUMULATIVE: the rebuild of
-/// its hours' indexes, O(n log n) in the hour's samples, then O(log n) per session window touching
-/// them); a new session costs O(hours + 60 · partial hours) lookups plus the DISCRETE samples of
-/// its partial minutes; memory holds the samples, the sessions, per-block sums, per-(hour, source)
-/// prefix sums and a few candidates per window.
+/// A sample change rebuilds its hours' structures (DISCRETE: the hour's prefix sums, O(n) in the
+/// hour's readings; CUMULATIVE: the hour's index and its source's prefix sums, O(n log n)), then
+/// costs O(log n) per session window touching those hours; a new session costs O(log n) per hour
+/// it touches; memory holds the samples, the sessions, per-hour prefix sums and indexes, and a
+/// few candidates per window.
 pub fn impacts<'s>(
     samples: &SamplesByUser<'s>,
     sessions: VecCollection<'s, Epoch, SessionRecord>,
@@ -713,10 +707,9 @@ pub fn impacts<'s>(
         let mut out = Vec::new();
         for (w, (a, b)) in (0u8..).zip(windows_of(span.start_ms, span.end_ms)) {
             let sw = SessionWindow { span, window: w };
-            let Blocks { whole_hours, partial_hours, partial_minutes } = blocks(a, b);
+            let Blocks { whole_hours, partial_hours } = blocks(a, b);
             out.extend(whole_hours.map(|h| (Block::WholeHour, (user, h), sw)));
             out.extend(partial_hours.into_iter().map(|h| (Block::PartialHour, (user, h), sw)));
-            out.extend(partial_minutes.into_iter().map(|m| (Block::PartialMinute, (user, m), sw)));
         }
         out
     });
@@ -729,7 +722,6 @@ pub fn impacts<'s>(
     };
     let whole_hours = of_kind(Block::WholeHour, "Impact: session windows by whole hour");
     let partial_hours = of_kind(Block::PartialHour, "Impact: session windows by partial hour");
-    let partial_minutes = of_kind(Block::PartialMinute, "Impact: session windows by partial minute");
 
     let lite = samples.clone().flat_map_ref(|user, x| {
         let value = x.value.filter(|_| has_impact(x.metric))?;
@@ -743,8 +735,7 @@ pub fn impacts<'s>(
         };
         Some((*user, lite))
     });
-    let discrete =
-        discrete_sums(lite.clone().filter(|(_, x)| !x.cumulative()), &whole_hours, &partial_hours, partial_minutes);
+    let discrete = discrete_sums(lite.clone().filter(|(_, x)| !x.cumulative()), &whole_hours, &partial_hours);
     let cumulative = cumulative_sums(lite.filter(|(_, x)| x.cumulative()), &whole_hours, &partial_hours);
 
     let windows = discrete
@@ -778,44 +769,134 @@ pub fn impacts<'s>(
 type WindowsByBlock<'s> = Arranged<'s, TraceAgent<ValSpine<(Name, i64), SessionWindow, Epoch, isize>>>;
 
 /// Per (session, metric, window), the sum of a DISCRETE metric's samples starting in the window,
-/// every source pooled: whole hours and whole minutes of partial hours from the blocks' sums, the
-/// partial minutes sample by sample (every DISCRETE sample lies in one minute, as it counts where
-/// it starts).
+/// every source pooled (§4: a DISCRETE sample counts, its value whole, in the window where it
+/// starts): from each hour's [`DiscreteHour`], its total for an hour the window holds whole, a
+/// difference of two prefix sums for an hour it covers in part.
 fn discrete_sums<'s>(
     samples: VecCollection<'s, Epoch, (Name, HourSample)>,
     whole_hours: &WindowsByBlock<'s>,
     partial_hours: &WindowsByBlock<'s>,
-    partial_minutes: WindowsByBlock<'s>,
 ) -> VecCollection<'s, Epoch, (WindowKey, u8), WindowSum> {
-    let minute = |x: &HourSample| x.start_ms.div_euclid(MINUTE_MS);
-    let hour_sums = samples
-        .clone()
-        .explode(|(user, x)| Some((((user, x.first_hour()), x.metric), WindowSum::of(x.value.0))))
-        .arrange_by_key_named("Impact: discrete hour sums");
-    let minute_sums = samples
-        .clone()
-        .explode(move |(user, x)| Some((((user, x.first_hour()), (minute(&x), x.metric)), WindowSum::of(x.value.0))))
-        .arrange_by_key_named("Impact: discrete minute sums");
-    let by_minute = samples
-        .map(move |(user, x)| ((user, minute(&x)), x))
-        .arrange_by_key_named("Impact: discrete samples by minute");
-
-    let from_hours = whole_hours
-        .clone()
-        .join_core(hour_sums, |(user, _), sw, metric| Some((WindowKey::new(*user, &sw.span, *metric), sw.window)));
-    let from_minutes = partial_hours.clone().join_core(minute_sums, |(user, _), sw, (minute, metric)| {
-        let (a, b) = sw.bounds();
-        holds(a, b, MINUTE_MS, *minute).then(|| (WindowKey::new(*user, &sw.span, *metric), sw.window))
-    });
-    let one_by_one = partial_minutes
-        .join_core(by_minute, |(user, _), sw, x| {
-            let (a, b) = sw.bounds();
-            // A DISCRETE sample counts, its value whole, in the window where it starts (§4).
-            (a <= x.start_ms && x.start_ms < b)
-                .then(|| ((WindowKey::new(*user, &sw.span, x.metric), sw.window), WindowSum::of(x.value.0)))
+    let hours = samples
+        .map(|(user, x)| {
+            let h = x.first_hour();
+            let offset = (x.start_ms - h * BUCKET_MS) as u32;
+            ((user, h), DiscreteReading { metric: x.metric, offset, value: x.value })
         })
-        .explode(|(key, sum)| Some((key, sum)));
-    from_hours.concat(from_minutes).concat(one_by_one)
+        .arrange_by_key_named("Impact: discrete samples by hour")
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Name, i64), DiscreteHour, Epoch, isize>, _, _>(
+            "Impact: discrete prefix sums per hour",
+            |_key: &(Name, i64), input: &[(&DiscreteReading, isize)], output: &mut Vec<(DiscreteHour, isize)>| {
+                // Sorted by reading, so by metric first, then by offset.
+                let mut rest = input;
+                while let Some((first, _)) = rest.first() {
+                    let n = rest.iter().position(|(x, _)| x.metric != first.metric).unwrap_or(rest.len());
+                    output.push((DiscreteHour::build(first.metric, &rest[..n]), 1));
+                    rest = &rest[n..];
+                }
+            },
+            push_keyed,
+        );
+    let sum_of = |(user, h): &(Name, i64), sw: &SessionWindow, hour: &DiscreteHour| {
+        let (a, b) = sw.bounds();
+        Some(((WindowKey::new(*user, &sw.span, hour.metric), sw.window), hour.window_sum(a, b, *h)?))
+    };
+    whole_hours
+        .clone()
+        .join_core(hours.clone(), sum_of)
+        .concat(partial_hours.clone().join_core(hours, sum_of))
+        .explode(|(key, sum)| Some((key, sum)))
+}
+
+/// A DISCRETE reading as its hour bucket keeps it: its metric, its start in ms from the hour's
+/// start (`0..3_600_000`) and its value in the metric's canonical unit. Equal readings of
+/// different `sourceRecordId`s are one record with a multiplicity, as they count twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct DiscreteReading {
+    pub metric: Metric,
+    pub offset: u32,
+    pub value: OrdF64,
+}
+
+/// One reading of a [`DiscreteHour`]: offset and value as in [`DiscreteReading`], and its
+/// multiplicity. 16 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+struct HourReading {
+    value: OrdF64,
+    offset: u32,
+    weight: u32,
+}
+
+impl HourReading {
+    fn sum(&self) -> WindowSum {
+        WindowSum::of(self.value.0).multiply(&(self.weight as isize))
+    }
+}
+
+/// One hour bucket's DISCRETE readings of one metric, as prefix sums that answer what any part
+/// `[a, b)` of the hour adds to a window (the readings starting in it, §4) in O(log n) and at most
+/// [`PREFIX_EVERY`] readings summed one by one, however many readings the hour holds. Sums are
+/// exact ([`WindowSum`]), so a difference of two prefixes is the exact sum of the readings between
+/// them, and a window's total is the same number whichever blocks it was assembled from. Built
+/// anew when a reading of the hour changes (O(n) for the hour's n readings of all metrics, which
+/// arrive sorted); it takes 16 bytes per reading and a 48-byte prefix every `PREFIX_EVERY`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct DiscreteHour {
+    pub metric: Metric,
+    /// The readings by offset.
+    readings: Vec<HourReading>,
+    /// Sums over `readings[..k · PREFIX_EVERY]`, k = 1, 2, … (an hour of fewer keeps none).
+    prefixes: Vec<WindowSum>,
+    /// The sum over every reading.
+    total: WindowSum,
+}
+
+impl DiscreteHour {
+    /// The prefix sums of `input`, one metric's readings sorted by offset, with their
+    /// multiplicities (positive in a collection of current rows; a multiplicity beyond `u32::MAX`,
+    /// which no store holds, would be cut to it).
+    fn build(metric: Metric, input: &[(&DiscreteReading, isize)]) -> Self {
+        let readings: Vec<HourReading> = input
+            .iter()
+            .filter(|(_, w)| *w > 0)
+            .map(|(x, w)| HourReading {
+                value: x.value,
+                offset: x.offset,
+                weight: u32::try_from(*w).unwrap_or(u32::MAX),
+            })
+            .collect();
+        let mut prefixes = Vec::with_capacity(readings.len() / PREFIX_EVERY);
+        let mut total = WindowSum::default();
+        for (i, reading) in readings.iter().enumerate() {
+            total.plus_equals(&reading.sum());
+            if (i + 1) % PREFIX_EVERY == 0 {
+                prefixes.push(total);
+            }
+        }
+        DiscreteHour { metric, readings, prefixes, total }
+    }
+
+    /// The sum over the readings starting before `t` (ms from the hour's start).
+    fn before(&self, t: i64) -> WindowSum {
+        let k = self.readings.partition_point(|r| i64::from(r.offset) < t);
+        let mut acc = (k / PREFIX_EVERY).checked_sub(1).map_or_else(WindowSum::default, |i| self.prefixes[i]);
+        for reading in &self.readings[k / PREFIX_EVERY * PREFIX_EVERY..k] {
+            acc.plus_equals(&reading.sum());
+        }
+        acc
+    }
+
+    /// The sum over the readings starting in `[a, b)` (UTC ms) within hour bucket `hour`, with
+    /// their count as `n`; `None` when there are none.
+    fn window_sum(&self, a: i64, b: i64, hour: i64) -> Option<WindowSum> {
+        let h0 = hour * BUCKET_MS;
+        let (lo, hi) = (a.max(h0) - h0, b.min(h0 + BUCKET_MS) - h0);
+        if lo >= hi {
+            return None;
+        }
+        let sum = if lo == 0 && hi == BUCKET_MS { self.total } else { minus(self.before(hi), &self.before(lo)) };
+        (sum.n != 0).then_some(sum)
+    }
 }
 
 /// Per (session, metric, window), the sum of a CUMULATIVE metric's best source (§4) over the
@@ -909,7 +990,6 @@ fn cumulative_sums<'s>(
 enum Block {
     WholeHour,
     PartialHour,
-    PartialMinute,
 }
 
 /// One CUMULATIVE sample of one source as an hour bucket it touches keeps it: its extent
@@ -1000,9 +1080,10 @@ fn minus(mut a: WindowSum, b: &WindowSum) -> WindowSum {
     a
 }
 
-/// Samples between two stored prefix sums of a [`SourceHour`]: a lookup sums at most this many
-/// samples one by one, and the prefix sums take `3 · 48 / PREFIX_EVERY` bytes per sample per order
-/// (none for an hour of fewer samples).
+/// Samples between two stored prefix sums of a [`SourceHour`] or a [`DiscreteHour`]: a lookup sums
+/// at most this many samples one by one, and the prefix sums take `3 · 48 / PREFIX_EVERY` bytes per
+/// sample per order in a `SourceHour`, `48 / PREFIX_EVERY` in a `DiscreteHour` (none for an hour
+/// of fewer samples).
 const PREFIX_EVERY: usize = 16;
 
 /// One source's CUMULATIVE samples of one metric touching one hour bucket, as prefix sums that
@@ -1346,6 +1427,69 @@ mod tests {
                     (got.total_f64() - want).abs() <= 1e-13 * magnitude + 1e-37,
                     "sum of [{}, {}): {} vs {}", a, b, got.total_f64(), want
                 );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// A window's DISCRETE sum assembled from hours' totals and prefix differences is exactly
+        /// the sum of the readings starting in it, taken one by one: readings on and off the
+        /// minute and the hour, several metrics in one hour, equal readings counted twice, hours
+        /// of fewer and of more than `PREFIX_EVERY` readings, windows of 1 ms to five hours.
+        #[test]
+        fn discrete_prefix_sums_give_the_sum_a_scan_gives(
+            readings in proptest::collection::vec((0..3u8, 0..10_800_000i64, 0..2u8, -20.0..9.0f64, 1..3i64), 1..120),
+            windows in proptest::collection::vec((0..10_800_000i64, 0..3u8, 0..6u8), 1..12),
+        ) {
+            let snap = |v: i64, how: u8| match how {
+                0 => v - v.rem_euclid(MINUTE_MS),
+                1 => v - v.rem_euclid(BUCKET_MS),
+                _ => v,
+            };
+            let metrics = [Metric::HeartRate, Metric::RestingHeartRate];
+            let readings: Vec<(i64, Metric, f64, i64)> = readings
+                .iter()
+                .map(|(how, start, metric, value, weight)| {
+                    let v = 10f64.powf(*value) * if start % 3 == 0 { -1.0 } else { 1.0 };
+                    (snap(*start, *how), metrics[usize::from(*metric)], v, *weight)
+                })
+                .collect();
+            // As the arrangement feeds the reduce: per hour, sorted, equal readings consolidated.
+            let mut by_hour: std::collections::BTreeMap<i64, std::collections::BTreeMap<DiscreteReading, isize>> =
+                Default::default();
+            for (t, metric, v, w) in &readings {
+                let h = t.div_euclid(BUCKET_MS);
+                let x = DiscreteReading { metric: *metric, offset: (t - h * BUCKET_MS) as u32, value: OrdF64(*v) };
+                *by_hour.entry(h).or_default().entry(x).or_default() += *w as isize;
+            }
+            let hours: Vec<(i64, DiscreteHour)> = by_hour
+                .iter()
+                .flat_map(|(h, input)| {
+                    metrics.iter().filter_map(move |m| {
+                        let mine: Vec<(&DiscreteReading, isize)> =
+                            input.iter().filter(|(x, _)| x.metric == *m).map(|(x, w)| (x, *w)).collect();
+                        (!mine.is_empty()).then(|| (*h, DiscreteHour::build(*m, &mine)))
+                    })
+                })
+                .collect();
+            for (a, how, len) in windows {
+                let a = snap(a - 1_000_000, how);
+                let b = a + [1, 999, 60_000, 3_600_000, 7_200_000, 18_000_001][usize::from(len)];
+                for m in metrics {
+                    let mut want = WindowSum::default();
+                    for (t, metric, v, w) in &readings {
+                        if *metric == m && a <= *t && *t < b {
+                            want.plus_equals(&WindowSum::of(*v).multiply(&(*w as isize)));
+                        }
+                    }
+                    let mut got = WindowSum::default();
+                    for (h, hour) in hours.iter().filter(|(_, x)| x.metric == m) {
+                        if let Some(sum) = hour.window_sum(a, b, *h) {
+                            got.plus_equals(&sum);
+                        }
+                    }
+                    proptest::prop_assert_eq!(got, want, "{:?} over [{}, {})", m, a, b);
+                }
             }
         }
     }

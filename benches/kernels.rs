@@ -6,6 +6,11 @@
 
 use std::hint::black_box;
 
+/// The server's allocator (src/main.rs), so that the kernels allocate as the server does (as in
+/// benches/views.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use vitalflow_ingest::http::parse_batch;

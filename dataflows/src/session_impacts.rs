@@ -378,18 +378,6 @@ impl HourSample {
         let (from, to) = self.extent();
         buckets(from, to)
     }
-
-    fn metric_source(&self) -> MetricSource {
-        MetricSource { metric: self.metric, source: self.source_id }
-    }
-}
-
-/// A CUMULATIVE metric and one `sourceId`: what a window's sums are looked up by once its best
-/// source is known (§4 sums that `sourceId` over all its classes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct MetricSource {
-    pub metric: Metric,
-    pub source: Name,
 }
 
 /// "No stream" in an [`HourIndex`].
@@ -909,9 +897,9 @@ fn cumulative_sums<'s>(
     // Every sample under every hour its extent touches (with positive overlap).
     let touching = samples.flat_map(|(user, x)| x.hours().map(|h| ((user, h), x)).collect::<Vec<_>>());
     // One index per (user, hour, metric) of the streams of the samples touching the hour.
-    let index = touching
+    let by_hour = touching.arrange_by_key_named("Impact: cumulative samples by hour");
+    let index = by_hour
         .clone()
-        .arrange_by_key_named("Impact: cumulative samples by hour")
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Name, i64), HourIndex, Epoch, isize>, _, _>(
             "Impact: stream index per hour",
             |(_, h): &(Name, i64), input: &[(&HourSample, isize)], output: &mut Vec<(HourIndex, isize)>| {
@@ -959,30 +947,83 @@ fn cumulative_sums<'s>(
     let by_source = best
         .flat_map(|(key, (window, source))| {
             let (a, b) = key.bounds(window);
-            let wanted = MetricSource { metric: key.metric, source };
-            buckets(a, b).map(|h| (((key.user_id, h), wanted), (key, window))).collect::<Vec<_>>()
+            buckets(a, b).map(|h| ((key.user_id, h), (source, key, window))).collect::<Vec<_>>()
         })
         .arrange_by_key_named("Impact: best source's hours per window");
-    let source_hours = touching
-        .map(|((user, h), x)| {
-            let h0 = h * BUCKET_MS;
-            let (from, to) = x.extent();
-            (((user, h), x.metric_source()), Span { start: from - h0, end: to - h0, value: x.value })
-        })
-        .arrange_by_key_named("Impact: cumulative samples by hour and source")
-        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<((Name, i64), MetricSource), SourceHour, Epoch, isize>, _, _>(
+    // From the same arrangement as the index: one value per (user, hour, metric) holding every
+    // source's prefix sums, found by binary search.
+    let source_hours = by_hour
+        .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Name, i64), SourceHours, Epoch, isize>, _, _>(
             "Impact: prefix sums per hour and source",
-            |_key, input: &[(&Span, isize)], output: &mut Vec<(SourceHour, isize)>| {
-                output.push((SourceHour::build(input), 1));
+            |(_, h): &(Name, i64), input: &[(&HourSample, isize)], output: &mut Vec<(SourceHours, isize)>| {
+                // Sorted by sample, so by metric first.
+                let mut rest = input;
+                while let Some((first, _)) = rest.first() {
+                    let n = rest.iter().position(|(x, _)| x.metric != first.metric).unwrap_or(rest.len());
+                    output.push((SourceHours::build(first.metric, *h, &rest[..n]), 1));
+                    rest = &rest[n..];
+                }
             },
             push_keyed,
         );
     by_source
-        .join_core(source_hours, |((_, h), _), (key, window), hour| {
+        .join_core(source_hours, |(_, h), (source, key, window), hours| {
+            let hour = hours.of(key.metric, *source)?;
             let (a, b) = key.bounds(*window);
             Some(((*key, *window), hour.window_sum(a, b, *h)?))
         })
         .explode(|(key, sum)| Some((key, sum)))
+}
+
+/// One hour bucket's CUMULATIVE samples of one metric as each `sourceId`'s [`SourceHour`] (§4 sums
+/// a source over all its classes), sorted by source.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct SourceHours {
+    pub metric: Metric,
+    sources: Vec<(Name, SourceHour)>,
+}
+
+impl SourceHours {
+    /// The prefix sums of every source of `input`, the samples of `metric` touching hour bucket
+    /// `hour` with their multiplicities. Equal spans of one source (two classes, or two records)
+    /// are one entry counted as often. O(n log n) for the hour's n samples of the metric.
+    fn build(metric: Metric, hour: i64, input: &[(&HourSample, isize)]) -> Self {
+        let h0 = hour * BUCKET_MS;
+        let mut spans: Vec<(Name, Span, isize)> = input
+            .iter()
+            .map(|(x, w)| {
+                let (from, to) = x.extent();
+                (x.source_id, Span { start: from - h0, end: to - h0, value: x.value }, *w)
+            })
+            .collect();
+        spans.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut merged: Vec<(Name, Span, isize)> = Vec::with_capacity(spans.len());
+        for (source, span, w) in spans {
+            match merged.last_mut() {
+                Some(last) if last.0 == source && last.1 == span => last.2 += w,
+                _ => merged.push((source, span, w)),
+            }
+        }
+        merged.retain(|(_, _, w)| *w != 0);
+        let mut sources = Vec::new();
+        let mut rest = &merged[..];
+        while let Some((source, _, _)) = rest.first() {
+            let n = rest.iter().position(|(s, _, _)| s != source).unwrap_or(rest.len());
+            let group: Vec<(&Span, isize)> = rest[..n].iter().map(|(_, span, w)| (span, *w)).collect();
+            sources.push((*source, SourceHour::build(&group)));
+            rest = &rest[n..];
+        }
+        SourceHours { metric, sources }
+    }
+
+    /// The prefix sums of `source`'s samples of `metric`, if it has any in the hour.
+    fn of(&self, metric: Metric, source: Name) -> Option<&SourceHour> {
+        if metric != self.metric {
+            return None;
+        }
+        let i = self.sources.binary_search_by(|(s, _)| s.cmp(&source)).ok()?;
+        Some(&self.sources[i].1)
+    }
 }
 
 /// The kinds of block a session window meets (see [`impacts`]).
@@ -1564,6 +1605,41 @@ mod tests {
         let index = HourIndex::build(Metric::Steps, hour, xs.iter());
         assert_eq!(index.best_in(h0 + 40_000, h0 + 80_000, hour), Some(&(3, Name::intern("b-phone"))));
         assert_eq!(index.best_in(h0 + 15_000, h0 + 80_000, hour), Some(&(0, Name::intern("a-manual"))));
+    }
+
+    /// An hour's `SourceHours` hold each source's samples, every class of it, as the prefix sums
+    /// that source's samples alone give; equal spans of two classes of one source count twice.
+    #[test]
+    fn source_hours_keep_each_source_apart_and_its_classes_together() {
+        let hour = 10i64;
+        let h0 = hour * BUCKET_MS;
+        let sample = |source: &str, rank: u8, a: i64, b: i64, v: f64| HourSample {
+            metric: Metric::Steps,
+            start_ms: h0 + a,
+            end_ms: h0 + b,
+            value: OrdF64(v),
+            rank,
+            source_id: Name::intern(source),
+        };
+        let mut xs = vec![
+            (sample("z-watch", 1, 0, 600_000, 100.0), 1),
+            (sample("z-watch", 3, 0, 600_000, 100.0), 1),
+            (sample("a-phone", 3, -1_800_000, 1_800_000, 50.0), 1),
+            (sample("a-phone", 3, 1_000_000, 1_000_000, 7.0), 2),
+            (sample("m-scale", 0, 30_000, 90_000, 3.0), 1),
+        ];
+        xs.sort();
+        let input: Vec<(&HourSample, isize)> = xs.iter().map(|(x, w)| (x, *w)).collect();
+        let hours = SourceHours::build(Metric::Steps, hour, &input);
+        let whole = |source: &str| hours.of(Metric::Steps, Name::intern(source)).map(|s| s.whole.total_f64());
+        // z-watch: one span in two classes, counted twice; a-phone: half of 50 in this hour, and 7 twice.
+        assert_eq!(whole("z-watch"), Some(200.0));
+        assert_eq!(whole("a-phone"), Some(25.0 + 14.0));
+        assert_eq!(whole("m-scale"), Some(3.0));
+        assert_eq!(whole("b-none"), None);
+        assert!(hours.of(Metric::Distance, Name::intern("z-watch")).is_none());
+        let z = hours.of(Metric::Steps, Name::intern("z-watch")).expect("z-watch");
+        assert_eq!(z.window_sum(h0, h0 + 300_000, hour).map(|s| s.n), Some(2));
     }
 
     #[test]

@@ -665,7 +665,8 @@ pub struct WindowStream {
 ///   however many samples the hour has.
 ///
 /// A sample change rebuilds its hours' structures (DISCRETE: the hour's prefix sums, O(n) in the
-/// hour's readings; CUMULATIVE: the hour's index and its source's prefix sums, O(n log n)), then
+/// hour's readings of every metric; CUMULATIVE: the hour's index and every source's prefix sums of
+/// the hour, O(n log n)), then
 /// costs O(log n) per session window touching those hours; a new session costs O(log n) per hour
 /// it touches; memory holds the samples, the sessions, per-hour prefix sums and indexes, and a
 /// few candidates per window.
@@ -690,7 +691,7 @@ pub fn impacts<'s>(
         let e = s.end_ms.unwrap_or(s.start_ms);
         (s.user_id, SessionSpan { session_id: s.session_id, start_ms: s.start_ms, end_ms: e })
     });
-    // Per window, the blocks it meets; `Block` tells the three kinds apart.
+    // Per window, the hours it meets; `Block` tells the two kinds apart.
     let session_blocks = spans.flat_map(|(user, span)| {
         let mut out = Vec::new();
         for (w, (a, b)) in (0u8..).zip(windows_of(span.start_ms, span.end_ms)) {
@@ -753,7 +754,7 @@ pub fn impacts<'s>(
     )
 }
 
-/// Session windows arranged by the (user, hour) or (user, minute) block they meet.
+/// Session windows arranged by the (user, hour) block they meet.
 type WindowsByBlock<'s> = Arranged<'s, TraceAgent<ValSpine<(Name, i64), SessionWindow, Epoch, isize>>>;
 
 /// Per (session, metric, window), the sum of a DISCRETE metric's samples starting in the window,
@@ -812,7 +813,7 @@ pub struct DiscreteReading {
 struct HourReading {
     value: OrdF64,
     offset: u32,
-    weight: u32,
+    weight: i32,
 }
 
 impl HourReading {
@@ -841,16 +842,14 @@ pub struct DiscreteHour {
 
 impl DiscreteHour {
     /// The prefix sums of `input`, one metric's readings sorted by offset, with their
-    /// multiplicities (positive in a collection of current rows; a multiplicity beyond `u32::MAX`,
-    /// which no store holds, would be cut to it).
+    /// multiplicities, counted linearly as differential gives them (positive in a collection of
+    /// current rows; a multiplicity beyond `i32`'s range, which no store holds, would be cut to it).
     fn build(metric: Metric, input: &[(&DiscreteReading, isize)]) -> Self {
         let readings: Vec<HourReading> = input
             .iter()
-            .filter(|(_, w)| *w > 0)
-            .map(|(x, w)| HourReading {
-                value: x.value,
-                offset: x.offset,
-                weight: u32::try_from(*w).unwrap_or(u32::MAX),
+            .map(|(x, w)| {
+                let weight = i32::try_from(*w).unwrap_or(if *w < 0 { i32::MIN } else { i32::MAX });
+                HourReading { value: x.value, offset: x.offset, weight }
             })
             .collect();
         let mut prefixes = Vec::with_capacity(readings.len() / PREFIX_EVERY);
@@ -1137,8 +1136,8 @@ const PREFIX_EVERY: usize = 16;
 /// `rate · overlap` of one it cuts. Each straddling sum is a prefix by start minus a prefix by
 /// end, in exact fixed point, so the only rounding is each sample's rate (2⁻¹⁶⁰ per ms); across
 /// the hours of a window a spanning sample's parts telescope exactly. The whole hour's sum is
-/// kept apart, so a window holding the hour reads it in O(1). Built anew when a sample of the
-/// source in the hour changes (O(n log n)).
+/// kept apart, so a window holding the hour reads it in O(1). Built anew, with every other
+/// source's of the hour ([`SourceHours`]), when a sample of the user's hour changes (O(n log n)).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SourceHour {
     /// The samples by start.
@@ -1479,12 +1478,14 @@ mod tests {
         /// of fewer and of more than `PREFIX_EVERY` readings, windows of 1 ms to five hours.
         #[test]
         fn discrete_prefix_sums_give_the_sum_a_scan_gives(
-            readings in proptest::collection::vec((0..3u8, 0..10_800_000i64, 0..2u8, -20.0..9.0f64, 1..3i64), 1..120),
-            windows in proptest::collection::vec((0..10_800_000i64, 0..3u8, 0..6u8), 1..12),
+            readings in proptest::collection::vec((0..4u8, 0..10_800_000i64, 0..2u8, -20.0..9.0f64, 1..3i64), 1..120),
+            windows in proptest::collection::vec((0..10_800_000i64, 0..4u8, 0..6u8), 1..12),
         ) {
             let snap = |v: i64, how: u8| match how {
                 0 => v - v.rem_euclid(MINUTE_MS),
                 1 => v - v.rem_euclid(BUCKET_MS),
+                // The hour's last millisecond.
+                2 => v - v.rem_euclid(BUCKET_MS) + BUCKET_MS - 1,
                 _ => v,
             };
             let metrics = [Metric::HeartRate, Metric::RestingHeartRate];
@@ -1605,6 +1606,58 @@ mod tests {
         let index = HourIndex::build(Metric::Steps, hour, xs.iter());
         assert_eq!(index.best_in(h0 + 40_000, h0 + 80_000, hour), Some(&(3, Name::intern("b-phone"))));
         assert_eq!(index.best_in(h0 + 15_000, h0 + 80_000, hour), Some(&(0, Name::intern("a-manual"))));
+    }
+
+    proptest::proptest! {
+        /// Every source's prefix sums inside an hour's `SourceHours` answer any window as that
+        /// source's samples alone, consolidated, give (the arrangement by source it replaced):
+        /// interleaved sources of more than `PREFIX_EVERY` samples each, equal spans in two
+        /// classes, samples spanning the hour.
+        #[test]
+        fn source_hours_answer_as_each_source_alone(
+            samples in proptest::collection::vec((0..3u8, 0..4u8, -1_800_000..3_600_000i64, 0..3u8, 1..9u8), 1..150),
+            windows in proptest::collection::vec((-600_000..4_200_000i64, 0..5u8), 1..10),
+        ) {
+            let hour = 7i64;
+            let h0 = hour * BUCKET_MS;
+            let sources = ["ring", "a-watch", "phone"];
+            let xs: Vec<HourSample> = samples
+                .iter()
+                .map(|(source, rank, start, len, v)| HourSample {
+                    metric: Metric::Steps,
+                    start_ms: h0 + start,
+                    end_ms: h0 + start + [0, 60_000, 5_400_000][usize::from(*len)],
+                    value: OrdF64(f64::from(*v)),
+                    rank: *rank,
+                    source_id: Name::intern(sources[usize::from(*source)]),
+                })
+                .filter(|x| x.hours().contains(&hour))
+                .collect();
+            let mut counted: std::collections::BTreeMap<HourSample, isize> = Default::default();
+            for x in &xs {
+                *counted.entry(*x).or_default() += 1;
+            }
+            let input: Vec<(&HourSample, isize)> = counted.iter().map(|(x, w)| (x, *w)).collect();
+            let hours = SourceHours::build(Metric::Steps, hour, &input);
+            for source in sources.map(Name::intern) {
+                let mut spans: std::collections::BTreeMap<Span, isize> = Default::default();
+                for x in xs.iter().filter(|x| x.source_id == source) {
+                    let (from, to) = x.extent();
+                    *spans.entry(Span { start: from - h0, end: to - h0, value: x.value }).or_default() += 1;
+                }
+                let refs: Vec<(&Span, isize)> = spans.iter().map(|(x, w)| (x, *w)).collect();
+                let alone = (!refs.is_empty()).then(|| SourceHour::build(&refs));
+                let found = hours.of(Metric::Steps, source);
+                proptest::prop_assert_eq!(found, alone.as_ref());
+                for (a, len) in &windows {
+                    let b = a + [1, 59_999, 600_000, 3_600_000, 7_200_000][usize::from(*len)];
+                    proptest::prop_assert_eq!(
+                        found.and_then(|x| x.window_sum(*a + h0, b + h0, hour)),
+                        alone.as_ref().and_then(|x| x.window_sum(*a + h0, b + h0, hour))
+                    );
+                }
+            }
+        }
     }
 
     /// An hour's `SourceHours` hold each source's samples, every class of it, as the prefix sums

@@ -1109,7 +1109,7 @@ proptest! {
     /// `product_impacts` summarises exactly those impacts.
     #[test]
     fn session_impacts_equal_the_oracle(
-        sample_ops in prop::collection::vec((0..10u8, prop::option::of((0..2u8, 0..60u16, 0..90u16, 40..120u16, 0..4u8))), 1..60),
+        sample_ops in prop::collection::vec((0..96u8, prop::option::of((0..7u8, 0..120u16, 0..90u16, 40..120u16, 0..4u8))), 1..160),
         session_ops in prop::collection::vec((0..4u8, prop::option::of((0..40u16, 0..200u16, 0..4u8))), 1..12),
         cut in 1..8usize,
     ) {
@@ -1129,18 +1129,23 @@ proptest! {
                 pending.push(Change::Sample(old, -1));
             }
             if let Some((kind, at, len, v, jitter)) = op {
-                // Off the minute (and the hour) too, so that partly covered minutes are exercised.
-                let start = base + i64::from(at) * 5 * 60_000 + JITTER_MS[usize::from(jitter)];
+                // Off the minute (and the hour) too, so that partly covered minutes are exercised;
+                // dense enough (a minute apart, heart rate three times in seven) that an hour holds
+                // more readings of one metric than one prefix sum covers.
+                let start = base + i64::from(at) * 60_000 + JITTER_MS[usize::from(jitter)];
+                // Two CUMULATIVE and two DISCRETE metrics: an hour holds several of each.
+                let metric = [Metric::Steps, Metric::Steps, Metric::HeartRate, Metric::HeartRate, Metric::HeartRate,
+                    Metric::Distance, Metric::RespiratoryRate][usize::from(kind)];
                 // Three sources, each with samples of three classes: the best source of a window
                 // may count samples of a class that ranks below another source's (§4 sums a
                 // `sourceId` over its classes), and equal classes tie on the `sourceId`.
                 let source = ["watch", "phone", "ring"][usize::from(rec % 3)];
                 let class = [SourceClass::Watch, SourceClass::Phone, SourceClass::Ring][usize::from(rec / 3 % 3)];
-                let x = if kind == 0 {
-                    sample("u1", source, &format!("r{rec}"), Metric::Steps, start,
+                let x = if metric.kind() == vitalflow_schemas::ValueKind::Cumulative {
+                    sample("u1", source, &format!("r{rec}"), metric, start,
                         start + i64::from(len) * 60_000 + JITTER_MS[usize::from(jitter)] / 2, f64::from(v), class, "UTC")
                 } else {
-                    sample("u1", "watch", &format!("r{rec}"), Metric::HeartRate, start, start, f64::from(v), SourceClass::Watch, "UTC")
+                    sample("u1", "watch", &format!("r{rec}"), metric, start, start, f64::from(v), SourceClass::Watch, "UTC")
                 };
                 samples.insert(rec, x.clone());
                 pending.push(Change::Sample(x, 1));
@@ -1152,7 +1157,7 @@ proptest! {
                 pending.push(Change::Session(old, -1));
             }
             if let Some((at, len, jitter)) = op {
-                let start = base + i64::from(at) * 7 * 60_000 + JITTER_MS[usize::from(jitter)];
+                let start = base + i64::from(at) * 3 * 60_000 + JITTER_MS[usize::from(jitter)];
                 let mut s = session("u1", &format!("s{id}"), "p", start, "UTC");
                 // One session in ten is shorter than a minute (its DURING lies inside one minute).
                 let minutes = if len < 20 { 0 } else { i64::from(len) };

@@ -666,8 +666,7 @@ pub struct WindowStream {
 ///
 /// A sample change rebuilds its hours' structures (DISCRETE: the hour's prefix sums, O(n) in the
 /// hour's readings of every metric; CUMULATIVE: the hour's index and every source's prefix sums of
-/// the hour, O(n log n)), then
-/// costs O(log n) per session window touching those hours; a new session costs O(log n) per hour
+/// the hour, O(n log n)), then costs O(log n) per session window touching those hours; a new session costs O(log n) per hour
 /// it touches; memory holds the samples, the sessions, per-hour prefix sums and indexes, and a
 /// few candidates per window.
 pub fn impacts<'s>(
@@ -754,6 +753,23 @@ pub fn impacts<'s>(
     )
 }
 
+/// A reduce's input group, sorted by a value whose first field is its metric, split into the runs of
+/// each metric, in order.
+fn by_metric<'a, T>(
+    input: &'a [(&'a T, isize)],
+    metric: impl Fn(&T) -> Metric,
+) -> impl Iterator<Item = (Metric, &'a [(&'a T, isize)])> {
+    let mut rest = input;
+    std::iter::from_fn(move || {
+        let (first, _) = rest.first()?;
+        let m = metric(first);
+        let n = rest.iter().position(|(x, _)| metric(x) != m).unwrap_or(rest.len());
+        let (run, tail) = rest.split_at(n);
+        rest = tail;
+        Some((m, run))
+    })
+}
+
 /// Session windows arranged by the (user, hour) block they meet.
 type WindowsByBlock<'s> = Arranged<'s, TraceAgent<ValSpine<(Name, i64), SessionWindow, Epoch, isize>>>;
 
@@ -776,12 +792,9 @@ fn discrete_sums<'s>(
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Name, i64), DiscreteHour, Epoch, isize>, _, _>(
             "Impact: discrete prefix sums per hour",
             |_key: &(Name, i64), input: &[(&DiscreteReading, isize)], output: &mut Vec<(DiscreteHour, isize)>| {
-                // Sorted by reading, so by metric first, then by offset.
-                let mut rest = input;
-                while let Some((first, _)) = rest.first() {
-                    let n = rest.iter().position(|(x, _)| x.metric != first.metric).unwrap_or(rest.len());
-                    output.push((DiscreteHour::build(first.metric, &rest[..n]), 1));
-                    rest = &rest[n..];
+                // Sorted by reading, so by metric, then by offset.
+                for (metric, readings) in by_metric(input, |x| x.metric) {
+                    output.push((DiscreteHour::build(metric, readings), 1));
                 }
             },
             push_keyed,
@@ -902,12 +915,8 @@ fn cumulative_sums<'s>(
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Name, i64), HourIndex, Epoch, isize>, _, _>(
             "Impact: stream index per hour",
             |(_, h): &(Name, i64), input: &[(&HourSample, isize)], output: &mut Vec<(HourIndex, isize)>| {
-                // Sorted by sample, so by metric first.
-                let mut rest = input;
-                while let Some((first, _)) = rest.first() {
-                    let n = rest.iter().position(|(x, _)| x.metric != first.metric).unwrap_or(rest.len());
-                    output.push((HourIndex::build(first.metric, *h, rest[..n].iter().map(|(x, _)| *x)), 1));
-                    rest = &rest[n..];
+                for (metric, samples) in by_metric(input, |x| x.metric) {
+                    output.push((HourIndex::build(metric, *h, samples.iter().map(|(x, _)| *x)), 1));
                 }
             },
             push_keyed,
@@ -955,12 +964,8 @@ fn cumulative_sums<'s>(
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Name, i64), SourceHours, Epoch, isize>, _, _>(
             "Impact: prefix sums per hour and source",
             |(_, h): &(Name, i64), input: &[(&HourSample, isize)], output: &mut Vec<(SourceHours, isize)>| {
-                // Sorted by sample, so by metric first.
-                let mut rest = input;
-                while let Some((first, _)) = rest.first() {
-                    let n = rest.iter().position(|(x, _)| x.metric != first.metric).unwrap_or(rest.len());
-                    output.push((SourceHours::build(first.metric, *h, &rest[..n]), 1));
-                    rest = &rest[n..];
+                for (metric, samples) in by_metric(input, |x| x.metric) {
+                    output.push((SourceHours::build(metric, *h, samples), 1));
                 }
             },
             push_keyed,

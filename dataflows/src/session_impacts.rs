@@ -754,20 +754,17 @@ pub fn impacts<'s>(
     )
 }
 
-/// A reduce's input group, sorted by a value whose first field is its metric, split into the runs of
-/// each metric, in order.
-fn by_metric<'a, T>(
-    input: &'a [(&'a T, isize)],
-    metric: impl Fn(&T) -> Metric,
-) -> impl Iterator<Item = (Metric, &'a [(&'a T, isize)])> {
-    let mut rest = input;
+/// The runs of consecutive items with the same key, in order, with their key: a reduce's input
+/// group sorted by a value whose first field is its metric, split by metric, or one hour's
+/// samples sorted by source, split by source.
+fn runs<T, K: PartialEq>(items: &[T], key: impl Fn(&T) -> K) -> impl Iterator<Item = (K, &[T])> {
+    let mut rest = items;
     std::iter::from_fn(move || {
-        let (first, _) = rest.first()?;
-        let m = metric(first);
-        let n = rest.iter().position(|(x, _)| metric(x) != m).unwrap_or(rest.len());
+        let k = key(rest.first()?);
+        let n = rest.iter().position(|x| key(x) != k).unwrap_or(rest.len());
         let (run, tail) = rest.split_at(n);
         rest = tail;
-        Some((m, run))
+        Some((k, run))
     })
 }
 
@@ -794,7 +791,7 @@ fn discrete_sums<'s>(
             "Impact: discrete prefix sums per hour",
             |_key: &(Name, i64), input: &[(&DiscreteReading, isize)], output: &mut Vec<(DiscreteHour, isize)>| {
                 // Sorted by reading, so by metric, then by offset.
-                for (metric, readings) in by_metric(input, |x| x.metric) {
+                for (metric, readings) in runs(input, |(x, _)| x.metric) {
                     output.push((DiscreteHour::build(metric, readings), 1));
                 }
             },
@@ -880,7 +877,7 @@ impl DiscreteHour {
     /// The sum over the readings starting before `t` (ms from the hour's start).
     fn before(&self, t: i64) -> WindowSum {
         let k = self.readings.partition_point(|r| i64::from(r.offset) < t);
-        let mut acc = (k / PREFIX_EVERY).checked_sub(1).map_or_else(WindowSum::default, |i| self.prefixes[i]);
+        let mut acc = prefix(&self.prefixes, k);
         for reading in &self.readings[k / PREFIX_EVERY * PREFIX_EVERY..k] {
             acc.plus_equals(&reading.sum());
         }
@@ -916,7 +913,7 @@ fn cumulative_sums<'s>(
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Name, i64), HourIndex, Epoch, isize>, _, _>(
             "Impact: stream index per hour",
             |(_, h): &(Name, i64), input: &[(&HourSample, isize)], output: &mut Vec<(HourIndex, isize)>| {
-                for (metric, samples) in by_metric(input, |x| x.metric) {
+                for (metric, samples) in runs(input, |(x, _)| x.metric) {
                     output.push((HourIndex::build(metric, *h, samples.iter().map(|(x, _)| *x)), 1));
                 }
             },
@@ -965,7 +962,7 @@ fn cumulative_sums<'s>(
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Name, i64), SourceHours, Epoch, isize>, _, _>(
             "Impact: sources' prefix sums per hour",
             |(_, h): &(Name, i64), input: &[(&HourSample, isize)], output: &mut Vec<(SourceHours, isize)>| {
-                for (metric, samples) in by_metric(input, |x| x.metric) {
+                for (metric, samples) in runs(input, |(x, _)| x.metric) {
                     output.push((SourceHours::build(metric, *h, samples), 1));
                 }
             },
@@ -1003,22 +1000,21 @@ impl SourceHours {
             })
             .collect();
         spans.sort_unstable_by(|a, b| (a.0.id(), a.1).cmp(&(b.0.id(), b.1)));
-        let mut merged: Vec<(Name, Span, isize)> = Vec::with_capacity(spans.len());
-        for (source, span, w) in spans {
-            match merged.last_mut() {
-                Some(last) if last.0 == source && last.1 == span => last.2 += w,
-                _ => merged.push((source, span, w)),
+        // Equal spans of one source: one entry, their multiplicities added.
+        spans.dedup_by(|next, kept| {
+            let equal = next.0 == kept.0 && next.1 == kept.1;
+            if equal {
+                kept.2 += next.2;
             }
-        }
-        merged.retain(|(_, _, w)| *w != 0);
-        let mut sources = Vec::new();
-        let mut rest = &merged[..];
-        while let Some((source, _, _)) = rest.first() {
-            let n = rest.iter().position(|(s, _, _)| s != source).unwrap_or(rest.len());
-            let group: Vec<(&Span, isize)> = rest[..n].iter().map(|(_, span, w)| (span, *w)).collect();
-            sources.push((*source, SourceHour::build(&group)));
-            rest = &rest[n..];
-        }
+            equal
+        });
+        spans.retain(|(_, _, w)| *w != 0);
+        let sources = runs(&spans, |(source, _, _)| *source)
+            .map(|(source, run)| {
+                let group: Vec<(&Span, isize)> = run.iter().map(|(_, span, w)| (span, *w)).collect();
+                (source, SourceHour::build(&group))
+            })
+            .collect();
         SourceHours { metric, sources }
     }
 
@@ -1128,7 +1124,7 @@ fn minus(mut a: WindowSum, b: &WindowSum) -> WindowSum {
 }
 
 /// Samples between two stored prefix sums of a [`SourceHour`] or a [`DiscreteHour`]: a lookup sums
-/// at most this many samples one by one, and the prefix sums take `3 · 48 / PREFIX_EVERY` bytes per
+/// fewer than this many samples one by one per bound, and the prefix sums take `3 · 48 / PREFIX_EVERY` bytes per
 /// sample per order in a `SourceHour`, `48 / PREFIX_EVERY` in a `DiscreteHour` (none for an hour
 /// of fewer samples).
 const PREFIX_EVERY: usize = 16;
@@ -1162,8 +1158,8 @@ pub struct SourceHour {
 }
 
 /// The stored sum over the first `k / PREFIX_EVERY · PREFIX_EVERY` samples of an order.
-fn prefix(prefixes: &[Moments], k: usize) -> Moments {
-    (k / PREFIX_EVERY).checked_sub(1).map_or_else(Moments::default, |i| prefixes[i])
+fn prefix<T: Copy + Default>(prefixes: &[T], k: usize) -> T {
+    (k / PREFIX_EVERY).checked_sub(1).map_or_else(T::default, |i| prefixes[i])
 }
 
 impl SourceHour {

@@ -41,7 +41,7 @@ pub struct Config {
     /// Idle merging (docs/operations.md, "Arrangement sizes"): an arrangement not yet compact
     /// keeps merging whenever it is scheduled, as if this many updates arrived each time, so that
     /// deleted and erased rows free their memory without waiting for later writes; 0 (the
-    /// default) merges only as batches arrive. Costs about a third of bulk throughput.
+    /// default) merges only as batches arrive. Costs a quarter to a third of bulk throughput.
     pub idle_merge_effort: u64,
     /// Where input comes from besides HTTP (none by default).
     pub sources: Sources,

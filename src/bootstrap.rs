@@ -805,11 +805,11 @@ fn record_since(commits: &[SystemTime], metric: &'static str, view: &'static str
 fn recover(store: &Store, runtime: &Mutex<Runtime>, epoch: Epoch) -> Result<(), String> {
     let mut rt = runtime.lock().map_err(|_| "the dataflow runtime lock is poisoned".to_owned())?;
     let started = std::time::Instant::now();
+    let mut feed = rt.recovery_feed(epoch, RECOVERY_CHUNK);
     let samples = store
-        .scan_samples(RECOVERY_CHUNK, |chunk| {
-            rt.push_changes(epoch, chunk.into_iter().map(|s| Change::Sample(s, 1)).collect()).map_err(|e| e.to_string())
-        })
+        .scan_samples(|s| feed.push(s).map_err(|e| e.to_string()))
         .map_err(|e| format!("cannot read the stored samples: {e}"))?;
+    feed.finish().map_err(|e| e.to_string())?;
     let mut changes: Vec<Change> = store
         .profiles()
         .map_err(|e| format!("cannot read the stored profiles: {e}"))?

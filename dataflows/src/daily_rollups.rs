@@ -113,7 +113,7 @@ pub fn daily_rollups<'s>(
     let cumulative = samples
         .clone()
         .flat_map_ref(|user, s| {
-            if s.metric.kind() != ValueKind::Cumulative || s.value.is_none() {
+            if s.metric.kind() != ValueKind::Cumulative || s.value().is_none() {
                 return Vec::new();
             }
             let stream: Stream = (s.source_class.rank(), s.source_id, s.source_class);

@@ -53,7 +53,7 @@ pub fn daily_rollups_by_source<'s>(
         .clone()
         .flat_map_ref(|user, s| {
             let summable = match s.metric.kind() {
-                ValueKind::Cumulative => s.value.is_some(),
+                ValueKind::Cumulative => s.value().is_some(),
                 ValueKind::Interval => s.metric != Metric::SleepAnalysis,
                 ValueKind::Discrete => false,
             };
@@ -61,7 +61,7 @@ pub fn daily_rollups_by_source<'s>(
                 return Vec::new();
             }
             let v = match s.metric.kind() {
-                ValueKind::Cumulative => s.value.map_or(0.0, |v| v.0),
+                ValueKind::Cumulative => s.value().map_or(0.0, |v| v.0),
                 _ => (s.end_ms - s.start_ms) as f64 / 60_000.0,
             };
             day_shares(s.start_ms, s.end_ms, v, s.zone)

@@ -33,7 +33,7 @@ pub use introspection::Elapsed;
 pub use names::Name;
 pub use records::{SampleRecord, SessionRecord};
 pub use registry::{Inputs, SamplesByUser, VIEWS, ViewSpec, select};
-pub use runtime::{Runtime, RuntimeError, RuntimeHealth, RuntimeOptions, ViewProgress};
+pub use runtime::{RecoveryFeed, Runtime, RuntimeError, RuntimeHealth, RuntimeOptions, ViewProgress};
 
 #[cfg(test)]
 mod tests;

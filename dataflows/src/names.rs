@@ -2,7 +2,8 @@
 //! `sourceRecordId`, `sessionId` and `productId` as 4-byte [`Name`]s, so that its records are
 //! fixed-size `Copy` values and cloning one into an arrangement allocates nothing.
 //!
-//! A name is interned where a change enters the runtime ([`crate::Runtime::push`]) and turned
+//! A name is interned where a change enters the runtime ([`crate::Runtime::push`], and
+//! [`crate::RecoveryFeed`] at recovery) and turned
 //! back into its string where a view row is built ([`Name::as_str`]). The table lives for the
 //! process: a name is never reused and never freed, and ids are not durable (a restart replays
 //! the store and interns afresh), so a `Name` means nothing outside the process that made it.

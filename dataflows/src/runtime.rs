@@ -21,7 +21,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::execute::Config;
 use vitalflow_schemas::domain::Product;
-use vitalflow_schemas::{Change, Epoch, EpochBatch, Row, UserProfile};
+use vitalflow_schemas::{Change, Epoch, EpochBatch, Row, SampleRef, UserProfile};
 
 use crate::introspection::{self, Attribution, Elapsed};
 use crate::names::Interner;
@@ -353,8 +353,9 @@ impl Runtime {
         self.advance(epoch + 1)
     }
 
-    /// Sends changes at `epoch` without closing it (recovery feeds one epoch in bounded chunks).
-    /// Samples and sessions enter the dataflow here, their identifiers interned ([`crate::names`]).
+    /// Sends changes at `epoch` without closing it (recovery sends its sessions, products and
+    /// profiles this way, and its samples through [`Runtime::recovery_feed`]). Samples and
+    /// sessions enter the dataflow here, their identifiers interned ([`crate::names`]).
     pub fn push_changes(&mut self, epoch: Epoch, changes: Vec<Change>) -> Result<(), RuntimeError> {
         if !self.is_healthy() {
             return Err(RuntimeError::WorkerDied);
@@ -365,7 +366,7 @@ impl Runtime {
         for change in changes {
             let (worker, update) = match change {
                 Change::Sample(s, d) => {
-                    let s = SampleRecord::intern(&s, &mut names);
+                    let s = SampleRecord::intern(SampleRef::from(&s), &mut names);
                     (worker_for(&s.user_id, n), Update::Sample(s, d as isize))
                 }
                 Change::Session(s, d) => {
@@ -384,6 +385,17 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Recovery's way in (issue 13 §6, ADR 0012): stored samples, read in place, are interned straight into
+    /// [`SampleRecord`]s and sent at `epoch` every `chunk` samples (at least one), so recovery
+    /// holds one chunk, never the history, and builds no `Sample` on the way. The epoch stays
+    /// open: [`Runtime::advance`] closes it after [`RecoveryFeed::finish`].
+    pub fn recovery_feed(&mut self, epoch: Epoch, chunk: usize) -> RecoveryFeed<'_> {
+        let workers = self.senders.len();
+        let chunk = chunk.max(1);
+        let per_worker = (0..workers).map(|_| Vec::with_capacity(chunk / workers + 1)).collect();
+        RecoveryFeed { runtime: self, epoch, chunk, pending: 0, per_worker }
     }
 
     /// Sends to worker `i`, waking it while its queue is full so that it drains.
@@ -485,6 +497,57 @@ impl InputSessions {
 /// between workers.
 fn worker_for<K: Hashable<Output = u64>>(key: &K, workers: usize) -> usize {
     (key.hashed() % workers as u64) as usize
+}
+
+/// Feeds recovered samples into a [`Runtime`]: see [`Runtime::recovery_feed`]. Dropping it
+/// without [`RecoveryFeed::finish`] loses the last, partial chunk.
+#[must_use = "the last chunk is sent only by `finish`"]
+pub struct RecoveryFeed<'r> {
+    runtime: &'r mut Runtime,
+    epoch: Epoch,
+    chunk: usize,
+    pending: usize,
+    per_worker: Vec<Vec<Update>>,
+}
+
+impl RecoveryFeed<'_> {
+    /// Adds one stored sample (a +1 at the feed's epoch); sends the chunk once it is full.
+    ///
+    /// Errors: [`RuntimeError::WorkerDied`] when a worker has died.
+    pub fn push(&mut self, s: SampleRef<'_>) -> Result<(), RuntimeError> {
+        // Locked per sample (uncontended, tens of nanoseconds), not per chunk: between two rows the
+        // writer reads the store, and a worker building the dataflow interns its constants.
+        let s = SampleRecord::intern(s, &mut Interner::lock());
+        let worker = worker_for(&s.user_id, self.per_worker.len());
+        self.per_worker[worker].push(Update::Sample(s, 1));
+        self.pending += 1;
+        if self.pending >= self.chunk {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is left.
+    ///
+    /// Errors: [`RuntimeError::WorkerDied`] when a worker has died.
+    pub fn finish(mut self) -> Result<(), RuntimeError> {
+        self.flush()
+    }
+
+    fn flush(&mut self) -> Result<(), RuntimeError> {
+        if !self.runtime.is_healthy() {
+            return Err(RuntimeError::WorkerDied);
+        }
+        let capacity = self.chunk / self.per_worker.len() + 1;
+        for (i, chunk) in self.per_worker.iter_mut().enumerate() {
+            if !chunk.is_empty() {
+                let full = std::mem::replace(chunk, Vec::with_capacity(capacity));
+                self.runtime.send(i, WorkerMsg::Changes(self.epoch, full))?;
+            }
+        }
+        self.pending = 0;
+        Ok(())
+    }
 }
 
 /// Gathers a view's updates on worker 0 and, each time the view's frontier advances, sends the

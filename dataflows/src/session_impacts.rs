@@ -713,7 +713,7 @@ pub fn impacts<'s>(
     let partial_hours = of_kind(Block::PartialHour, "Impact: session windows by partial hour");
 
     let lite = samples.clone().flat_map_ref(|user, x| {
-        let value = x.value.filter(|_| has_impact(x.metric))?;
+        let value = x.value().filter(|_| has_impact(x.metric))?;
         let lite = HourSample {
             metric: x.metric,
             start_ms: x.start_ms,

@@ -40,7 +40,7 @@ pub type DiscreteEntry = (i64, i64, Name, Name, OrdF64);
 /// A discrete sample's local date (of `startAt`, in its zone) and its entry; `None` for other kinds
 /// and for samples without a value.
 pub fn discrete_entry(s: &SampleRecord) -> Option<(i32, DiscreteEntry)> {
-    let value = s.value.filter(|_| s.metric.kind() == vitalflow_schemas::ValueKind::Discrete)?;
+    let value = s.value().filter(|_| s.metric.kind() == vitalflow_schemas::ValueKind::Discrete)?;
     let day = date_to_days(s.zone.local_date(s.start_ms));
     Some((day, (s.start_ms, s.end_ms, s.source_record_id, s.source_id, value)))
 }
@@ -106,7 +106,7 @@ pub fn slice_day(sample: &SampleRecord, k: i64) -> i32 {
 
 /// A cumulative sample's C1 share of every slice it touches, with the slice's local date.
 pub fn slice_shares(sample: &SampleRecord) -> impl Iterator<Item = (i64, i32, f64)> + '_ {
-    let v = sample.value.map_or(0.0, |v| v.0);
+    let v = sample.value().map_or(0.0, |v| v.0);
     slice_overlaps(sample.start_ms, sample.end_ms)
         .map(move |(k, o)| (k, slice_day(sample, k), share_of_overlap(sample.start_ms, sample.end_ms, v, o)))
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 use vitalflow_schemas::split::{SLICE_MS, share};
 use vitalflow_schemas::time::{date_to_days, parse_date, parse_instant};
-use vitalflow_schemas::{Change, Datum, EpochBatch, Metric, OrdF64, Row, Sample, SourceClass, Zone};
+use vitalflow_schemas::{Change, Datum, EpochBatch, Metric, OrdF64, Row, Sample, SampleRef, SourceClass, Zone};
 
 use crate::registry::view_index;
 use crate::runtime::{Runtime, RuntimeOptions, ViewProgress};
@@ -40,6 +40,26 @@ impl Harness {
         if let Some(rt) = self.runtime.as_mut() {
             rt.push(EpochBatch { epoch, changes }).expect("push");
         }
+        self.wait(epoch);
+    }
+
+    /// Feeds `samples` as recovery does ([`Runtime::recovery_feed`], chunks of `chunk`), as one
+    /// epoch, and waits until every view has caught up with it.
+    fn recover(&mut self, samples: &[Sample], chunk: usize) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        if let Some(rt) = self.runtime.as_mut() {
+            let mut feed = rt.recovery_feed(epoch, chunk);
+            for s in samples {
+                feed.push(SampleRef::from(s)).expect("feed");
+            }
+            feed.finish().expect("finish");
+            rt.advance(epoch + 1).expect("advance");
+        }
+        self.wait(epoch);
+    }
+
+    fn wait(&mut self, epoch: u64) {
         while self.frontiers.iter().any(|f| *f <= epoch) {
             let p = self.rx.recv_timeout(std::time::Duration::from_secs(60)).expect("view progress");
             for (row, t, diff) in p.updates {
@@ -138,6 +158,67 @@ fn example_2a_sample(zone: &str) -> Sample {
         SourceClass::Watch,
         zone,
     )
+}
+
+/// Recovery's feed (issue 13 §6, ADR 0012) gives every view the rows that pushing the same
+/// samples as one batch gives, whatever the chunk size: chunks of 1, 3 and more than all.
+#[test]
+fn a_recovery_feed_gives_every_view_what_a_push_gives() {
+    let mut samples = Vec::new();
+    for (u, user) in ["u1", "u2", "u3"].into_iter().enumerate() {
+        for i in 0..5_i64 {
+            let t = ms("2024-06-01T03:50:00Z") + i * 3_600_000 + u as i64 * 60_000;
+            let zone = ["America/New_York", "+05:45", "UTC"][u];
+            samples.push(sample(
+                user,
+                "watch",
+                &format!("s{i}"),
+                Metric::Steps,
+                t,
+                t + 600_000,
+                100.0 + i as f64,
+                SourceClass::Watch,
+                zone,
+            ));
+            samples.push(sample(
+                user,
+                "phone",
+                &format!("p{i}"),
+                Metric::Steps,
+                t,
+                t + 1_200_000,
+                50.0,
+                SourceClass::Phone,
+                zone,
+            ));
+            samples.push(sample(
+                user,
+                "watch",
+                &format!("h{i}"),
+                Metric::HeartRate,
+                t,
+                t,
+                60.0 + i as f64,
+                SourceClass::Watch,
+                zone,
+            ));
+        }
+    }
+    let mut pushed = Harness::new(2);
+    pushed.step(samples.iter().cloned().map(|s| Change::Sample(s, 1)).collect());
+    for chunk in [1, 3, samples.len() + 1] {
+        let mut recovered = Harness::new(2);
+        recovered.recover(&samples, chunk);
+        for view in crate::VIEWS {
+            assert_eq!(
+                recovered.rows(view.def.name),
+                pushed.rows(view.def.name),
+                "{} with chunks of {chunk}",
+                view.def.name
+            );
+        }
+        assert!(!pushed.rows("daily_rollups").is_empty());
+    }
 }
 
 /// Introspection (docs/operations.md, "Slow epochs"): the workers' time is spent in, and

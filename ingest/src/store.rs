@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 use vitalflow_schemas::domain::{Product, Session};
+use vitalflow_schemas::sleep::SleepStage;
 use vitalflow_schemas::wire::{BatchUpsertResponse, HASH_SCHEME_JCS, payload_hash};
-use vitalflow_schemas::{Epoch, Sample, StoredSample, UserProfile};
+use vitalflow_schemas::{Epoch, Metric, OrdF64, SampleRef, SourceClass, StoredSample, UserProfile, Zone};
 
 /// `(userId, sourceId, sourceRecordId)` → bincode `StoredSample`.
 pub(crate) const SAMPLES: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("samples");
@@ -304,34 +305,26 @@ impl Store {
         Ok(out)
     }
 
-    /// Calls `f` with the current samples in chunks of at most `chunk` (recovery feeds the dataflow
-    /// in bounded pieces rather than materialising the whole history).
+    /// Calls `f` with every current sample, read in place (issue 13 §6): the identifiers borrow the
+    /// store's page, the stored metadata and platform are not decoded, and a run of rows in one
+    /// zone parses the zone once. Recovery interns each row straight into the dataflow's records
+    /// and sends them in bounded chunks, so no `Sample` is built on the way.
     ///
     /// Errors: a read error, an undecodable sample (`Corrupted`: recovery fails closed rather
-    /// than serve partial views), or the first error `f` returns.
-    pub fn scan_samples(
-        &self,
-        chunk: usize,
-        mut f: impl FnMut(Vec<Sample>) -> Result<(), String>,
-    ) -> Result<u64, redb::Error> {
+    /// than serve partial views), or the first error `f` returns (`Corrupted` with its message).
+    pub fn scan_samples(&self, mut f: impl FnMut(SampleRef<'_>) -> Result<(), String>) -> Result<u64, redb::Error> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(SAMPLES)?;
-        let mut buf = Vec::with_capacity(chunk);
+        let mut zones = ZoneCache::default();
         let mut total = 0;
         for entry in table.iter()? {
             let (k, v) = entry?;
-            let Some(stored) = decode_sample(v.value()) else {
+            let Some(sample) = decode_head(v.value(), &mut zones) else {
                 let (_, source, _) = k.value();
                 return Err(redb::Error::Corrupted(format!("undecodable stored sample (source '{source}')")));
             };
-            buf.push(stored.sample);
+            f(sample).map_err(redb::Error::Corrupted)?;
             total += 1;
-            if buf.len() >= chunk {
-                f(std::mem::replace(&mut buf, Vec::with_capacity(chunk))).map_err(redb::Error::Corrupted)?;
-            }
-        }
-        if !buf.is_empty() {
-            f(buf).map_err(redb::Error::Corrupted)?;
         }
         Ok(total)
     }
@@ -379,12 +372,96 @@ fn new_store_id() -> u64 {
     h.finish()
 }
 
+/// A stored row's bytes read in place: a [`StoredSample`] is encoded field by field (bincode), so
+/// these fields decode the same bytes, with every string borrowed. The fields after `sample` are
+/// decoded only so that a row is accepted or refused exactly as [`decode_sample`] would.
+#[derive(Deserialize)]
+struct StoredHead<'a> {
+    #[serde(borrow)]
+    sample: SampleHead<'a>,
+    #[allow(dead_code)]
+    platform: Option<&'a str>,
+    #[allow(dead_code)]
+    metadata: &'a str,
+    #[allow(dead_code)]
+    sync_version: Option<i64>,
+}
+
+/// [`Sample`](vitalflow_schemas::Sample)'s fields in its order, with the identifiers and the zone's name borrowed.
+#[derive(Deserialize)]
+struct SampleHead<'a> {
+    user_id: &'a str,
+    source_id: &'a str,
+    source_record_id: &'a str,
+    metric: Metric,
+    start_ms: i64,
+    end_ms: i64,
+    value: Option<OrdF64>,
+    category: Option<SleepStage>,
+    source_class: SourceClass,
+    zone: &'a str,
+}
+
+/// The zone of the previous row, by name: a user's rows are stored together and mostly share one
+/// zone, so a scan parses each run's zone once.
+#[derive(Default)]
+struct ZoneCache {
+    last: Option<(String, Zone)>,
+}
+
+impl ZoneCache {
+    fn parse(&mut self, name: &str) -> Option<Zone> {
+        match &self.last {
+            Some((n, z)) if n == name => Some(*z),
+            _ => {
+                let z = Zone::parse(name)?;
+                self.last = Some((name.to_owned(), z));
+                Some(z)
+            }
+        }
+    }
+}
+
+/// A stored row's sample, read in place; `None` (logged) for bytes that are not a stored sample.
+fn decode_head<'a>(bytes: &'a [u8], zones: &mut ZoneCache) -> Option<SampleRef<'a>> {
+    let head: StoredHead<'a> = match bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard()) {
+        Ok((h, _)) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "undecodable stored sample");
+            return None;
+        }
+    };
+    let h = head.sample;
+    let Some(zone) = zones.parse(h.zone) else {
+        tracing::error!(zone = h.zone, "stored sample with an unknown zone");
+        return None;
+    };
+    Some(SampleRef {
+        user_id: h.user_id,
+        source_id: h.source_id,
+        source_record_id: h.source_record_id,
+        metric: h.metric,
+        start_ms: h.start_ms,
+        end_ms: h.end_ms,
+        value: h.value,
+        category: h.category,
+        source_class: h.source_class,
+        zone,
+    })
+}
+
 pub(crate) fn encode_sample(s: &StoredSample) -> Vec<u8> {
     bincode::serde::encode_to_vec(s, bincode::config::standard()).unwrap_or_default()
 }
 
+/// Most bytes a stored row may claim for its strings when decoded owned: a corrupted length
+/// prefix is refused instead of allocated (valid rows are a few hundred bytes; metadata is at
+/// most `max_metadata_bytes`, 16 KiB by default).
+const MAX_STORED_SAMPLE_BYTES: usize = 1 << 24;
+
 pub(crate) fn decode_sample(bytes: &[u8]) -> Option<StoredSample> {
-    match bincode::serde::decode_from_slice(bytes, bincode::config::standard()) {
+    let config = bincode::config::standard().with_limit::<MAX_STORED_SAMPLE_BYTES>();
+    match bincode::serde::decode_from_slice(bytes, config) {
         Ok((s, _)) => Some(s),
         Err(e) => {
             tracing::error!(error = %e, "undecodable stored sample");
@@ -396,6 +473,63 @@ pub(crate) fn decode_sample(bytes: &[u8]) -> Option<StoredSample> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Recovery's in-place read gives every field of the stored sample, whatever follows it in
+    /// the row, for each kind of zone, value and category.
+    #[test]
+    fn a_stored_row_reads_in_place_as_its_sample() {
+        use vitalflow_schemas::Sample;
+        let base = Sample {
+            user_id: "u-é".into(),
+            source_id: "com.apple.health.7F3A".into(),
+            source_record_id: "2F0C8D7E-rec".into(),
+            metric: Metric::HeartRate,
+            start_ms: 1_717_200_000_123,
+            end_ms: 1_717_200_000_123,
+            value: Some(OrdF64(72.5)),
+            category: None,
+            source_class: SourceClass::Watch,
+            zone: Zone::parse("America/New_York").expect("zone"),
+        };
+        let sleep = Sample {
+            metric: Metric::SleepAnalysis,
+            end_ms: 1_717_203_600_000,
+            value: None,
+            category: Some(SleepStage::Deep),
+            zone: Zone::parse("+05:45").expect("zone"),
+            ..base.clone()
+        };
+        let negative = Sample { start_ms: -5, end_ms: -5, value: Some(OrdF64(-0.0)), zone: Zone::UTC, ..base.clone() };
+        let mut zones = ZoneCache::default();
+        for (sample, platform, metadata) in [
+            (&base, Some("ios".to_owned()), r#"{"HKMetadataKeySyncVersion":3}"#.to_owned()),
+            (&sleep, None, String::new()),
+            (&negative, Some("android".to_owned()), "x".repeat(5_000)),
+            (&base, None, "{}".to_owned()),
+        ] {
+            let stored = StoredSample { sample: sample.clone(), platform, metadata, sync_version: Some(3) };
+            let bytes = encode_sample(&stored);
+            assert_eq!(decode_head(&bytes, &mut zones), Some(SampleRef::from(sample)));
+            assert!(decode_head(&bytes[..bytes.len().min(20)], &mut zones).is_none());
+            // A row whose end is cut is refused by both decoders, so recovery and the writer
+            // agree on which rows exist.
+            let cut = &bytes[..bytes.len() - 1];
+            assert!(decode_head(cut, &mut zones).is_none() && decode_sample(cut).is_none());
+        }
+        // Metadata that is not UTF-8 ("ab" → "\xFFb", then the sync version's `None` byte).
+        let stored = StoredSample { sample: base.clone(), platform: None, metadata: "ab".into(), sync_version: None };
+        let mut bytes = encode_sample(&stored);
+        let at = bytes.len() - 3;
+        assert_eq!(bytes[at], b'a');
+        bytes[at] = 0xFF;
+        assert!(decode_head(&bytes, &mut zones).is_none() && decode_sample(&bytes).is_none());
+        // A corrupted length prefix (the metadata's, one varint byte: 2) is refused, not allocated.
+        let mut huge = encode_sample(&stored);
+        let len_at = huge.len() - 4;
+        assert_eq!(huge[len_at], 2);
+        huge.splice(len_at..=len_at, [0xFD, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]);
+        assert!(decode_head(&huge, &mut zones).is_none() && decode_sample(&huge).is_none());
+    }
 
     /// Records stored before hash schemes were numbered have no `scheme`: they are scheme 1.
     #[test]

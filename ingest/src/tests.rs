@@ -157,7 +157,7 @@ proptest! {
         prop_assert_eq!(values(folded.into_keys()), want.clone());
         // What recovery would replay.
         let mut stored = Vec::new();
-        store.scan_samples(3, |chunk| { stored.extend(chunk); Ok(()) }).expect("scan");
+        store.scan_samples(|s| { stored.push(Sample::from(s)); Ok(()) }).expect("scan");
         prop_assert_eq!(values(stored), want);
         prop_assert_eq!(store.last_epoch().expect("epoch"), last_epoch);
     }

@@ -812,6 +812,12 @@ fn user_has_records(t: &Tables<'_>, user: &str) -> Result<bool, redb::Error> {
         || t.profiles.get(user)?.is_some())
 }
 
+/// Whether `user` has any tombstone (DOMAIN.md I3).
+fn user_has_tombstones(t: &Tables<'_>, user: &str) -> Result<bool, redb::Error> {
+    let first = t.tombstones.range((user, "", "")..)?.next().transpose()?;
+    Ok(first.is_some_and(|(k, _)| k.value().0 == user))
+}
+
 /// Removes every record of `user_id` (samples, tombstones, sessions, profile, request records)
 /// and emits the retractions of the samples, sessions and profile.
 fn apply_erase(t: &mut Tables<'_>, user_id: &str, changes: &mut Vec<Change>) -> Result<ErasedCounts, redb::Error> {
@@ -934,6 +940,9 @@ fn apply_batch(
         limits: crate::limits(),
     };
     let mut resp = BatchUpsertResponse { request_id: req.request_id.clone(), epoch, ..Default::default() };
+    // Most users have no tombstone: one probe per batch then spares a lookup per sample. (This
+    // batch's own deletions are applied after its samples.)
+    let tombstoned = user_has_tombstones(t, user)?;
     for (index, ws) in req.samples.iter().enumerate() {
         let new = match validate_sample(ws, &ctx) {
             Ok(s) => s,
@@ -943,7 +952,7 @@ fn apply_batch(
             }
         };
         let key = (user, ws.source_id.as_str(), ws.source_record_id.as_str());
-        if t.tombstones.get(key)?.is_some() {
+        if tombstoned && t.tombstones.get(key)?.is_some() {
             resp.stale += 1;
             continue;
         }

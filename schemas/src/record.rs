@@ -31,6 +31,61 @@ pub struct Sample {
     pub zone: Zone,
 }
 
+/// A [`Sample`] whose identifiers borrow someone else's bytes: recovery reads each stored row in
+/// place (issue 13 §6), without copying its three identifiers into `String`s. Same fields, same
+/// meaning and units as [`Sample`]; `SampleRef::from(&sample)` views an owned one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleRef<'a> {
+    pub user_id: &'a str,
+    pub source_id: &'a str,
+    pub source_record_id: &'a str,
+    pub metric: Metric,
+    /// UTC milliseconds, inclusive.
+    pub start_ms: i64,
+    /// UTC milliseconds, exclusive; equal to `start_ms` for an instantaneous sample (G2).
+    pub end_ms: i64,
+    /// Canonical-unit value; `None` for sleep stages and interval samples sent without one.
+    pub value: Option<OrdF64>,
+    /// Sleep stage, for `sleep_analysis` only.
+    pub category: Option<SleepStage>,
+    pub source_class: SourceClass,
+    pub zone: Zone,
+}
+
+impl<'a> From<&'a Sample> for SampleRef<'a> {
+    fn from(s: &'a Sample) -> SampleRef<'a> {
+        SampleRef {
+            user_id: &s.user_id,
+            source_id: &s.source_id,
+            source_record_id: &s.source_record_id,
+            metric: s.metric,
+            start_ms: s.start_ms,
+            end_ms: s.end_ms,
+            value: s.value,
+            category: s.category,
+            source_class: s.source_class,
+            zone: s.zone,
+        }
+    }
+}
+
+impl From<SampleRef<'_>> for Sample {
+    fn from(s: SampleRef<'_>) -> Sample {
+        Sample {
+            user_id: s.user_id.to_owned(),
+            source_id: s.source_id.to_owned(),
+            source_record_id: s.source_record_id.to_owned(),
+            metric: s.metric,
+            start_ms: s.start_ms,
+            end_ms: s.end_ms,
+            value: s.value,
+            category: s.category,
+            source_class: s.source_class,
+            zone: s.zone,
+        }
+    }
+}
+
 /// A sample as stored: the dataflow's fields plus what is kept but not interpreted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredSample {

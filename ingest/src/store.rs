@@ -373,17 +373,14 @@ fn new_store_id() -> u64 {
 }
 
 /// A stored row's bytes read in place: a [`StoredSample`] is encoded field by field (bincode), so
-/// these fields decode the same bytes, with every string borrowed. The fields after `sample` are
-/// decoded only so that a row is accepted or refused exactly as [`decode_sample`] would.
+/// these fields decode the same bytes, with every string borrowed. Both the writer's owned decode
+/// ([`decode_sample`]) and recovery's ([`decode_head`]) go through it.
 #[derive(Deserialize)]
 struct StoredHead<'a> {
     #[serde(borrow)]
     sample: SampleHead<'a>,
-    #[allow(dead_code)]
     platform: Option<&'a str>,
-    #[allow(dead_code)]
     metadata: &'a str,
-    #[allow(dead_code)]
     sync_version: Option<i64>,
 }
 
@@ -422,52 +419,68 @@ impl ZoneCache {
     }
 }
 
-/// A stored row's sample, read in place; `None` (logged) for bytes that are not a stored sample.
-fn decode_head<'a>(bytes: &'a [u8], zones: &mut ZoneCache) -> Option<SampleRef<'a>> {
-    let head: StoredHead<'a> = match bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard()) {
-        Ok((h, _)) => h,
+/// A stored row read in place; `None` (logged) for bytes that are not a stored sample: they do
+/// not decode (bounds-checked: a corrupted length fails instead of allocating), the zone is
+/// unknown, or the value is not finite (validation refuses those, so only corruption stores one).
+fn decode_row<'a>(bytes: &'a [u8], zones: &mut ZoneCache) -> Option<StoredHead<'a>> {
+    let row: StoredHead<'a> = match bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard()) {
+        Ok((row, _)) => row,
         Err(e) => {
             tracing::error!(error = %e, "undecodable stored sample");
             return None;
         }
     };
-    let h = head.sample;
-    let Some(zone) = zones.parse(h.zone) else {
-        tracing::error!(zone = h.zone, "stored sample with an unknown zone");
+    if zones.parse(row.sample.zone).is_none() {
+        tracing::error!(zone = row.sample.zone, "stored sample with an unknown zone");
         return None;
-    };
-    Some(SampleRef {
-        user_id: h.user_id,
-        source_id: h.source_id,
-        source_record_id: h.source_record_id,
-        metric: h.metric,
-        start_ms: h.start_ms,
-        end_ms: h.end_ms,
-        value: h.value,
-        category: h.category,
-        source_class: h.source_class,
-        zone,
-    })
+    }
+    if row.sample.value.is_some_and(|v| !v.0.is_finite()) {
+        tracing::error!("stored sample with a non-finite value");
+        return None;
+    }
+    Some(row)
+}
+
+/// A stored row's sample, read in place (recovery); `None` as [`decode_row`].
+fn decode_head<'a>(bytes: &'a [u8], zones: &mut ZoneCache) -> Option<SampleRef<'a>> {
+    let h = decode_row(bytes, zones)?.sample;
+    let zone = zones.parse(h.zone)?;
+    Some(h.with_zone(zone))
+}
+
+impl<'a> SampleHead<'a> {
+    fn with_zone(self, zone: Zone) -> SampleRef<'a> {
+        SampleRef {
+            user_id: self.user_id,
+            source_id: self.source_id,
+            source_record_id: self.source_record_id,
+            metric: self.metric,
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+            value: self.value,
+            category: self.category,
+            source_class: self.source_class,
+            zone,
+        }
+    }
 }
 
 pub(crate) fn encode_sample(s: &StoredSample) -> Vec<u8> {
     bincode::serde::encode_to_vec(s, bincode::config::standard()).unwrap_or_default()
 }
 
-/// Most bytes a stored row may claim for its strings when decoded owned: a corrupted length
-/// prefix is refused instead of allocated (valid rows are a few hundred bytes; metadata is at
-/// most `max_metadata_bytes`, 16 KiB by default).
-const MAX_STORED_SAMPLE_BYTES: usize = 1 << 24;
-
+/// A stored row as an owned [`StoredSample`] (the writer); `None` as [`decode_row`], so the
+/// writer and recovery accept exactly the same rows.
 pub(crate) fn decode_sample(bytes: &[u8]) -> Option<StoredSample> {
-    let config = bincode::config::standard().with_limit::<MAX_STORED_SAMPLE_BYTES>();
-    match bincode::serde::decode_from_slice(bytes, config) {
-        Ok((s, _)) => Some(s),
-        Err(e) => {
-            tracing::error!(error = %e, "undecodable stored sample");
-            None
-        }
-    }
+    let mut zones = ZoneCache::default();
+    let row = decode_row(bytes, &mut zones)?;
+    let zone = zones.parse(row.sample.zone)?;
+    Some(StoredSample {
+        sample: vitalflow_schemas::Sample::from(row.sample.with_zone(zone)),
+        platform: row.platform.map(str::to_owned),
+        metadata: row.metadata.to_owned(),
+        sync_version: row.sync_version,
+    })
 }
 
 #[cfg(test)]
@@ -524,11 +537,21 @@ mod tests {
         bytes[at] = 0xFF;
         assert!(decode_head(&bytes, &mut zones).is_none() && decode_sample(&bytes).is_none());
         // A corrupted length prefix (the metadata's, one varint byte: 2) is refused, not allocated.
+        // (Metadata itself has no size limit here: `max_metadata_bytes` is configurable.)
         let mut huge = encode_sample(&stored);
         let len_at = huge.len() - 4;
         assert_eq!(huge[len_at], 2);
         huge.splice(len_at..=len_at, [0xFD, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]);
         assert!(decode_head(&huge, &mut zones).is_none() && decode_sample(&huge).is_none());
+        // A value validation would have refused (only corruption stores one) is refused by both.
+        for bad in [f64::NAN, f64::INFINITY] {
+            let row = StoredSample { sample: Sample { value: Some(OrdF64(bad)), ..base.clone() }, ..stored.clone() };
+            let bytes = encode_sample(&row);
+            assert!(decode_head(&bytes, &mut zones).is_none() && decode_sample(&bytes).is_none());
+        }
+        // The owned decode gives back what was stored, metadata of any size included.
+        let big = StoredSample { metadata: "m".repeat(20 << 20), platform: Some("ios".into()), ..stored.clone() };
+        assert_eq!(decode_sample(&encode_sample(&big)), Some(big));
     }
 
     /// Records stored before hash schemes were numbered have no `scheme`: they are scheme 1.

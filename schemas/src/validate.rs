@@ -235,8 +235,11 @@ fn resolve_zone(ws: &WireSample, meta: &Value, instant: bool, ctx: &RequestConte
                 }
             }
             Some(Value::Number(n)) => {
-                // In range, so the cast is exact (`abs` is not used: it overflows on i64::MIN).
-                if let Some(secs) = n.as_i64().filter(|s| (-18 * 3600..=18 * 3600).contains(s)) {
+                // In range, so the cast is exact (`abs` is not used: it overflows on i64::MIN). A
+                // whole number of minutes only: a zone is stored by its ±HH:MM name, so an offset
+                // with seconds would come back another zone after a restart (it falls through, as
+                // any other unusable offset does).
+                if let Some(secs) = n.as_i64().filter(|s| (-18 * 3600..=18 * 3600).contains(s) && s % 60 == 0) {
                     return Ok(Zone::Fixed(secs as i32));
                 }
             }
@@ -489,6 +492,10 @@ mod tests {
         assert_eq!(zone(json!({"startZoneOffset": u64::MAX})), Ok("UTC".into()));
         assert_eq!(zone(json!({"startZoneOffset": -64800})), Ok("-18:00".into()));
         assert_eq!(zone(json!({"startZoneOffset": 64801})), Ok("UTC".into()));
+        assert_eq!(zone(json!({"startZoneOffset": 3630})), Ok("UTC".into()));
+        assert_eq!(zone(json!({"startZoneOffset": -1})), Ok("UTC".into()));
+        assert_eq!(zone(json!({"startZoneOffset": 20700})), Ok("+05:45".into()));
+        assert_eq!(zone(json!({"startZoneOffset": -2700})), Ok("-00:45".into()));
         assert_eq!(zone(json!({"startZoneOffset": "+1é1"})), Ok("UTC".into()));
         assert_eq!(zone(json!({"HKMetadataKeyTimeZone": "x".repeat(10_000)})), Ok("UTC".into()));
         assert_eq!(code(validate_sample(&with("zoneId", json!("+1é1")), &c)), codes::INVALID_ZONE);

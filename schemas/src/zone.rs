@@ -176,6 +176,21 @@ mod tests {
         parse_instant(s).expect(s)
     }
 
+    /// A zone is stored by its name and read back at a restart (ADR 0012), so every fixed zone
+    /// ingest can make, from a `±HH:MM` string or from whole minutes of a numeric offset, comes
+    /// back as itself.
+    #[test]
+    fn every_fixed_zone_reads_back_from_its_name() {
+        for minutes in -18 * 60..=18 * 60 + 59 {
+            let z = Zone::Fixed(minutes * 60);
+            assert_eq!(Zone::parse(&z.name()), Some(z), "{minutes} min");
+        }
+        for s in ["+05:45", "-09:30", "+0545", "Z", "-00:01"] {
+            let z = Zone::parse(s).expect(s);
+            assert_eq!(Zone::parse(&z.name()), Some(z), "{s}");
+        }
+    }
+
     #[test]
     fn parses_iana_and_offsets() {
         assert_eq!(Zone::parse("America/New_York").map(|z| z.name()), Some("America/New_York".into()));

@@ -305,9 +305,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Calls `f` with every current sample, read in place (issue 13 §6): the identifiers borrow the
-    /// store's page, the stored metadata and platform are not decoded, and a run of rows in one
-    /// zone parses the zone once. Recovery interns each row straight into the dataflow's records
+    /// Calls `f` with every current sample, read in place (issue 13 §6, ADR 0012): every string
+    /// borrows the store's page (the metadata and platform are checked, never copied), and a run of
+    /// rows in one zone parses the zone once. Recovery interns each row straight into the dataflow's records
     /// and sends them in bounded chunks, so no `Sample` is built on the way.
     ///
     /// Errors: a read error, an undecodable sample (`Corrupted`: recovery fails closed rather
@@ -419,10 +419,11 @@ impl ZoneCache {
     }
 }
 
-/// A stored row read in place; `None` (logged) for bytes that are not a stored sample: they do
-/// not decode (bounds-checked: a corrupted length fails instead of allocating), the zone is
-/// unknown, or the value is not finite (validation refuses those, so only corruption stores one).
-fn decode_row<'a>(bytes: &'a [u8], zones: &mut ZoneCache) -> Option<StoredHead<'a>> {
+/// A stored row read in place, with its parsed zone; `None` (logged) for bytes that are not a
+/// stored sample: they do not decode (bounds-checked: a corrupted length fails instead of
+/// allocating), the zone is unknown, or the value is not finite (validation refuses those, so
+/// only corruption stores one).
+fn decode_row<'a>(bytes: &'a [u8], zones: &mut ZoneCache) -> Option<(StoredHead<'a>, Zone)> {
     let row: StoredHead<'a> = match bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard()) {
         Ok((row, _)) => row,
         Err(e) => {
@@ -430,22 +431,21 @@ fn decode_row<'a>(bytes: &'a [u8], zones: &mut ZoneCache) -> Option<StoredHead<'
             return None;
         }
     };
-    if zones.parse(row.sample.zone).is_none() {
+    let Some(zone) = zones.parse(row.sample.zone) else {
         tracing::error!(zone = row.sample.zone, "stored sample with an unknown zone");
         return None;
-    }
+    };
     if row.sample.value.is_some_and(|v| !v.0.is_finite()) {
         tracing::error!("stored sample with a non-finite value");
         return None;
     }
-    Some(row)
+    Some((row, zone))
 }
 
 /// A stored row's sample, read in place (recovery); `None` as [`decode_row`].
 fn decode_head<'a>(bytes: &'a [u8], zones: &mut ZoneCache) -> Option<SampleRef<'a>> {
-    let h = decode_row(bytes, zones)?.sample;
-    let zone = zones.parse(h.zone)?;
-    Some(h.with_zone(zone))
+    let (row, zone) = decode_row(bytes, zones)?;
+    Some(row.sample.with_zone(zone))
 }
 
 impl<'a> SampleHead<'a> {
@@ -472,9 +472,7 @@ pub(crate) fn encode_sample(s: &StoredSample) -> Vec<u8> {
 /// A stored row as an owned [`StoredSample`] (the writer); `None` as [`decode_row`], so the
 /// writer and recovery accept exactly the same rows.
 pub(crate) fn decode_sample(bytes: &[u8]) -> Option<StoredSample> {
-    let mut zones = ZoneCache::default();
-    let row = decode_row(bytes, &mut zones)?;
-    let zone = zones.parse(row.sample.zone)?;
+    let (row, zone) = decode_row(bytes, &mut ZoneCache::default())?;
     Some(StoredSample {
         sample: vitalflow_schemas::Sample::from(row.sample.with_zone(zone)),
         platform: row.platform.map(str::to_owned),

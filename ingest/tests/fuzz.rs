@@ -1141,6 +1141,76 @@ mod regressions {
         assert_eq!(code.as_deref(), Some(codes::OUT_OF_RANGE));
     }
 
+    /// A batch that parses as typed is held to `max_json_depth` by its metadata's measured depth,
+    /// not by a scan: the answer must still be the scan's, at every limit, for `[]` against `null`
+    /// lists, and for a deep value that a later duplicate key replaced.
+    #[test]
+    fn typed_batches_are_as_deep_as_their_text() {
+        /// The nesting of JSON text, strings skipped (this test's own reference).
+        fn depth(text: &str) -> usize {
+            let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+            for c in text.chars() {
+                match (in_string, escaped, c) {
+                    (true, true, _) => escaped = false,
+                    (true, false, '\\') => escaped = true,
+                    (true, false, '"') => in_string = false,
+                    (true, ..) => {}
+                    (false, _, '"') => in_string = true,
+                    (false, _, '[' | '{') => {
+                        depth += 1;
+                        deepest = deepest.max(depth);
+                    }
+                    (false, _, ']' | '}') => depth -= 1,
+                    _ => {}
+                }
+            }
+            deepest
+        }
+        let nested = |d: usize| format!("{}1{}", "{\"k\":[".repeat(d / 2), "]}".repeat(d / 2));
+        let metadata = [
+            None,
+            Some("7".to_owned()),
+            Some("{}".to_owned()),
+            Some(r#"{"HKMetadataKeySyncVersion": 3}"#.to_owned()),
+            Some(format!(r#"{{"a": {}}}"#, nested(4))),
+            Some(format!(r#"{{"a": {}, "b": "[[[[[["}}"#, nested(6))),
+            // The deep value is replaced by the duplicate key: the text is still 7 levels deep.
+            Some(format!(r#"{{"a": {}, "a": 1}}"#, nested(6))),
+            Some(format!("[{}]", nested(8))),
+        ];
+        let sample = |m: &Option<String>| {
+            let mut s = good_sample().to_string();
+            if let Some(m) = m {
+                s.truncate(s.len() - 1);
+                s.push_str(&format!(r#","metadata":{m}}}"#));
+            }
+            s
+        };
+        let mut bodies = vec![
+            r#"{"requestId":"r-1","userId":"u1"}"#.to_owned(),
+            r#"{"requestId":"r-1","userId":"u1","samples":null,"deletions":null}"#.to_owned(),
+            r#"{"requestId":"r-1","userId":"u1","samples":[]}"#.to_owned(),
+            r#"{"requestId":"r-1","userId":"u1","deletions":[{"sourceId":"w","sourceRecordId":"a"}]}"#.to_owned(),
+        ];
+        for m in &metadata {
+            bodies.push(format!(r#"{{"requestId":"r-1","userId":"u1","samples":[{}]}}"#, sample(m)));
+            bodies.push(format!(r#"{{"requestId":"r-1","userId":"u1","samples":[{},{}]}}"#, sample(&None), sample(m)));
+        }
+        let mut too_deep = 0;
+        for limit in 1..=12 {
+            let limits = Limits { max_json_depth: limit, ..Limits::DEFAULT };
+            for body in &bodies {
+                let result =
+                    parse_batch(Bytes::from(body.clone()), &limits).map(|_| ()).map_err(|e| e.code().to_owned());
+                let want = if depth(body) > limit { Err(codes::JSON_TOO_DEEP.to_owned()) } else { Ok(()) };
+                assert_eq!(result, want, "limit {limit}: {body}");
+                too_deep += usize::from(want.is_err());
+            }
+        }
+        // The grid has both answers at every depth the bodies reach.
+        assert!(too_deep > 0 && too_deep < 12 * bodies.len());
+    }
+
     #[test]
     fn deep_bodies_are_a_clean_400() {
         for depth in [65, 100, 128, 129, 1_000, 1_000_000] {

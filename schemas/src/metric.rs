@@ -193,9 +193,11 @@ pub const MAX_ABS_VALUE: f64 = 1e9;
 
 /// Range checks after normalization (§1.4), and the bound [`MAX_ABS_VALUE`].
 pub fn check_range(metric: Metric, value: f64) -> Result<(), Rejection> {
-    // 1.7e308 in plain notation is 309 digits: large values are shown in exponent notation.
-    let shown = if value.abs() >= 1e15 { format!("{value:e}") } else { format!("{value}") };
-    let out = |what: &str| Err(Rejection::new(codes::OUT_OF_RANGE, format!("{} value {shown} {what}", metric.key())));
+    let out = |what: &str| {
+        // 1.7e308 in plain notation is 309 digits: large values are shown in exponent notation.
+        let shown = if value.abs() >= 1e15 { format!("{value:e}") } else { format!("{value}") };
+        Err(Rejection::new(codes::OUT_OF_RANGE, format!("{} value {shown} {what}", metric.key())))
+    };
     if !value.is_finite() {
         return out("is not a finite number");
     }

@@ -69,7 +69,7 @@ pub fn validate_sample(ws: &WireSample, ctx: &RequestContext<'_>) -> Result<Stor
         .ok_or_else(|| Rejection::new(codes::UNKNOWN_METRIC, format!("unknown metric '{}'", quote(&ws.metric))))?;
     let (start_ms, end_ms) = interval(ws, ctx.received_at_ms)?;
     let platform = Platform::parse(ctx.platform);
-    let metadata = ws.metadata.as_ref().unwrap_or(&Value::Null);
+    let metadata = ws.metadata.as_ref().map_or(&Value::Null, |m| &m.value);
     let metadata_text = if metadata.is_null() { "{}".to_owned() } else { metadata.to_string() };
     if metadata_text.len() > ctx.limits.max_metadata_bytes {
         return Err(Rejection::new(

@@ -73,7 +73,121 @@ pub struct WireSample {
     #[serde(default)]
     pub zone_id: Option<String>,
     #[serde(default)]
-    pub metadata: Option<Value>,
+    pub metadata: Option<WireMetadata>,
+}
+
+/// A sample's free `metadata` (HealthKit `HKMetadataKey…`, Health Connect `zoneOffset`, …) as
+/// parsed, and how deeply its JSON text nests. The depth lets the typed parse of a batch
+/// (`ingest::http::parse_batch`) enforce `Limits::max_json_depth` without scanning the whole body:
+/// the rest of a batch's shape is at most 3 levels deep.
+///
+/// Serialized as its value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WireMetadata {
+    pub value: Value,
+    /// The deepest nesting of arrays and objects in the metadata's JSON text (levels: a scalar is
+    /// 0, `{}` and `{"a": 1}` are 1, `{"a": [1]}` is 2). It counts every value of the text, also
+    /// one that a later duplicate key replaced in `value`, as a scan of the text does.
+    pub depth: usize,
+}
+
+impl From<Value> for WireMetadata {
+    /// `value` with its depth measured.
+    fn from(value: Value) -> WireMetadata {
+        fn depth(v: &Value) -> usize {
+            match v {
+                Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+                Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+                _ => 0,
+            }
+        }
+        WireMetadata { depth: depth(&value), value }
+    }
+}
+
+impl Serialize for WireMetadata {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireMetadata {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        MeasuredValue::deserialize(deserializer).map(|m| WireMetadata { value: m.value, depth: m.depth })
+    }
+}
+
+/// A JSON value read as `serde_json::Value` reads it (last duplicate key wins, a non-finite float
+/// is `null`), with the depth of everything read on the way.
+struct MeasuredValue {
+    value: Value,
+    depth: usize,
+}
+
+impl MeasuredValue {
+    fn scalar(value: Value) -> MeasuredValue {
+        MeasuredValue { value, depth: 0 }
+    }
+}
+
+impl<'de> Deserialize<'de> for MeasuredValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(MeasuredVisitor)
+    }
+}
+
+struct MeasuredVisitor;
+
+impl<'de> serde::de::Visitor<'de> for MeasuredVisitor {
+    type Value = MeasuredValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<MeasuredValue, E> {
+        Ok(MeasuredValue::scalar(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<MeasuredValue, E> {
+        Ok(MeasuredValue::scalar(Value::Number(v.into())))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<MeasuredValue, E> {
+        Ok(MeasuredValue::scalar(Value::Number(v.into())))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<MeasuredValue, E> {
+        Ok(MeasuredValue::scalar(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<MeasuredValue, E> {
+        Ok(MeasuredValue::scalar(Value::String(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<MeasuredValue, E> {
+        Ok(MeasuredValue::scalar(Value::String(v)))
+    }
+    fn visit_unit<E>(self) -> Result<MeasuredValue, E> {
+        Ok(MeasuredValue::scalar(Value::Null))
+    }
+    fn visit_none<E>(self) -> Result<MeasuredValue, E> {
+        Ok(MeasuredValue::scalar(Value::Null))
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<MeasuredValue, D::Error> {
+        MeasuredValue::deserialize(deserializer)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<MeasuredValue, A::Error> {
+        let (mut items, mut depth) = (Vec::new(), 0);
+        while let Some(item) = seq.next_element::<MeasuredValue>()? {
+            depth = depth.max(item.depth);
+            items.push(item.value);
+        }
+        Ok(MeasuredValue { value: Value::Array(items), depth: depth + 1 })
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<MeasuredValue, A::Error> {
+        let (mut object, mut depth) = (serde_json::Map::new(), 0);
+        while let Some(key) = map.next_key::<String>()? {
+            let item = map.next_value::<MeasuredValue>()?;
+            depth = depth.max(item.depth);
+            object.insert(key, item.value);
+        }
+        Ok(MeasuredValue { value: Value::Object(object), depth: depth + 1 })
+    }
 }
 
 /// A deletion (tombstone) of a sample identity (I3).
@@ -185,7 +299,7 @@ pub fn batch_hash(req: &BatchUpsertRequest) -> String {
         h.opt_str(x.category.as_deref());
         h.opt_str(x.source_class.as_deref());
         h.opt_str(x.zone_id.as_deref());
-        match &x.metadata {
+        match x.metadata.as_ref().map(|m| &m.value) {
             Some(m) if !m.is_null() => {
                 h.0.update([1]);
                 h.json(m);
@@ -364,6 +478,40 @@ mod tests {
         z["samples"][0]["value"] = json!(0.0);
         nz["samples"][0]["value"] = json!(-0.0);
         assert_eq!(batch_hash(&batch(&z)), batch_hash(&batch(&nz)));
+    }
+
+    #[test]
+    fn metadata_depth_is_measured_while_parsing() {
+        let parsed = |t: &str| serde_json::from_str::<WireMetadata>(t).unwrap_or_else(|e| panic!("{e}: {t}"));
+        for t in [
+            "1",
+            "null",
+            "true",
+            r#""[[{""#,
+            "{}",
+            "[]",
+            r#"{"a":[1,{"b":[]}],"c":"]]"}"#,
+            "[[[[1]]]]",
+            "1.5e3",
+            "-0.0",
+        ] {
+            let value: Value = serde_json::from_str(t).unwrap_or_default();
+            let m = parsed(t);
+            assert_eq!(m.value, value, "{t}");
+            assert_eq!(m, WireMetadata::from(value), "{t}");
+        }
+        assert_eq!(parsed("7").depth, 0);
+        assert_eq!(parsed("{}").depth, 1);
+        assert_eq!(parsed(r#"{"a":[1,{"b":[]}]}"#).depth, 4);
+        // The last duplicate key wins, as in serde_json::Value; the depth counts the replaced value.
+        let dup = parsed(r#"{"a":[[[1]]],"a":2}"#);
+        assert_eq!(dup.value, json!({"a": 2}));
+        assert_eq!(dup.depth, 4);
+        // Integers keep their exact value.
+        assert_eq!(parsed("18446744073709551615").value, json!(u64::MAX));
+        assert_eq!(parsed("-9223372036854775808").value, json!(i64::MIN));
+        // It serializes as its value.
+        assert_eq!(serde_json::to_string(&dup).ok().as_deref(), Some(r#"{"a":2}"#));
     }
 
     #[test]

@@ -956,19 +956,31 @@ fn apply_batch(
             resp.stale += 1;
             continue;
         }
-        let old = t.samples.get(key)?.and_then(|v| decode_sample(v.value()));
-        match old {
-            Some(old) if old == new => resp.unchanged += 1,
-            Some(old) if matches!((old.sync_version, new.sync_version), (Some(a), Some(b)) if b < a) => resp.stale += 1,
-            old => {
-                if let Some(old) = old {
-                    changes.push(Change::Sample(old.sample, -1));
-                }
-                t.samples.insert(key, encode_sample(&new).as_slice())?;
-                changes.push(Change::Sample(new.sample, 1));
-                resp.accepted += 1;
+        // One descent of the `samples` B-tree for the usual sample, one never seen before: insert
+        // it, then look at the row the insert replaced. An unchanged or stale sample puts that row
+        // back, inside this transaction, so no reader and no restart ever sees the swap.
+        let row = encode_sample(&new);
+        let prior: Option<Vec<u8>> = t.samples.insert(key, row.as_slice())?.map(|v| v.value().to_vec());
+        let old = prior.as_deref().and_then(decode_sample);
+        let kept = match &old {
+            Some(old) if *old == new => Some(&mut resp.unchanged),
+            Some(old) if matches!((old.sync_version, new.sync_version), (Some(a), Some(b)) if b < a) => {
+                Some(&mut resp.stale)
             }
+            _ => None,
+        };
+        if let Some(count) = kept {
+            *count += 1;
+            if let Some(prior) = prior.filter(|p| *p != row) {
+                t.samples.insert(key, prior.as_slice())?;
+            }
+            continue;
         }
+        if let Some(old) = old {
+            changes.push(Change::Sample(old.sample, -1));
+        }
+        changes.push(Change::Sample(new.sample, 1));
+        resp.accepted += 1;
     }
     for (index, d) in req.deletions.iter().enumerate() {
         if !valid_id(&d.source_id) || !valid_id(&d.source_record_id) {

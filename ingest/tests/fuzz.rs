@@ -1211,6 +1211,34 @@ mod regressions {
         assert!(too_deep > 0 && too_deep < 12 * bodies.len());
     }
 
+    /// Found by a break attempt: serde_json's raw-value token as the first key of a sample's
+    /// `metadata` reads as `serde_json::Value` reads it, on the typed path as on the general one
+    /// (which a duplicate top-level key forces), with the answers it always had.
+    #[test]
+    fn metadata_with_the_raw_value_token_reads_as_before() {
+        let token = "$serde_json::private::RawValue";
+        let body = |m: &str, extra: &str| {
+            let mut s = good_sample().to_string();
+            s.truncate(s.len() - 1);
+            format!(r#"{{"requestId":"r-1","userId":"u1"{extra},"samples":[{s},"metadata":{m}}}]}}"#)
+        };
+        let parsed = |b: String| parse_batch(Bytes::from(b), &Limits::DEFAULT).map_err(|e| e.code().to_owned());
+        for (m, code) in [
+            (format!(r#"{{"{token}": "not json"}}"#), "MALFORMED_JSON"),
+            (format!(r#"{{"{token}": 7}}"#), "MALFORMED_JSON"),
+            (format!(r#"{{"{token}": "[1]", "b": 2}}"#), "MALFORMED_JSON"),
+            (format!(r#"{{"{token}": "{}{}"}}"#, "[".repeat(130), "]".repeat(130)), codes::JSON_TOO_DEEP),
+        ] {
+            assert_eq!(parsed(body(&m, "")).err().as_deref(), Some(code), "{m}");
+        }
+        let m = format!(r#"{{"{token}": "{{\"HKMetadataKeySyncVersion\": 5}}"}}"#);
+        let typed = parsed(body(&m, "")).map(|(r, _)| r.samples[0].metadata.clone().map(|m| m.value));
+        let general = parsed(body(&m, r#","platform":"x","platform":"healthkit""#))
+            .map(|(r, _)| r.samples[0].metadata.clone().map(|m| m.value));
+        assert_eq!(typed, Ok(Some(json!({"HKMetadataKeySyncVersion": 5}))));
+        assert_eq!(general, typed);
+    }
+
     #[test]
     fn deep_bodies_are_a_clean_400() {
         for depth in [65, 100, 128, 129, 1_000, 1_000_000] {

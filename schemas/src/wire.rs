@@ -117,8 +117,12 @@ impl<'de> Deserialize<'de> for WireMetadata {
     }
 }
 
+/// The first key that makes `serde_json::Value` (with its `raw_value` feature) read an object as
+/// the JSON text of its string value. A test checks that `Value` still does.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
 /// A JSON value read as `serde_json::Value` reads it (last duplicate key wins, a non-finite float
-/// is `null`), with the depth of everything read on the way.
+/// is `null`, [`RAW_VALUE_TOKEN`]), with the depth of everything read on the way.
 struct MeasuredValue {
     value: Value,
     depth: usize,
@@ -182,6 +186,14 @@ impl<'de> serde::de::Visitor<'de> for MeasuredVisitor {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<MeasuredValue, A::Error> {
         let (mut object, mut depth) = (serde_json::Map::new(), 0);
         while let Some(key) = map.next_key::<String>()? {
+            if object.is_empty() && key == RAW_VALUE_TOKEN {
+                // As `Value` reads it (serde_json's `raw_value` feature): the object stands for the
+                // JSON text of its string value, and must have no other key (the parser refuses
+                // the rest). That text is inside a string, so a scan of the body sees one level.
+                let text: String = map.next_value()?;
+                let value = serde_json::from_str::<Value>(&text).map_err(serde::de::Error::custom)?;
+                return Ok(MeasuredValue { value, depth: 1 });
+            }
             let item = map.next_value::<MeasuredValue>()?;
             depth = depth.max(item.depth);
             object.insert(key, item.value);
@@ -512,6 +524,34 @@ mod tests {
         assert_eq!(parsed("-9223372036854775808").value, json!(i64::MIN));
         // It serializes as its value.
         assert_eq!(serde_json::to_string(&dup).ok().as_deref(), Some(r#"{"a":2}"#));
+    }
+
+    /// Metadata means what `serde_json::Value` makes of it, also for serde_json's raw-value token
+    /// (found by a break attempt: a hash or sync version read another way would turn a replay
+    /// after an upgrade into a 409, and change which version is stale).
+    #[test]
+    fn metadata_reads_as_serde_json_value_reads_it() {
+        let token = RAW_VALUE_TOKEN;
+        let texts = [
+            format!(r#"{{"{token}": "{{\"HKMetadataKeySyncVersion\": 5}}"}}"#),
+            format!(r#"{{"{token}": "[1, {{\"{token}\": \"2\"}}]"}}"#),
+            format!(r#"{{"{token}": "not json"}}"#),
+            format!(r#"{{"{token}": 7}}"#),
+            format!(r#"{{"{token}": "[1]", "b": 2}}"#),
+            format!(r#"{{"b": 2, "{token}": "[1]"}}"#),
+            format!(r#"{{"a": {{"{token}": "3"}}}}"#),
+            format!(r#"[{{"{token}": "{{}}"}}]"#),
+            format!(r#"{{"{token}": "{}{}"}}"#, "[".repeat(130), "]".repeat(130)),
+            r#"{"HKMetadataKeySyncVersion": 5, "x": [1, {"y": null}]}"#.to_owned(),
+        ];
+        for text in &texts {
+            let ours = serde_json::from_str::<WireMetadata>(text).map(|m| m.value).ok();
+            let values = serde_json::from_str::<Value>(text).ok();
+            assert_eq!(ours, values, "{text}");
+        }
+        // The token is read (the feature is on): the first text is its inner object.
+        let first = serde_json::from_str::<WireMetadata>(&texts[0]).ok();
+        assert_eq!(first.map(|m| (m.value, m.depth)), Some((json!({"HKMetadataKeySyncVersion": 5}), 1)));
     }
 
     #[test]

@@ -964,13 +964,14 @@ fn apply_batch(
         // resend), and for the first sample of a batch, the row is looked up before it is
         // written: an insert dirties the pages it touches even when it changes nothing
         // (benches/README.md, "Parse, validate and hash under a microsecond").
-        let row = encode_sample(&new);
-        let prior: Option<Vec<u8>> = if look_first {
-            t.samples.get(key)?.map(|v| v.value().to_vec())
+        // `replaced`: the stored bytes an insert-first overwrote with different ones.
+        let (old, replaced) = if look_first {
+            (t.samples.get(key)?.and_then(|v| decode_sample(v.value())), None)
         } else {
-            t.samples.insert(key, row.as_slice())?.map(|v| v.value().to_vec())
+            let row = encode_sample(&new);
+            let prior = t.samples.insert(key, row.as_slice())?.map(|v| v.value().to_vec());
+            (prior.as_deref().and_then(decode_sample), prior.filter(|p| *p != row))
         };
-        let old = prior.as_deref().and_then(decode_sample);
         let kept = match &old {
             Some(old) if *old == new => Some(&mut resp.unchanged),
             Some(old) if matches!((old.sync_version, new.sync_version), (Some(a), Some(b)) if b < a) => {
@@ -980,14 +981,14 @@ fn apply_batch(
         };
         if let Some(count) = kept {
             *count += 1;
-            if let Some(prior) = prior.filter(|p| !look_first && *p != row) {
+            if let Some(prior) = replaced {
                 t.samples.insert(key, prior.as_slice())?;
             }
             look_first = true;
             continue;
         }
         if look_first {
-            t.samples.insert(key, row.as_slice())?;
+            t.samples.insert(key, encode_sample(&new).as_slice())?;
         }
         look_first = false;
         if let Some(old) = old {

@@ -2,11 +2,12 @@
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
-use vitalflow_schemas::split::day_pieces;
+use vitalflow_schemas::split::{SLICE_MS, day_pieces};
 use vitalflow_schemas::view::{ColumnType::*, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, SourceClass, ValueKind, ViewDef};
 
 use crate::names::Name;
+use crate::records::SampleRecord;
 use crate::registry::{SamplesByUser, push_keyed};
 use crate::stats::{DayKey, DiscreteByDay, DiscreteEntry, discrete_stats, slice_shares, sum_and_distinct};
 
@@ -88,18 +89,113 @@ impl DailyRollup {
     }
 }
 
-/// The unit that competes for an M1 slice: a `(sourceId, sourceClass)` pair, led by the class's
-/// rank so that the derived order is the priority order (rank, then `sourceId`). Each class has its
-/// own rank, so the class only names the stream; it never reorders two streams.
-type Stream = (u8, Name, SourceClass);
+/// Slices per UTC day (96 of 15 minutes).
+const SLICES_PER_DAY: i64 = 86_400_000 / SLICE_MS;
+
+/// `(user_id, metric, UTC day)`: the group in which M1 decides every slice of one UTC day (days
+/// since 1970-01-01). Every competitor of a slice is in its group, whatever the samples' zones.
+type UtcDayKey = (Name, Metric, i64);
+
+/// One CUMULATIVE sample's C1 share of one 15-minute slice, as it competes in M1 (§1.5 rules 2–4).
+/// The derived order is the group's order: by slice, then by stream in priority order (the class's
+/// rank, then `sourceId`; each class has its own rank, so the class only names the stream), so the
+/// first entry of a slice belongs to its best stream. 24 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+struct SliceShare {
+    /// The slice within its UTC day, 0..96.
+    slice: u8,
+    rank: u8,
+    source_id: Name,
+    source_class: SourceClass,
+    source_record_id: Name,
+    /// The local date of the slice's start in the sample's zone (rule 5; days since 1970-01-01).
+    local_date: i32,
+    /// Whether the sample also has slices of `local_date` in another UTC day (it spans a UTC
+    /// midnight inside that local date), so that another group may count it for the date too.
+    crosses: bool,
+    share: OrdF64,
+}
+
+/// What one UTC day's winning slices give one local date (§1.5 rule 5): the sum of their shares,
+/// the distinct samples among them, and which of those also have slices of the date in another UTC
+/// day (`(sourceId, sourceRecordId)`, sorted), so that the date counts each sample once.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+struct DatePart {
+    /// Keeps the parts of one date from different UTC days distinct values, so each enters the
+    /// date's reduce with multiplicity 1.
+    utc_day: i64,
+    count: i64,
+    sum: OrdF64,
+    crossing: Vec<(Name, Name)>,
+}
+
+/// A CUMULATIVE sample's [`SliceShare`]s, each with its UTC day.
+fn slice_entries(s: &SampleRecord) -> Vec<(i64, SliceShare)> {
+    let shares: Vec<(i64, i32, f64)> = slice_shares(s).collect();
+    // Slices are in time order, so a date crosses a UTC midnight when its first and last slices
+    // lie in different UTC days (a zone falling back across midnight revisits a date, as
+    // America/St_Johns did until 2011; the filter finds its slices wherever they are).
+    let mut spans: Vec<(i32, i64, i64)> = Vec::new(); // (date, first UTC day, last UTC day)
+    for &(k, date, _) in &shares {
+        let utc_day = k.div_euclid(SLICES_PER_DAY);
+        match spans.iter_mut().find(|(d, _, _)| *d == date) {
+            Some((_, _, last)) => *last = utc_day,
+            None => spans.push((date, utc_day, utc_day)),
+        }
+    }
+    let crosses = |date: i32| spans.iter().any(|&(d, first, last)| d == date && first != last);
+    shares
+        .iter()
+        .map(|&(k, local_date, share)| {
+            let entry = SliceShare {
+                slice: k.rem_euclid(SLICES_PER_DAY) as u8,
+                rank: s.source_class.rank(),
+                source_id: s.source_id,
+                source_class: s.source_class,
+                source_record_id: s.source_record_id,
+                local_date,
+                crosses: crosses(local_date),
+                share: OrdF64(share),
+            };
+            (k.div_euclid(SLICES_PER_DAY), entry)
+        })
+        .collect()
+}
+
+/// M1 over one UTC day's slices, sorted ([`SliceShare`]'s order) with their multiplicities: per
+/// slice the best stream present wins and only its shares count (§1.5 rules 3–4); the winners are
+/// then summed per local date in `(sourceId, sourceRecordId)` order, one [`DatePart`] per date.
+fn winning_parts(utc_day: i64, input: &[(&SliceShare, isize)]) -> Vec<(i32, DatePart)> {
+    let mut winners: Vec<(&SliceShare, isize)> = Vec::new();
+    for slice in input.chunk_by(|(a, _), (b, _)| a.slice == b.slice) {
+        let stream = |e: &SliceShare| (e.rank, e.source_id, e.source_class);
+        let Some(winner) = slice.iter().find(|(_, r)| *r > 0).map(|(e, _)| stream(e)) else { continue };
+        winners.extend(slice.iter().filter(|(e, r)| stream(e) == winner && *r > 0).copied());
+    }
+    let order = |e: &SliceShare| (e.local_date, e.source_id, e.source_record_id, e.share);
+    winners.sort_by(|(a, _), (b, _)| order(a).cmp(&order(b)));
+    winners
+        .chunk_by(|(a, _), (b, _)| a.local_date == b.local_date)
+        .map(|date| {
+            let id = |e: &SliceShare| (e.source_id, e.source_record_id);
+            let (sum, count) = sum_and_distinct(date.iter().map(|(e, r)| (id(e), e.share.0, *r)));
+            let mut crossing: Vec<(Name, Name)> = date.iter().filter(|(e, _)| e.crosses).map(|(e, _)| id(e)).collect();
+            crossing.dedup();
+            (date[0].0.local_date, DatePart { utc_day, count, sum: OrdF64(sum), crossing })
+        })
+        .collect()
+}
 
 /// In: current samples. Out: one [`DailyRollup`] per `(user_id, metric, local_date)`.
 ///
 /// - CUMULATIVE (M1): each sample's C1 share of every 15-minute UTC slice; per slice the best
-///   [`Stream`] (rank of its class, then smaller `sourceId`) wins, and only that stream's shares
-///   count: one origin writing for a phone and a band is two streams, so it is never summed with
-///   itself. The day sums the winning shares of the slices whose start falls on that local date in
-///   the sample's zone, and counts the distinct winning samples.
+///   stream `(sourceId, sourceClass)` (rank of its class, then smaller `sourceId`) wins, and only
+///   that stream's shares count: one origin writing for a phone and a band is two streams, so it
+///   is never summed with itself. The day sums the winning shares of the slices whose start falls
+///   on that local date in the sample's zone, and counts the distinct winning samples. The slices
+///   of one UTC day are decided in one group ([`SliceShare`]s, one arrangement), which yields a
+///   [`DatePart`] per local date its winners belong to; a local date takes the parts of the one to
+///   three UTC days it overlaps. No arrangement holds the winners themselves.
 /// - DISCRETE: not split; the day of `startAt`; count, sum, mean, min, max, last (K3).
 /// - INTERVAL (mindful minutes; sleep has its own view): `total_min` is the union of all sources'
 ///   intervals clipped to the day, `count` the intervals starting that day.
@@ -116,27 +212,35 @@ pub fn daily_rollups<'s>(
             if s.metric.kind() != ValueKind::Cumulative || s.value().is_none() {
                 return Vec::new();
             }
-            let stream: Stream = (s.source_class.rank(), s.source_id, s.source_class);
-            slice_shares(s)
-                .map(|(k, day, share)| {
-                    let entry = (stream, s.source_record_id, day, OrdF64(share));
-                    ((*user, s.metric, k), entry)
-                })
-                .collect::<Vec<_>>()
+            slice_entries(s).into_iter().map(|(utc_day, entry)| ((*user, s.metric, utc_day), entry)).collect()
         })
-        .reduce_named("M1: slice winner", |_slice, input, output| {
-            // The group is sorted by stream, so the first present entry belongs to the best stream.
-            let Some(winner) = input.iter().find(|(_, r)| *r > 0).map(|(e, _)| &e.0) else { return };
-            for ((stream, record, day, share), r) in input {
-                if stream == winner && *r > 0 {
-                    output.push(((*day, stream.1, *record, *share), *r));
-                }
+        // The operator keeps its earlier name (docs/operations.md): it holds the same shares, now
+        // keyed by UTC day.
+        .reduce_named("M1: slice winner", |&(_, _, utc_day): &UtcDayKey, input, output| {
+            for (local_date, part) in winning_parts(utc_day, input) {
+                output.push(((local_date, part), 1));
             }
         })
-        .map(|((user, metric, _k), (day, source, record, share))| ((user, metric, day), ((source, record), share)))
-        .reduce_named("M1: day sum", |_day, input, output| {
-            let (sum, count) = sum_and_distinct(input.iter().map(|((id, share), r)| (id, share.0, *r)));
-            output.push(((count, OrdF64(sum)), 1));
+        .map(|((user, metric, _utc_day), (local_date, part))| ((user, metric, local_date), part))
+        .reduce_named("M1: day sum", |_day: &DayKey, input: &[(&DatePart, isize)], output| {
+            // The parts come in UTC-day order. A sample counted by several parts (its slices of the
+            // date won in two UTC days) is counted once.
+            let (mut sum, mut count) = (0.0, 0_i64);
+            let mut crossing: Vec<(Name, Name)> = Vec::new();
+            for (part, r) in input {
+                if *r <= 0 {
+                    continue;
+                }
+                sum += part.sum.0;
+                count += part.count - part.crossing.len() as i64;
+                crossing.extend_from_slice(&part.crossing);
+            }
+            crossing.sort();
+            crossing.dedup();
+            count += crossing.len() as i64;
+            if count > 0 {
+                output.push(((count, OrdF64(sum)), 1));
+            }
         })
         .map(|((user, metric, day), (count, sum))| DailyRollup {
             sum: Some(sum),
@@ -201,4 +305,15 @@ pub fn daily_rollups<'s>(
         });
 
     cumulative.concat(discrete).concat(interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slice_share_is_24_bytes() {
+        // The M1 arrangement holds one per CUMULATIVE sample and slice it touches (issue 13 §3).
+        assert_eq!(std::mem::size_of::<SliceShare>(), 24);
+    }
 }

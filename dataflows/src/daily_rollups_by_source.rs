@@ -7,9 +7,10 @@ use vitalflow_schemas::split::day_shares;
 use vitalflow_schemas::view::{ColumnType::*, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ValueKind, ViewDef};
 
+use crate::exact::WindowSum;
 use crate::names::Name;
 use crate::registry::{SamplesByUser, push_keyed};
-use crate::stats::{DayKey, DiscreteByDay, DiscreteEntry, discrete_stats_by_source, sum_and_distinct};
+use crate::stats::{DayKey, DiscreteByDay, DiscreteEntry, discrete_stats_by_source};
 
 /// Key `(user_id, metric, local_date, source_id)`.
 pub const DEF: ViewDef = ViewDef {
@@ -43,6 +44,9 @@ type SourceDayKey = (Name, Metric, i32, Name);
 /// - INTERVAL (mindful minutes): `sum` is the source's minutes split by C4 (not a union), `count` the
 ///   samples that touch the date.
 ///
+/// For CUMULATIVE and INTERVAL the count and the sum ride on the difference ([`WindowSum`]): the
+/// sum is exact and rounded once, whatever order the samples came in (G5).
+///
 /// `discrete` is the DISCRETE readings by day, every source together, shared with
 /// `daily_rollups` ([`DiscreteByDay`]); each day group yields one row per source in it.
 pub fn daily_rollups_by_source<'s>(
@@ -64,15 +68,28 @@ pub fn daily_rollups_by_source<'s>(
                 ValueKind::Cumulative => s.value().map_or(0.0, |v| v.0),
                 _ => (s.end_ms - s.start_ms) as f64 / 60_000.0,
             };
-            day_shares(s.start_ms, s.end_ms, v, s.zone)
+            let mut days = day_shares(s.start_ms, s.end_ms, v, s.zone);
+            // One entry per date, so that the entry count is the sample count: a zone that falls
+            // back across midnight revisits a date after the next one.
+            days.sort_by_key(|(day, _, _)| *day);
+            let mut shares: Vec<(i32, f64)> = Vec::with_capacity(days.len());
+            for (day, share, _) in days {
+                match shares.last_mut() {
+                    Some((d, sum)) if *d == day => *sum += share,
+                    _ => shares.push((day, share)),
+                }
+            }
+            shares
                 .into_iter()
-                .map(|(day, share, _)| ((*user, s.metric, day, s.source_id), (s.source_record_id, OrdF64(share))))
+                .map(|(day, share)| (((*user, s.metric, day, s.source_id), ()), OrdF64(share)))
                 .collect::<Vec<_>>()
         })
-        .reduce_named("BySource: day sum", |_key: &SourceDayKey, input, output| {
-            let (sum, count) = sum_and_distinct(input.iter().map(|((id, share), r)| (id, share.0, *r)));
-            if count > 0 {
-                output.push((DayStats { count, sum: OrdF64(sum), min: None, max: None }, 1));
+        // The count and the exact sum ride on the difference (issue 13 §4): the arrangement holds
+        // one update per source-day, not one per sample, and retractions cancel exactly.
+        .explode(|(key, share)| Some((key, WindowSum::of(share.0))))
+        .reduce_named("BySource: day sum", |_key: &SourceDayKey, input: &[(&(), WindowSum)], output| {
+            if let Some((_, total)) = input.first().filter(|(_, total)| total.n > 0) {
+                output.push((DayStats { count: total.n, sum: OrdF64(total.total_f64()), min: None, max: None }, 1));
             }
         })
         .map(DailyRollupBySource::of);

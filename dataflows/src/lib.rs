@@ -16,6 +16,7 @@
 
 pub mod daily_rollups;
 pub mod daily_rollups_by_source;
+pub mod exact;
 pub mod introspection;
 pub mod names;
 pub mod product_impacts;

@@ -2,12 +2,13 @@
 //! session, and the deltas (DOMAIN.md §4).
 
 use differential_dataflow::VecCollection;
-use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
+use differential_dataflow::difference::{IsZero, Multiply, Semigroup};
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use vitalflow_schemas::view::{ColumnType::*, RangeVia, col};
 use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, ValueKind, ViewDef};
 
+pub use crate::exact::WindowSum;
 use crate::names::Name;
 use crate::records::SessionRecord;
 use crate::registry::{SamplesByUser, push_keyed};
@@ -122,173 +123,6 @@ pub fn contamination_flags(mut live: Vec<&SessionRecord>) -> Vec<(Name, bool)> {
     out
 }
 
-/// What one source adds to one session window, carried in the difference type (issue 13 §4, ADR
-/// 0007): `n` samples that count (CUMULATIVE: overlap the window; DISCRETE: start in it) and their
-/// summed contribution (CUMULATIVE: C1 shares of the window; DISCRETE: values) as an exact 256-bit
-/// fixed-point number, `units + fraction · 2⁻¹²⁸` in two's complement. Every finite `f64` from
-/// 2⁻⁷⁵ to 2¹²⁷ in magnitude converts exactly (its 53 bits fit; a smaller one is off by less than
-/// 2⁻¹²⁸, so 10⁻²⁵ keeps 14 digits), and sums and retractions are exact: a
-/// window's total after any sequence of edits equals the total computed afresh, bit for bit, and
-/// one rounding happens, when the total is read. Differential adds these as it adds counts, so a
-/// window's total is never recomputed from its samples: a sample change rebuilds its hour's
-/// prefix sums and costs a retraction and an update per session window touching that hour.
-/// Arithmetic wraps, an exact abelian group (the range, ±1.7·10³⁸ units, is far
-/// beyond any sum of values within the G-bounds).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct WindowSum {
-    pub n: i64,
-    /// The integer part (floor) of the total, in the metric's canonical unit.
-    pub units: i128,
-    /// The fractional part of the total, in units of 2⁻¹²⁸.
-    pub fraction: u128,
-}
-
-impl WindowSum {
-    /// One sample contributing `value` (canonical unit). Non-finite values never reach here
-    /// (G-validation); they would count as 0, and magnitudes beyond 2¹²⁷ saturate.
-    pub fn of(value: f64) -> Self {
-        let (units, fraction) = fixed_of(value);
-        WindowSum { n: 1, units, fraction }
-    }
-
-    /// The total in the metric's canonical unit: the exact sum, rounded once (to nearest, ties to
-    /// even).
-    pub fn total_f64(&self) -> f64 {
-        let (negative, (units, fraction)) = if self.units < 0 {
-            (true, negate(self.units, self.fraction))
-        } else {
-            (false, (self.units, self.fraction))
-        };
-        // |total| = (units · 2¹²⁸ + fraction) · 2⁻¹²⁸. Its top 128 bits, with every bit below them
-        // folded into the last one (a sticky bit: 128 bits are far more than the 53 kept, so
-        // it decides only ties), round once in the conversion, and the power of two is exact.
-        let units = units as u128;
-        let (top, shift) = if units != 0 {
-            let lz = units.leading_zeros();
-            let (top, rest) =
-                if lz == 0 { (units, fraction) } else { ((units << lz) | (fraction >> (128 - lz)), fraction << lz) };
-            (top | u128::from(rest != 0), lz as i32)
-        } else if fraction != 0 {
-            let lz = fraction.leading_zeros();
-            (fraction << lz, 128 + lz as i32)
-        } else {
-            return 0.0;
-        };
-        // 2^−shift, shift ≤ 255: a normal f64, built from its exponent.
-        let scale = f64::from_bits(((1023 - shift) as u64) << 52);
-        let magnitude = top as f64 * scale;
-        if negative { -magnitude } else { magnitude }
-    }
-}
-
-/// `v` as `(units, fraction)` of [`WindowSum`]: exactly for `2⁻⁷⁵ ≤ |v| < 2¹²⁷`, below that off by
-/// less than 2⁻¹²⁸ (the bits under 2⁻¹²⁸ are dropped).
-fn fixed_of(v: f64) -> (i128, u128) {
-    if !v.is_finite() || v == 0.0 {
-        return (0, 0);
-    }
-    let bits = v.to_bits();
-    let exponent = ((bits >> 52) & 0x7ff) as i32;
-    let mantissa = bits & ((1u64 << 52) - 1);
-    // |v| = m · 2^k.
-    let (m, k) = if exponent == 0 { (mantissa, -1074) } else { (mantissa | (1u64 << 52), exponent - 1075) };
-    let m = u128::from(m);
-    let (units, fraction) = if k >= 0 {
-        if k >= 75 { (i128::MAX, 0) } else { ((m << k) as i128, 0) }
-    } else {
-        let s = k.unsigned_abs();
-        if s >= 128 {
-            // No integer part; the bits below 2⁻¹²⁸ are dropped.
-            (0, if s - 128 >= 128 { 0 } else { m >> (s - 128) })
-        } else {
-            // m < 2⁵³, so the fraction bits (fewer than 2^min(s, 53)) shifted to 2⁻¹²⁸ fit.
-            ((m >> s) as i128, (m & ((1u128 << s) - 1)) << (128 - s))
-        }
-    };
-    if bits >> 63 == 1 { negate(units, fraction) } else { (units, fraction) }
-}
-
-/// Two's-complement negation of `units · 2¹²⁸ + fraction`.
-fn negate(units: i128, fraction: u128) -> (i128, u128) {
-    let fraction = (!fraction).wrapping_add(1);
-    (if fraction == 0 { units.wrapping_neg() } else { !units }, fraction)
-}
-
-impl WindowSum {
-    /// The total divided by `d ≥ 1`, truncated toward zero at 2⁻¹²⁸ (`n` kept).
-    fn divided_by(&self, d: u64) -> Self {
-        let negative = self.units < 0;
-        let (units, fraction) = if negative { negate(self.units, self.fraction) } else { (self.units, self.fraction) };
-        // |total| < 2¹²⁷, so `units` is non-negative here; long division by 64-bit limbs.
-        let (units, d) = (units as u128, u128::from(d));
-        let (q_units, rem) = (units / d, units % d);
-        let (high, low) = (fraction >> 64, fraction & u128::from(u64::MAX));
-        let step = (rem << 64) | high;
-        let (q_high, rem) = (step / d, step % d);
-        let step = (rem << 64) | low;
-        let q_low = step / d;
-        let (units, fraction) = (q_units as i128, (q_high << 64) | q_low);
-        let (units, fraction) = if negative { negate(units, fraction) } else { (units, fraction) };
-        WindowSum { n: self.n, units, fraction }
-    }
-}
-
-impl WindowSum {
-    /// `(units, fraction)`, the count dropped.
-    fn parts(&self) -> (i128, u128) {
-        (self.units, self.fraction)
-    }
-}
-
-impl IsZero for WindowSum {
-    fn is_zero(&self) -> bool {
-        self.n == 0 && self.units == 0 && self.fraction == 0
-    }
-}
-impl Semigroup for WindowSum {
-    fn plus_equals(&mut self, rhs: &Self) {
-        let (fraction, carry) = self.fraction.overflowing_add(rhs.fraction);
-        self.n = self.n.wrapping_add(rhs.n);
-        self.units = self.units.wrapping_add(rhs.units).wrapping_add(i128::from(carry));
-        self.fraction = fraction;
-    }
-}
-impl Monoid for WindowSum {
-    fn zero() -> Self {
-        WindowSum::default()
-    }
-}
-impl Abelian for WindowSum {
-    fn negate(&mut self) {
-        self.n = self.n.wrapping_neg();
-        (self.units, self.fraction) = negate(self.units, self.fraction);
-    }
-}
-impl Multiply<isize> for WindowSum {
-    type Output = WindowSum;
-    fn multiply(self, rhs: &isize) -> WindowSum {
-        // units · 2¹²⁸ + fraction, times |r|: the fraction's product carries into the units.
-        let r = rhs.unsigned_abs() as u128;
-        let (low, high) = (self.fraction & u128::from(u64::MAX), self.fraction >> 64);
-        let (a, b) = (low * r, high * r);
-        let (fraction, carried) = a.overflowing_add(b << 64);
-        let carry = (b >> 64) + u128::from(carried);
-        let units = self.units.wrapping_mul(r as i128).wrapping_add(carry as i128);
-        let mut out = WindowSum { n: self.n.wrapping_mul(r as i64), units, fraction };
-        if *rhs < 0 {
-            out.negate();
-        }
-        out
-    }
-}
-
-impl Multiply<WindowSum> for isize {
-    type Output = WindowSum;
-    fn multiply(self, rhs: &WindowSum) -> WindowSum {
-        rhs.multiply(&self)
-    }
-}
-
 /// A session as its windows see it: its bounds (UTC ms; `end_ms` is the end of an eligible, closed
 /// session).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -352,6 +186,49 @@ pub struct HourSample {
     pub value: OrdF64,
     pub rank: u8,
     pub source_id: Name,
+}
+
+/// A CUMULATIVE [`HourSample`] as the arrangement of one hour bucket it touches holds it: 24 bytes
+/// instead of 32, its instants in ms from the hour's start. A sample lasts at most 24 h (G3), so
+/// both lie within ±25 h of the start of any hour it touches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct HourSpan {
+    pub metric: Metric,
+    pub start: i32,
+    pub end: i32,
+    pub value: OrdF64,
+    pub rank: u8,
+    pub source_id: Name,
+}
+
+impl HourSpan {
+    /// `x` under hour bucket `hour`. Instants of validated samples fit; others saturate (and
+    /// cannot come back as they were, which only a corrupted store could cause).
+    fn of(x: &HourSample, hour: i64) -> Self {
+        let h0 = hour * BUCKET_MS;
+        let offset = |t: i64| (t - h0).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+        HourSpan {
+            metric: x.metric,
+            start: offset(x.start_ms),
+            end: offset(x.end_ms),
+            value: x.value,
+            rank: x.rank,
+            source_id: x.source_id,
+        }
+    }
+
+    /// The sample again, under hour bucket `hour`.
+    fn sample(&self, hour: i64) -> HourSample {
+        let h0 = hour * BUCKET_MS;
+        HourSample {
+            metric: self.metric,
+            start_ms: h0 + i64::from(self.start),
+            end_ms: h0 + i64::from(self.end),
+            value: self.value,
+            rank: self.rank,
+            source_id: self.source_id,
+        }
+    }
 }
 
 impl HourSample {
@@ -905,16 +782,18 @@ fn cumulative_sums<'s>(
     partial_hours: &WindowsByBlock<'s>,
 ) -> VecCollection<'s, Epoch, (WindowKey, u8), WindowSum> {
     // Every sample under every hour its extent touches (with positive overlap).
-    let touching = samples.flat_map(|(user, x)| x.hours().map(|h| ((user, h), x)).collect::<Vec<_>>());
+    let touching =
+        samples.flat_map(|(user, x)| x.hours().map(|h| ((user, h), HourSpan::of(&x, h))).collect::<Vec<_>>());
     // One index per (user, hour, metric) of the streams of the samples touching the hour.
     let by_hour = touching.arrange_by_key_named("Impact: cumulative samples by hour");
     let index = by_hour
         .clone()
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Name, i64), HourIndex, Epoch, isize>, _, _>(
             "Impact: stream index per hour",
-            |(_, h): &(Name, i64), input: &[(&HourSample, isize)], output: &mut Vec<(HourIndex, isize)>| {
-                for (metric, samples) in runs(input, |(x, _)| x.metric) {
-                    output.push((HourIndex::build(metric, *h, samples.iter().map(|(x, _)| *x)), 1));
+            |(_, h): &(Name, i64), input: &[(&HourSpan, isize)], output: &mut Vec<(HourIndex, isize)>| {
+                for (metric, spans) in runs(input, |(x, _)| x.metric) {
+                    let samples: Vec<HourSample> = spans.iter().map(|(x, _)| x.sample(*h)).collect();
+                    output.push((HourIndex::build(metric, *h, samples.iter()), 1));
                 }
             },
             push_keyed,
@@ -961,9 +840,11 @@ fn cumulative_sums<'s>(
     let source_hours = by_hour
         .reduce_abelian::<_, ValBuilder<_, _, _, _>, ValSpine<(Name, i64), SourceHours, Epoch, isize>, _, _>(
             "Impact: sources' prefix sums per hour",
-            |(_, h): &(Name, i64), input: &[(&HourSample, isize)], output: &mut Vec<(SourceHours, isize)>| {
-                for (metric, samples) in runs(input, |(x, _)| x.metric) {
-                    output.push((SourceHours::build(metric, *h, samples), 1));
+            |(_, h): &(Name, i64), input: &[(&HourSpan, isize)], output: &mut Vec<(SourceHours, isize)>| {
+                for (metric, spans) in runs(input, |(x, _)| x.metric) {
+                    let samples: Vec<(HourSample, isize)> = spans.iter().map(|(x, w)| (x.sample(*h), *w)).collect();
+                    let samples: Vec<(&HourSample, isize)> = samples.iter().map(|(x, w)| (x, *w)).collect();
+                    output.push((SourceHours::build(metric, *h, &samples), 1));
                 }
             },
             push_keyed,
@@ -1080,13 +961,13 @@ fn scaled_down(x: WindowSum) -> WindowSum {
     WindowSum { n: x.n, units: x.units >> SCALED, fraction }
 }
 
-/// One sample of a [`SourceHour`] with its multiplicity and its rate (see [`Span::rate`]).
+/// One sample of a [`SourceHour`] with its multiplicity: 32 bytes. Its rate ([`Span::rate`]) is
+/// computed where it is summed (once per entry when the hour is built, and for fewer than
+/// [`PREFIX_EVERY`] entries per bound of a lookup), not stored: it would double the entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     pub span: Span,
     pub weight: i64,
-    /// The rate's `(units, fraction)` ([`WindowSum`] without its count: 32 bytes, not 48).
-    rate: (i128, u128),
 }
 
 /// Exact sums over samples, `weight` times each, in [`SCALED`] fixed point: the count
@@ -1102,7 +983,7 @@ pub struct Moments {
 impl Moments {
     fn of(entry: &Entry) -> Self {
         let weight = entry.weight as isize;
-        let rate = WindowSum { n: 0, units: entry.rate.0, fraction: entry.rate.1 }.multiply(&weight);
+        let rate = entry.span.rate().multiply(&weight);
         Moments {
             value: WindowSum { n: entry.weight, ..scaled_up(entry.span.value.0).multiply(&weight) },
             rate,
@@ -1165,25 +1046,24 @@ fn prefix<T: Copy + Default>(prefixes: &[T], k: usize) -> T {
 impl SourceHour {
     /// The prefix sums of `input`, the samples by `Span` with their multiplicities.
     fn build(input: &[(&Span, isize)]) -> Self {
-        let by_start: Vec<Entry> = input
-            .iter()
-            .map(|(span, w)| Entry { span: **span, weight: *w as i64, rate: span.rate().parts() })
-            .collect();
+        let by_start: Vec<Entry> = input.iter().map(|(span, w)| Entry { span: **span, weight: *w as i64 }).collect();
         let mut by_end: Vec<u32> = (0..by_start.len() as u32).collect();
         by_end.sort_by_key(|i| (by_start[*i as usize].span.end, *i));
-        let prefixes = |order: &mut dyn Iterator<Item = &Entry>| {
+        // Each entry's moments once (its rate is a division), for both orders.
+        let moments: Vec<Moments> = by_start.iter().map(Moments::of).collect();
+        let prefixes = |order: &mut dyn Iterator<Item = &Moments>| {
             let mut out = Vec::new();
             let mut acc = Moments::default();
-            for (i, entry) in order.enumerate() {
-                acc.add(&Moments::of(entry));
+            for (i, m) in order.enumerate() {
+                acc.add(m);
                 if (i + 1) % PREFIX_EVERY == 0 {
                     out.push(acc);
                 }
             }
             out
         };
-        let start_prefixes = prefixes(&mut by_start.iter());
-        let end_prefixes = prefixes(&mut by_end.iter().map(|i| &by_start[*i as usize]));
+        let start_prefixes = prefixes(&mut moments.iter());
+        let end_prefixes = prefixes(&mut by_end.iter().map(|i| &moments[*i as usize]));
         let starting_here = by_start.iter().filter(|e| e.span.start >= 0).map(|e| e.weight).sum();
         let mut hour =
             SourceHour { by_start, by_end, start_prefixes, end_prefixes, whole: WindowSum::default(), starting_here };
@@ -1318,6 +1198,7 @@ pub fn session_impacts<'s>(impacts: VecCollection<'s, Epoch, Impact>) -> VecColl
 #[cfg(test)]
 mod tests {
     use super::*;
+    use differential_dataflow::difference::Abelian;
     use vitalflow_schemas::split::share;
 
     fn values() -> Vec<f64> {

@@ -33,16 +33,35 @@ pub fn discrete_by_day<'s>(samples: &SamplesByUser<'s>) -> DiscreteByDay<'s> {
         .arrange_by_key_named("Discrete: readings by day")
 }
 
-/// A discrete reading inside a day group, ordered so that the last element is `last` (K3): greatest
-/// `startAt`, then greater `endAt`, then greater `sourceRecordId` (then `sourceId`, for determinism).
-pub type DiscreteEntry = (i64, i64, Name, Name, OrdF64);
+/// Milliseconds per day.
+const DAY_MS: i64 = 86_400_000;
+
+/// A discrete reading inside a day group (24 bytes), ordered so that the last element is `last`
+/// (K3): greatest `startAt`, then greater `endAt`, then greater `sourceRecordId` (then `sourceId`,
+/// for determinism). Instants are kept relative to the group's date, so they fit 32 bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct DiscreteEntry {
+    /// `startAt` in ms from 00:00 UTC of the group's local date (days × 86,400,000 ms): a local
+    /// date's readings start within about −14 h and +38 h of it, whatever the zone's offset.
+    pub start: i32,
+    /// `endAt − startAt` in ms (G3: at most 24 h).
+    pub duration: u32,
+    pub source_record_id: Name,
+    pub source_id: Name,
+    /// Canonical unit.
+    pub value: OrdF64,
+}
 
 /// A discrete sample's local date (of `startAt`, in its zone) and its entry; `None` for other kinds
 /// and for samples without a value.
 pub fn discrete_entry(s: &SampleRecord) -> Option<(i32, DiscreteEntry)> {
     let value = s.value().filter(|_| s.metric.kind() == vitalflow_schemas::ValueKind::Discrete)?;
     let day = date_to_days(s.zone.local_date(s.start_ms));
-    Some((day, (s.start_ms, s.end_ms, s.source_record_id, s.source_id, value)))
+    // Validated samples are well inside both ranges (Z1 offsets, G3); a stored row that is not
+    // saturates instead of wrapping.
+    let start = (s.start_ms - i64::from(day) * DAY_MS).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+    let duration = (s.end_ms - s.start_ms).clamp(0, i64::from(u32::MAX)) as u32;
+    Some((day, DiscreteEntry { start, duration, source_record_id: s.source_record_id, source_id: s.source_id, value }))
 }
 
 /// count, sum, min, max and last of a day group of discrete readings (K2–K4).
@@ -64,7 +83,7 @@ impl DiscreteStats {
         if r <= 0 {
             return;
         }
-        let v = entry.4.0;
+        let v = entry.value.0;
         self.count += r as i64;
         self.sum += v * r as f64;
         self.min = self.min.min(v);
@@ -94,7 +113,7 @@ pub fn discrete_stats(input: &[(&DiscreteEntry, isize)]) -> Option<DiscreteStats
 pub fn discrete_stats_by_source(input: &[(&DiscreteEntry, isize)]) -> Vec<(Name, DiscreteStats)> {
     let mut by_source: std::collections::HashMap<Name, DiscreteStats> = std::collections::HashMap::new();
     for (entry, r) in input {
-        by_source.entry(entry.3).or_insert(DiscreteStats::EMPTY).add(entry, *r);
+        by_source.entry(entry.source_id).or_insert(DiscreteStats::EMPTY).add(entry, *r);
     }
     by_source.into_iter().filter_map(|(source, st)| Some((source, st.done()?))).collect()
 }

@@ -289,6 +289,125 @@ fn idle_merging_frees_a_deleted_samples_updates() {
     assert_eq!(held(), Some(0), "{:?}", elapsed.arrangements());
 }
 
+/// M1 decides a UTC slice among every sample touching it, whatever their zones (§1.5 rule 3), and
+/// a local date counts a sample once however many UTC days its winning slices lie in (rule 5).
+#[test]
+fn m1_slices_compete_across_zones_and_count_a_sample_once_across_utc_midnight() {
+    let mut h = Harness::new(2);
+    // 18:30–19:30 in New York (EST) on 2024-03-09 is 23:30–00:30 UTC: four slices, two in each
+    // UTC day, all on one local date.
+    let phone = sample(
+        "u",
+        "phone",
+        "p1",
+        Metric::Steps,
+        ms("2024-03-09T23:30:00Z"),
+        ms("2024-03-10T00:30:00Z"),
+        400.0,
+        SourceClass::Phone,
+        "America/New_York",
+    );
+    h.step(vec![Change::Sample(phone.clone(), 1)]);
+    assert_eq!(cumulative_days(&h, "steps"), vec![(day("2024-03-09"), 1, 400.0)]);
+    // A watch in Kathmandu (UTC+5:45) over 00:00–00:30 UTC, local 2024-03-10: it wins the phone's
+    // two slices after the UTC midnight, whose shares go to its own local date; the phone keeps
+    // its first two slices and is counted once on its date.
+    let watch = sample(
+        "u",
+        "watch",
+        "w1",
+        Metric::Steps,
+        ms("2024-03-10T00:00:00Z"),
+        ms("2024-03-10T00:30:00Z"),
+        90.0,
+        SourceClass::Watch,
+        "Asia/Kathmandu",
+    );
+    h.step(vec![Change::Sample(watch.clone(), 1)]);
+    assert_eq!(cumulative_days(&h, "steps"), vec![(day("2024-03-09"), 1, 200.0), (day("2024-03-10"), 1, 90.0)]);
+    // The watch over the phone's first half instead (23:30–00:00 UTC is still 2024-03-10 in
+    // Kathmandu): the phone wins only after the UTC midnight.
+    let earlier = sample(
+        "u",
+        "watch",
+        "w1",
+        Metric::Steps,
+        ms("2024-03-09T23:30:00Z"),
+        ms("2024-03-10T00:00:00Z"),
+        30.0,
+        SourceClass::Watch,
+        "Asia/Kathmandu",
+    );
+    h.step(vec![Change::Sample(watch, -1), Change::Sample(earlier.clone(), 1)]);
+    assert_eq!(cumulative_days(&h, "steps"), vec![(day("2024-03-09"), 1, 200.0), (day("2024-03-10"), 1, 30.0)]);
+    // Without the watch, the phone wins all four again: one sample, one count.
+    h.step(vec![Change::Sample(earlier, -1)]);
+    assert_eq!(cumulative_days(&h, "steps"), vec![(day("2024-03-09"), 1, 400.0)]);
+    h.step(vec![Change::Sample(phone, -1)]);
+    assert!(cumulative_days(&h, "steps").is_empty());
+}
+
+/// A zone that falls back across local midnight revisits a date after the next one began:
+/// America/St_Johns fell back at 00:01 NDT on 2010-11-07 (02:31 UTC), so the slice at 02:30 UTC is
+/// on 11-07 and the one at 02:45 UTC on 11-06 again. M1 and the by-source view count the sample
+/// once on 11-06, with all of its shares there.
+#[test]
+fn m1_and_by_source_count_once_a_date_revisited_after_a_utc_midnight() {
+    let mut h = Harness::new(2);
+    let by_source = |h: &Harness| -> Vec<(i32, Datum, Datum, Option<f64>)> {
+        h.rows("daily_rollups_by_source")
+            .into_iter()
+            .filter_map(|r| match &r[2] {
+                Datum::Date(d) => Some((*d, r[3].clone(), r[6].clone(), float(&r[7]))),
+                _ => None,
+            })
+            .collect()
+    };
+    // 14 slices of 100: 11-06 has 23:30Z, 23:45Z (UTC 11-06), 00:00–02:15Z and 02:45Z (UTC
+    // 11-07); 11-07 has 02:30Z.
+    let phone = sample(
+        "u",
+        "phone",
+        "p1",
+        Metric::Steps,
+        ms("2010-11-06T23:30:00Z"),
+        ms("2010-11-07T03:00:00Z"),
+        1400.0,
+        SourceClass::Phone,
+        "America/St_Johns",
+    );
+    h.step(vec![Change::Sample(phone.clone(), 1)]);
+    assert_eq!(cumulative_days(&h, "steps"), vec![(day("2010-11-06"), 1, 1300.0), (day("2010-11-07"), 1, 100.0)]);
+    // A UTC watch wins 00:00–02:15Z (5 each): the phone keeps 23:30Z, 23:45Z and the revisited
+    // 02:45Z on 11-06.
+    let watch = sample(
+        "u",
+        "watch",
+        "w1",
+        Metric::Steps,
+        ms("2010-11-07T00:00:00Z"),
+        ms("2010-11-07T02:30:00Z"),
+        50.0,
+        SourceClass::Watch,
+        "UTC",
+    );
+    h.step(vec![Change::Sample(watch.clone(), 1)]);
+    assert_eq!(cumulative_days(&h, "steps"), vec![(day("2010-11-06"), 1, 300.0), (day("2010-11-07"), 2, 150.0)]);
+    let (p, w) = (Datum::Str("phone".into()), Datum::Str("watch".into()));
+    assert_eq!(
+        by_source(&h),
+        vec![
+            (day("2010-11-06"), p.clone(), Datum::Int(1), Some(1300.0)),
+            (day("2010-11-07"), p, Datum::Int(1), Some(100.0)),
+            (day("2010-11-07"), w, Datum::Int(1), Some(50.0)),
+        ]
+    );
+    h.step(vec![Change::Sample(watch, -1)]);
+    assert_eq!(cumulative_days(&h, "steps"), vec![(day("2010-11-06"), 1, 1300.0), (day("2010-11-07"), 1, 100.0)]);
+    h.step(vec![Change::Sample(phone, -1)]);
+    assert!(cumulative_days(&h, "steps").is_empty() && by_source(&h).is_empty());
+}
+
 #[test]
 fn worked_example_2a_step_by_step_with_edit_and_delete() {
     let mut h = Harness::new(2);

@@ -1201,6 +1201,24 @@ mod tests {
     use differential_dataflow::difference::Abelian;
     use vitalflow_schemas::split::share;
 
+    #[test]
+    fn an_hour_span_is_24_bytes_and_gives_its_sample_back_at_the_widest_offsets() {
+        assert_eq!(std::mem::size_of::<HourSpan>(), 24);
+        let source = Name::intern("watch");
+        let day = 24 * BUCKET_MS;
+        // A 24-hour sample (G3) seen from its first and its last hour, an instant, and a sample
+        // before 1970 (negative instants).
+        for (start_ms, end_ms) in
+            [(1_700_000_000_123, 1_700_000_000_123 + day), (7 * BUCKET_MS + 5, 7 * BUCKET_MS + 5), (-day - 1, -1)]
+        {
+            let x =
+                HourSample { metric: Metric::Steps, start_ms, end_ms, value: OrdF64(1.5), rank: 1, source_id: source };
+            for h in x.hours() {
+                assert_eq!(HourSpan::of(&x, h).sample(h), x, "hour {h}");
+            }
+        }
+    }
+
     fn values() -> Vec<f64> {
         let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut next = move || {

@@ -42,7 +42,8 @@ const DAY_MS: i64 = 86_400_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct DiscreteEntry {
     /// `startAt` in ms from 00:00 UTC of the group's local date (days × 86,400,000 ms): a local
-    /// date's readings start within about −14 h and +38 h of it, whatever the zone's offset.
+    /// date's readings start from −14 h to +36 h of it in IANA zones since 2000, from −18:59 h to
+    /// +42:59 h at the widest fixed offset Z1 accepts (±18:59).
     pub start: i32,
     /// `endAt − startAt` in ms (G3: at most 24 h).
     pub duration: u32,
@@ -147,4 +148,15 @@ pub fn sum_and_distinct<I: PartialEq>(input: impl Iterator<Item = (I, f64, isize
         }
     }
     (sum, count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_discrete_entry_is_24_bytes() {
+        // `Discrete: readings by day` holds one per DISCRETE reading (issue 13 §3).
+        assert_eq!(std::mem::size_of::<DiscreteEntry>(), 24);
+    }
 }

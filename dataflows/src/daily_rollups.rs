@@ -9,7 +9,7 @@ use vitalflow_schemas::{Datum, Epoch, Metric, OrdF64, Row, SourceClass, ValueKin
 use crate::names::Name;
 use crate::records::SampleRecord;
 use crate::registry::{SamplesByUser, push_keyed};
-use crate::stats::{DayKey, DiscreteByDay, DiscreteEntry, discrete_stats, slice_shares, sum_and_distinct};
+use crate::stats::{DayKey, DiscreteByDay, DiscreteEntry, SlicePart, discrete_stats, slice_shares, sum_and_distinct};
 
 /// Key `(user_id, metric, local_date)`; the fields a kind has no use for are null.
 pub const DEF: ViewDef = ViewDef {
@@ -129,35 +129,43 @@ struct DatePart {
     crossing: Vec<(Name, Name)>,
 }
 
+/// The UTC days a local date's slices of one sample lie in (first and last, in time order).
+struct DateSpan {
+    local_date: i32,
+    first_utc_day: i64,
+    last_utc_day: i64,
+}
+
 /// A CUMULATIVE sample's [`SliceShare`]s, each with its UTC day.
 fn slice_entries(s: &SampleRecord) -> Vec<(i64, SliceShare)> {
-    let shares: Vec<(i64, i32, f64)> = slice_shares(s).collect();
+    let parts: Vec<SlicePart> = slice_shares(s).collect();
     // Slices are in time order, so a date crosses a UTC midnight when its first and last slices
     // lie in different UTC days (a zone falling back across midnight revisits a date, as
-    // America/St_Johns did until 2011; the filter finds its slices wherever they are).
-    let mut spans: Vec<(i32, i64, i64)> = Vec::new(); // (date, first UTC day, last UTC day)
-    for &(k, date, _) in &shares {
-        let utc_day = k.div_euclid(SLICES_PER_DAY);
-        match spans.iter_mut().find(|(d, _, _)| *d == date) {
-            Some((_, _, last)) => *last = utc_day,
-            None => spans.push((date, utc_day, utc_day)),
+    // America/St_Johns did until 2011; the search finds its slices wherever they are).
+    let mut spans: Vec<DateSpan> = Vec::new();
+    for part in &parts {
+        let utc_day = part.slice.div_euclid(SLICES_PER_DAY);
+        match spans.iter_mut().find(|span| span.local_date == part.local_date) {
+            Some(span) => span.last_utc_day = utc_day,
+            None => spans.push(DateSpan { local_date: part.local_date, first_utc_day: utc_day, last_utc_day: utc_day }),
         }
     }
-    let crosses = |date: i32| spans.iter().any(|&(d, first, last)| d == date && first != last);
-    shares
+    let crosses =
+        |date: i32| spans.iter().any(|span| span.local_date == date && span.first_utc_day != span.last_utc_day);
+    parts
         .iter()
-        .map(|&(k, local_date, share)| {
+        .map(|part| {
             let entry = SliceShare {
-                slice: k.rem_euclid(SLICES_PER_DAY) as u8,
+                slice: part.slice.rem_euclid(SLICES_PER_DAY) as u8,
                 rank: s.source_class.rank(),
                 source_id: s.source_id,
                 source_class: s.source_class,
                 source_record_id: s.source_record_id,
-                local_date,
-                crosses: crosses(local_date),
-                share: OrdF64(share),
+                local_date: part.local_date,
+                crosses: crosses(part.local_date),
+                share: OrdF64(part.share),
             };
-            (k.div_euclid(SLICES_PER_DAY), entry)
+            (part.slice.div_euclid(SLICES_PER_DAY), entry)
         })
         .collect()
 }

@@ -218,6 +218,7 @@ impl HourSpan {
     }
 
     /// The sample again, under hour bucket `hour`.
+    #[cfg(test)]
     fn sample(&self, hour: i64) -> HourSample {
         let h0 = hour * BUCKET_MS;
         HourSample {
@@ -255,6 +256,49 @@ impl HourSample {
     fn hours(&self) -> std::ops::RangeInclusive<i64> {
         let (from, to) = self.extent();
         buckets(from, to)
+    }
+}
+
+/// A CUMULATIVE sample as the builders of one hour bucket's indexes read it
+/// ([`HourIndex::build`], [`SourceHours::build`]): the arrangement's [`HourSpan`]s directly, and
+/// [`HourSample`]s (the tests' model).
+trait InHour {
+    /// `[from, to)` ([`HourSample::extent`]) in ms from `h0`, the start of the hour bucket.
+    fn extent_from(&self, h0: i64) -> (i64, i64);
+    /// The stream `(rank, sourceId)` (§1.5).
+    fn stream(&self) -> (u8, Name);
+    fn value(&self) -> OrdF64;
+}
+
+impl InHour for HourSample {
+    fn extent_from(&self, h0: i64) -> (i64, i64) {
+        let (from, to) = self.extent();
+        (from - h0, to - h0)
+    }
+
+    fn stream(&self) -> (u8, Name) {
+        (self.rank, self.source_id)
+    }
+
+    fn value(&self) -> OrdF64 {
+        self.value
+    }
+}
+
+impl InHour for HourSpan {
+    /// The span's offsets are from its own hour's start: `h0` is that hour's (the builders are
+    /// given the hour the arrangement keyed the span by).
+    fn extent_from(&self, _h0: i64) -> (i64, i64) {
+        let (start, end) = (i64::from(self.start), i64::from(self.end));
+        if self.metric.kind() == ValueKind::Cumulative && end > start { (start, end) } else { (start, start + 1) }
+    }
+
+    fn stream(&self) -> (u8, Name) {
+        (self.rank, self.source_id)
+    }
+
+    fn value(&self) -> OrdF64 {
+        self.value
     }
 }
 
@@ -318,8 +362,8 @@ fn inside_one_minute(a: i64, b: i64, hour: i64) -> bool {
 
 impl HourIndex {
     /// The index of `samples`, every one of `metric` and touching hour bucket `hour`.
-    fn build<'a>(metric: Metric, hour: i64, samples: impl Iterator<Item = &'a HourSample> + Clone) -> Self {
-        let mut streams: Vec<(u8, Name)> = samples.clone().map(|x| (x.rank, x.source_id)).collect();
+    fn build<'a, X: InHour + 'a>(metric: Metric, hour: i64, samples: impl Iterator<Item = &'a X> + Clone) -> Self {
+        let mut streams: Vec<(u8, Name)> = samples.clone().map(InHour::stream).collect();
         streams.sort();
         streams.dedup();
         let (h0, minute) = (hour * BUCKET_MS, MINUTE_MS as i32);
@@ -331,10 +375,10 @@ impl HourIndex {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for x in samples {
             // Names order as their strings, and equal ones compare without reading them.
-            let stream = streams.binary_search(&(x.rank, x.source_id)).map_or(NO_STREAM, |i| i as u32);
-            let (from, to) = x.extent();
+            let stream = streams.binary_search(&x.stream()).map_or(NO_STREAM, |i| i as u32);
+            let (from, to) = x.extent_from(h0);
             // The sample touches the hour, so 0 ≤ f < t ≤ one hour.
-            let (f, t) = ((from.max(h0) - h0) as i32, (to.min(h0 + BUCKET_MS) - h0) as i32);
+            let (f, t) = (from.max(0) as i32, to.min(BUCKET_MS) as i32);
             let (first, last) = (f / minute, (t - 1) / minute);
             for m in first..=last {
                 let i = m as usize;
@@ -792,8 +836,7 @@ fn cumulative_sums<'s>(
             "Impact: stream index per hour",
             |(_, h): &(Name, i64), input: &[(&HourSpan, isize)], output: &mut Vec<(HourIndex, isize)>| {
                 for (metric, spans) in runs(input, |(x, _)| x.metric) {
-                    let samples: Vec<HourSample> = spans.iter().map(|(x, _)| x.sample(*h)).collect();
-                    output.push((HourIndex::build(metric, *h, samples.iter()), 1));
+                    output.push((HourIndex::build(metric, *h, spans.iter().map(|(x, _)| *x)), 1));
                 }
             },
             push_keyed,
@@ -842,9 +885,7 @@ fn cumulative_sums<'s>(
             "Impact: sources' prefix sums per hour",
             |(_, h): &(Name, i64), input: &[(&HourSpan, isize)], output: &mut Vec<(SourceHours, isize)>| {
                 for (metric, spans) in runs(input, |(x, _)| x.metric) {
-                    let samples: Vec<(HourSample, isize)> = spans.iter().map(|(x, w)| (x.sample(*h), *w)).collect();
-                    let samples: Vec<(&HourSample, isize)> = samples.iter().map(|(x, w)| (x, *w)).collect();
-                    output.push((SourceHours::build(metric, *h, &samples), 1));
+                    output.push((SourceHours::build(metric, *h, spans), 1));
                 }
             },
             push_keyed,
@@ -871,13 +912,13 @@ impl SourceHours {
     /// The prefix sums of every source of `input`, the samples of `metric` touching hour bucket
     /// `hour` with their multiplicities. Equal spans of one source (two classes, or two records)
     /// are one entry counted as often. O(n log n) for the hour's n samples of the metric.
-    fn build(metric: Metric, hour: i64, input: &[(&HourSample, isize)]) -> Self {
+    fn build<X: InHour>(metric: Metric, hour: i64, input: &[(&X, isize)]) -> Self {
         let h0 = hour * BUCKET_MS;
         let mut spans: Vec<(Name, Span, isize)> = input
             .iter()
             .map(|(x, w)| {
-                let (from, to) = x.extent();
-                (x.source_id, Span { start: from - h0, end: to - h0, value: x.value }, *w)
+                let (start, end) = x.extent_from(h0);
+                (x.stream().1, Span { start, end, value: x.value() }, *w)
             })
             .collect();
         spans.sort_unstable_by(|a, b| (a.0.id(), a.1).cmp(&(b.0.id(), b.1)));
@@ -1275,6 +1316,9 @@ mod tests {
                 .collect();
             proptest::prop_assume!(!xs.is_empty());
             let index = HourIndex::build(Metric::Steps, hour, xs.iter());
+            // The dataflow builds it from the arrangement's spans: the same index.
+            let spans: Vec<HourSpan> = xs.iter().map(|x| HourSpan::of(x, hour)).collect();
+            proptest::prop_assert_eq!(&HourIndex::build(Metric::Steps, hour, spans.iter()), &index);
             let want_best = xs.iter().map(|x| (x.rank, x.source_id)).min();
             proptest::prop_assert_eq!(index.best().cloned(), want_best);
             for (a, len, how_a, how_b) in windows {
@@ -1542,6 +1586,10 @@ mod tests {
             }
             let input: Vec<(&HourSample, isize)> = counted.iter().map(|(x, w)| (x, *w)).collect();
             let hours = SourceHours::build(Metric::Steps, hour, &input);
+            // The dataflow builds it from the arrangement's spans: the same prefix sums.
+            let spans: Vec<(HourSpan, isize)> = input.iter().map(|(x, w)| (HourSpan::of(x, hour), *w)).collect();
+            let spans: Vec<(&HourSpan, isize)> = spans.iter().map(|(x, w)| (x, *w)).collect();
+            proptest::prop_assert_eq!(&SourceHours::build(Metric::Steps, hour, &spans), &hours);
             for source in sources.map(Name::intern) {
                 let mut spans: std::collections::BTreeMap<Span, isize> = Default::default();
                 for x in xs.iter().filter(|x| x.source_id == source) {

@@ -124,11 +124,25 @@ pub fn slice_day(sample: &SampleRecord, k: i64) -> i32 {
     date_to_days(sample.zone.local_date(k * SLICE_MS))
 }
 
-/// A cumulative sample's C1 share of every slice it touches, with the slice's local date.
-pub fn slice_shares(sample: &SampleRecord) -> impl Iterator<Item = (i64, i32, f64)> + '_ {
+/// A CUMULATIVE sample's C1 share of one 15-minute slice (DOMAIN.md §1.4, §1.5).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SlicePart {
+    /// The slice: `start / SLICE_MS`, counted from the Unix epoch in UTC.
+    pub slice: i64,
+    /// The slice's local date in the sample's zone, days since 1970-01-01.
+    pub local_date: i32,
+    /// The sample's value × the fraction of its interval inside the slice (C1).
+    pub share: f64,
+}
+
+/// A CUMULATIVE sample's C1 share of every slice it touches, in time order.
+pub fn slice_shares(sample: &SampleRecord) -> impl Iterator<Item = SlicePart> + '_ {
     let v = sample.value().map_or(0.0, |v| v.0);
-    slice_overlaps(sample.start_ms, sample.end_ms)
-        .map(move |(k, o)| (k, slice_day(sample, k), share_of_overlap(sample.start_ms, sample.end_ms, v, o)))
+    slice_overlaps(sample.start_ms, sample.end_ms).map(move |(k, o)| SlicePart {
+        slice: k,
+        local_date: slice_day(sample, k),
+        share: share_of_overlap(sample.start_ms, sample.end_ms, v, o),
+    })
 }
 
 /// Σ value × multiplicity over a sorted group, and the number of distinct `id`s with positive

@@ -27,8 +27,10 @@ use vitalflow_serve::{Freshness, ServeConfig, SnapshotStore};
 
 use crate::config::Config;
 
-/// Samples fed to the dataflow per message during recovery.
-const RECOVERY_CHUNK: usize = 10_000;
+/// Samples fed to the dataflow per message during recovery (split among the workers). Recovery
+/// outruns the workers, so their queues stay full: at 64 bytes per queued sample, each worker's
+/// queue holds up to `WORKER_QUEUE` (256) × 2,048 / workers samples (16 MiB with two workers).
+const RECOVERY_CHUNK: usize = 2_048;
 
 /// Views' progress messages queued from the dataflow to the snapshot applier before worker 0
 /// waits (the channel is bounded).
@@ -216,8 +218,11 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
                             p.frontier,
                             p.updates.into_iter().map(|(row, _, diff)| (row, diff)).collect(),
                         );
-                        metrics::histogram!("vitalflow_snapshot_publish_seconds", "view" => name)
-                            .record(started.elapsed().as_secs_f64());
+                        // Recovery's internal times publish nothing (ADR 0014).
+                        if p.frontier > recovered_epoch {
+                            metrics::histogram!("vitalflow_snapshot_publish_seconds", "view" => name)
+                                .record(started.elapsed().as_secs_f64());
+                        }
                         record_since(&commits, "vitalflow_view_visible_seconds", name);
                         if let Some(seen) = frontiers.get_mut(p.view) {
                             *seen = (*seen).max(p.frontier);
@@ -234,6 +239,10 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     let (recovery_tx, recovery_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let recovery = {
         let (store, runtime) = (store.clone(), runtime.clone());
+        let samples_per_time = match config.recovery_step_samples {
+            0 => usize::MAX,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
         // Test-only (`VITALFLOW_FAULT_INJECTION=1`): `VITALFLOW_FAULT_RECOVERY_DELAY_MS` holds
         // recovery back, so that tests can read what is served before the views are rehydrated.
         let delay = std::env::var("VITALFLOW_FAULT_RECOVERY_DELAY_MS")
@@ -246,7 +255,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
                 tracing::warn!(delay_ms = d.as_millis() as u64, "fault injected: recovery delayed");
                 std::thread::sleep(d);
             }
-            let result = recover(&store, &runtime, recovered_epoch);
+            let result = recover(&store, &runtime, recovered_epoch, samples_per_time);
             let _ = recovery_tx.send(result.clone());
             result
         })
@@ -798,18 +807,15 @@ fn record_since(commits: &[SystemTime], metric: &'static str, view: &'static str
     }
 }
 
-/// Replays the durable state into the dataflow at the recovered epoch, in bounded chunks.
+/// Replays the durable state into the dataflow, in bounded chunks, through internal times that
+/// end at the recovered epoch (ADR 0014): sessions, products and profiles first, then the samples
+/// in the store's order (by user), closing an internal time every `samples_per_time` samples.
 ///
 /// Errors: any store read or decode error, or a dataflow that cannot take the records; the
 /// caller stops the process (fail closed).
-fn recover(store: &Store, runtime: &Mutex<Runtime>, epoch: Epoch) -> Result<(), String> {
+fn recover(store: &Store, runtime: &Mutex<Runtime>, epoch: Epoch, samples_per_time: usize) -> Result<(), String> {
     let mut rt = runtime.lock().map_err(|_| "the dataflow runtime lock is poisoned".to_owned())?;
     let started = std::time::Instant::now();
-    let mut feed = rt.recovery_feed(epoch, RECOVERY_CHUNK);
-    let samples = store
-        .scan_samples(|s| feed.push(s).map_err(|e| e.to_string()))
-        .map_err(|e| format!("cannot read the stored samples: {e}"))?;
-    feed.finish().map_err(|e| e.to_string())?;
     let mut changes: Vec<Change> = store
         .profiles()
         .map_err(|e| format!("cannot read the stored profiles: {e}"))?
@@ -830,9 +836,30 @@ fn recover(store: &Store, runtime: &Mutex<Runtime>, epoch: Epoch) -> Result<(), 
             .into_iter()
             .map(|p| Change::Product(p, 1)),
     );
-    rt.push_changes(epoch, changes).map_err(|e| e.to_string())?;
+    let mut feed = rt.recovery_feed(epoch, RECOVERY_CHUNK, samples_per_time);
+    let first_time = feed.time();
+    feed.push_changes(changes).map_err(|e| e.to_string())?;
+    let mut sent: u64 = 0;
+    let samples = store
+        .scan_samples(|s| {
+            feed.push(s).map_err(|e| e.to_string())?;
+            sent += 1;
+            if sent % 100_000 == 0 {
+                metrics::gauge!("vitalflow_recovery_replayed_samples").set(sent as f64);
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("cannot read the stored samples: {e}"))?;
+    metrics::gauge!("vitalflow_recovery_replayed_samples").set(samples as f64);
+    let last_time = feed.finish().map_err(|e| e.to_string())?;
     rt.advance(epoch + 1).map_err(|e| e.to_string())?;
-    tracing::info!(samples, epoch, elapsed_ms = started.elapsed().as_millis() as u64, "durable state replayed");
+    tracing::info!(
+        samples,
+        epoch,
+        internal_times = last_time - first_time + 1,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "durable state replayed"
+    );
     Ok(())
 }
 

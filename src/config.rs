@@ -9,6 +9,9 @@ use vitalflow_ingest::kafka::KafkaConfig;
 use vitalflow_ingest::outbox::OutboxConfig;
 use vitalflow_serve::pg_sink::PgSinkConfig;
 
+/// Samples replayed per internal time at recovery by default ([`Config::recovery_step_samples`]).
+pub const DEFAULT_RECOVERY_STEP_SAMPLES: u64 = 1_000_000;
+
 /// Everything vitalflow can be configured with.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -43,6 +46,12 @@ pub struct Config {
     /// deleted and erased rows free their memory without waiting for later writes; 0 (the
     /// default) merges only as batches arrive. Costs a quarter to a third of bulk throughput.
     pub idle_merge_effort: u64,
+    /// Recovery (docs/operations.md, "Persisted snapshots and restarts"; ADR 0014): the stored samples are
+    /// replayed through internal times of this many samples each, so that the arrangements seal
+    /// and merge the history step by step instead of holding all of it until one seal. Smaller
+    /// steps lower recovery's peak memory and cost more merging; 0 replays the whole history as
+    /// one step.
+    pub recovery_step_samples: u64,
     /// Where input comes from besides HTTP (none by default).
     pub sources: Sources,
     /// `[server]`: connection, request and ingestion limits (README, "Limits").
@@ -158,6 +167,7 @@ impl Default for Config {
             store_cache_mb: vitalflow_ingest::store::DEFAULT_CACHE_BYTES >> 20,
             slow_epoch_ms: 250,
             idle_merge_effort: 0,
+            recovery_step_samples: DEFAULT_RECOVERY_STEP_SAMPLES,
             sources: Sources::default(),
             sinks: Sinks::default(),
             server: ServerLimits::default(),
@@ -250,6 +260,10 @@ impl Config {
         }
         if let Some(v) = env("VITALFLOW_IDLE_MERGE_EFFORT") {
             c.idle_merge_effort = v.parse().context("VITALFLOW_IDLE_MERGE_EFFORT must be a non-negative integer")?;
+        }
+        if let Some(v) = env("VITALFLOW_RECOVERY_STEP_SAMPLES") {
+            c.recovery_step_samples =
+                v.parse().context("VITALFLOW_RECOVERY_STEP_SAMPLES must be a non-negative integer")?;
         }
         if let Some(v) = env("VITALFLOW_VIEWS") {
             c.views = Some(v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());

@@ -29,7 +29,9 @@ use crate::records::{SampleRecord, SessionRecord};
 use crate::registry::{Inputs, ViewSpec};
 
 /// The updates of one view for every epoch below `frontier`, consolidated. After applying them the
-/// view reflects all input through epoch `frontier − 1`.
+/// view reflects all input through epoch `frontier − 1`, except at recovery's internal times
+/// (frontiers up to the recovered epoch, [`Runtime::recovery_feed`], ADR 0014), where it reflects
+/// part of the replay.
 #[derive(Clone, Debug)]
 pub struct ViewProgress {
     /// Index into the views the runtime was started with.
@@ -53,8 +55,10 @@ enum WorkerMsg {
 enum Update {
     Sample(SampleRecord, isize),
     Session(SessionRecord, isize),
-    Product(Product, isize),
-    Profile(UserProfile, isize),
+    /// Boxed, as profiles are: products and profiles are rare and large (strings), and unboxed
+    /// they would make every queued sample's update half again as large.
+    Product(Box<Product>, isize),
+    Profile(Box<UserProfile>, isize),
 }
 
 /// Messages queued to one worker before the writer waits (each is one chunk of changes or an
@@ -373,8 +377,8 @@ impl Runtime {
                     let s = SessionRecord::intern(&s, &mut names);
                     (worker_for(&s.user_id, n), Update::Session(s, d as isize))
                 }
-                Change::Profile(p, d) => (worker_for(&p.user_id, n), Update::Profile(p, d as isize)),
-                Change::Product(p, d) => (worker_for(&p.product_id, n), Update::Product(p, d as isize)),
+                Change::Profile(p, d) => (worker_for(&p.user_id, n), Update::Profile(Box::new(p), d as isize)),
+                Change::Product(p, d) => (worker_for(&p.product_id, n), Update::Product(Box::new(p), d as isize)),
             };
             per_worker[worker].push(update);
         }
@@ -387,15 +391,40 @@ impl Runtime {
         Ok(())
     }
 
-    /// Recovery's way in (issue 13 §6, ADR 0012): stored samples, read in place, are interned straight into
-    /// [`SampleRecord`]s and sent at `epoch` every `chunk` samples (at least one), so recovery
-    /// holds one chunk, never the history, and builds no `Sample` on the way. The epoch stays
-    /// open: [`Runtime::advance`] closes it after [`RecoveryFeed::finish`].
-    pub fn recovery_feed(&mut self, epoch: Epoch, chunk: usize) -> RecoveryFeed<'_> {
+    /// Recovery's way in (issue 13 §6, ADR 0012, ADR 0014): stored samples, read in place, are
+    /// interned straight into [`SampleRecord`]s and sent every `chunk` samples (at least one), so
+    /// recovery holds one chunk, never the history, and builds no `Sample` on the way.
+    ///
+    /// The replay runs through internal times from the runtime's first open time up to `epoch`:
+    /// after each chunk that brings the current time's samples to `samples_per_time` or more, the
+    /// feed closes that time and moves to the next one, until it reaches `epoch`, which then takes
+    /// the rest. Every arrangement then seals and merges the history in steps of about
+    /// `samples_per_time` samples, as during a load, instead of holding all of it in its batcher
+    /// until one seal (ADR 0014). The intermediate times are not epochs anyone committed: a view's
+    /// state at them is partial, and the snapshot store holds it back until the frontier passes
+    /// `epoch` (`SnapshotStore::set_recovery_epoch` in `vitalflow-serve`). Only the state at
+    /// `epoch` is ever served, and it is the same however the replay was cut.
+    ///
+    /// `epoch` must not be below the runtime's first open time (recovery starts the runtime and
+    /// feeds it before anything else). `epoch` itself stays open: [`Runtime::advance`] closes it
+    /// after [`RecoveryFeed::finish`].
+    pub fn recovery_feed(&mut self, epoch: Epoch, chunk: usize, samples_per_time: usize) -> RecoveryFeed<'_> {
         let workers = self.senders.len();
         let chunk = chunk.max(1);
         let per_worker = (0..workers).map(|_| Vec::with_capacity(chunk / workers + 1)).collect();
-        RecoveryFeed { runtime: self, epoch, chunk, pending: 0, per_worker }
+        debug_assert!(self.frontier <= epoch, "recovery feeds at or after the runtime's first open time");
+        let time = self.frontier.min(epoch);
+        RecoveryFeed {
+            runtime: self,
+            epoch,
+            time,
+            chunk,
+            samples_per_time: samples_per_time.max(1),
+            pending: 0,
+            in_time: 0,
+            last_sent: time,
+            per_worker,
+        }
     }
 
     /// Sends to worker `i`, waking it while its queue is full so that it drains.
@@ -470,8 +499,8 @@ impl InputSessions {
             match update {
                 Update::Sample(s, d) => self.samples.update(s, d),
                 Update::Session(s, d) => self.sessions.update(s, d),
-                Update::Product(p, d) => self.products.update(p, d),
-                Update::Profile(p, d) => self.profiles.update(p, d),
+                Update::Product(p, d) => self.products.update(*p, d),
+                Update::Profile(p, d) => self.profiles.update(*p, d),
             }
         }
     }
@@ -504,14 +533,33 @@ fn worker_for<K: Hashable<Output = u64>>(key: &K, workers: usize) -> usize {
 #[must_use = "the last chunk is sent only by `finish`"]
 pub struct RecoveryFeed<'r> {
     runtime: &'r mut Runtime,
+    /// The recovered epoch: the last internal time, which takes whatever is left.
     epoch: Epoch,
+    /// The internal time the next chunk is sent at (`<= epoch`).
+    time: Epoch,
     chunk: usize,
+    samples_per_time: usize,
+    /// Samples gathered and not yet sent.
     pending: usize,
+    /// Samples sent at `time` so far.
+    in_time: usize,
+    /// The last internal time a chunk of samples was sent at.
+    last_sent: Epoch,
     per_worker: Vec<Vec<Update>>,
 }
 
 impl RecoveryFeed<'_> {
-    /// Adds one stored sample (a +1 at the feed's epoch); sends the chunk once it is full.
+    /// Sends stored sessions, products and profiles (each a +1) at the feed's current time:
+    /// recovery sends them before the first sample, so that no view computes a user's rows
+    /// without them and again with them.
+    ///
+    /// Errors: [`RuntimeError::WorkerDied`] when a worker has died.
+    pub fn push_changes(&mut self, changes: Vec<Change>) -> Result<(), RuntimeError> {
+        self.runtime.push_changes(self.time, changes)
+    }
+
+    /// Adds one stored sample (a +1 at the feed's current time); sends the chunk once it is
+    /// full, and moves to the next internal time once this one has its samples.
     ///
     /// Errors: [`RuntimeError::WorkerDied`] when a worker has died.
     pub fn push(&mut self, s: SampleRef<'_>) -> Result<(), RuntimeError> {
@@ -527,11 +575,18 @@ impl RecoveryFeed<'_> {
         Ok(())
     }
 
-    /// Sends what is left.
+    /// The internal time the next sample is sent at.
+    pub fn time(&self) -> Epoch {
+        self.time
+    }
+
+    /// Sends what is left (at the current internal time; the caller closes `epoch`), and returns
+    /// the last internal time any sample was sent at.
     ///
     /// Errors: [`RuntimeError::WorkerDied`] when a worker has died.
-    pub fn finish(mut self) -> Result<(), RuntimeError> {
-        self.flush()
+    pub fn finish(mut self) -> Result<Epoch, RuntimeError> {
+        self.flush()?;
+        Ok(self.last_sent)
     }
 
     fn flush(&mut self) -> Result<(), RuntimeError> {
@@ -542,10 +597,17 @@ impl RecoveryFeed<'_> {
         for (i, chunk) in self.per_worker.iter_mut().enumerate() {
             if !chunk.is_empty() {
                 let full = std::mem::replace(chunk, Vec::with_capacity(capacity));
-                self.runtime.send(i, WorkerMsg::Changes(self.epoch, full))?;
+                self.runtime.send(i, WorkerMsg::Changes(self.time, full))?;
+                self.last_sent = self.time;
             }
         }
+        self.in_time += self.pending;
         self.pending = 0;
+        if self.in_time >= self.samples_per_time && self.time < self.epoch {
+            self.time += 1;
+            self.in_time = 0;
+            self.runtime.advance(self.time)?;
+        }
         Ok(())
     }
 }
@@ -579,4 +641,17 @@ fn sink(view: usize, name: &str, rows: VecCollection<'_, Epoch, Row>, report: bo
             }
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queued sample costs its record, its difference and the tag: the rare, large products
+    /// and profiles are boxed so that they do not set the size of every update.
+    #[test]
+    fn a_queued_update_is_64_bytes() {
+        assert_eq!(std::mem::size_of::<SampleRecord>(), 48);
+        assert_eq!(std::mem::size_of::<Update>(), 64);
+    }
 }

@@ -19,6 +19,8 @@ struct Harness {
     views: Vec<BTreeMap<Row, i64>>,
     frontiers: Vec<u64>,
     epoch: u64,
+    /// Every time an update of any view arrived at.
+    times_seen: BTreeSet<u64>,
 }
 
 impl Harness {
@@ -30,7 +32,14 @@ impl Harness {
         let (tx, rx) = crossbeam_channel::unbounded();
         let runtime = Runtime::start_with(workers, crate::VIEWS.to_vec(), tx, options).expect("runtime");
         let n = crate::VIEWS.len();
-        Harness { runtime: Some(runtime), rx, views: vec![BTreeMap::new(); n], frontiers: vec![0; n], epoch: 0 }
+        Harness {
+            runtime: Some(runtime),
+            rx,
+            views: vec![BTreeMap::new(); n],
+            frontiers: vec![0; n],
+            epoch: 0,
+            times_seen: BTreeSet::new(),
+        }
     }
 
     /// Commits one epoch of changes and waits until every view has caught up with it.
@@ -43,20 +52,27 @@ impl Harness {
         self.wait(epoch);
     }
 
-    /// Feeds `samples` as recovery does ([`Runtime::recovery_feed`], chunks of `chunk`), as one
-    /// epoch, and waits until every view has caught up with it.
-    fn recover(&mut self, samples: &[Sample], chunk: usize) {
-        self.epoch += 1;
+    /// Feeds `changes` and then `samples` as recovery does ([`Runtime::recovery_feed`]: chunks
+    /// of `chunk`, internal times of `per_time` samples, ending at an epoch `span` past the last
+    /// one), and waits until every view has caught up with it. Returns how many internal times
+    /// the feed closed before its last one.
+    fn recover(&mut self, changes: Vec<Change>, samples: &[Sample], chunk: usize, per_time: usize, span: u64) -> u64 {
+        self.epoch += span;
         let epoch = self.epoch;
+        let mut times = 0;
         if let Some(rt) = self.runtime.as_mut() {
-            let mut feed = rt.recovery_feed(epoch, chunk);
+            let mut feed = rt.recovery_feed(epoch, chunk, per_time);
+            let first = feed.time();
+            feed.push_changes(changes).expect("changes");
             for s in samples {
                 feed.push(SampleRef::from(s)).expect("feed");
             }
+            times = feed.time() - first;
             feed.finish().expect("finish");
             rt.advance(epoch + 1).expect("advance");
         }
         self.wait(epoch);
+        times
     }
 
     fn wait(&mut self, epoch: u64) {
@@ -64,6 +80,7 @@ impl Harness {
             let p = self.rx.recv_timeout(std::time::Duration::from_secs(60)).expect("view progress");
             for (row, t, diff) in p.updates {
                 assert!(t < p.frontier);
+                self.times_seen.insert(t);
                 let c = self.views[p.view].entry(row.clone()).or_insert(0);
                 *c += diff;
                 if *c == 0 {
@@ -160,15 +177,18 @@ fn example_2a_sample(zone: &str) -> Sample {
     )
 }
 
-/// Recovery's feed (issue 13 §6, ADR 0012) gives every view the rows that pushing the same
-/// samples as one batch gives, whatever the chunk size: chunks of 1, 3 and more than all.
+/// Recovery's feed (issue 13 §6, ADR 0012, ADR 0014) gives every view the rows that pushing the
+/// same samples, sessions, products and profiles as one batch gives, whatever the chunk size
+/// (1, 3, more than all) and however many internal times the replay is cut into (one per
+/// sample, a few, capped by the recovered epoch, one).
 #[test]
 fn a_recovery_feed_gives_every_view_what_a_push_gives() {
     let mut samples = Vec::new();
+    let mut changes = Vec::new();
     for (u, user) in ["u1", "u2", "u3"].into_iter().enumerate() {
+        let zone = ["America/New_York", "+05:45", "UTC"][u];
         for i in 0..5_i64 {
             let t = ms("2024-06-01T03:50:00Z") + i * 3_600_000 + u as i64 * 60_000;
-            let zone = ["America/New_York", "+05:45", "UTC"][u];
             samples.push(sample(
                 user,
                 "watch",
@@ -203,21 +223,59 @@ fn a_recovery_feed_gives_every_view_what_a_push_gives() {
                 zone,
             ));
         }
+        let start = ms("2024-06-01T05:00:00Z") + u as i64 * 60_000;
+        let mut s = session(user, &format!("c{u}"), ["p1", "p2", "p1"][u], start, zone);
+        s.end_ms = Some(start + 1_800_000);
+        changes.push(Change::Session(s, 1));
+        changes.push(Change::Profile(
+            vitalflow_schemas::UserProfile {
+                user_id: user.into(),
+                time_zone: Some(["Europe/Berlin", "Asia/Kathmandu", "UTC"][u].into()),
+                allow_health_data_upload: true,
+                blocked_metrics: vec![],
+            },
+            1,
+        ));
     }
+    changes.push(Change::Product(
+        vitalflow_schemas::domain::Product {
+            product_id: "p1".into(),
+            name: "coffee".into(),
+            category: Some("c".into()),
+        },
+        1,
+    ));
     let mut pushed = Harness::new(2);
-    pushed.step(samples.iter().cloned().map(|s| Change::Sample(s, 1)).collect());
-    for chunk in [1, 3, samples.len() + 1] {
+    pushed.step(changes.iter().cloned().chain(samples.iter().cloned().map(|s| Change::Sample(s, 1))).collect());
+    assert!(!pushed.rows("daily_rollups").is_empty());
+    assert!(!pushed.rows("session_impacts").is_empty());
+    let all = samples.len();
+    assert_eq!(all, 45);
+    // (chunk, samples per internal time, epochs from the last one to the recovered epoch, the
+    // internal times the feed closes before its last): a time closes at the first flush that
+    // brings it to `per_time` samples, and the recovered epoch is the last time.
+    let cuts = [
+        (1, 1, 1_000, 45),
+        (3, 1, 1_000, 15),
+        (3, 7, 1_000, 5),
+        (1, 1, 5, 5),
+        (all + 1, 1, 1_000, 0),
+        (1, usize::MAX, 1_000, 0),
+    ];
+    for (chunk, per_time, span, want_times) in cuts {
         let mut recovered = Harness::new(2);
-        recovered.recover(&samples, chunk);
+        let times = recovered.recover(changes.clone(), &samples, chunk, per_time, span);
+        assert_eq!(times, want_times, "chunks of {chunk}, {per_time} per time");
+        // The views' rows came at the internal times the samples were sent at, not all at one.
+        assert_eq!(recovered.times_seen.len() > 1, want_times > 0, "{:?}", recovered.times_seen);
         for view in crate::VIEWS {
             assert_eq!(
                 recovered.rows(view.def.name),
                 pushed.rows(view.def.name),
-                "{} with chunks of {chunk}",
+                "{} with chunks of {chunk}, {per_time} per time",
                 view.def.name
             );
         }
-        assert!(!pushed.rows("daily_rollups").is_empty());
     }
 }
 

@@ -146,6 +146,9 @@ struct ViewStore {
     /// Current multiplicity of every row, per user (the writer's side). The chunks of the
     /// published snapshots share these rows.
     state: Mutex<HashMap<String, BTreeMap<Arc<Row>, i64>>>,
+    /// Users whose rows changed at recovery's internal times, before the view's frontier passed
+    /// the recovery epoch: their shards are built when it does (ADR 0014). Locked after `state`.
+    held: Mutex<BTreeSet<String>>,
     current: RwLock<Arc<ViewSnapshot>>,
     /// A snapshot persisted by an earlier run ([`crate::persist`]), served until the dataflow's
     /// own snapshot reaches its `asOfEpoch` (issue 14 §3).
@@ -167,8 +170,9 @@ pub enum Served {
 pub struct SnapshotStore {
     views: Vec<ViewStore>,
     ready: AtomicBool,
-    /// The epoch recovery replays the whole store at: until a view's frontier passes it, the
-    /// view's live state reflects no epoch at all (`asOfEpoch` 0), however far the frontier is.
+    /// The epoch recovery replays the store up to (ADR 0014): until a view's frontier passes it,
+    /// the view's updates are held back (applied to its state, not published) and its live
+    /// snapshot reflects no epoch at all (`asOfEpoch` 0), however far the frontier is.
     recovery_epoch: AtomicU64,
 }
 
@@ -180,6 +184,7 @@ impl SnapshotStore {
             .map(|def| ViewStore {
                 def,
                 state: Mutex::new(HashMap::new()),
+                held: Mutex::new(BTreeSet::new()),
                 current: RwLock::new(Arc::new(ViewSnapshot::empty())),
                 persisted: RwLock::new(None),
                 as_of: watch::channel(0).0,
@@ -188,9 +193,10 @@ impl SnapshotStore {
         SnapshotStore { views, ready: AtomicBool::new(false), recovery_epoch: AtomicU64::new(0) }
     }
 
-    /// Declares that recovery replays the store as one batch at `epoch`: a live snapshot claims
-    /// no epoch before its frontier passes it (else, during recovery, an empty view would claim
-    /// `epoch − 1`).
+    /// Declares that recovery replays the store up to `epoch` (ADR 0014): until a view's frontier
+    /// passes it, the view's updates are applied to its state but nothing is published (the
+    /// states at recovery's internal times are partial), and its live snapshot claims no epoch
+    /// (else, during recovery, an empty view would claim `epoch − 1`).
     pub fn set_recovery_epoch(&self, epoch: Epoch) {
         self.recovery_epoch.store(epoch, Ordering::Release);
     }
@@ -291,22 +297,32 @@ impl SnapshotStore {
 
     /// Applies the consolidated updates of every epoch below `frontier` and publishes a snapshot
     /// with `asOfEpoch = frontier − 1`. Cost: the changed rows (log n each) plus the chunks they
-    /// fall in, however many rows the view or the user holds.
+    /// fall in, however many rows the view or the user holds. While `frontier` has not passed the
+    /// recovery epoch ([`SnapshotStore::set_recovery_epoch`]) the updates are only applied to the
+    /// state; the first frontier past it publishes every user they touched.
     pub fn apply(&self, view: usize, frontier: Epoch, updates: Vec<(Row, i64)>) {
         let Some(vs) = self.views.get(view) else { return };
+        let recovering = frontier <= self.recovery_epoch.load(Ordering::Acquire);
         let mut state = vs.state.lock();
         let prev = vs.current.read().clone();
         // Per touched user, the chunks of the published shard that hold a changed row (found as
         // the rows go by, so no row is kept or cloned for it).
         let mut touched: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+        let mut held = vs.held.lock();
         for (row, diff) in updates {
             let Some(user) = row.first().and_then(Datum::as_str).map(str::to_owned) else {
                 tracing::error!(view = vs.def.name, "view row without a user_id; ignored");
                 continue;
             };
-            let dirty = touched.entry(user.clone()).or_default();
-            if let Some(shard) = prev.user(&user).filter(|s| !s.chunks.is_empty()) {
-                dirty.insert(shard.chunk_of(&row));
+            if recovering {
+                if !held.contains(&user) {
+                    held.insert(user.clone());
+                }
+            } else {
+                let dirty = touched.entry(user.clone()).or_default();
+                if let Some(shard) = prev.user(&user).filter(|s| !s.chunks.is_empty()) {
+                    dirty.insert(shard.chunk_of(&row));
+                }
             }
             let rows = state.entry(user).or_default();
             match rows.get_mut(&row) {
@@ -321,6 +337,14 @@ impl SnapshotStore {
                 }
             }
         }
+        if recovering {
+            return;
+        }
+        for user in std::mem::take(&mut *held) {
+            let chunks = prev.user(&user).map_or(0, |s| s.chunks.len());
+            touched.entry(user).or_default().extend(0..chunks);
+        }
+        drop(held);
         let mut buckets = prev.buckets.clone();
         let mut row_count = prev.row_count as i64;
         for (user, dirty) in touched {
@@ -347,9 +371,7 @@ impl SnapshotStore {
                 }
             }
         }
-        let recovering = frontier <= self.recovery_epoch.load(Ordering::Acquire);
-        let as_of =
-            if frontier == Epoch::MAX || recovering { prev.as_of } else { frontier.saturating_sub(1).max(prev.as_of) };
+        let as_of = if frontier == Epoch::MAX { prev.as_of } else { frontier.saturating_sub(1).max(prev.as_of) };
         let snap =
             ViewSnapshot { as_of, buckets, row_count: row_count.max(0) as usize, published_at: SystemTime::now() };
         let mut persisted = vs.persisted.write();
@@ -559,6 +581,64 @@ mod tests {
         // 102 and 108 were retracted (days 51 and 54).
         let want: Vec<Row> = [100, 104, 106, 110].into_iter().map(|d| r3("steps", d)).collect();
         assert_eq!(shard.range(&lo, &hi).cloned().collect::<Vec<_>>(), want);
+    }
+
+    /// ADR 0014: recovery's internal times (frontiers up to the recovery epoch) publish nothing
+    /// and claim no epoch; the first frontier past it publishes the sum of every update, the
+    /// same snapshot as one apply of the consolidated history, with rows inserted and retracted
+    /// between internal times gone and users whose rows all cancelled absent.
+    #[test]
+    fn recovery_states_are_held_back_until_the_recovery_epoch_passes() {
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
+        let mut history: Vec<Vec<(Row, i64)>> = Vec::new();
+        let mut model: BTreeMap<Row, i64> = BTreeMap::new();
+        for _ in 0..12 {
+            let mut updates = Vec::new();
+            for _ in 0..200 {
+                let user = ["a", "b", "c", "d"][next(4) as usize];
+                let r = row(user, next(1500) as i64);
+                let diff = if model.get(&r).copied().unwrap_or(0) > 0 && next(3) == 0 { -1 } else { 1 };
+                if diff == 1 && model.contains_key(&r) {
+                    continue;
+                }
+                *model.entry(r.clone()).or_default() += diff;
+                model.retain(|_, c| *c != 0);
+                updates.push((r, diff));
+            }
+            history.push(updates);
+        }
+        // "d-gone" is inserted early and retracted at a later internal time: absent at the end.
+        history[0].push((row("d-gone", 7), 1));
+        history[5].push((row("d-gone", 7), -1));
+
+        let replayed = SnapshotStore::new([DEF]);
+        replayed.set_recovery_epoch(40);
+        let mut seen = replayed.watch(0);
+        for (i, updates) in history.iter().enumerate() {
+            replayed.apply(0, 1 + i as Epoch, updates.clone());
+            let snap = replayed.snapshot(0);
+            assert_eq!((snap.as_of, snap.row_count), (0, 0), "internal time {i}: nothing is published");
+            assert!(!seen.has_changed().unwrap(), "internal time {i}: asOfEpoch does not move");
+        }
+        replayed.apply(0, 41, vec![]);
+        let at_once = SnapshotStore::new([DEF]);
+        at_once.set_recovery_epoch(40);
+        at_once.apply(0, 41, model.iter().map(|(r, c)| (r.clone(), *c)).collect());
+
+        let (got, want) = (replayed.snapshot(0), at_once.snapshot(0));
+        assert_eq!((got.as_of, got.row_count), (40, model.len()));
+        assert_eq!(*seen.borrow_and_update(), 40);
+        assert!(got.user("d-gone").is_none());
+        for user in ["a", "b", "c", "d"] {
+            let rows = |s: &ViewSnapshot| s.user(user).map(|u| u.rows().cloned().collect::<Vec<_>>());
+            assert_eq!(rows(&got), rows(&want), "user {user}");
+            let batch_rows: usize = got.user(user).map_or(0, |u| u.batches().map(RecordBatch::num_rows).sum());
+            assert_eq!(batch_rows, got.user(user).map_or(0, |u| u.len()));
+        }
+        // After recovery, updates publish as usual, from the shards recovery built.
+        replayed.apply(0, 42, vec![(row("a", 5000), 1)]);
+        assert_eq!(replayed.snapshot(0).as_of, 41);
+        assert_eq!(replayed.snapshot(0).row_count, model.len() + 1);
     }
 
     /// Random inserts and retractions over users with long histories: every snapshot holds

@@ -49,8 +49,9 @@ pub struct Config {
     /// Recovery (docs/operations.md, "Persisted snapshots and restarts"; ADR 0014): the stored samples are
     /// replayed through internal times of this many samples each, so that the arrangements seal
     /// and merge the history step by step instead of holding all of it until one seal. Smaller
-    /// steps lower recovery's peak memory and cost more merging; 0 replays the whole history as
-    /// one step.
+    /// steps lower recovery's peak memory and cost more merging, down to a step of a few users'
+    /// histories: a user spread over k steps has their days recomputed up to k times. 0 replays
+    /// the whole history as one step.
     pub recovery_step_samples: u64,
     /// Where input comes from besides HTTP (none by default).
     pub sources: Sources,

@@ -6,7 +6,7 @@
 //! parks; [`Runtime::push`] unparks it, so an idle engine uses no CPU.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::Thread;
 use std::time::Duration;
@@ -83,6 +83,9 @@ pub struct Runtime {
     died: Arc<AtomicUsize>,
     /// Present with introspection on ([`RuntimeOptions::slow_epoch`]).
     elapsed: Option<Elapsed>,
+    /// Per worker, the frontier of every view's output on that worker (all epochs below it are
+    /// complete there), published after each step: what recovery waits on ([`RecoveryFeed`]).
+    completed: Arc<Vec<AtomicU64>>,
 }
 
 /// How the runtime runs, beyond its views.
@@ -235,6 +238,8 @@ impl Runtime {
         let (thread_tx, thread_rx) = crossbeam_channel::unbounded();
         let elapsed = options.slow_epoch.map(|_| Elapsed::new(&views.iter().map(|v| v.def.name).collect::<Vec<_>>()));
         let elapsed_in_workers = elapsed.clone();
+        let completed: Arc<Vec<AtomicU64>> = Arc::new((0..workers).map(|_| AtomicU64::new(0)).collect());
+        let completed_in_workers = completed.clone();
         let mut config = Config::process(workers);
         if let Some(effort) = options.idle_merge_effort {
             let effort = isize::try_from(effort).unwrap_or(isize::MAX);
@@ -266,7 +271,7 @@ impl Runtime {
                 for (view, spec) in views.iter().enumerate() {
                     attribution.building(scope.worker().peek_identifier(), view);
                     let rows = (spec.build)(&inputs);
-                    let rows = if elapsed_in_workers.is_some() { rows.probe_with(&probe) } else { rows };
+                    let rows = rows.probe_with(&probe);
                     sink(view, spec.def.name, rows, index == 0, out.clone());
                 }
                 InputSessions {
@@ -303,7 +308,10 @@ impl Runtime {
                 if let Some(slow) = slow.as_mut() {
                     slow.check(&probe);
                 }
+                let done = probe.with_frontier(|f| f.iter().min().copied().unwrap_or(Epoch::MAX));
+                completed_in_workers[index].store(done, Ordering::Release);
             }
+            completed_in_workers[index].store(Epoch::MAX, Ordering::Release);
             while worker.step_or_park(None) {}
             watch.armed = false;
         })?;
@@ -316,6 +324,7 @@ impl Runtime {
             frontier: 0,
             died,
             elapsed,
+            completed,
         })
     }
 
@@ -458,6 +467,23 @@ impl Runtime {
         Ok(())
     }
 
+    /// Waits until every worker has completed every epoch below `epoch` in every view (each
+    /// publishes its output frontier after a step), waking them meanwhile.
+    ///
+    /// Errors: [`RuntimeError::WorkerDied`] when a worker has died.
+    fn wait_completed(&self, epoch: Epoch) -> Result<(), RuntimeError> {
+        while self.completed.iter().any(|c| c.load(Ordering::Acquire) < epoch) {
+            if !self.is_healthy() {
+                return Err(RuntimeError::WorkerDied);
+            }
+            for t in &self.threads {
+                t.unpark();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
     /// Closes the inputs and waits for the workers to drain and exit.
     pub fn shutdown(mut self) {
         self.close();
@@ -580,6 +606,13 @@ impl RecoveryFeed<'_> {
         self.time
     }
 
+    /// The earliest time any worker has not completed in every view: the replay's progress
+    /// through the dataflow. The feed keeps it at most one behind [`RecoveryFeed::time`] when it
+    /// opens a new time.
+    pub fn completed(&self) -> Epoch {
+        self.runtime.completed.iter().map(|c| c.load(Ordering::Acquire)).min().unwrap_or(Epoch::MAX)
+    }
+
     /// Sends what is left (at the current internal time; the caller closes `epoch`), and returns
     /// the last internal time any sample was sent at.
     ///
@@ -607,6 +640,10 @@ impl RecoveryFeed<'_> {
             self.time += 1;
             self.in_time = 0;
             self.runtime.advance(self.time)?;
+            // At most two steps in flight: the one just closed, computing, and the next one
+            // coming in. Without the wait the feed outruns the workers, which take everything
+            // queued before they step, and every step would pile up before the first is sealed.
+            self.runtime.wait_completed(self.time - 1)?;
         }
         Ok(())
     }

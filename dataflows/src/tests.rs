@@ -65,7 +65,13 @@ impl Harness {
             let first = feed.time();
             feed.push_changes(changes).expect("changes");
             for s in samples {
+                let before = feed.time();
                 feed.push(SampleRef::from(s)).expect("feed");
+                if feed.time() > before {
+                    // A new time opens only once the one before the time just closed is complete
+                    // on every worker: at most two steps are in flight.
+                    assert!(feed.completed() + 1 >= feed.time(), "{} behind {}", feed.completed(), feed.time());
+                }
             }
             times = feed.time() - first;
             feed.finish().expect("finish");

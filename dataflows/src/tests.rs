@@ -70,7 +70,12 @@ impl Harness {
                 if feed.time() > before {
                     // A new time opens only once the one before the time just closed is complete
                     // on every worker: at most two steps are in flight.
-                    assert!(feed.completed() + 1 >= feed.time(), "{} behind {}", feed.completed(), feed.time());
+                    assert!(
+                        feed.completed().saturating_add(1) >= feed.time(),
+                        "{} behind {}",
+                        feed.completed(),
+                        feed.time()
+                    );
                 }
             }
             times = feed.time() - first;

@@ -55,8 +55,8 @@ enum WorkerMsg {
 enum Update {
     Sample(SampleRecord, isize),
     Session(SessionRecord, isize),
-    /// Boxed, as profiles are: products and profiles are rare and large (strings), and unboxed
-    /// they would make every queued sample's update half again as large.
+    /// Boxed: products and profiles are rare and large (strings), and unboxed they would make
+    /// every queued sample's update half again as large.
     Product(Box<Product>, isize),
     Profile(Box<UserProfile>, isize),
 }
@@ -406,10 +406,11 @@ impl Runtime {
     ///
     /// The replay runs through internal times from the runtime's first open time up to `epoch`:
     /// after each chunk that brings the current time's samples to `samples_per_time` or more, the
-    /// feed closes that time and moves to the next one, until it reaches `epoch`, which then takes
-    /// the rest. Every arrangement then seals and merges the history in steps of about
-    /// `samples_per_time` samples, as during a load, instead of holding all of it in its batcher
-    /// until one seal (ADR 0014). The intermediate times are not epochs anyone committed: a view's
+    /// feed closes that time and moves to the next one (never past `epoch`), and the last step
+    /// takes the rest. Before it sends a new time's first sample it waits until every worker has
+    /// completed the time two back, so at most two steps are in the dataflow. Every arrangement
+    /// then seals and merges the history in steps of about `samples_per_time` samples, as during
+    /// a load, instead of holding all of it in its batcher until one seal (ADR 0014). The intermediate times are not epochs anyone committed: a view's
     /// state at them is partial, and the snapshot store holds it back until the frontier passes
     /// `epoch` (`SnapshotStore::set_recovery_epoch` in `vitalflow-serve`). Only the state at
     /// `epoch` is ever served, and it is the same however the replay was cut.
@@ -559,7 +560,7 @@ fn worker_for<K: Hashable<Output = u64>>(key: &K, workers: usize) -> usize {
 #[must_use = "the last chunk is sent only by `finish`"]
 pub struct RecoveryFeed<'r> {
     runtime: &'r mut Runtime,
-    /// The recovered epoch: the last internal time, which takes whatever is left.
+    /// The recovered epoch: no internal time passes it.
     epoch: Epoch,
     /// The internal time the next chunk is sent at (`<= epoch`).
     time: Epoch,

@@ -27,9 +27,9 @@ use vitalflow_serve::{Freshness, ServeConfig, SnapshotStore};
 
 use crate::config::Config;
 
-/// Samples fed to the dataflow per message during recovery (split among the workers). Recovery
-/// outruns the workers, so their queues stay full: at 64 bytes per queued sample, each worker's
-/// queue holds up to `WORKER_QUEUE` (256) × 2,048 / workers samples (16 MiB with two workers).
+/// Samples fed to the dataflow per message during recovery (split among the workers). Within a
+/// step recovery outruns the workers, so their queues fill: at 64 bytes per queued sample, each
+/// worker's queue holds up to `WORKER_QUEUE` (256) × 2,048 / workers samples (16 MiB with two).
 const RECOVERY_CHUNK: usize = 2_048;
 
 /// Views' progress messages queued from the dataflow to the snapshot applier before worker 0

@@ -226,9 +226,22 @@ async fn a_read_over_the_row_cap_is_refused_and_a_narrower_one_answered() {
         "to=2024-02-30",
         "metric=steps&metric=heart_rate",
         "from=2024-06-02&from=2024-06-03",
+        // A parameter the view does not take (a typo, another view's filter) would otherwise
+        // answer unfiltered rows; a value that is not UTF-8 could match a stored U+FFFD.
+        "metrc=steps",
+        "sessionId=s1",
+        "metric=steps&limit=10",
+        "metric=%FF",
+        "sourceId=%C3%28",
     ] {
         let (status, b) = server.get(&format!("/v1/users/u1/daily-rollups?{query}")).await;
         assert_eq!((status, &b["code"]), (400, &json!("INVALID_QUERY")), "{query}: {b}");
+    }
+    // Views without a date of their own (or one reached through another view) take no from/to.
+    for path in ["/v1/users/u1/product-impacts?from=2024-06-02", "/v1/users/u1/routines?to=2024-06-02"] {
+        let (status, b) = server.get(path).await;
+        assert_eq!((status, &b["code"]), (400, &json!("INVALID_QUERY")), "{path}: {b}");
+        assert!(b["message"].as_str().is_some_and(|m| m.contains("minEpoch")), "{path}: {b}");
     }
     // A refusal does not echo a long value back.
     let (status, b) = server.get(&format!("/v1/users/u1/daily-rollups?metric={}", "a".repeat(10_000))).await;

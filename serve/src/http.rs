@@ -1,13 +1,14 @@
 //! The read API: per-user view reads, SQL, frontiers, health. Every read states its freshness:
 //! `asOfEpoch` (all input through it is reflected), `latestEpoch` (newest accepted) and `pending`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -170,11 +171,33 @@ fn arrow_response(
     Ok(resp)
 }
 
+/// The query string's parameters in order, each key and value percent-decoded (`+` stands for a
+/// space, as in a form). A key or value that is not UTF-8 once decoded is refused
+/// (`INVALID_QUERY`) rather than read with U+FFFD in place of its bytes, which could match a stored
+/// identifier that holds U+FFFD.
+fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let decode = |s: &str| -> Result<String, ApiError> {
+        let spaced = s.replace('+', " ");
+        percent_encoding::percent_decode(spaced.as_bytes())
+            .decode_utf8()
+            .map(Cow::into_owned)
+            .map_err(|_| ApiError::bad("INVALID_QUERY", "a query parameter is not UTF-8 once percent-decoded"))
+    };
+    raw.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
 async fn read_view(
     State(st): State<AppState>,
     caller: Option<Extension<Caller>>,
     Path((user, route)): Path<(String, String)>,
-    Query(pairs): Query<Vec<(String, String)>>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     // No `Caller` (no auth middleware, as in the handler tests) is the trusted caller.
@@ -191,9 +214,24 @@ async fn read_view(
         ApiError::new(StatusCode::NOT_FOUND, "UNKNOWN_VIEW", format!("no view is served at '{}'", quote(&route)))
     })?;
     let def = *st.store.def(view);
-    // A parameter given twice has no one meaning: refused rather than taking either.
+    let pairs = query_pairs(query.as_deref())?;
+    // A parameter given twice has no one meaning: refused rather than taking either. One the view
+    // does not take (a typo, or another view's filter) is refused rather than ignored, which
+    // would answer the unfiltered rows as if they were the filtered ones.
+    let dated = def.range_column.is_some() || def.range_via.is_some();
+    let takes = |k: &str| {
+        def.filters.contains(&k) || matches!(k, "minEpoch" | "waitMs") || (dated && matches!(k, "from" | "to"))
+    };
     let mut params: HashMap<String, String> = HashMap::with_capacity(pairs.len());
     for (k, v) in pairs {
+        if !takes(&k) {
+            let dates: &[&str] = if dated { &["from", "to"] } else { &[] };
+            let known: Vec<&str> = def.filters.iter().chain(dates).chain(&["minEpoch", "waitMs"]).copied().collect();
+            return Err(ApiError::bad(
+                "INVALID_QUERY",
+                format!("'{}' is not a parameter of {route}; it takes {}", quote(&k), known.join(", ")),
+            ));
+        }
         if params.contains_key(&k) {
             return Err(ApiError::bad(
                 "INVALID_QUERY",
@@ -654,5 +692,23 @@ mod tests {
         assert_eq!(r.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
         let r = ApiError::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", "bad").into_response();
         assert!(r.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn a_query_decodes_as_a_form_and_refuses_what_is_not_utf8() {
+        let pairs = |q: &str| query_pairs(Some(q)).map_err(|e| e.code);
+        assert_eq!(
+            pairs("productId=caf%C3%A9&scope=*&a+b=c%2Bd&&flag"),
+            Ok(vec![
+                ("productId".to_owned(), "café".to_owned()),
+                ("scope".to_owned(), "*".to_owned()),
+                ("a b".to_owned(), "c+d".to_owned()),
+                ("flag".to_owned(), String::new()),
+            ])
+        );
+        assert_eq!(query_pairs(None).map_err(|e| e.code), Ok(vec![]));
+        for q in ["sourceId=%FFabc", "%C3=1", "metric=%C3%28"] {
+            assert_eq!(pairs(q), Err("INVALID_QUERY"), "{q}");
+        }
     }
 }

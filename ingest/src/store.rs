@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 use vitalflow_schemas::domain::{Product, Session};
-use vitalflow_schemas::sleep::SleepStage;
 use vitalflow_schemas::wire::{BatchUpsertResponse, HASH_SCHEME_JCS, payload_hash};
-use vitalflow_schemas::{Epoch, Metric, OrdF64, SampleRef, SourceClass, StoredSample, UserProfile, Zone};
+use vitalflow_schemas::{Epoch, SampleOf, SampleRef, StoredSample, UserProfile, Zone};
 
 /// `(userId, sourceId, sourceRecordId)` → bincode `StoredSample`.
 pub(crate) const SAMPLES: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("samples");
@@ -384,20 +383,8 @@ struct StoredHead<'a> {
     sync_version: Option<i64>,
 }
 
-/// [`Sample`](vitalflow_schemas::Sample)'s fields in its order, with the identifiers and the zone's name borrowed.
-#[derive(Deserialize)]
-struct SampleHead<'a> {
-    user_id: &'a str,
-    source_id: &'a str,
-    source_record_id: &'a str,
-    metric: Metric,
-    start_ms: i64,
-    end_ms: i64,
-    value: Option<OrdF64>,
-    category: Option<SleepStage>,
-    source_class: SourceClass,
-    zone: &'a str,
-}
+/// A stored row's sample with the identifiers and the zone's name borrowed.
+type SampleHead<'a> = SampleOf<&'a str, &'a str>;
 
 /// The zone of the previous row, by name: a user's rows are stored together and mostly share one
 /// zone, so a scan parses each run's zone once.
@@ -445,24 +432,7 @@ fn decode_row<'a>(bytes: &'a [u8], zones: &mut ZoneCache) -> Option<(StoredHead<
 /// A stored row's sample, read in place (recovery); `None` as [`decode_row`].
 fn decode_head<'a>(bytes: &'a [u8], zones: &mut ZoneCache) -> Option<SampleRef<'a>> {
     let (row, zone) = decode_row(bytes, zones)?;
-    Some(row.sample.with_zone(zone))
-}
-
-impl<'a> SampleHead<'a> {
-    fn with_zone(self, zone: Zone) -> SampleRef<'a> {
-        SampleRef {
-            user_id: self.user_id,
-            source_id: self.source_id,
-            source_record_id: self.source_record_id,
-            metric: self.metric,
-            start_ms: self.start_ms,
-            end_ms: self.end_ms,
-            value: self.value,
-            category: self.category,
-            source_class: self.source_class,
-            zone,
-        }
-    }
+    Some(row.sample.map(|id| id, |_| zone))
 }
 
 pub(crate) fn encode_sample(s: &StoredSample) -> Vec<u8> {
@@ -474,7 +444,7 @@ pub(crate) fn encode_sample(s: &StoredSample) -> Vec<u8> {
 pub(crate) fn decode_sample(bytes: &[u8]) -> Option<StoredSample> {
     let (row, zone) = decode_row(bytes, &mut ZoneCache::default())?;
     Some(StoredSample {
-        sample: vitalflow_schemas::Sample::from(row.sample.with_zone(zone)),
+        sample: row.sample.map(str::to_owned, |_| zone),
         platform: row.platform.map(str::to_owned),
         metadata: row.metadata.to_owned(),
         sync_version: row.sync_version,
@@ -484,6 +454,8 @@ pub(crate) fn decode_sample(bytes: &[u8]) -> Option<StoredSample> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vitalflow_schemas::sleep::SleepStage;
+    use vitalflow_schemas::{Metric, OrdF64, SourceClass};
 
     /// Recovery's in-place read gives every field of the stored sample, whatever follows it in
     /// the row, for each kind of zone, value and category.

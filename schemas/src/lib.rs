@@ -28,7 +28,7 @@ pub use error::Rejection;
 pub use limits::Limits;
 pub use metric::{Metric, ValueKind};
 pub use ordf64::OrdF64;
-pub use record::{Change, EpochBatch, Sample, SampleRef, StoredSample, UserProfile};
+pub use record::{Change, EpochBatch, Sample, SampleOf, SampleRef, StoredSample, UserProfile};
 pub use source::SourceClass;
 pub use view::{Column, ColumnType, Datum, Row, ViewDef};
 pub use zone::Zone;

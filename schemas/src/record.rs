@@ -13,11 +13,16 @@ use crate::zone::Zone;
 /// A validated, normalized sample: what every view reads. Its identity (DOMAIN.md I2) is
 /// `(user_id, source_id, source_record_id)`, without `startAt`. Values are in the canonical unit (G4);
 /// the zone is resolved at ingest (Z1) and never changes (Z2).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Sample {
-    pub user_id: String,
-    pub source_id: String,
-    pub source_record_id: String,
+///
+/// One set of fields for every way a sample is held: owned ([`Sample`]), with its identifiers
+/// borrowed from someone else's bytes ([`SampleRef`]: recovery reads each stored row in place,
+/// issue 13 §6), or with its zone still a name (the store's in-place decode). `Id` is the
+/// identifiers' type and `Z` the zone's; the fields' order is the stored rows' (bincode, ADR 0001).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SampleOf<Id, Z = Zone> {
+    pub user_id: Id,
+    pub source_id: Id,
+    pub source_record_id: Id,
     pub metric: Metric,
     /// UTC milliseconds, inclusive.
     pub start_ms: i64,
@@ -28,33 +33,37 @@ pub struct Sample {
     /// Sleep stage, for `sleep_analysis` only.
     pub category: Option<SleepStage>,
     pub source_class: SourceClass,
-    pub zone: Zone,
+    pub zone: Z,
 }
 
-/// A [`Sample`] whose identifiers borrow someone else's bytes: recovery reads each stored row in
-/// place (issue 13 §6), without copying its three identifiers into `String`s. Same fields, same
-/// meaning and units as [`Sample`]; `SampleRef::from(&sample)` views an owned one.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SampleRef<'a> {
-    pub user_id: &'a str,
-    pub source_id: &'a str,
-    pub source_record_id: &'a str,
-    pub metric: Metric,
-    /// UTC milliseconds, inclusive.
-    pub start_ms: i64,
-    /// UTC milliseconds, exclusive; equal to `start_ms` for an instantaneous sample (G2).
-    pub end_ms: i64,
-    /// Canonical-unit value; `None` for sleep stages and interval samples sent without one.
-    pub value: Option<OrdF64>,
-    /// Sleep stage, for `sleep_analysis` only.
-    pub category: Option<SleepStage>,
-    pub source_class: SourceClass,
-    pub zone: Zone,
+/// A sample that owns its identifiers: what ingest validates and the store keeps.
+pub type Sample = SampleOf<String>;
+
+/// A sample whose identifiers borrow someone else's bytes; `SampleRef::from(&sample)` views an
+/// owned one.
+pub type SampleRef<'a> = SampleOf<&'a str>;
+
+impl<Id, Z> SampleOf<Id, Z> {
+    /// The same sample with each identifier through `id` and the zone through `zone`.
+    pub fn map<Id2, Z2>(self, mut id: impl FnMut(Id) -> Id2, zone: impl FnOnce(Z) -> Z2) -> SampleOf<Id2, Z2> {
+        SampleOf {
+            user_id: id(self.user_id),
+            source_id: id(self.source_id),
+            source_record_id: id(self.source_record_id),
+            metric: self.metric,
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+            value: self.value,
+            category: self.category,
+            source_class: self.source_class,
+            zone: zone(self.zone),
+        }
+    }
 }
 
 impl<'a> From<&'a Sample> for SampleRef<'a> {
     fn from(s: &'a Sample) -> SampleRef<'a> {
-        SampleRef {
+        SampleOf {
             user_id: &s.user_id,
             source_id: &s.source_id,
             source_record_id: &s.source_record_id,
@@ -71,18 +80,7 @@ impl<'a> From<&'a Sample> for SampleRef<'a> {
 
 impl From<SampleRef<'_>> for Sample {
     fn from(s: SampleRef<'_>) -> Sample {
-        Sample {
-            user_id: s.user_id.to_owned(),
-            source_id: s.source_id.to_owned(),
-            source_record_id: s.source_record_id.to_owned(),
-            metric: s.metric,
-            start_ms: s.start_ms,
-            end_ms: s.end_ms,
-            value: s.value,
-            category: s.category,
-            source_class: s.source_class,
-            zone: s.zone,
-        }
+        s.map(str::to_owned, |z| z)
     }
 }
 

@@ -176,19 +176,25 @@ fn arrow_response(
 /// (`INVALID_QUERY`) rather than read with U+FFFD in place of its bytes, which could match a stored
 /// identifier that holds U+FFFD.
 fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
-    let decode = |s: &str| -> Result<String, ApiError> {
+    let decode = |s: &str| -> Option<String> {
         let spaced = s.replace('+', " ");
-        percent_encoding::percent_decode(spaced.as_bytes())
-            .decode_utf8()
-            .map(Cow::into_owned)
-            .map_err(|_| ApiError::bad("INVALID_QUERY", "a query parameter is not UTF-8 once percent-decoded"))
+        percent_encoding::percent_decode(spaced.as_bytes()).decode_utf8().ok().map(Cow::into_owned)
     };
     raw.unwrap_or("")
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            Ok((decode(k)?, decode(v)?))
+            let k = decode(k).ok_or_else(|| {
+                ApiError::bad("INVALID_QUERY", "a query parameter's name is not UTF-8 once percent-decoded")
+            })?;
+            let v = decode(v).ok_or_else(|| {
+                ApiError::bad(
+                    "INVALID_QUERY",
+                    format!("the value of '{}' is not UTF-8 once percent-decoded", quote(&k)),
+                )
+            })?;
+            Ok((k, v))
         })
         .collect()
 }
@@ -218,7 +224,8 @@ async fn read_view(
     // A parameter given twice has no one meaning: refused rather than taking either. One the view
     // does not take (a typo, or another view's filter) is refused rather than ignored, which
     // would answer the unfiltered rows as if they were the filtered ones.
-    let dated = def.range_column.is_some() || def.range_via.is_some();
+    // Through another view only where that view is served (`VITALFLOW_VIEWS` may leave it out).
+    let dated = def.range_column.is_some() || def.range_via.is_some_and(|rv| st.store.view_by_name(rv.view).is_some());
     let takes = |k: &str| {
         def.filters.contains(&k) || matches!(k, "minEpoch" | "waitMs") || (dated && matches!(k, "from" | "to"))
     };

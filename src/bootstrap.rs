@@ -18,7 +18,7 @@ use vitalflow_dataflows::{Elapsed, Runtime, RuntimeHealth, RuntimeOptions, ViewP
 use vitalflow_ingest::kafka::{KafkaSource, KafkaStatus};
 use vitalflow_ingest::outbox::OutboxStatus;
 use vitalflow_ingest::writer::IngestOptions;
-use vitalflow_ingest::{Ingest, IngestProgress, Store};
+use vitalflow_ingest::{Ingest, IngestProgress, Startup, Store};
 use vitalflow_schemas::wire::ErrorBody;
 use vitalflow_schemas::{Change, Epoch};
 use vitalflow_serve::persist::{Loaded, Persister};
@@ -53,6 +53,8 @@ struct Components {
     /// (`vitalflow_dataflow_slow_epochs_total`), kept while `slow_epoch_ms` > 0.
     elapsed: Option<Elapsed>,
     stopping: AtomicBool,
+    /// Set when a stop request ended recovery early: the writer then ends without having failed.
+    recovery_stopped: Arc<AtomicBool>,
     /// Names of the failed components, as `/readyz` reports them.
     failed: parking_lot::RwLock<Vec<&'static str>>,
 }
@@ -63,7 +65,7 @@ impl Components {
             return Vec::new();
         }
         let mut failed = Vec::new();
-        if !self.ingest.is_alive() {
+        if !self.ingest.is_alive() && !self.recovery_stopped.load(Ordering::SeqCst) {
             failed.push("writer");
         }
         if !self.workers.is_healthy() {
@@ -236,27 +238,39 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     };
 
     let runtime = Arc::new(Mutex::new(runtime));
+    // Set when SIGINT or SIGTERM arrives: a recovery still replaying the store gives up within a
+    // chunk (the store is only read, so the next start replays it from the beginning) instead of
+    // holding the stop back until the whole history is replayed.
+    let stop_requested = Arc::new(AtomicBool::new(false));
+    let recovery_stopped = Arc::new(AtomicBool::new(false));
     let (recovery_tx, recovery_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let recovery = {
-        let (store, runtime) = (store.clone(), runtime.clone());
+        let (store, runtime, stopping, stopped) =
+            (store.clone(), runtime.clone(), stop_requested.clone(), recovery_stopped.clone());
         let samples_per_time = match config.recovery_step_samples {
             0 => usize::MAX,
             n => usize::try_from(n).unwrap_or(usize::MAX),
         };
         // Test-only (`VITALFLOW_FAULT_INJECTION=1`): `VITALFLOW_FAULT_RECOVERY_DELAY_MS` holds
-        // recovery back, so that tests can read what is served before the views are rehydrated.
+        // recovery back before its first sample (a stop request ends the hold), so that tests can
+        // read what is served before the views are rehydrated, and stop a replay under way.
         let delay = std::env::var("VITALFLOW_FAULT_RECOVERY_DELAY_MS")
             .ok()
             .filter(|_| std::env::var_os("VITALFLOW_FAULT_INJECTION").is_some_and(|v| v == "1"))
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_millis);
         Box::new(move || {
-            if let Some(d) = delay {
-                tracing::warn!(delay_ms = d.as_millis() as u64, "fault injected: recovery delayed");
-                std::thread::sleep(d);
+            let result = recover(&store, &runtime, recovered_epoch, samples_per_time, delay, &stopping);
+            // A stopped recovery sends nothing: the readiness task sees the writer end (shutdown).
+            match &result {
+                Ok(Startup::Ready) => {
+                    let _ = recovery_tx.send(Ok(()));
+                }
+                Ok(Startup::Stopped) => stopped.store(true, Ordering::SeqCst),
+                Err(e) => {
+                    let _ = recovery_tx.send(Err(e.clone()));
+                }
             }
-            let result = recover(&store, &runtime, recovered_epoch, samples_per_time);
-            let _ = recovery_tx.send(result.clone());
             result
         })
     };
@@ -314,6 +328,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
         runtime: runtime.clone(),
         elapsed,
         stopping: AtomicBool::new(false),
+        recovery_stopped: recovery_stopped.clone(),
         failed: parking_lot::RwLock::new(Vec::new()),
     });
     drop(runtime);
@@ -435,7 +450,13 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     let addr = listener.local_addr()?;
     // The handlers are installed before the address is printed: whoever learns the address and
     // sends SIGTERM gets the graceful stop, not the default action.
-    let shutdown = shutdown_signal()?;
+    let shutdown = {
+        let (signal, stopping) = (shutdown_signal()?, stop_requested.clone());
+        async move {
+            signal.await;
+            stopping.store(true, Ordering::SeqCst);
+        }
+    };
     tracing::info!(%addr, workers = config.workers, data_dir = %config.data_dir.display(), "vitalflow serving");
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("vitalflow listening on {scheme}://{addr}");
@@ -450,6 +471,7 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
     tracing::info!("HTTP drained; flushing");
     components.stopping.store(true, Ordering::SeqCst);
     supervisor.abort();
+    let _ = supervisor.await;
     ready_task.abort();
     if let Some(t) = &persist_task {
         t.abort();
@@ -463,10 +485,12 @@ pub async fn serve(config: Config, tls: Option<tokio_rustls::TlsAcceptor>) -> an
         tokio::task::spawn_blocking(move || k.stop()).await?;
     }
     drop(ingest);
-    drop(components);
     // The router (and its Ingest handles) is gone: the writer drains its queue and exits, dropping
-    // the runtime, whose workers drain and close the applier's channel.
+    // the runtime, whose workers drain and close the applier's channel. After a stopped recovery
+    // the writer holds no runtime and `components` may be its last holder: dropping it joins the
+    // workers, so it is dropped off the async threads.
     tokio::task::spawn_blocking(move || {
+        drop(components);
         let _ = writer.join();
         let _ = applier.join();
     })
@@ -813,7 +837,18 @@ fn record_since(commits: &[SystemTime], metric: &'static str, view: &'static str
 ///
 /// Errors: any store read or decode error, or a dataflow that cannot take the records; the
 /// caller stops the process (fail closed).
-fn recover(store: &Store, runtime: &Mutex<Runtime>, epoch: Epoch, samples_per_time: usize) -> Result<(), String> {
+///
+/// `Ok(Startup::Stopped)` when `stopping` is set before the samples are all read (checked every
+/// [`RECOVERY_CHUNK`] samples): the replay is given up, and the writer must take no request.
+/// `hold` (tests only) waits that long, or until `stopping`, before the first sample.
+fn recover(
+    store: &Store,
+    runtime: &Mutex<Runtime>,
+    epoch: Epoch,
+    samples_per_time: usize,
+    hold: Option<Duration>,
+    stopping: &AtomicBool,
+) -> Result<Startup, String> {
     let mut rt = runtime.lock().map_err(|_| "the dataflow runtime lock is poisoned".to_owned())?;
     let started = std::time::Instant::now();
     let mut changes: Vec<Change> = store
@@ -839,17 +874,39 @@ fn recover(store: &Store, runtime: &Mutex<Runtime>, epoch: Epoch, samples_per_ti
     let mut feed = rt.recovery_feed(epoch, RECOVERY_CHUNK, samples_per_time);
     let first_time = feed.time();
     feed.push_changes(changes).map_err(|e| e.to_string())?;
+    if let Some(d) = hold {
+        tracing::warn!(delay_ms = d.as_millis() as u64, "fault injected: recovery held before the samples");
+        let until = std::time::Instant::now() + d;
+        while std::time::Instant::now() < until && !stopping.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let mut sent: u64 = 0;
-    let samples = store
-        .scan_samples(|s| {
-            feed.push(s).map_err(|e| e.to_string())?;
-            sent += 1;
-            if sent % 100_000 == 0 {
-                metrics::gauge!("vitalflow_recovery_replayed_samples").set(sent as f64);
-            }
-            Ok(())
-        })
-        .map_err(|e| format!("cannot read the stored samples: {e}"))?;
+    let mut stopped = false;
+    let scanned = store.scan_samples(|s| {
+        if sent % RECOVERY_CHUNK as u64 == 0 && stopping.load(Ordering::Relaxed) {
+            stopped = true;
+            return Err("shutdown requested".to_owned());
+        }
+        feed.push(s).map_err(|e| e.to_string())?;
+        sent += 1;
+        if sent % 100_000 == 0 {
+            metrics::gauge!("vitalflow_recovery_replayed_samples").set(sent as f64);
+        }
+        Ok(())
+    });
+    if stopped {
+        // Nothing partial is served or written: the views hold back their states until a
+        // frontier passes the recovered epoch, the writer ends before taking a request, and the
+        // persister and the Postgres sink write only views that became ready.
+        tracing::warn!(
+            replayed_samples = sent,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "shutdown requested during recovery: stopping before the replay finished (the store is unchanged; the next start replays it)"
+        );
+        return Ok(Startup::Stopped);
+    }
+    let samples = scanned.map_err(|e| format!("cannot read the stored samples: {e}"))?;
     metrics::gauge!("vitalflow_recovery_replayed_samples").set(samples as f64);
     let last_time = feed.finish().map_err(|e| e.to_string())?;
     rt.advance(epoch + 1).map_err(|e| e.to_string())?;
@@ -860,7 +917,7 @@ fn recover(store: &Store, runtime: &Mutex<Runtime>, epoch: Epoch, samples_per_ti
         elapsed_ms = started.elapsed().as_millis() as u64,
         "durable state replayed"
     );
-    Ok(())
+    Ok(Startup::Ready)
 }
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> axum::response::Response {

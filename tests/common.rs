@@ -17,6 +17,11 @@ pub struct Server {
 impl Server {
     /// Starts `vitalflow serve` on `data_dir` with extra environment variables.
     pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        Self::start_logging_to(data_dir, env, Stdio::inherit())
+    }
+
+    /// As [`Server::start_with`], with the process's log (its stderr) sent to `stderr`.
+    pub fn start_logging_to(data_dir: &Path, env: &[(&str, &str)], stderr: impl Into<Stdio>) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitalflow"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--workers", "2", "--data-dir"])
             .arg(data_dir)
@@ -24,7 +29,7 @@ impl Server {
             // Tests load users faster than a phone would; the rate limit has its own test.
             .env("VITALFLOW_USER_RATE", "0")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }

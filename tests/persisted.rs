@@ -81,6 +81,52 @@ fn snapshot_files(dir: &Path) -> usize {
 
 const DELAYED: &[(&str, &str)] = &[("VITALFLOW_FAULT_INJECTION", "1"), ("VITALFLOW_FAULT_RECOVERY_DELAY_MS", "4000")];
 
+/// SIGTERM while a start is still replaying the store stops the process cleanly (exit 0) without
+/// finishing the replay, and leaves nothing half-done: the persisted snapshots are not rewritten
+/// from a partial state, and the next start serves the views of before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_recovery_stops_without_finishing_the_replay() {
+    let dir = crate::common::temp_dir();
+    let server = Server::start(dir.path());
+    server.ready().await;
+    let e1 = load(&server).await;
+    let before: Vec<_> = [read_all(&server, "u1", Some(e1)).await, read_all(&server, "u2", Some(e1)).await].concat();
+    server.stop();
+    let persisted = std::fs::read_dir(dir.path().join("snapshots"))
+        .expect("snapshots")
+        .filter_map(Result::ok)
+        .map(|e| (e.path(), std::fs::read(e.path()).unwrap_or_default()))
+        .collect::<Vec<_>>();
+    assert!(!persisted.is_empty(), "a graceful stop persists the views");
+
+    // Recovery held back for two minutes before its first sample: the stop must give it up.
+    let log = dir.path().with_extension("recovery.log");
+    let held = [
+        ("VITALFLOW_FAULT_INJECTION", "1"),
+        ("VITALFLOW_FAULT_RECOVERY_DELAY_MS", "120000"),
+        ("VITALFLOW_LOG", "info"),
+    ];
+    let server = Server::start_logging_to(dir.path(), &held, std::fs::File::create(&log).expect("log file"));
+    let (status, r) = server.get("/readyz").await;
+    assert_eq!((status, &r["status"]), (503, &json!("catching_up")), "{r}");
+    server.stop();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(text.contains("shutdown requested during recovery"), "{text}");
+    assert!(!text.contains("durable state replayed"), "{text}");
+    for (path, bytes) in &persisted {
+        assert_eq!(&std::fs::read(path).unwrap_or_default(), bytes, "{} was rewritten", path.display());
+    }
+
+    let server = Server::start(dir.path());
+    server.ready().await;
+    let after: Vec<_> = [read_all(&server, "u1", None).await, read_all(&server, "u2", None).await].concat();
+    for ((want, _, _), (got, _, _)) in before.iter().zip(&after) {
+        assert_eq!(got, want, "the next start replays the whole store");
+    }
+    server.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_serves_persisted_snapshots_while_rehydrating() {
     let dir = crate::common::temp_dir();

@@ -23,7 +23,7 @@ pub mod writer;
 pub use error::IngestError;
 pub use progress::IngestProgress;
 pub use store::Store;
-pub use writer::{Ingest, OnCommit, SourceBody, SourceOutcome};
+pub use writer::{Ingest, OnCommit, SourceBody, SourceOutcome, Startup};
 
 /// The input limits in force (issue 10 §2): set once by the binary from its configuration before
 /// ingestion starts; [`vitalflow_schemas::Limits::DEFAULT`] until then (and in tests).

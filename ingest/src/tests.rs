@@ -110,7 +110,7 @@ proptest! {
         let (ingest, writer) = Ingest::start(
             store.clone(),
             progress,
-            Box::new(|| Ok(())),
+            Box::new(|| Ok(crate::Startup::Ready)),
             Box::new(move |b| { sink.lock().expect("lock").push(b); true }),
             crate::writer::IngestOptions::default(),
         );
@@ -304,7 +304,7 @@ fn start_writer(store: &Arc<Store>) -> (Ingest, std::thread::JoinHandle<()>, tok
     let (ingest, writer) = Ingest::start(
         store.clone(),
         Arc::new(IngestProgress::default()),
-        Box::new(|| Ok(())),
+        Box::new(|| Ok(crate::Startup::Ready)),
         Box::new(|_| true),
         crate::writer::IngestOptions::default(),
     );

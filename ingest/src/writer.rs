@@ -185,17 +185,27 @@ impl Drop for AliveGuard {
     }
 }
 
+/// How the work [`Ingest::start`] runs before the first request (recovery) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Startup {
+    /// Done: the writer takes requests.
+    Ready,
+    /// Given up because the process is stopping (SIGTERM during recovery): the writer ends
+    /// without taking a request and without writing anything.
+    Stopped,
+}
+
 impl Ingest {
     /// Starts the writer thread over `store`. The thread ends once every `Ingest` handle is dropped
     /// and the queue is drained; join the returned handle to wait for the last commit.
     ///
     /// `startup` runs on the writer thread before the first request is taken (recovery replays the
-    /// durable state there, so that no commit can overtake it); when it fails, the writer ends and
-    /// [`Ingest::is_alive`] turns false.
+    /// durable state there, so that no commit can overtake it); when it fails or answers
+    /// [`Startup::Stopped`], the writer ends and [`Ingest::is_alive`] turns false.
     pub fn start(
         store: Arc<Store>,
         progress: Arc<IngestProgress>,
-        startup: Box<dyn FnOnce() -> Result<(), String> + Send>,
+        startup: Box<dyn FnOnce() -> Result<Startup, String> + Send>,
         mut on_commit: OnCommit,
         options: IngestOptions,
     ) -> (Ingest, JoinHandle<()>) {
@@ -210,9 +220,16 @@ impl Ingest {
             .name("vitalflow-writer".into())
             .spawn(move || {
                 let _guard = guard;
-                if let Err(e) = startup() {
-                    tracing::error!(error = %e, "writer startup (recovery) failed; the writer stops");
-                    return;
+                match startup() {
+                    Ok(Startup::Ready) => {}
+                    Ok(Startup::Stopped) => {
+                        tracing::info!("the process is stopping: the writer ends before taking a request");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "writer startup (recovery) failed; the writer stops");
+                        return;
+                    }
                 }
                 let mut next_prune = std::time::Instant::now();
                 loop {

@@ -902,7 +902,7 @@ fn recover(
         tracing::warn!(
             replayed_samples = sent,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "shutdown requested during recovery: stopping before the replay finished (the store is unchanged; the next start replays it)"
+            "shutdown requested during recovery: stopping before the replay finished (recovery only reads the store; the next start replays it whole)"
         );
         return Ok(Startup::Stopped);
     }

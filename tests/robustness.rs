@@ -186,6 +186,21 @@ async fn overload_is_answered_not_absorbed() {
     assert_eq!(status, 200);
 }
 
+/// `from`/`to` on `session-impacts` select through the `sessions` view; a server that does not
+/// serve it refuses them rather than answering every session's impacts as if filtered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_to_through_a_view_not_served_is_refused() {
+    let dir = temp_dir();
+    let server = Server::start_with(dir.path(), &[("VITALFLOW_VIEWS", "session_impacts")]);
+    server.ready().await;
+    let (status, b) = server.get("/v1/users/u1/session-impacts?from=2024-06-01").await;
+    assert_eq!((status, &b["code"]), (400, &json!("INVALID_QUERY")), "{b}");
+    assert!(b["message"].as_str().is_some_and(|m| m.contains("sessionId, metric, minEpoch")), "{b}");
+    let (status, b) = server.get("/v1/users/u1/session-impacts?sessionId=s1&metric=heart_rate").await;
+    assert_eq!(status, 200, "{b}");
+    server.stop();
+}
+
 /// A per-user read answers at most `server.max_read_rows` rows; beyond, 422 `READ_TOO_LARGE`, and
 /// a narrower read of the same user is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
